@@ -1,0 +1,1 @@
+"""Benchmarks and oracles: a plain per-patient baseline of the outcomes method and a synthetic CGM generator."""

@@ -1,0 +1,628 @@
+"""The batch path: every patient of a flat table at once, with vectorised segment reductions.
+
+`compute_cohort` is the one implementation of docs/outcomes-method.md; a single patient is a cohort of one.
+It returns a columnar `CohortResult` (numpy arrays indexed by patient, plus flat ragged tables for gaps,
+events and days); `engine.report` turns it into per-patient outcomes and canonical JSON.
+
+No Python loop here runs per reading or per patient, except over the rare near-duplicate chains (§4.4) and
+over the readings of ambiguous local hours (done before, in `engine.timezones.localize`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import numpy as np
+from numpy.typing import NDArray
+
+from engine.bands import classify_bands, classify_target
+from engine.devices import device_profile
+from engine.policy import Method, OutcomePolicy, Smoothing
+from engine.readings import NO_TIME, ReadingTable
+from engine.timezones import DAY_MS, local_midnight_ms, to_local_ms
+from engine.units import MMOL_L_TO_MG_DL, GlucoseUnit
+from engine.windows import WindowSpec, resolve_window
+
+I64 = NDArray[np.int64]
+F64 = NDArray[np.float64]
+MIN_MS = 60_000
+N_BANDS = 5
+PERCENTILES = (5.0, 25.0, 50.0, 75.0, 95.0)
+EXCLUSION_REASONS = ("before_session_start", "warm_up", "warm_up_inferred", "duplicate")
+_BIG = np.int64(1) << np.int64(40)  # > any span of times within one patient (about 35 years in ms)
+
+
+@dataclass(frozen=True, eq=False)
+class CohortResult:
+    """Columnar outcomes. Arrays of length P are indexed by patient; ragged tables carry a `patient` column."""
+
+    table: ReadingTable
+    policy: OutcomePolicy
+    window_spec: WindowSpec
+    has_window: NDArray[np.bool_]
+    window_start: I64
+    window_end: I64
+    window_days: F64
+    band_weight: F64  # (P, 5) summed weights per consensus band (ms for time, counts for count)
+    target_weight: F64  # (P, 3) below / in / above the target range
+    period_weight: F64  # (P, 2, 5) night / day bands
+    period_target_weight: F64  # (P, 2, 3)
+    period_readings: I64  # (P, 2)
+    readings_used: I64
+    readings_mg_dl: I64
+    readings_mmol_l: I64
+    sensor_low: I64
+    sensor_high: I64
+    ambiguous: I64
+    excluded: I64  # (P, 4) in EXCLUSION_REASONS order
+    mean_mg_dl: F64
+    sd_mg_dl: F64
+    lbgi: F64
+    hbgi: F64
+    active_ms: I64
+    days_of_wear: I64
+    gap_patient: NDArray[np.int32]
+    gap_start: I64
+    gap_end: I64
+    event_patient: NDArray[np.int32]
+    event_level: NDArray[np.int8]
+    event_start: I64
+    event_end: I64
+    day_patient: NDArray[np.int32]
+    day_number: I64  # local date as days since 1970-01-01
+    day_readings: I64
+    day_active_ms: I64
+    day_mean_mg_dl: F64
+    day_band_weight: F64  # (D, 5)
+    day_target_weight: F64  # (D, 3)
+    agp_n: I64  # (P, bins)
+    agp: F64  # (P, bins, 5)
+    # The readings used, in merged (patient, time) order, for traces and for the audit trail.
+    used_index: I64  # positions in `table`
+    used_weight_ms: I64
+
+    @property
+    def n_patients(self) -> int:
+        return self.table.n_patients
+
+
+# MARK: ordering and segments
+
+
+def _canonical_order(table: ReadingTable) -> I64 | None:
+    """None when the table is already sorted by (patient, stream, time); otherwise the sorting permutation."""
+    p, s, t = table.patient, table.stream, table.time_ms
+    if len(table) < 2:
+        return None
+    dp, ds, dt = np.diff(p), np.diff(s), np.diff(t)
+    ordered = (dp > 0) | ((dp == 0) & ((ds > 0) | ((ds == 0) & (dt >= 0))))
+    if bool(ordered.all()):
+        return None
+    return np.lexsort((t, s, p)).astype(np.int64)
+
+
+def _starts(*keys: NDArray[np.integer]) -> NDArray[np.bool_]:
+    """True where any key differs from the previous element (and at 0)."""
+    n = keys[0].shape[0]
+    out = np.zeros(n, dtype=np.bool_)
+    if n:
+        out[0] = True
+        for key in keys:
+            out[1:] |= key[1:] != key[:-1]
+    return out
+
+
+def _last_start_index(starts: NDArray[np.bool_]) -> I64:
+    """For each element, the index of the most recent True in `starts` at or before it."""
+    return np.maximum.accumulate(np.where(starts, np.arange(starts.shape[0]), 0)).astype(np.int64)
+
+
+def _next_in_segment(t: I64, seg_starts: NDArray[np.bool_]) -> tuple[I64, NDArray[np.bool_]]:
+    """t of the next element and whether it exists within the same segment."""
+    n = t.shape[0]
+    nxt = np.empty(n, dtype=np.int64)
+    has = np.zeros(n, dtype=np.bool_)
+    if n:
+        nxt[:-1] = t[1:]
+        nxt[-1] = 0
+        has[:-1] = ~seg_starts[1:]
+    return nxt, has
+
+
+# MARK: windows
+
+
+def _local(
+    table: ReadingTable, zone_code: NDArray[np.int32], zones: list[str], patient: NDArray[np.int32], times: I64
+) -> I64:
+    if len(zones) == 1:
+        return to_local_ms(zones[0], times)
+    out = np.empty_like(times)
+    code = zone_code[patient]
+    for z, zone in enumerate(zones):
+        idx = np.flatnonzero(code == z)
+        if idx.size:
+            out[idx] = to_local_ms(zone, times[idx])
+    return out
+
+
+def _windows(
+    table: ReadingTable,
+    spec: WindowSpec,
+    zone_code: NDArray[np.int32],
+    zones: list[str],
+    last_ms: I64,
+    has_rows: NDArray[np.bool_],
+) -> tuple[NDArray[np.bool_], I64, I64, F64]:
+    n_p = table.n_patients
+    start = np.zeros(n_p, dtype=np.int64)
+    end = np.zeros(n_p, dtype=np.int64)
+    days = np.zeros(n_p, dtype=np.float64)
+    if spec.explicit:
+        for z, zone in enumerate(zones):
+            window = resolve_window(spec, zone, None)
+            assert window is not None
+            mask = zone_code == z
+            start[mask], end[mask], days[mask] = window.start_ms, window.end_ms, window.days
+        return np.ones(n_p, dtype=np.bool_), start, end, days
+    patients = np.flatnonzero(has_rows).astype(np.int32)
+    last_local = _local(table, zone_code, zones, patients, last_ms[patients])
+    last_day = last_local // DAY_MS
+    first_day = last_day - (spec.days - 1)
+    for z, zone in enumerate(zones):
+        sel = zone_code[patients] == z
+        if not sel.any():
+            continue
+        for which, target in ((first_day, start), (last_day + 1, end)):
+            wanted = which[sel]
+            unique, inverse = np.unique(wanted, return_inverse=True)
+            instants = np.array([local_midnight_ms(zone, _date_of(int(d))) for d in unique.tolist()], dtype=np.int64)
+            target[patients[sel]] = instants[inverse]
+    local_start = _local(table, zone_code, zones, patients, start[patients])
+    local_end = _local(table, zone_code, zones, patients, end[patients])
+    days[patients] = (local_end - local_start) / DAY_MS
+    return has_rows.copy(), start, end, days
+
+
+def _date_of(day_number: int) -> date:
+    return date(1970, 1, 1) + timedelta(days=day_number)
+
+
+# MARK: the computation
+
+
+def compute_cohort(
+    table: ReadingTable, policy: OutcomePolicy | None = None, window: WindowSpec | None = None
+) -> CohortResult:
+    """Compute every patient's outcomes (docs/outcomes-method.md) in one vectorised pass."""
+    policy = policy or OutcomePolicy()
+    window = window or WindowSpec()
+    n_p = table.n_patients
+    order = _canonical_order(table)
+
+    def col(a: NDArray[np.generic]) -> NDArray[np.generic]:
+        return a if order is None else a[order]
+
+    p = col(table.patient).astype(np.int32, copy=False)
+    t = col(table.time_ms).astype(np.int64, copy=False)
+    s = col(table.stream).astype(np.int32, copy=False)
+    zones = sorted(set(table.zones))
+    zone_code = np.array([zones.index(z) for z in table.zones], dtype=np.int32)
+
+    # Windows.
+    has_rows = np.bincount(p, minlength=n_p) > 0
+    last_ms = np.zeros(n_p, dtype=np.int64)
+    if p.size:
+        p_start = np.flatnonzero(_starts(p))
+        last_ms[p[p_start]] = np.maximum.reduceat(t, p_start)
+    has_window, w_start, w_end, w_days = _windows(table, window, zone_code, zones, last_ms, has_rows)
+
+    # Readings in the window.
+    in_win = np.flatnonzero((t >= w_start[p]) & (t < w_end[p]))
+    src_index = in_win if order is None else order[in_win]
+    p, t, s = p[in_win], t[in_win], s[in_win]
+    value = table.value[src_index]
+    unit = table.unit[src_index]
+    flag = table.flag[src_index]
+    session = table.session_start_ms[src_index]
+    ambiguous = np.bincount(p[table.ambiguous[src_index]], minlength=n_p).astype(np.int64)
+
+    profiles = [device_profile(k) for k in table.stream_device]
+    interval_of = np.array([d.interval_ms for d in profiles], dtype=np.int64)
+    warmup_of = np.array([d.warmup_ms for d in profiles], dtype=np.int64)
+    break_of = np.array([d.session_break_ms or np.iinfo(np.int64).max for d in profiles], dtype=np.int64)
+    interval = interval_of[s]
+
+    # Exclusions 1–3.
+    reason = np.full(t.shape[0], -1, dtype=np.int8)
+    known = session != NO_TIME
+    reason[known & (t < session)] = 0
+    reason[known & (t >= session) & (t < session + warmup_of[s])] = 1
+    if policy.infer_sessions:
+        _infer_warmup(reason, known, t, s, warmup_of, break_of)
+
+    # Exclusion 4: duplicates within a stream.
+    keep = np.flatnonzero(reason < 0)
+    mg_keep = value[keep] * np.where(unit[keep] == GlucoseUnit.MMOL_L, MMOL_L_TO_MG_DL, 1.0)
+    dup = _duplicates(
+        t[keep], s[keep], interval[keep], table.source[src_index][keep], table.received[src_index][keep], mg_keep
+    )
+    reason[keep[dup]] = 3
+    excluded = np.zeros((n_p, len(EXCLUSION_REASONS)), dtype=np.int64)
+    hit = reason >= 0
+    if hit.any():
+        np.add.at(excluded, (p[hit], reason[hit].astype(np.intp)), 1)
+
+    used = np.flatnonzero(reason < 0)
+    p, t, s = p[used], t[used], s[used]
+    value, unit, flag, interval = value[used], unit[used], flag[used], interval[used]
+    used_src = src_index[used]
+
+    # Time weights (§7): next reading of the same stream, capped by the nominal interval and the window end.
+    nxt, has_next = _next_in_segment(t, _starts(s))
+    step = np.where(has_next, nxt - t, interval)
+    weight_ms = np.minimum(np.minimum(step, interval), w_end[p] - t)
+
+    # Merged (patient, time) order across streams, for activity, gaps, events, days and the AGP.
+    if p.size > 1 and not bool(((np.diff(p) > 0) | (np.diff(t) >= 0)).all()):
+        merged = np.lexsort((s, t, p)).astype(np.int64)
+        p, t, s, interval, weight_ms, used_src = (
+            p[merged],
+            t[merged],
+            s[merged],
+            interval[merged],
+            weight_ms[merged],
+            used_src[merged],
+        )
+        value, unit, flag = value[merged], unit[merged], flag[merged]
+
+    weight = weight_ms.astype(np.float64) if policy.method is Method.TIME else np.ones(p.shape[0])
+    mg = value * np.where(unit == GlucoseUnit.MMOL_L, MMOL_L_TO_MG_DL, 1.0)
+    band = classify_bands(value, unit, flag)
+    target = classify_target(value, unit, flag, policy.target)
+    local = _local(table, zone_code, zones, p, t)
+
+    band_key = p.astype(np.int64) * N_BANDS + band
+    band_weight: F64 = np.bincount(band_key, weights=weight, minlength=n_p * N_BANDS).astype(np.float64)
+    band_weight = band_weight.reshape(n_p, N_BANDS)
+    target_key = p.astype(np.int64) * 3 + target
+    target_weight: F64 = np.bincount(target_key, weights=weight, minlength=n_p * 3).astype(np.float64)
+    target_weight = target_weight.reshape(n_p, 3)
+    is_day = ((local % DAY_MS) >= 6 * 60 * MIN_MS).astype(np.int64)
+    period_key = p.astype(np.int64) * 2 + is_day
+    period_weight = np.bincount(period_key * N_BANDS + band, weights=weight, minlength=n_p * 2 * N_BANDS)
+    period_target_weight = np.bincount(period_key * 3 + target, weights=weight, minlength=n_p * 2 * 3)
+    period_readings = np.bincount(period_key, minlength=n_p * 2).reshape(n_p, 2).astype(np.int64)
+
+    n_used = np.bincount(p, minlength=n_p).astype(np.int64)
+    mean, sd, lbgi, hbgi = _statistics(p, mg, n_used, n_p)
+
+    # Activity: union of [t, t + w) over all streams (§9).
+    rel = t - t[_last_start_index(_starts(p))] if p.size else t
+    seg_base = p.astype(np.int64) * _BIG
+    s_adj, e_adj = rel + seg_base, rel + weight_ms + seg_base
+    covered_before = np.empty_like(e_adj)
+    if e_adj.size:
+        covered_before[0] = s_adj[0]
+        covered_before[1:] = np.maximum.accumulate(e_adj)[:-1]
+    contribution = np.maximum(0, e_adj - np.maximum(s_adj, covered_before))
+    active_ms = np.bincount(p, weights=contribution, minlength=n_p).astype(np.int64)
+
+    # Local days (§9, §10).
+    day_number = local // DAY_MS
+    day_starts = _starts(p, day_number)
+    if day_number.size and not bool((np.diff(day_number)[~day_starts[1:]] >= 0).all()):
+        # Local time stepped back over midnight (a DST change at 00:00): group by sorting instead.
+        keys = np.stack([p.astype(np.int64), day_number])
+        uniq, day_group = np.unique(keys, axis=1, return_inverse=True)
+        day_group = day_group.reshape(-1).astype(np.int64)
+        day_patient, day_num = uniq[0].astype(np.int32), uniq[1]
+    else:
+        day_group = np.cumsum(day_starts) - 1
+        day_patient, day_num = p[day_starts], day_number[day_starts]
+    n_days = day_num.shape[0]
+    days_of_wear = np.bincount(day_patient, minlength=n_p).astype(np.int64)
+    day_readings = np.bincount(day_group, minlength=n_days).astype(np.int64)
+    day_active_ms = np.bincount(day_group, weights=contribution, minlength=n_days).astype(np.int64)
+    day_mean = np.bincount(day_group, weights=mg, minlength=n_days) / np.maximum(day_readings, 1)
+    day_band_weight = np.bincount(day_group * N_BANDS + band, weights=weight, minlength=n_days * N_BANDS)
+    day_target_weight = np.bincount(day_group * 3 + target, weights=weight, minlength=n_days * 3)
+
+    gap_p, gap_s, gap_e = _gaps(p, t, weight_ms, has_window, w_start, w_end, policy.long_gap_min * MIN_MS, n_p)
+    ev_p, ev_l, ev_s, ev_e = _events(p, t, weight_ms, interval, band, policy)
+    agp_n, agp = _agp(p, mg, local, n_p, policy)
+
+    return CohortResult(
+        table=table,
+        policy=policy,
+        window_spec=window,
+        has_window=has_window,
+        window_start=w_start,
+        window_end=w_end,
+        window_days=w_days,
+        band_weight=band_weight,
+        target_weight=target_weight,
+        period_weight=period_weight.astype(np.float64).reshape(n_p, 2, N_BANDS),
+        period_target_weight=period_target_weight.astype(np.float64).reshape(n_p, 2, 3),
+        period_readings=period_readings,
+        readings_used=n_used,
+        readings_mg_dl=np.bincount(p[unit == GlucoseUnit.MG_DL], minlength=n_p).astype(np.int64),
+        readings_mmol_l=np.bincount(p[unit == GlucoseUnit.MMOL_L], minlength=n_p).astype(np.int64),
+        sensor_low=np.bincount(p[flag == 1], minlength=n_p).astype(np.int64),
+        sensor_high=np.bincount(p[flag == 2], minlength=n_p).astype(np.int64),
+        ambiguous=ambiguous,
+        excluded=excluded,
+        mean_mg_dl=mean,
+        sd_mg_dl=sd,
+        lbgi=lbgi,
+        hbgi=hbgi,
+        active_ms=active_ms,
+        days_of_wear=days_of_wear,
+        gap_patient=gap_p,
+        gap_start=gap_s,
+        gap_end=gap_e,
+        event_patient=ev_p,
+        event_level=ev_l,
+        event_start=ev_s,
+        event_end=ev_e,
+        day_patient=day_patient.astype(np.int32),
+        day_number=day_num.astype(np.int64),
+        day_readings=day_readings,
+        day_active_ms=day_active_ms,
+        day_mean_mg_dl=day_mean,
+        day_band_weight=day_band_weight.astype(np.float64).reshape(n_days, N_BANDS),
+        day_target_weight=day_target_weight.astype(np.float64).reshape(n_days, 3),
+        agp_n=agp_n,
+        agp=agp,
+        used_index=used_src.astype(np.int64),
+        used_weight_ms=weight_ms,
+    )
+
+
+def _infer_warmup(
+    reason: NDArray[np.int8], known: NDArray[np.bool_], t: I64, s: NDArray[np.int32], warmup_of: I64, break_of: I64
+) -> None:
+    """§4.3: inferred session starts at a stream's first reading and after each session-break gap."""
+    idx = np.flatnonzero((reason < 0) & ~known)
+    if idx.size == 0:
+        return
+    ti, si = t[idx], s[idx]
+    starts = _starts(si)
+    starts[1:] |= (ti[1:] - ti[:-1]) >= break_of[si[1:]]
+    inferred = ti[_last_start_index(starts)]
+    reason[idx[ti < inferred + warmup_of[si]]] = 2
+
+
+def _duplicates(
+    t: I64, s: NDArray[np.int32], interval: I64, source: NDArray[np.int8], received: I64, value_mg_dl: F64
+) -> I64:
+    """Positions (into the given arrays, sorted by stream then time) of readings dropped as duplicates (§4.4)."""
+    n = t.shape[0]
+    if n < 2:
+        return np.zeros(0, dtype=np.int64)
+    close = (s[1:] == s[:-1]) & (2 * (t[1:] - t[:-1]) < interval[1:])
+    if not close.any():
+        return np.zeros(0, dtype=np.int64)
+    dropped: list[int] = []
+    # Chains of consecutive close pairs; grouping inside a chain is anchored (sequential, but chains are rare).
+    pair = np.flatnonzero(close)
+    chain_start = np.flatnonzero(np.diff(np.concatenate(([-2], pair))) != 1)
+    bounds = np.append(chain_start, pair.size)
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        first, last = int(pair[a]), int(pair[b - 1]) + 1
+        group = [first]
+        anchor = int(t[first])
+        for i in range(first + 1, last + 1):
+            if 2 * (int(t[i]) - anchor) < int(interval[i]):
+                group.append(i)
+            else:
+                dropped.extend(_losers(group, t, source, received, value_mg_dl))
+                group, anchor = [i], int(t[i])
+        dropped.extend(_losers(group, t, source, received, value_mg_dl))
+    return np.array(sorted(dropped), dtype=np.int64)
+
+
+def _losers(group: list[int], t: I64, source: NDArray[np.int8], received: I64, value: F64) -> list[int]:
+    if len(group) == 1:
+        return []
+    best = min(group, key=lambda i: (int(source[i]), -int(received[i]), -float(value[i]), int(t[i])))
+    return [i for i in group if i != best]
+
+
+def _statistics(p: NDArray[np.int32], mg: F64, n_used: I64, n_p: int) -> tuple[F64, F64, F64, F64]:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.bincount(p, weights=mg, minlength=n_p) / n_used
+        dev = mg - mean[p]
+        sd = np.sqrt(np.bincount(p, weights=dev * dev, minlength=n_p) / (n_used - 1))
+        sd[n_used < 2] = np.nan
+        f = 1.509 * (np.log(mg) ** 1.084 - 5.381)
+        r = 10.0 * f * f
+        lbgi = np.bincount(p, weights=np.where(f < 0, r, 0.0), minlength=n_p) / n_used
+        hbgi = np.bincount(p, weights=np.where(f > 0, r, 0.0), minlength=n_p) / n_used
+    return mean, sd, lbgi, hbgi
+
+
+def _gaps(
+    p: NDArray[np.int32],
+    t: I64,
+    weight_ms: I64,
+    has_window: NDArray[np.bool_],
+    w_start: I64,
+    w_end: I64,
+    long_gap_ms: int,
+    n_p: int,
+) -> tuple[NDArray[np.int32], I64, I64]:
+    """§10 gaps: interior steps ≥ long_gap, plus the window edges; a patient with no reading: the whole window."""
+    parts_p: list[NDArray[np.int32]] = []
+    parts_s: list[I64] = []
+    parts_e: list[I64] = []
+    n_used = np.bincount(p, minlength=n_p)
+    empty = np.flatnonzero(has_window & (n_used == 0)).astype(np.int32)
+    parts_p.append(empty)
+    parts_s.append(w_start[empty])
+    parts_e.append(w_end[empty])
+    if p.size:
+        first = _starts(p)
+        firsts = np.flatnonzero(first)
+        lead = firsts[t[firsts] - w_start[p[firsts]] >= long_gap_ms]
+        parts_p.append(p[lead])
+        parts_s.append(w_start[p[lead]])
+        parts_e.append(t[lead])
+        inner = np.flatnonzero(~first[1:] & (t[1:] - t[:-1] >= long_gap_ms))
+        parts_p.append(p[inner])
+        parts_s.append(t[inner])
+        parts_e.append(t[inner + 1])
+        ends = t + weight_ms
+        last_end = np.full(n_p, np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(last_end, p, ends)
+        with_data = np.flatnonzero(n_used > 0).astype(np.int32)
+        tail = with_data[w_end[with_data] - last_end[with_data] >= long_gap_ms]
+        parts_p.append(tail)
+        parts_s.append(last_end[tail])
+        parts_e.append(w_end[tail])
+    gp = np.concatenate(parts_p).astype(np.int32)
+    gs = np.concatenate(parts_s).astype(np.int64)
+    ge = np.concatenate(parts_e).astype(np.int64)
+    order = np.lexsort((gs, gp))
+    return gp[order], gs[order], ge[order]
+
+
+def _events(
+    p: NDArray[np.int32], t: I64, weight_ms: I64, interval: I64, band: NDArray[np.int8], policy: OutcomePolicy
+) -> tuple[NDArray[np.int32], NDArray[np.int8], I64, I64]:
+    """§10 hypoglycaemia events at level 1 (< 70) and level 2 (< 54)."""
+    out_p: list[NDArray[np.int32]] = []
+    out_l: list[NDArray[np.int8]] = []
+    out_s: list[I64] = []
+    out_e: list[I64] = []
+    n = t.shape[0]
+    if n:
+        brk = _starts(p)
+        brk[1:] |= (t[1:] - t[:-1]) > np.maximum(policy.short_gap_min * MIN_MS, interval[:-1])
+        min_ms = policy.hypo_min_minutes * MIN_MS
+        rec_ms = policy.hypo_recovery_minutes * MIN_MS
+        for level, below in ((1, band <= 1), (2, band == 0)):
+            state = np.where(below, 0, np.where(band >= 2, 2, 1)).astype(np.int8)
+            run_start = brk | _starts(state)
+            run_id = np.cumsum(run_start) - 1
+            first = np.flatnonzero(run_start)
+            dur = np.bincount(run_id, weights=weight_ms).astype(np.int64)
+            r_state = state[first]
+            seg_first = brk[first]
+            n_runs = first.shape[0]
+            idx = np.arange(n_runs)
+            q = (r_state == 0) & (dur >= min_ms)
+            r = (r_state == 2) & (dur >= rec_ms)
+            seg_start = np.maximum.accumulate(np.where(seg_first, idx, 0))
+            last_r = np.maximum.accumulate(np.where(r, idx, -1))
+            last_q = np.maximum.accumulate(np.where(q, idx, -1))
+            prev_q = np.concatenate(([-1], last_q[:-1]))
+            opens = q & ((prev_q < seg_start) | (last_r > prev_q))
+            starts = np.flatnonzero(opens)
+            if starts.size == 0:
+                continue
+            # The end: the next long-enough recovery in the segment, else the segment's last reading end.
+            big = n_runs + 1
+            next_r = np.minimum.accumulate(np.where(r, idx, big)[::-1])[::-1]
+            seg_next = np.minimum.accumulate(np.where(seg_first, idx, big)[::-1])[::-1]
+            after = np.concatenate((seg_next[1:], [big]))  # first segment start strictly after each run
+            end_reading = np.concatenate((first[1:] - 1, [n - 1]))  # last reading of each run
+            ends = np.empty(starts.shape[0], dtype=np.int64)
+            nr = next_r[starts]
+            recovered = nr < after[starts]
+            ends[recovered] = t[first[nr[recovered]]]
+            seg_last_run = np.minimum(after[starts], n_runs) - 1
+            last_reading = end_reading[seg_last_run[~recovered]]
+            ends[~recovered] = t[last_reading] + weight_ms[last_reading]
+            out_p.append(p[first[starts]])
+            out_l.append(np.full(starts.shape[0], level, dtype=np.int8))
+            out_s.append(t[first[starts]])
+            out_e.append(ends)
+    if not out_p:
+        return (np.zeros(0, np.int32), np.zeros(0, np.int8), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    ep, el = np.concatenate(out_p).astype(np.int32), np.concatenate(out_l)
+    es, ee = np.concatenate(out_s), np.concatenate(out_e)
+    order = np.lexsort((es, el, ep))
+    return ep[order], el[order], es[order], ee[order]
+
+
+def _agp(p: NDArray[np.int32], mg: F64, local: I64, n_p: int, policy: OutcomePolicy) -> tuple[I64, F64]:
+    """§10 AGP percentiles per patient and local time-of-day bin (type 7), optionally 1-4-1 smoothed."""
+    bin_ms = policy.agp_bin_min * MIN_MS
+    n_bins = 1440 // policy.agp_bin_min
+    out = np.full((n_p, n_bins, len(PERCENTILES)), np.nan)
+    counts = np.zeros((n_p, n_bins), dtype=np.int64)
+    if p.size:
+        tod_bin = (local % DAY_MS) // bin_ms
+        row = p.astype(np.int64) * n_bins + tod_bin
+        counts = np.bincount(row, minlength=n_p * n_bins).reshape(n_p, n_bins).astype(np.int64)
+        _fill_percentiles(out.reshape(n_p * n_bins, -1), row, p, mg, local, bin_ms)
+    if policy.agp_smoothing is Smoothing.ONE_FOUR_ONE:
+        out = _smooth_141(out)
+    return counts, out
+
+
+def _fill_percentiles(out: F64, row: I64, p: NDArray[np.int32], mg: F64, local: I64, bin_ms: int) -> None:
+    """Exact type-7 percentiles per row, sorting each row's values in a padded block.
+
+    Readings are in (patient, time) order, so the readings of one (patient, local day, bin) occurrence are
+    contiguous; each gets a column (day ordinal, second pass of a fall-back hour, position in the run), unique
+    within its row. Rows are sorted in one `np.sort(axis=1)` per block of patients.
+    """
+    seg = p.astype(np.int64) * _BIG
+    local_adj = local - local[_last_start_index(_starts(p))] + seg
+    prior_max = np.empty_like(local_adj)
+    prior_max[0] = local_adj[0]
+    prior_max[1:] = np.maximum.accumulate(local_adj)[:-1]
+    repeat = (local_adj < prior_max).astype(np.int64)
+    day = local // DAY_MS
+    occ_start = _starts(p, day, (local % DAY_MS) // bin_ms, repeat)
+    pos = np.arange(p.shape[0]) - _last_start_index(occ_start)
+    first_day = np.minimum.reduceat(day, np.flatnonzero(_starts(p)))
+    day_ord = day - np.repeat(first_day, np.diff(np.append(np.flatnonzero(_starts(p)), p.shape[0])))
+    width = int(pos.max()) + 1
+    n_bins = DAY_MS // bin_ms
+    col = (day_ord * 2 + repeat) * width + pos
+    patient_starts = np.flatnonzero(_starts(p))
+    bounds = np.append(patient_starts, p.shape[0])
+    budget = 4_000_000  # cells per block
+    i = 0
+    n_pat = patient_starts.shape[0]
+    while i < n_pat:
+        j = i + 1
+        span_cols = int(col[bounds[i] : bounds[j]].max()) + 1
+        while j < n_pat:
+            cols_j = max(span_cols, int(col[bounds[j] : bounds[j + 1]].max()) + 1)
+            if (j + 1 - i) * cols_j * n_bins > budget:
+                break
+            span_cols = cols_j
+            j += 1
+        lo, hi = bounds[i], bounds[j]
+        rows = row[lo:hi]
+        r0 = int(rows.min())
+        n_rows = int(rows.max()) - r0 + 1
+        block = np.full((n_rows, span_cols), np.inf)
+        block[rows - r0, col[lo:hi]] = mg[lo:hi]
+        block.sort(axis=1)
+        n = np.bincount(rows - r0, minlength=n_rows)
+        has = n > 0
+        for k, q in enumerate(PERCENTILES):
+            h = (n[has] - 1) * (q / 100.0)
+            below = np.floor(h).astype(np.int64)
+            above = np.minimum(below + 1, n[has] - 1)
+            b = block[has]
+            x_lo = b[np.arange(b.shape[0]), below]
+            x_hi = b[np.arange(b.shape[0]), above]
+            out[r0 + np.flatnonzero(has), k] = x_lo + (h - below) * (x_hi - x_lo)
+        i = j
+
+
+def _smooth_141(agp: F64) -> F64:
+    prev = np.roll(agp, 1, axis=1)
+    nxt = np.roll(agp, -1, axis=1)
+    total = 4.0 * agp + np.nan_to_num(prev) + np.nan_to_num(nxt)
+    weights = 4.0 + (~np.isnan(prev)) + (~np.isnan(nxt))
+    smoothed: F64 = total / weights
+    smoothed[np.isnan(agp)] = np.nan
+    return smoothed
