@@ -50,8 +50,16 @@ def test_percentages_of_eight_boundary_readings_both_methods() -> None:
         assert m["time_181_250_pct"] == 25.0
         assert m["time_above_250_pct"] == 12.5
         assert m["time_above_180_pct"] == 37.5
-        total = sum(float(m[k]) for k in ("time_below_54_pct", "time_54_69_pct", "time_in_range_pct",
-                                          "time_181_250_pct", "time_above_250_pct"))
+        total = sum(
+            float(m[k])
+            for k in (
+                "time_below_54_pct",
+                "time_54_69_pct",
+                "time_in_range_pct",
+                "time_181_250_pct",
+                "time_above_250_pct",
+            )
+        )
         assert total == 100.0
 
 
@@ -99,7 +107,11 @@ def test_pregnancy_targets_move_the_range_but_not_the_literal_bands() -> None:
     assert m["time_above_180_pct"] == 0.0
     assert m["time_181_250_pct"] == 0.0
     assert [g["metric"] for g in out.document["targets"]["goals"]] == [
-        "time_in_range_pct", "time_below_target_pct", "time_below_54_pct", "time_above_target_pct"]
+        "time_in_range_pct",
+        "time_below_target_pct",
+        "time_below_54_pct",
+        "time_above_target_pct",
+    ]
     assert out.document["targets"]["range_mg_dl"] == [63.0, 140.0]
 
 

@@ -35,14 +35,17 @@ DEVICES = ("dexcom-g6", "dexcom-g7", "libre-2", "libre-3", "eversense", "")
 def assert_same(a: Any, b: Any, path: str = "$") -> None:
     """Equal, with floats compared to 1e-9 relative (sums in another order differ by ulps)."""
     if isinstance(a, float) or isinstance(b, float):
-        assert a is not None and b is not None, f"{path}: {a!r} != {b!r}"
+        assert a is not None, f"{path}: {a!r} != {b!r}"
+        assert b is not None, f"{path}: {a!r} != {b!r}"
         assert math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9), f"{path}: {a!r} != {b!r}"
     elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), f"{path}: keys {sorted(a)} != {sorted(b)}"
+        assert isinstance(b, dict), f"{path}: {b!r} is not an object"
+        assert a.keys() == b.keys(), f"{path}: keys {sorted(a)} != {sorted(b)}"
         for k in a:
             assert_same(a[k], b[k], f"{path}.{k}")
     elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), f"{path}: length {len(a)} != {len(b)}"
+        assert isinstance(b, list | tuple), f"{path}: {b!r} is not a list"
+        assert len(a) == len(b), f"{path}: length {len(a)} != {len(b)}"
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same(x, y, f"{path}[{i}]")
     else:
@@ -75,8 +78,18 @@ def cohorts(draw: st.DrawFn) -> tuple[ReadingTable, OutcomePolicy, WindowSpec]:
                     value = None
                 received += 1
                 readings.append(
-                    Reading(pid, t, value, unit, flag, device, str(stream), session,
-                            draw(st.sampled_from(list(Source))), draw(st.integers(0, 3)))
+                    Reading(
+                        pid,
+                        t,
+                        value,
+                        unit,
+                        flag,
+                        device,
+                        str(stream),
+                        session,
+                        draw(st.sampled_from(list(Source))),
+                        draw(st.integers(0, 3)),
+                    )
                 )
     table = ReadingTable.from_records(readings, zones=zones)
     policy = OutcomePolicy(

@@ -96,9 +96,15 @@ def test_dst_days_are_days_of_23_and_25_hours(
 
 def test_night_and_day_periods_use_local_time() -> None:
     # 05:55 and 06:00 local in New York (UTC-5 in January): one night reading low, one day reading high.
-    readings = series([60], start=at("2024-01-10T05:55:00-05:00")) + series([200], start=at("2024-01-10T06:00:00-05:00"))
-    out = one(readings, OutcomePolicy(method="count"), window(at("2024-01-10T00:00:00-05:00"),
-                                                              at("2024-01-11T00:00:00-05:00")), zone="America/New_York")
+    readings = series([60], start=at("2024-01-10T05:55:00-05:00")) + series(
+        [200], start=at("2024-01-10T06:00:00-05:00")
+    )
+    out = one(
+        readings,
+        OutcomePolicy(method="count"),
+        window(at("2024-01-10T00:00:00-05:00"), at("2024-01-11T00:00:00-05:00")),
+        zone="America/New_York",
+    )
     periods = out.document["periods"]
     assert periods["night"]["readings"] == 1
     assert periods["night"]["time_54_69_pct"] == 100.0
