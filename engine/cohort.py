@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,7 +21,7 @@ from engine.bands import classify_bands, classify_target
 from engine.devices import device_profile
 from engine.policy import Method, OutcomePolicy, Smoothing
 from engine.readings import NO_TIME, ReadingTable
-from engine.timezones import DAY_MS, local_midnight_ms, to_local_ms
+from engine.timezones import DAY_MS, local_midnight_ms, span_offsets_ms, to_local_ms
 from engine.units import MMOL_L_TO_MG_DL, GlucoseUnit
 from engine.windows import WindowSpec, resolve_window
 
@@ -133,18 +134,42 @@ def _next_in_segment(t: I64, seg_starts: NDArray[np.bool_]) -> tuple[I64, NDArra
 # MARK: windows
 
 
-def _local(
-    table: ReadingTable, zone_code: NDArray[np.int32], zones: list[str], patient: NDArray[np.int32], times: I64
-) -> I64:
+def _local_times(zones: list[str], zone_code: NDArray[np.int32], patient: NDArray[np.int32], times: I64) -> I64:
+    """Local wall-clock ms of each instant in its patient's zone (`patient` indexes `zone_code`).
+
+    Readings are grouped by patient; a patient whose span holds no zone transition gets one offset, so only the
+    readings of patients whose data cross a DST change are looked up one by one.
+    """
     if len(zones) == 1:
         return to_local_ms(zones[0], times)
-    out = np.empty_like(times)
-    code = zone_code[patient]
+    n = times.shape[0]
+    if n == 0:
+        return times.copy()
+    starts = _starts(patient)
+    firsts = np.flatnonzero(starts)
+    lasts = np.append(firsts[1:] - 1, n - 1)
+    pats = patient[firsts]
+    offset = np.zeros(zone_code.shape[0], dtype=np.int64)
+    crossing = np.zeros(zone_code.shape[0], dtype=np.bool_)
     for z, zone in enumerate(zones):
-        idx = np.flatnonzero(code == z)
-        if idx.size:
-            out[idx] = to_local_ms(zone, times[idx])
-    return out
+        sel = zone_code[pats] == z
+        if sel.any():
+            off, constant = span_offsets_ms(zone, times[firsts[sel]], times[lasts[sel]])
+            offset[pats[sel]] = off
+            crossing[pats[sel]] = ~constant
+    local = times + offset[patient]
+    if crossing.any():
+        idx = np.flatnonzero(crossing[patient])
+        sub_zone = zone_code[patient[idx]]
+        for z, zone in enumerate(zones):
+            part = idx[sub_zone == z]
+            if part.size:
+                local[part] = to_local_ms(zone, times[part])
+    return local
+
+
+def _local(sh: _Shared, pa: int, p: NDArray[np.int32], t: I64) -> I64:
+    return _local_times(sh.zones, sh.zone_code[pa:], p, t)
 
 
 def _windows(
@@ -167,7 +192,7 @@ def _windows(
             start[mask], end[mask], days[mask] = window.start_ms, window.end_ms, window.days
         return np.ones(n_p, dtype=np.bool_), start, end, days
     patients = np.flatnonzero(has_rows).astype(np.int32)
-    last_local = _local(table, zone_code, zones, patients, last_ms[patients])
+    last_local = _local_times(zones, zone_code, patients, last_ms[patients])
     last_day = last_local // DAY_MS
     first_day = last_day - (spec.days - 1)
     for z, zone in enumerate(zones):
@@ -179,8 +204,8 @@ def _windows(
             unique, inverse = np.unique(wanted, return_inverse=True)
             instants = np.array([local_midnight_ms(zone, _date_of(int(d))) for d in unique.tolist()], dtype=np.int64)
             target[patients[sel]] = instants[inverse]
-    local_start = _local(table, zone_code, zones, patients, start[patients])
-    local_end = _local(table, zone_code, zones, patients, end[patients])
+    local_start = _local_times(zones, zone_code, patients, start[patients])
+    local_end = _local_times(zones, zone_code, patients, end[patients])
     days[patients] = (local_end - local_start) / DAY_MS
     return has_rows.copy(), start, end, days
 
@@ -191,193 +216,348 @@ def _date_of(day_number: int) -> date:
 
 # MARK: the computation
 
+#: Readings per block: patients are computed in blocks of about this many readings, so temporaries stay small
+#: (cache- and allocator-friendly) and peak memory does not grow with the cohort beyond the inputs and results.
+BLOCK_READINGS = 1 << 17
+
+
+@dataclass(frozen=True, eq=False)
+class _Shared:
+    """What every block needs: the policy, the sorted key columns, the per-stream device table, the windows."""
+
+    table: ReadingTable
+    policy: OutcomePolicy
+    order: I64 | None
+    p: NDArray[np.int32]
+    t: I64
+    s: NDArray[np.int32]
+    zones: list[str]
+    zone_code: NDArray[np.int32]
+    interval_of: I64
+    warmup_of: I64
+    break_of: I64
+    has_window: NDArray[np.bool_]
+    w_start: I64
+    w_end: I64
+
 
 def compute_cohort(
-    table: ReadingTable, policy: OutcomePolicy | None = None, window: WindowSpec | None = None
+    table: ReadingTable,
+    policy: OutcomePolicy | None = None,
+    window: WindowSpec | None = None,
+    *,
+    block_readings: int = BLOCK_READINGS,
 ) -> CohortResult:
-    """Compute every patient's outcomes (docs/outcomes-method.md) in one vectorised pass."""
+    """Compute every patient's outcomes (docs/outcomes-method.md), vectorised over blocks of patients.
+
+    `block_readings` only tunes speed and memory: the results do not depend on it.
+    """
     policy = policy or OutcomePolicy()
     window = window or WindowSpec()
     n_p = table.n_patients
     order = _canonical_order(table)
-
-    def col(a: NDArray[np.generic]) -> NDArray[np.generic]:
-        return a if order is None else a[order]
-
-    p = col(table.patient).astype(np.int32, copy=False)
-    t = col(table.time_ms).astype(np.int64, copy=False)
-    s = col(table.stream).astype(np.int32, copy=False)
+    p = table.patient if order is None else table.patient[order]
+    t = table.time_ms if order is None else table.time_ms[order]
+    s = table.stream if order is None else table.stream[order]
     zones = sorted(set(table.zones))
     zone_code = np.array([zones.index(z) for z in table.zones], dtype=np.int32)
 
-    # Windows.
-    has_rows = np.bincount(p, minlength=n_p) > 0
+    # Windows, for all patients at once.
+    bounds = np.searchsorted(p, np.arange(n_p + 1), side="left").astype(np.int64)
+    has_rows = bounds[1:] > bounds[:-1]
     last_ms = np.zeros(n_p, dtype=np.int64)
     if p.size:
-        p_start = np.flatnonzero(_starts(p))
-        last_ms[p[p_start]] = np.maximum.reduceat(t, p_start)
+        p_start = bounds[:-1][has_rows]
+        last_ms[has_rows] = np.maximum.reduceat(t, p_start)
     has_window, w_start, w_end, w_days = _windows(table, window, zone_code, zones, last_ms, has_rows)
 
-    # Readings in the window.
-    in_win = np.flatnonzero((t >= w_start[p]) & (t < w_end[p]))
-    src_index = in_win if order is None else order[in_win]
-    p, t, s = p[in_win], t[in_win], s[in_win]
-    value = table.value[src_index]
-    unit = table.unit[src_index]
-    flag = table.flag[src_index]
-    session = table.session_start_ms[src_index]
-    ambiguous = np.bincount(p[table.ambiguous[src_index]], minlength=n_p).astype(np.int64)
-
     profiles = [device_profile(k) for k in table.stream_device]
-    interval_of = np.array([d.interval_ms for d in profiles], dtype=np.int64)
-    warmup_of = np.array([d.warmup_ms for d in profiles], dtype=np.int64)
-    break_of = np.array([d.session_break_ms or np.iinfo(np.int64).max for d in profiles], dtype=np.int64)
-    interval = interval_of[s]
+    shared = _Shared(
+        table=table,
+        policy=policy,
+        order=order,
+        p=p,
+        t=t,
+        s=s,
+        zones=zones,
+        zone_code=zone_code,
+        interval_of=np.array([d.interval_ms for d in profiles], dtype=np.int64),
+        warmup_of=np.array([d.warmup_ms for d in profiles], dtype=np.int64),
+        break_of=np.array([d.session_break_ms or np.iinfo(np.int64).max for d in profiles], dtype=np.int64),
+        has_window=has_window,
+        w_start=w_start,
+        w_end=w_end,
+    )
+    parts: list[_Part] = []
+    pa = 0
+    while True:  # at least one block, so an empty table still has the shape of a result
+        pb = int(np.searchsorted(bounds, bounds[pa] + block_readings, side="right")) - 1
+        pb = min(max(pb, pa + 1), n_p)
+        parts.append(_block(shared, pa, pb, int(bounds[pa]), int(bounds[pb])))
+        pa = pb
+        if pa >= n_p:
+            break
+    return _combine(shared, parts, w_days, window)
+
+
+@dataclass(frozen=True, eq=False)
+class _Part:
+    """One block's results: per-patient arrays (local to the block) and ragged tables with global patients."""
+
+    per_patient: dict[str, NDArray[Any]]
+    ragged: dict[str, NDArray[Any]]
+
+
+_PER_PATIENT = (
+    "band_weight",
+    "target_weight",
+    "period_weight",
+    "period_target_weight",
+    "period_readings",
+    "readings_used",
+    "readings_mg_dl",
+    "readings_mmol_l",
+    "sensor_low",
+    "sensor_high",
+    "ambiguous",
+    "excluded",
+    "mean_mg_dl",
+    "sd_mg_dl",
+    "lbgi",
+    "hbgi",
+    "active_ms",
+    "days_of_wear",
+    "agp_n",
+    "agp",
+)
+_RAGGED = (
+    "gap_patient",
+    "gap_start",
+    "gap_end",
+    "event_patient",
+    "event_level",
+    "event_start",
+    "event_end",
+    "day_patient",
+    "day_number",
+    "day_readings",
+    "day_active_ms",
+    "day_mean_mg_dl",
+    "day_band_weight",
+    "day_target_weight",
+    "used_index",
+    "used_weight_ms",
+)
+
+
+def _combine(shared: _Shared, parts: list[_Part], w_days: F64, window: WindowSpec) -> CohortResult:
+    fields: dict[str, Any] = {}
+    for name in _PER_PATIENT:
+        fields[name] = np.concatenate([part.per_patient[name] for part in parts])
+    for name in _RAGGED:
+        fields[name] = np.concatenate([part.ragged[name] for part in parts])
+    return CohortResult(
+        table=shared.table,
+        policy=shared.policy,
+        window_spec=window,
+        has_window=shared.has_window,
+        window_start=shared.w_start,
+        window_end=shared.w_end,
+        window_days=w_days,
+        **fields,
+    )
+
+
+def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
+    """Outcomes of patients [pa, pb), whose readings are rows [lo, hi) of the sorted columns."""
+    policy, table = sh.policy, sh.table
+    n_b = pb - pa
+    p = sh.p[lo:hi] - np.int32(pa)
+    t = sh.t[lo:hi]
+    s = sh.s[lo:hi]
+    w_start, w_end = sh.w_start[pa:pb], sh.w_end[pa:pb]
+    position = np.arange(lo, hi, dtype=np.int64) if sh.order is None else sh.order[lo:hi]
+
+    # Readings in the window.
+    inside = (t >= w_start[p]) & (t < w_end[p])
+    contiguous = sh.order is None and bool(inside.all())
+    if not inside.all():
+        keep_rows = np.flatnonzero(inside)
+        p, t, s, position = p[keep_rows], t[keep_rows], s[keep_rows], position[keep_rows]
+
+    def column(a: NDArray[Any]) -> NDArray[Any]:
+        return a[lo:hi] if contiguous else a[position]
+
+    value, unit, flag, session = (
+        column(table.value),
+        column(table.unit),
+        column(table.flag),
+        column(table.session_start_ms),
+    )
+    ambiguous = np.bincount(p[column(table.ambiguous)], minlength=n_b).astype(np.int64)
+    interval = sh.interval_of[s]
 
     # Exclusions 1–3.
     reason = np.full(t.shape[0], -1, dtype=np.int8)
     known = session != NO_TIME
-    reason[known & (t < session)] = 0
-    reason[known & (t >= session) & (t < session + warmup_of[s])] = 1
+    if known.any():
+        reason[known & (t < session)] = 0
+        reason[known & (t >= session) & (t < session + sh.warmup_of[s])] = 1
     if policy.infer_sessions:
-        _infer_warmup(reason, known, t, s, warmup_of, break_of)
+        _infer_warmup(reason, known, t, s, sh.warmup_of, sh.break_of)
 
     # Exclusion 4: duplicates within a stream.
-    keep = np.flatnonzero(reason < 0)
-    mg_keep = value[keep] * np.where(unit[keep] == GlucoseUnit.MMOL_L, MMOL_L_TO_MG_DL, 1.0)
+    clean = bool((reason < 0).all())
+    keep = None if clean else np.flatnonzero(reason < 0)
+    mg_all = _to_mg_dl(value, unit)
+
+    def kept(a: NDArray[Any]) -> NDArray[Any]:
+        return a if keep is None else a[keep]
+
     dup = _duplicates(
-        t[keep], s[keep], interval[keep], table.source[src_index][keep], table.received[src_index][keep], mg_keep
+        kept(t), kept(s), kept(interval), kept(column(table.source)), kept(column(table.received)), kept(mg_all)
     )
-    reason[keep[dup]] = 3
-    excluded = np.zeros((n_p, len(EXCLUSION_REASONS)), dtype=np.int64)
+    if dup.size:
+        reason[dup if keep is None else keep[dup]] = 3
+    excluded = np.zeros((n_b, len(EXCLUSION_REASONS)), dtype=np.int64)
     hit = reason >= 0
     if hit.any():
         np.add.at(excluded, (p[hit], reason[hit].astype(np.intp)), 1)
-
-    used = np.flatnonzero(reason < 0)
-    p, t, s = p[used], t[used], s[used]
-    value, unit, flag, interval = value[used], unit[used], flag[used], interval[used]
-    used_src = src_index[used]
+        used = np.flatnonzero(~hit)
+        p, t, s, position = p[used], t[used], s[used], position[used]
+        value, unit, flag, interval, mg = value[used], unit[used], flag[used], interval[used], mg_all[used]
+    else:
+        mg = mg_all
 
     # Time weights (§7): next reading of the same stream, capped by the nominal interval and the window end.
     nxt, has_next = _next_in_segment(t, _starts(s))
-    step = np.where(has_next, nxt - t, interval)
-    weight_ms = np.minimum(np.minimum(step, interval), w_end[p] - t)
+    weight_ms = np.where(has_next, nxt - t, interval)
+    np.minimum(weight_ms, interval, out=weight_ms)
+    np.minimum(weight_ms, w_end[p] - t, out=weight_ms)
 
     # Merged (patient, time) order across streams, for activity, gaps, events, days and the AGP.
     if p.size > 1 and not bool(((np.diff(p) > 0) | (np.diff(t) >= 0)).all()):
         merged = np.lexsort((s, t, p)).astype(np.int64)
-        p, t, s, interval, weight_ms, used_src = (
+        p, t, s, interval, weight_ms, position = (
             p[merged],
             t[merged],
             s[merged],
             interval[merged],
             weight_ms[merged],
-            used_src[merged],
+            position[merged],
         )
-        value, unit, flag = value[merged], unit[merged], flag[merged]
+        value, unit, flag, mg = value[merged], unit[merged], flag[merged], mg[merged]
 
     weight = weight_ms.astype(np.float64) if policy.method is Method.TIME else np.ones(p.shape[0])
-    mg = value * np.where(unit == GlucoseUnit.MMOL_L, MMOL_L_TO_MG_DL, 1.0)
     band = classify_bands(value, unit, flag)
     target = classify_target(value, unit, flag, policy.target)
-    local = _local(table, zone_code, zones, p, t)
+    local = _local(sh, pa, p, t)
+    p64 = p.astype(np.int64)
 
-    band_key = p.astype(np.int64) * N_BANDS + band
-    band_weight: F64 = np.bincount(band_key, weights=weight, minlength=n_p * N_BANDS).astype(np.float64)
-    band_weight = band_weight.reshape(n_p, N_BANDS)
-    target_key = p.astype(np.int64) * 3 + target
-    target_weight: F64 = np.bincount(target_key, weights=weight, minlength=n_p * 3).astype(np.float64)
-    target_weight = target_weight.reshape(n_p, 3)
-    is_day = ((local % DAY_MS) >= 6 * 60 * MIN_MS).astype(np.int64)
-    period_key = p.astype(np.int64) * 2 + is_day
-    period_weight = np.bincount(period_key * N_BANDS + band, weights=weight, minlength=n_p * 2 * N_BANDS)
-    period_target_weight = np.bincount(period_key * 3 + target, weights=weight, minlength=n_p * 2 * 3)
-    period_readings = np.bincount(period_key, minlength=n_p * 2).reshape(n_p, 2).astype(np.int64)
-
-    n_used = np.bincount(p, minlength=n_p).astype(np.int64)
-    mean, sd, lbgi, hbgi = _statistics(p, mg, n_used, n_p)
+    # One weighted count per (patient, night/day, band, target class) gives the bands, the target classes and
+    # the periods; the 30 classes are then summed in small arrays.
+    period = (local % DAY_MS) >= 6 * 60 * MIN_MS
+    cls = (period * N_BANDS + band) * 3 + target
+    key = p64 * 30 + cls
+    by_class = np.bincount(key, weights=weight, minlength=n_b * 30).astype(np.float64).reshape(n_b, 2, N_BANDS, 3)
+    band_weight = by_class.sum(axis=(1, 3))
+    target_weight = by_class.sum(axis=(1, 2))
+    period_weight = by_class.sum(axis=3)
+    period_target_weight = by_class.sum(axis=2)
+    period_readings = np.bincount(p64 * 2 + period, minlength=n_b * 2).reshape(n_b, 2).astype(np.int64)
+    n_used = np.bincount(p, minlength=n_b).astype(np.int64)
+    mean, sd, lbgi, hbgi = _statistics(p, mg, n_used, n_b)
 
     # Activity: union of [t, t + w) over all streams (§9).
-    rel = t - t[_last_start_index(_starts(p))] if p.size else t
-    seg_base = p.astype(np.int64) * _BIG
-    s_adj, e_adj = rel + seg_base, rel + weight_ms + seg_base
+    patient_first = _last_start_index(_starts(p))
+    seg_base = p64 * _BIG - t[patient_first] if p.size else p64
+    s_adj = t + seg_base
+    e_adj = s_adj + weight_ms
     covered_before = np.empty_like(e_adj)
     if e_adj.size:
         covered_before[0] = s_adj[0]
-        covered_before[1:] = np.maximum.accumulate(e_adj)[:-1]
-    contribution = np.maximum(0, e_adj - np.maximum(s_adj, covered_before))
-    active_ms = np.bincount(p, weights=contribution, minlength=n_p).astype(np.int64)
+        np.maximum.accumulate(e_adj[:-1], out=covered_before[1:])
+    np.maximum(covered_before, s_adj, out=covered_before)
+    contribution = np.maximum(e_adj - covered_before, 0)
+    active_ms = np.bincount(p, weights=contribution, minlength=n_b).astype(np.int64)
 
     # Local days (§9, §10).
     day_number = local // DAY_MS
     day_starts = _starts(p, day_number)
     if day_number.size and not bool((np.diff(day_number)[~day_starts[1:]] >= 0).all()):
         # Local time stepped back over midnight (a DST change at 00:00): group by sorting instead.
-        keys = np.stack([p.astype(np.int64), day_number])
-        uniq, day_group = np.unique(keys, axis=1, return_inverse=True)
+        uniq, day_group = np.unique(np.stack([p64, day_number]), axis=1, return_inverse=True)
         day_group = day_group.reshape(-1).astype(np.int64)
         day_patient, day_num = uniq[0].astype(np.int32), uniq[1]
     else:
         day_group = np.cumsum(day_starts) - 1
         day_patient, day_num = p[day_starts], day_number[day_starts]
     n_days = day_num.shape[0]
-    days_of_wear = np.bincount(day_patient, minlength=n_p).astype(np.int64)
     day_readings = np.bincount(day_group, minlength=n_days).astype(np.int64)
-    day_active_ms = np.bincount(day_group, weights=contribution, minlength=n_days).astype(np.int64)
-    day_mean = np.bincount(day_group, weights=mg, minlength=n_days) / np.maximum(day_readings, 1)
-    day_band_weight = np.bincount(day_group * N_BANDS + band, weights=weight, minlength=n_days * N_BANDS)
-    day_target_weight = np.bincount(day_group * 3 + target, weights=weight, minlength=n_days * 3)
 
-    gap_p, gap_s, gap_e = _gaps(p, t, weight_ms, has_window, w_start, w_end, policy.long_gap_min * MIN_MS, n_p)
-    ev_p, ev_l, ev_s, ev_e = _events(p, t, weight_ms, interval, band, policy)
-    agp_n, agp = _agp(p, mg, local, n_p, policy)
-
-    return CohortResult(
-        table=table,
-        policy=policy,
-        window_spec=window,
-        has_window=has_window,
-        window_start=w_start,
-        window_end=w_end,
-        window_days=w_days,
-        band_weight=band_weight,
-        target_weight=target_weight,
-        period_weight=period_weight.astype(np.float64).reshape(n_p, 2, N_BANDS),
-        period_target_weight=period_target_weight.astype(np.float64).reshape(n_p, 2, 3),
-        period_readings=period_readings,
-        readings_used=n_used,
-        readings_mg_dl=np.bincount(p[unit == GlucoseUnit.MG_DL], minlength=n_p).astype(np.int64),
-        readings_mmol_l=np.bincount(p[unit == GlucoseUnit.MMOL_L], minlength=n_p).astype(np.int64),
-        sensor_low=np.bincount(p[flag == 1], minlength=n_p).astype(np.int64),
-        sensor_high=np.bincount(p[flag == 2], minlength=n_p).astype(np.int64),
-        ambiguous=ambiguous,
-        excluded=excluded,
-        mean_mg_dl=mean,
-        sd_mg_dl=sd,
-        lbgi=lbgi,
-        hbgi=hbgi,
-        active_ms=active_ms,
-        days_of_wear=days_of_wear,
-        gap_patient=gap_p,
-        gap_start=gap_s,
-        gap_end=gap_e,
-        event_patient=ev_p,
-        event_level=ev_l,
-        event_start=ev_s,
-        event_end=ev_e,
-        day_patient=day_patient.astype(np.int32),
-        day_number=day_num.astype(np.int64),
-        day_readings=day_readings,
-        day_active_ms=day_active_ms,
-        day_mean_mg_dl=day_mean,
-        day_band_weight=day_band_weight.astype(np.float64).reshape(n_days, N_BANDS),
-        day_target_weight=day_target_weight.astype(np.float64).reshape(n_days, 3),
-        agp_n=agp_n,
-        agp=agp,
-        used_index=used_src.astype(np.int64),
-        used_weight_ms=weight_ms,
+    day_class = band.astype(np.int64) * 3 + target
+    by_day_class: F64 = np.bincount(day_group * 15 + day_class, weights=weight, minlength=n_days * 15).astype(
+        np.float64
     )
+    by_day_class = by_day_class.reshape(n_days, N_BANDS, 3)
+
+    gap_p, gap_s, gap_e = _gaps(
+        p, t, weight_ms, sh.has_window[pa:pb], w_start, w_end, policy.long_gap_min * MIN_MS, n_b
+    )
+    ev_p, ev_l, ev_s, ev_e = _events(p, t, weight_ms, interval, band, policy)
+    agp_n, agp = _agp(p, mg, local, n_b, policy)
+    offset = np.int32(pa)
+    return _Part(
+        per_patient={
+            "band_weight": band_weight,
+            "target_weight": target_weight,
+            "period_weight": period_weight,
+            "period_target_weight": period_target_weight,
+            "period_readings": period_readings,
+            "readings_used": n_used,
+            "readings_mg_dl": np.bincount(p[unit == GlucoseUnit.MG_DL], minlength=n_b).astype(np.int64),
+            "readings_mmol_l": np.bincount(p[unit == GlucoseUnit.MMOL_L], minlength=n_b).astype(np.int64),
+            "sensor_low": np.bincount(p[flag == 1], minlength=n_b).astype(np.int64),
+            "sensor_high": np.bincount(p[flag == 2], minlength=n_b).astype(np.int64),
+            "ambiguous": ambiguous,
+            "excluded": excluded,
+            "mean_mg_dl": mean,
+            "sd_mg_dl": sd,
+            "lbgi": lbgi,
+            "hbgi": hbgi,
+            "active_ms": active_ms,
+            "days_of_wear": np.bincount(day_patient, minlength=n_b).astype(np.int64),
+            "agp_n": agp_n,
+            "agp": agp,
+        },
+        ragged={
+            "gap_patient": gap_p + offset,
+            "gap_start": gap_s,
+            "gap_end": gap_e,
+            "event_patient": ev_p + offset,
+            "event_level": ev_l,
+            "event_start": ev_s,
+            "event_end": ev_e,
+            "day_patient": day_patient.astype(np.int32) + offset,
+            "day_number": day_num.astype(np.int64),
+            "day_readings": day_readings,
+            "day_active_ms": np.bincount(day_group, weights=contribution, minlength=n_days).astype(np.int64),
+            "day_mean_mg_dl": np.bincount(day_group, weights=mg, minlength=n_days) / np.maximum(day_readings, 1),
+            "day_band_weight": by_day_class.sum(axis=2),
+            "day_target_weight": by_day_class.sum(axis=1),
+            "used_index": position.astype(np.int64),
+            "used_weight_ms": weight_ms.astype(np.int64),
+        },
+    )
+
+
+def _to_mg_dl(value: F64, unit: NDArray[np.int8]) -> F64:
+    mmol = np.flatnonzero(unit == GlucoseUnit.MMOL_L)
+    if mmol.size == 0:
+        return value
+    out = value.copy()
+    out[mmol] = value[mmol] * MMOL_L_TO_MG_DL
+    return out
 
 
 def _infer_warmup(
@@ -404,23 +584,33 @@ def _duplicates(
     close = (s[1:] == s[:-1]) & (2 * (t[1:] - t[:-1]) < interval[1:])
     if not close.any():
         return np.zeros(0, dtype=np.int64)
-    dropped: list[int] = []
-    # Chains of consecutive close pairs; grouping inside a chain is anchored (sequential, but chains are rare).
-    pair = np.flatnonzero(close)
+    pair = np.flatnonzero(close)  # reading pair[k] is close to reading pair[k] + 1
     chain_start = np.flatnonzero(np.diff(np.concatenate(([-2], pair))) != 1)
-    bounds = np.append(chain_start, pair.size)
-    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        first, last = int(pair[a]), int(pair[b - 1]) + 1
+    chain_end = np.append(chain_start[1:], pair.size)
+    single = chain_end - chain_start == 1
+    # A chain of one close pair is one group of two: choose between them without a Python loop.
+    a = pair[chain_start[single]]
+    b = a + 1
+    b_wins = (source[b] < source[a]) | (
+        (source[b] == source[a])
+        & ((received[b] > received[a]) | ((received[b] == received[a]) & (value_mg_dl[b] > value_mg_dl[a])))
+    )
+    dropped = [np.where(b_wins, a, b)]
+    # Longer chains: anchored grouping, sequentially (rare: bursts of re-delivered readings).
+    extra: list[int] = []
+    for c0, c1 in zip(chain_start[~single].tolist(), chain_end[~single].tolist(), strict=True):
+        first, last = int(pair[c0]), int(pair[c1 - 1]) + 1
         group = [first]
         anchor = int(t[first])
         for i in range(first + 1, last + 1):
             if 2 * (int(t[i]) - anchor) < int(interval[i]):
                 group.append(i)
             else:
-                dropped.extend(_losers(group, t, source, received, value_mg_dl))
+                extra.extend(_losers(group, t, source, received, value_mg_dl))
                 group, anchor = [i], int(t[i])
-        dropped.extend(_losers(group, t, source, received, value_mg_dl))
-    return np.array(sorted(dropped), dtype=np.int64)
+        extra.extend(_losers(group, t, source, received, value_mg_dl))
+    dropped.append(np.array(extra, dtype=np.int64))
+    return np.sort(np.concatenate(dropped)).astype(np.int64)
 
 
 def _losers(group: list[int], t: I64, source: NDArray[np.int8], received: I64, value: F64) -> list[int]:
@@ -430,16 +620,35 @@ def _losers(group: list[int], t: I64, source: NDArray[np.int8], received: I64, v
     return [i for i in group if i != best]
 
 
+def _risk(mg: F64) -> F64:
+    """Kovatchev's signed risk f(g) = 1.509 ((ln g)^1.084 − 5.381), g in mg/dL."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: F64 = 1.509 * (np.log(mg) ** 1.084 - 5.381)
+    return out
+
+
+#: f(g) for whole mg/dL values 0..1000 (most sensors report whole mg/dL): one look-up instead of log and power.
+_RISK_TABLE = _risk(np.arange(1001, dtype=np.float64))
+
+
 def _statistics(p: NDArray[np.int32], mg: F64, n_used: I64, n_p: int) -> tuple[F64, F64, F64, F64]:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.bincount(p, weights=mg, minlength=n_p) / n_used
         dev = mg - mean[p]
         sd = np.sqrt(np.bincount(p, weights=dev * dev, minlength=n_p) / (n_used - 1))
         sd[n_used < 2] = np.nan
-        f = 1.509 * (np.log(mg) ** 1.084 - 5.381)
-        r = 10.0 * f * f
-        lbgi = np.bincount(p, weights=np.where(f < 0, r, 0.0), minlength=n_p) / n_used
-        hbgi = np.bincount(p, weights=np.where(f > 0, r, 0.0), minlength=n_p) / n_used
+        whole = mg.astype(np.int64)
+        tabled = (whole == mg) & (whole <= 1000)
+        f = _RISK_TABLE[np.where(tabled, whole, 0)]
+        if not tabled.all():
+            other = np.flatnonzero(~tabled)
+            f[other] = _risk(mg[other])
+        # r = 10 f² goes to LBGI where f < 0 and to HBGI where f > 0 (f = 0 adds nothing to either).
+        risk = np.bincount(p.astype(np.int64) * 2 + (f > 0), weights=10.0 * f * f, minlength=n_p * 2)
+        risk = risk.reshape(n_p, 2)
+        lbgi = risk[:, 0] / n_used
+        hbgi = risk[:, 1] / n_used
+        hbgi[np.isnan(lbgi)] = np.nan  # f is undefined below 1 mg/dL: neither index exists then
     return mean, sd, lbgi, hbgi
 
 
@@ -549,73 +758,51 @@ def _events(
 
 def _agp(p: NDArray[np.int32], mg: F64, local: I64, n_p: int, policy: OutcomePolicy) -> tuple[I64, F64]:
     """§10 AGP percentiles per patient and local time-of-day bin (type 7), optionally 1-4-1 smoothed."""
-    bin_ms = policy.agp_bin_min * MIN_MS
     n_bins = 1440 // policy.agp_bin_min
-    out = np.full((n_p, n_bins, len(PERCENTILES)), np.nan)
-    counts = np.zeros((n_p, n_bins), dtype=np.int64)
+    out = np.full((n_p * n_bins, len(PERCENTILES)), np.nan)
+    counts = np.zeros(n_p * n_bins, dtype=np.int64)
     if p.size:
-        tod_bin = (local % DAY_MS) // bin_ms
-        row = p.astype(np.int64) * n_bins + tod_bin
-        counts = np.bincount(row, minlength=n_p * n_bins).reshape(n_p, n_bins).astype(np.int64)
-        _fill_percentiles(out.reshape(n_p * n_bins, -1), row, p, mg, local, bin_ms)
+        row = p.astype(np.int64) * n_bins + (local % DAY_MS) // (policy.agp_bin_min * MIN_MS)
+        counts = np.bincount(row, minlength=n_p * n_bins).astype(np.int64)
+        _fill_percentiles(out, counts, row, p, mg, n_bins)
+    agp = out.reshape(n_p, n_bins, len(PERCENTILES))
     if policy.agp_smoothing is Smoothing.ONE_FOUR_ONE:
-        out = _smooth_141(out)
-    return counts, out
+        agp = _smooth_141(agp)
+    return counts.reshape(n_p, n_bins), agp
 
 
-def _fill_percentiles(out: F64, row: I64, p: NDArray[np.int32], mg: F64, local: I64, bin_ms: int) -> None:
-    """Exact type-7 percentiles per row, sorting each row's values in a padded block.
+def _fill_percentiles(out: F64, counts: I64, row: I64, p: NDArray[np.int32], mg: F64, n_bins: int) -> None:
+    """Exact type-7 percentiles per (patient, bin) row.
 
-    Readings are in (patient, time) order, so the readings of one (patient, local day, bin) occurrence are
-    contiguous; each gets a column (day ordinal, second pass of a fall-back hour, position in the run), unique
-    within its row. Rows are sorted in one `np.sort(axis=1)` per block of patients.
+    Per chunk of patients whose rows fit 16 bits: a stable radix sort of the row numbers groups the values,
+    each value gets a column (its rank within its row), and one `sort(axis=1)` orders every row at once.
     """
-    seg = p.astype(np.int64) * _BIG
-    local_adj = local - local[_last_start_index(_starts(p))] + seg
-    prior_max = np.empty_like(local_adj)
-    prior_max[0] = local_adj[0]
-    prior_max[1:] = np.maximum.accumulate(local_adj)[:-1]
-    repeat = (local_adj < prior_max).astype(np.int64)
-    day = local // DAY_MS
-    occ_start = _starts(p, day, (local % DAY_MS) // bin_ms, repeat)
-    pos = np.arange(p.shape[0]) - _last_start_index(occ_start)
-    first_day = np.minimum.reduceat(day, np.flatnonzero(_starts(p)))
-    day_ord = day - np.repeat(first_day, np.diff(np.append(np.flatnonzero(_starts(p)), p.shape[0])))
-    width = int(pos.max()) + 1
-    n_bins = DAY_MS // bin_ms
-    col = (day_ord * 2 + repeat) * width + pos
-    patient_starts = np.flatnonzero(_starts(p))
-    bounds = np.append(patient_starts, p.shape[0])
-    budget = 4_000_000  # cells per block
-    i = 0
-    n_pat = patient_starts.shape[0]
-    while i < n_pat:
-        j = i + 1
-        span_cols = int(col[bounds[i] : bounds[j]].max()) + 1
-        while j < n_pat:
-            cols_j = max(span_cols, int(col[bounds[j] : bounds[j + 1]].max()) + 1)
-            if (j + 1 - i) * cols_j * n_bins > budget:
-                break
-            span_cols = cols_j
-            j += 1
-        lo, hi = bounds[i], bounds[j]
-        rows = row[lo:hi]
-        r0 = int(rows.min())
-        n_rows = int(rows.max()) - r0 + 1
-        block = np.full((n_rows, span_cols), np.inf)
-        block[rows - r0, col[lo:hi]] = mg[lo:hi]
+    per_chunk = max(1, 65536 // n_bins)
+    n_p = counts.shape[0] // n_bins
+    for pa in range(0, n_p, per_chunk):
+        pb = min(pa + per_chunk, n_p)
+        lo, hi = np.searchsorted(p, [pa, pb]).tolist()
+        if lo == hi:
+            continue
+        r0 = pa * n_bins
+        local_row = (row[lo:hi] - r0).astype(np.uint16)
+        grouped = np.argsort(local_row, kind="stable")
+        rows = local_row[grouped].astype(np.int64)
+        n = counts[r0 : pb * n_bins]
+        first = np.cumsum(n) - n
+        rank = np.arange(hi - lo) - first[rows]
+        block = np.full((n.shape[0], int(n.max())), np.inf)
+        block[rows, rank] = mg[lo:hi][grouped]
         block.sort(axis=1)
-        n = np.bincount(rows - r0, minlength=n_rows)
-        has = n > 0
+        has = np.flatnonzero(n)
+        n_has = n[has]
         for k, q in enumerate(PERCENTILES):
-            h = (n[has] - 1) * (q / 100.0)
+            h = (n_has - 1) * (q / 100.0)
             below = np.floor(h).astype(np.int64)
-            above = np.minimum(below + 1, n[has] - 1)
-            b = block[has]
-            x_lo = b[np.arange(b.shape[0]), below]
-            x_hi = b[np.arange(b.shape[0]), above]
-            out[r0 + np.flatnonzero(has), k] = x_lo + (h - below) * (x_hi - x_lo)
-        i = j
+            above = np.minimum(below + 1, n_has - 1)
+            x_lo = block[has, below]
+            x_hi = block[has, above]
+            out[r0 + has, k] = x_lo + (h - below) * (x_hi - x_lo)
 
 
 def _smooth_141(agp: F64) -> F64:

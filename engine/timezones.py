@@ -85,6 +85,18 @@ def utc_offsets_ms(zone: str, times_ms: NDArray[np.int64]) -> NDArray[np.int64]:
     return offsets[index]
 
 
+def span_offsets_ms(
+    zone: str, first_ms: NDArray[np.int64], last_ms: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """For spans [first, last]: the offset at `first`, and whether it holds for the whole span (no transition)."""
+    if first_ms.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.bool_)
+    transitions, offsets = _rules_for(zone, int(first_ms.min()), int(last_ms.max()))
+    i_first = np.searchsorted(transitions, first_ms, side="right") - 1
+    i_last = np.searchsorted(transitions, last_ms, side="right") - 1
+    return offsets[i_first], i_first == i_last
+
+
 def to_local_ms(zone: str, times_ms: NDArray[np.int64]) -> NDArray[np.int64]:
     """Local wall-clock time as milliseconds on a naive axis (days are `local_ms // DAY_MS`)."""
     return times_ms + utc_offsets_ms(zone, times_ms)

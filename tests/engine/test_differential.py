@@ -24,8 +24,10 @@ from engine import (
     SensorFlag,
     Source,
     WindowSpec,
+    compute_cohort,
     compute_outcomes,
 )
+from engine.report import build_report
 from tests.engine.builders import MIN, T0
 
 ZONES = ("UTC", "America/New_York", "Europe/Berlin", "Australia/Lord_Howe", "Asia/Kolkata")
@@ -115,6 +117,15 @@ def test_engine_equals_baseline_on_random_cohorts(case: tuple[ReadingTable, Outc
     engine = compute_outcomes(table, policy, window, include_traces=True).as_dict()
     baseline = baseline_report(table, policy, window, include_traces=True)
     assert_same(engine, baseline)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cohorts(), st.integers(1, 50))
+def test_blocks_do_not_change_results(case: tuple[ReadingTable, OutcomePolicy, WindowSpec], block: int) -> None:
+    table, policy, window = case
+    whole = build_report(compute_cohort(table, policy, window), include_traces=True).to_json()
+    blocked = build_report(compute_cohort(table, policy, window, block_readings=block), include_traces=True)
+    assert blocked.to_json() == whole
 
 
 def test_engine_equals_baseline_on_a_synthetic_cohort() -> None:

@@ -1,0 +1,35 @@
+"""`make bench`: speed and memory, as ratios against a baseline run in the same process.
+
+    python -m bench                 # every section
+    python -m bench engine --quick  # one section, smaller sizes
+
+Each section prints a table; numbers are measured on this machine in this run (never asserted in tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# One core: numpy's element-wise work is single-threaded; keep any BLAS the same.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from bench import engine_bench  # noqa: E402
+
+SECTIONS = {"engine": engine_bench.run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("sections", nargs="*", choices=[*SECTIONS, []], help="sections to run (default: all)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = parser.parse_args(argv)
+    for name in args.sections or list(SECTIONS):
+        SECTIONS[name](quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
