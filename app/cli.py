@@ -108,7 +108,9 @@ def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     report = _report(args, args.input, err)
     out.write(render_text(report) + "\n")
     if args.json:
-        Path(args.json).write_text(report.to_json() + "\n", encoding="utf-8")
+        target = Path(args.json)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(report.to_json() + "\n", encoding="utf-8")
         out.write(f"\nFull JSON written to {args.json}\n")
     return 0
 

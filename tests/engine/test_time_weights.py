@@ -122,3 +122,12 @@ def test_sufficiency_needs_14_days_and_70_percent_active() -> None:
     out = one(part, spec=window(start, start + 14 * 24 * HOUR))
     assert out.metrics["sufficient"] is False
     assert out.document["sufficiency"]["reasons"] == ["sensor active 69.0 % of the window, below 70 %"]
+
+
+def test_out_of_order_input_gives_the_same_document() -> None:
+    readings = series([100, 60, 60, 60, 250, 300, 120]) + series([90, 95], device="libre-3", start=T0 + 2 * MIN)
+    spec = window(T0, T0 + HOUR)
+    forward = one(readings, spec=spec, include_traces=True).document
+    backward = one(readings[::-1], spec=spec, include_traces=True).document
+    assert forward == backward
+    assert forward["metrics"]["readings_used"] == 9
