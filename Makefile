@@ -19,7 +19,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check engine bff app
+	$(BIN)/ruff format --check engine bff app tests bench scripts migrations
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -5,6 +5,7 @@ The rules are written down in docs/outcomes-method.md; every output carries ENGI
 
 from engine.bands import Band, classify_bands, classify_target
 from engine.cohort import CohortResult, compute_cohort
+from engine.dedupe import group_winners
 from engine.devices import DEVICES, UNKNOWN_DEVICE, DeviceProfile, device_profile
 from engine.errors import (
     EngineError,
@@ -64,6 +65,7 @@ __all__ = [
     "compute_cohort",
     "compute_outcomes",
     "device_profile",
+    "group_winners",
     "isoformat_local",
     "localize",
     "parse_unit",

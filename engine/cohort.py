@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.bands import classify_bands, classify_target
+from engine.dedupe import group_winners
 from engine.devices import device_profile
 from engine.policy import Method, OutcomePolicy, Smoothing
 from engine.readings import NO_TIME, ReadingTable
@@ -578,46 +579,8 @@ def _duplicates(
     t: I64, s: NDArray[np.int32], interval: I64, source: NDArray[np.int8], received: I64, value_mg_dl: F64
 ) -> I64:
     """Positions (into the given arrays, sorted by stream then time) of readings dropped as duplicates (§4.4)."""
-    n = t.shape[0]
-    if n < 2:
-        return np.zeros(0, dtype=np.int64)
-    close = (s[1:] == s[:-1]) & (2 * (t[1:] - t[:-1]) < interval[1:])
-    if not close.any():
-        return np.zeros(0, dtype=np.int64)
-    pair = np.flatnonzero(close)  # reading pair[k] is close to reading pair[k] + 1
-    chain_start = np.flatnonzero(np.diff(np.concatenate(([-2], pair))) != 1)
-    chain_end = np.append(chain_start[1:], pair.size)
-    single = chain_end - chain_start == 1
-    # A chain of one close pair is one group of two: choose between them without a Python loop.
-    a = pair[chain_start[single]]
-    b = a + 1
-    b_wins = (source[b] < source[a]) | (
-        (source[b] == source[a])
-        & ((received[b] > received[a]) | ((received[b] == received[a]) & (value_mg_dl[b] > value_mg_dl[a])))
-    )
-    dropped = [np.where(b_wins, a, b)]
-    # Longer chains: anchored grouping, sequentially (rare: bursts of re-delivered readings).
-    extra: list[int] = []
-    for c0, c1 in zip(chain_start[~single].tolist(), chain_end[~single].tolist(), strict=True):
-        first, last = int(pair[c0]), int(pair[c1 - 1]) + 1
-        group = [first]
-        anchor = int(t[first])
-        for i in range(first + 1, last + 1):
-            if 2 * (int(t[i]) - anchor) < int(interval[i]):
-                group.append(i)
-            else:
-                extra.extend(_losers(group, t, source, received, value_mg_dl))
-                group, anchor = [i], int(t[i])
-        extra.extend(_losers(group, t, source, received, value_mg_dl))
-    dropped.append(np.array(extra, dtype=np.int64))
-    return np.sort(np.concatenate(dropped)).astype(np.int64)
-
-
-def _losers(group: list[int], t: I64, source: NDArray[np.int8], received: I64, value: F64) -> list[int]:
-    if len(group) == 1:
-        return []
-    best = min(group, key=lambda i: (int(source[i]), -int(received[i]), -float(value[i]), int(t[i])))
-    return [i for i in group if i != best]
+    winner = group_winners(t, s, interval, source, received, value_mg_dl)
+    return np.flatnonzero(winner != np.arange(t.shape[0])).astype(np.int64)
 
 
 def _risk(mg: F64) -> F64:

@@ -135,15 +135,16 @@ def localize(
     ambiguous = count > 1
     if ambiguous.any():
         stream_of = np.zeros(n, dtype=np.int32) if streams is None else streams
-        latest_seen: dict[int, int] = {}
-        switched: set[int] = set()
+        # State per stream and per fall-back (keyed by the local date of the repeated hour).
+        latest_seen: dict[tuple[int, int], int] = {}
+        switched: set[tuple[int, int]] = set()
         for i in np.flatnonzero(ambiguous).tolist():
-            s = int(stream_of[i])
             t = int(local_ms[i])
-            if s in latest_seen and t <= latest_seen[s]:
-                switched.add(s)
-            latest_seen[s] = max(t, latest_seen.get(s, t))
-            if s in switched:
+            key = (int(stream_of[i]), t // DAY_MS)
+            if key in latest_seen and t <= latest_seen[key]:
+                switched.add(key)
+            latest_seen[key] = max(t, latest_seen.get(key, t))
+            if key in switched:
                 utc[i] = local_ms[i] - small[i]
     return utc, ambiguous
 

@@ -12,12 +12,13 @@ can re-parse it with `Parser.parse_quarantined` once the cause is fixed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import IO, Protocol
 
-from engine import GlucoseUnit, SensorFlag, Source
+from engine import GlucoseUnit, SensorFlag, Source, parse_unit
 
 
 class Feed(StrEnum):
@@ -113,3 +114,47 @@ class Parser(Protocol):
     def parse_quarantined(self, payload: str, context: str, options: ParseOptions) -> Iterator[FeedItem]:
         """Read one quarantined record again (after its cause was fixed)."""
         ...
+
+
+def reading_to_json(reading: FeedReading) -> str:
+    """A reading as JSON, for quarantine when it failed a check after parsing (time, value, patient)."""
+    return json.dumps(
+        {
+            "patient": None if reading.patient is None else [reading.patient.issuer, reading.patient.value],
+            "time_ms": reading.time_ms,
+            "value": reading.value,
+            "unit": reading.unit.label,
+            "flag": reading.flag.name,
+            "device": reading.device,
+            "stream": reading.stream,
+            "record_key": reading.record_key,
+            "session_key": reading.session_key,
+            "session_start_ms": reading.session_start_ms,
+            "ambiguous": reading.ambiguous,
+            "locator": reading.locator,
+            "raw": reading.payload,
+            "extra": dict(reading.extra),
+        },
+        sort_keys=True,
+    )
+
+
+def reading_from_json(text: str) -> FeedReading:
+    data = json.loads(text)
+    patient = data.get("patient")
+    return FeedReading(
+        patient=None if patient is None else PatientRef(patient[0], patient[1]),
+        time_ms=int(data["time_ms"]),
+        value=None if data["value"] is None else float(data["value"]),
+        unit=parse_unit(data["unit"]),
+        flag=SensorFlag[data["flag"]],
+        device=data["device"],
+        stream=data["stream"],
+        record_key=data["record_key"],
+        session_key=data.get("session_key", ""),
+        session_start_ms=data.get("session_start_ms"),
+        ambiguous=bool(data.get("ambiguous", False)),
+        locator=data.get("locator", ""),
+        payload=data.get("raw", ""),
+        extra=data.get("extra", {}),
+    )

@@ -1,63 +1,22 @@
-"""The `glucobridge` command line.
-
-Exit codes: 0 done; 2 bad input (one line on stderr naming the row and the problem, never a traceback).
-"""
+"""`glucobridge outcomes` (from a CSV file, or a patient in the store) and `glucobridge demo`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from datetime import date, datetime
 from pathlib import Path
 from typing import TextIO
 
+from app.cli.common import BadInputError, open_store, window_from
 from bff.ingest.engine_csv import CsvFormatError, parse_engine_csv
-from engine import (
-    EngineError,
-    Method,
-    OutcomePolicy,
-    OutcomeReport,
-    ReadingTable,
-    WindowSpec,
-    compute_outcomes,
-)
-from engine.policy import TARGET_SETS
+from bff.store.outcomes import OutcomeService, UnknownPatientError
+from engine import EngineError, Method, OutcomePolicy, OutcomeReport, ReadingTable, compute_outcomes
 from engine.timezones import check_zone
 
-EXIT_BAD_INPUT = 2
-DEMO_FILE = Path(__file__).resolve().parent.parent / "data" / "demo" / "patient-14d.csv"
+DEMO_FILE = Path(__file__).resolve().parents[2] / "data" / "demo" / "patient-14d.csv"
 
 
-class BadInputError(Exception):
-    """Input the user must fix; printed as one line, exit code 2."""
-
-
-def _bound(text: str) -> int | date:
-    """An ISO instant with an offset (as ms), or a date (local midnight in --tz)."""
-    text = text.strip()
-    try:
-        if len(text) == 10:
-            return date.fromisoformat(text)
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise BadInputError(f"{text!r} is neither a date (YYYY-MM-DD) nor an ISO 8601 instant with an offset") from None
-    if moment.tzinfo is None:
-        raise BadInputError(f"{text!r} has no UTC offset: add one, or give a date (local midnight in --tz)")
-    return int(moment.timestamp() * 1000)
-
-
-def _window(args: argparse.Namespace) -> WindowSpec:
-    if (args.start is None) != (args.end is None):
-        raise BadInputError("--from and --to go together")
-    if args.start is not None:
-        if args.days is not None:
-            raise BadInputError("use either --from/--to or --days, not both")
-        return WindowSpec(start=_bound(args.start), end=_bound(args.end))
-    return WindowSpec(days=args.days or 14)
-
-
-def _read_table(path: str, args: argparse.Namespace, err: TextIO) -> ReadingTable:
+def read_csv_table(path: str, args: argparse.Namespace, err: TextIO) -> ReadingTable:
     try:
         handle = sys.stdin if path == "-" else open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
     except OSError as exc:
@@ -78,34 +37,51 @@ def _read_table(path: str, args: argparse.Namespace, err: TextIO) -> ReadingTabl
             + "\n"
         )
     try:
-        return ReadingTable.from_records(parsed.readings, default_zone=args.tz)
+        return ReadingTable.from_records(parsed.readings, default_zone=args.tz or "UTC")
     except EngineError as exc:
         row = parsed.rows[exc.index] if exc.index is not None and exc.index < len(parsed.rows) else None
         raise BadInputError(f"row {row}: {exc.message}" if row else exc.message) from None
 
 
-def _report(args: argparse.Namespace, path: str, err: TextIO) -> OutcomeReport:
+def build_report(args: argparse.Namespace, err: TextIO) -> OutcomeReport:
     try:
-        check_zone(args.tz)
+        if args.tz:
+            check_zone(args.tz)
         if args.input_tz:
             check_zone(args.input_tz)
         policy = OutcomePolicy(method=Method(args.method), targets=args.targets)
-        window = _window(args)
-        table = _read_table(path, args, err)
+        window = window_from(args)
+        if getattr(args, "patient", None):
+            if args.input:
+                raise BadInputError("give either an input file or --patient, not both")
+            store = open_store()
+            try:
+                return (
+                    OutcomeService(store)
+                    .compute(args.patient, window, policy, tz=args.tz, include_traces=args.traces)
+                    .report
+                )
+            except UnknownPatientError as exc:
+                raise BadInputError(str(exc)) from None
+            finally:
+                store.dispose()
+        if not args.input:
+            raise BadInputError("give an input CSV file, or --patient ID to read from the store")
+        table = read_csv_table(args.input, args, err)
         return compute_outcomes(table, policy, window, include_traces=args.traces)
     except EngineError as exc:
         raise BadInputError(exc.message) from None
 
 
 def cmd_outcomes(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    report = _report(args, args.input, err)
-    out.write(report.to_json() + "\n")
+    out.write(build_report(args, err).to_json() + "\n")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     args.input = str(DEMO_FILE)
-    report = _report(args, args.input, err)
+    args.tz = args.tz or "America/New_York"
+    report = build_report(args, err)
     out.write(render_text(report) + "\n")
     if args.json:
         target = Path(args.json)
@@ -146,14 +122,12 @@ def render_text(report: OutcomeReport) -> str:
         lines.append(
             "  Data sufficient" if suff["sufficient"] else "  INSUFFICIENT DATA: " + "; ".join(suff["reasons"])
         )
+        target = doc["targets"]["range_mg_dl"]
         lines.append("  Time in ranges")
         for label, key in (
             ("Very high  >250 mg/dL", "time_above_250_pct"),
             ("High   181–250 mg/dL", "time_181_250_pct"),
-            (
-                "In range  70–180 mg/dL" if report.policy.targets != "pregnancy" else "In range  63–140 mg/dL",
-                "time_in_range_pct",
-            ),
+            (f"In range {target[0]:g}–{target[1]:g} mg/dL", "time_in_range_pct"),
             ("Low      54–69 mg/dL", "time_54_69_pct"),
             ("Very low  <54 mg/dL", "time_below_54_pct"),
         ):
@@ -176,47 +150,3 @@ def render_text(report: OutcomeReport) -> str:
         excluded = {k: v for k, v in doc["excluded"].items() if v}
         lines.append(f"  Excluded: {excluded or 'none'} · long gaps: {len(doc['gaps'])}")
     return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glucobridge", description="CGM outcomes for the EHR.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def outcome_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--tz", default="UTC", help="the patient's IANA time zone for days, night and AGP (UTC)")
-        p.add_argument("--input-tz", help="the zone naive timestamps in the input were recorded in")
-        p.add_argument("--method", choices=[m.value for m in Method], default="time")
-        p.add_argument("--from", dest="start", help="window start: ISO instant with offset, or a date")
-        p.add_argument("--to", dest="end", help="window end (exclusive): ISO instant with offset, or a date")
-        p.add_argument("--days", type=int, help="the last N local days ending with the last reading's day (14)")
-        p.add_argument("--targets", choices=list(TARGET_SETS), default="standard")
-        p.add_argument("--skip-invalid", action="store_true", help="report bad rows on stderr, compute the rest")
-        p.add_argument("--traces", action="store_true", help="include daily AGP traces")
-
-    outcomes = sub.add_parser("outcomes", help="compute outcomes from a CSV file and print JSON")
-    outcomes.add_argument("input", help="CSV: patient_id,time,value,unit[,device,session_id,session_start,...]")
-    outcome_options(outcomes)
-    outcomes.set_defaults(handler=cmd_outcomes)
-
-    demo = sub.add_parser("demo", help="print the report of the bundled synthetic 14-day patient")
-    outcome_options(demo)
-    demo.add_argument("--json", help="also write the full JSON report to this file")
-    demo.set_defaults(handler=cmd_demo, tz="America/New_York")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    out = out or sys.stdout
-    err = err or sys.stderr
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.handler(args, out, err)
-    except BadInputError as exc:
-        err.write(f"glucobridge: {exc}\n")
-        return EXIT_BAD_INPUT
-    return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

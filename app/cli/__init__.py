@@ -1,0 +1,101 @@
+"""The `glucobridge` command line.
+
+Exit codes: 0 done; 1 a check failed (e.g. a quarantine retry still refused); 2 bad input (one line on stderr
+naming the row and the problem, never a traceback); 3 a service failed (e.g. the database went away mid-ingest:
+nothing was written, run the command again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from app.cli.common import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, BadInputError, InfrastructureError
+from app.cli.outcomes import cmd_demo, cmd_outcomes
+from app.cli.store import cmd_db, cmd_ingest, cmd_patient, cmd_quarantine, cmd_recompute
+from bff.ingest.records import Feed
+from engine import Method
+from engine.policy import TARGET_SETS
+
+__all__ = ["BadInputError", "build_parser", "main"]
+
+
+def _outcome_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tz", help="the patient's IANA time zone for days, night and AGP (CSV: UTC; store: the patient's)")
+    p.add_argument("--input-tz", help="the zone naive timestamps in the input were recorded in")
+    p.add_argument("--method", choices=[m.value for m in Method], default="time")
+    p.add_argument("--from", dest="start", help="window start: ISO instant with offset, or a date")
+    p.add_argument("--to", dest="end", help="window end (exclusive): ISO instant with offset, or a date")
+    p.add_argument("--days", type=int, help="the last N local days ending with the last reading's day (14)")
+    p.add_argument("--targets", choices=list(TARGET_SETS), default="standard")
+    p.add_argument("--skip-invalid", action="store_true", help="report bad rows on stderr, compute the rest")
+    p.add_argument("--traces", action="store_true", help="include daily AGP traces")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glucobridge", description="CGM outcomes for the EHR.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    outcomes = sub.add_parser("outcomes", help="compute outcomes (from a CSV file, or a patient in the store)")
+    outcomes.add_argument("input", nargs="?", help="CSV: patient_id,time,value,unit[,device,...]")
+    outcomes.add_argument("--patient", help="read the patient's readings from the store instead of a file")
+    _outcome_options(outcomes)
+    outcomes.set_defaults(handler=cmd_outcomes)
+
+    demo = sub.add_parser("demo", help="print the report of the bundled synthetic 14-day patient")
+    _outcome_options(demo)
+    demo.add_argument("--json", help="also write the full JSON report to this file")
+    demo.set_defaults(handler=cmd_demo)
+
+    ingest = sub.add_parser("ingest", help="ingest a file into the store (one transaction)")
+    ingest.add_argument("file")
+    ingest.add_argument("--feed", required=True, choices=[f.value for f in Feed])
+    ingest.add_argument("--site", required=True, help="the site the data came from")
+    ingest.add_argument("--patient", help="glucobridge patient id, for inputs that do not name the patient")
+    ingest.add_argument("--input-tz", help="the zone of local times without an offset (LibreView, HL7 v2, CSV)")
+    ingest.add_argument("--date-order", choices=["mdy", "dmy", "ymd"], help="locale date order (LibreView)")
+    ingest.add_argument("--progress", action="store_true", help="report each chunk written on stderr")
+    ingest.set_defaults(handler=cmd_ingest)
+
+    quarantine = sub.add_parser("quarantine", help="records that could not be ingested, and why")
+    quarantine.add_argument("action", choices=["list", "show", "retry"])
+    quarantine.add_argument("id", nargs="?", type=int)
+    quarantine.add_argument("--all", action="store_true", help="list resolved items too")
+    quarantine.add_argument("--patient", help="retry: the patient the record belongs to")
+    quarantine.add_argument("--input-tz", help="retry: the zone of local times without an offset")
+    quarantine.set_defaults(handler=cmd_quarantine)
+
+    recompute = sub.add_parser("recompute", help="write new versions of outcome windows")
+    recompute.add_argument("--stale", action="store_true", help="every window with readings that arrived since")
+    recompute.set_defaults(handler=cmd_recompute)
+
+    patient = sub.add_parser("patient", help="show or set a patient's settings")
+    patient.add_argument("id")
+    patient.add_argument("--tz", help="the patient's IANA time zone")
+    patient.set_defaults(handler=cmd_patient)
+
+    db = sub.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade"])
+    db.set_defaults(handler=cmd_db)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args, out, err)
+    except BadInputError as exc:
+        err.write(f"glucobridge: {exc}\n")
+        return EXIT_BAD_INPUT
+    except InfrastructureError as exc:
+        err.write(f"glucobridge: {exc}\n")
+        return EXIT_INFRASTRUCTURE
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""What the command modules share: the one-line error, window arguments, opening the store."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date, datetime
+
+from bff.settings import get_settings
+from bff.store.db import SchemaError, Store
+from engine import WindowSpec
+
+EXIT_BAD_INPUT = 2
+EXIT_INFRASTRUCTURE = 3
+
+
+class BadInputError(Exception):
+    """Input the user must fix; printed as one line, exit code 2."""
+
+
+class InfrastructureError(Exception):
+    """A service failed (the database went away); nothing was half-done; printed as one line, exit code 3."""
+
+
+def bound(text: str) -> int | date:
+    """An ISO instant with an offset (as ms), or a date (local midnight in the patient's zone)."""
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadInputError(f"{text!r} is neither a date (YYYY-MM-DD) nor an ISO 8601 instant with an offset") from None
+    if moment.tzinfo is None:
+        raise BadInputError(f"{text!r} has no UTC offset: add one, or give a date (local midnight in --tz)")
+    return int(moment.timestamp() * 1000)
+
+
+def window_from(args: argparse.Namespace) -> WindowSpec:
+    if (args.start is None) != (args.end is None):
+        raise BadInputError("--from and --to go together")
+    if args.start is not None:
+        if args.days is not None:
+            raise BadInputError("use either --from/--to or --days, not both")
+        return WindowSpec(start=bound(args.start), end=bound(args.end))
+    return WindowSpec(days=args.days or 14)
+
+
+def open_store() -> Store:
+    try:
+        return Store(get_settings())
+    except SchemaError as exc:
+        raise BadInputError(str(exc)) from None

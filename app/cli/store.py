@@ -1,0 +1,193 @@
+"""Store commands: ingest, quarantine, recompute, patient, db."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+
+from app.cli.common import BadInputError, InfrastructureError, open_store
+from bff.ingest.records import Feed, FeedFormatError, FeedItem, ParseOptions, reading_from_json
+from bff.ingest.registry import parser_for
+from bff.settings import get_settings
+from bff.store.db import Store, make_engine, upgrade
+from bff.store.ingest import READING_CONTEXT, IngestError, Ingestor
+from bff.store.models import Patient, QuarantineItem
+from bff.store.outcomes import OutcomeService
+from engine import EngineError
+from engine.timezones import check_zone
+
+
+def _options(args: argparse.Namespace) -> ParseOptions:
+    if args.input_tz:
+        try:
+            check_zone(args.input_tz)
+        except EngineError as exc:
+            raise BadInputError(exc.message) from None
+    return ParseOptions(input_tz=args.input_tz, date_order=getattr(args, "date_order", None))
+
+
+def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise BadInputError(f"cannot read {args.file}: no such file")
+    options = _options(args)
+    store = open_store()
+
+    def progress(written: int) -> None:
+        err.write(f"written {written} readings (not yet committed)\n")
+        err.flush()
+
+    try:
+        with path.open("rb") as handle:
+            report = Ingestor(store, on_chunk=progress if args.progress else None).ingest(
+                parser_for(args.feed), handle, site=args.site, source_name=str(path), patient=args.patient,
+                options=options,
+            )  # fmt: skip
+    except (FeedFormatError, IngestError) as exc:
+        raise BadInputError(f"{args.file}: {exc}") from None
+    except DBAPIError as exc:
+        raise InfrastructureError(
+            f"the database failed during the ingest of {args.file} ({type(exc.orig).__name__}): nothing from this "
+            "file was written; run the same command again"
+        ) from None
+    finally:
+        store.dispose()
+    out.write(json.dumps(report.as_dict(), sort_keys=True) + "\n")
+    if report.quarantined:
+        err.write(f"{report.quarantined} record(s) quarantined: `glucobridge quarantine list` shows why\n")
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    store = open_store()
+    try:
+        if args.action == "list":
+            return _quarantine_list(store, args, out)
+        if args.id is None:
+            raise BadInputError(f"quarantine {args.action} needs an ID")
+        if args.action == "show":
+            return _quarantine_show(store, args.id, out)
+        return _quarantine_retry(store, args, out)
+    finally:
+        store.dispose()
+
+
+def _quarantine_list(store: Store, args: argparse.Namespace, out: TextIO) -> int:
+    with store.transaction() as session:
+        query = select(QuarantineItem).order_by(QuarantineItem.id)
+        if not args.all:
+            query = query.where(QuarantineItem.resolved_at.is_(None))
+        items = list(session.scalars(query))
+    if not items:
+        out.write("quarantine is empty\n" if args.all else "no open quarantine items\n")
+        return 0
+    for item in items:
+        state = "resolved" if item.resolved_at else "open"
+        out.write(f"{item.id}\t{state}\t{item.site_key}\t{item.feed}\t{item.locator}\t{item.reason}\n")
+    return 0
+
+
+def _quarantine_show(store: Store, item_id: int, out: TextIO) -> int:
+    with store.transaction() as session:
+        item = session.get(QuarantineItem, item_id)
+        if item is None:
+            raise BadInputError(f"no quarantine item {item_id}")
+        doc = {
+            "id": item.id, "site": item.site_key, "feed": item.feed, "batch_id": item.batch_id,
+            "locator": item.locator, "reason": item.reason, "first_seen": item.first_seen.isoformat(),
+            "last_seen": item.last_seen.isoformat(), "seen_count": item.seen_count,
+            "resolved_at": item.resolved_at.isoformat() if item.resolved_at else None, "resolution": item.resolution,
+            "patient": item.patient_public_id, "context": item.context, "payload": item.payload,
+        }  # fmt: skip
+    out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+def _quarantine_retry(store: Store, args: argparse.Namespace, out: TextIO) -> int:
+    with store.transaction() as session:
+        item = session.get(QuarantineItem, args.id)
+        if item is None:
+            raise BadInputError(f"no quarantine item {args.id}")
+        if item.resolved_at is not None:
+            raise BadInputError(f"quarantine item {args.id} is already resolved: {item.resolution}")
+        site, feed, payload, context = item.site_key, Feed(item.feed), item.payload, item.context
+        patient = args.patient or item.patient_public_id
+    options = _options(args)
+    items: list[FeedItem]
+    try:
+        if context == READING_CONTEXT:
+            items = [reading_from_json(payload)]
+        else:
+            items = list(parser_for(feed).parse_quarantined(payload, context, options))
+    except FeedFormatError as exc:
+        raise BadInputError(f"quarantine item {args.id} still cannot be read: {exc}") from None
+    report = Ingestor(store).ingest_items(
+        items, site=site, feed=feed, source_name=f"quarantine:{args.id}", patient=patient
+    )
+    if report.quarantined:
+        out.write(f"quarantine item {args.id} is still refused: {'; '.join(report.problems)}\n")
+        return 1
+    with store.transaction() as session:
+        item = session.get(QuarantineItem, args.id)
+        assert item is not None
+        item.resolved_at = datetime.now(UTC)
+        item.resolution = f"retried in batch {report.batch_id}: {report.added} reading(s) added"
+    out.write(json.dumps(report.as_dict(), sort_keys=True) + "\n")
+    return 0
+
+
+def cmd_recompute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if not args.stale:
+        raise BadInputError("say what to recompute: --stale")
+    store = open_store()
+    try:
+        results = OutcomeService(store).recompute_stale()
+    finally:
+        store.dispose()
+    for result in results:
+        row = result.window
+        if row is None:
+            continue
+        out.write(
+            f"{result.report.patients[0].patient_id}\twindow {row.window_start_ms}–{row.window_end_ms}\t"
+            f"version {row.version}\t{'new version' if result.created else 'unchanged'}\t{row.input_digest[:12]}\n"
+        )
+    out.write(f"{len(results)} stale outcome window(s) recomputed\n")
+    return 0
+
+
+def cmd_patient(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.tz:
+        try:
+            check_zone(args.tz)
+        except EngineError as exc:
+            raise BadInputError(exc.message) from None
+    store = open_store()
+    try:
+        with store.transaction() as session:
+            patient = session.scalar(select(Patient).where(Patient.public_id == args.id))
+            if patient is None:
+                raise BadInputError(f"no patient {args.id!r} in the store")
+            if args.tz:
+                patient.tz = args.tz
+            out.write(json.dumps({"patient": patient.public_id, "tz": patient.tz}) + "\n")
+    finally:
+        store.dispose()
+    return 0
+
+
+def cmd_db(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    out.write(f"database at head ({engine.url.render_as_string(hide_password=True)})\n")
+    return 0

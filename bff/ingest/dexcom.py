@@ -1,0 +1,262 @@
+"""Dexcom Developer API v3 `/egvs` responses, streamed with ijson's C backend.
+
+A response is `{"recordType": "egv", "recordVersion": "3.0", "userId": ..., "records": [...]}`. The top-level
+fields before `records` are read first (that is where the API puts them); the records are then built one by one
+by ijson and never held all at once.
+
+Per record: `recordId` is the record key; the time is `systemTime` (UTC-based; records from receivers carry no
+offset, so an offset-less systemTime is taken as UTC and marked `extra["system_time_offset"] = "none"`);
+`status` low/high makes a LOW/HIGH reading with `value` as the bound; `transmitterId` is the stream and
+`transmitterGeneration` the device. A record that cannot be read becomes a `FeedProblem` whose payload is the
+record's JSON and whose context is `{"userId": ..., "recordVersion": ...}`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import IO, Any
+
+import ijson  # type: ignore[import-untyped]
+
+from bff.ingest.records import Feed, FeedFormatError, FeedItem, FeedProblem, FeedReading, ParseOptions, PatientRef
+from engine import GlucoseUnit, SensorFlag
+
+#: Dexcom's transmitterGeneration → our device keys (engine.devices); anything else is an unknown device.
+GENERATIONS = {"g4": "dexcom-g4", "g5": "dexcom-g5", "g6": "dexcom-g6", "g6+": "dexcom-g6", "g7": "dexcom-g7"}
+_UNITS = {"mg/dl": GlucoseUnit.MG_DL, "mmol/l": GlucoseUnit.MMOL_L}
+_STATUS = {"ok": SensorFlag.NONE, "low": SensorFlag.LOW, "high": SensorFlag.HIGH, "unknown": SensorFlag.NONE}
+_EXTRA_FIELDS = ("displayTime", "trend", "trendRate", "transmitterGeneration", "transmitterTicks", "displayDevice")
+_TOP_FIELDS = ("recordType", "recordVersion", "userId")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+_OFFSET_LABELS: dict[tzinfo, str] = {}
+CHUNK = 16 * 1024
+#: The top-level fields come first; a response whose `records` list has not started by then is not an EGV one.
+PRELUDE_LIMIT = 1024 * 1024
+
+
+class _RecordError(ValueError):
+    """A record that cannot become a reading; the message is the quarantine reason."""
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _compact(record: Any) -> str:
+    return _ENCODER.encode(record)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _time_ms(record: Mapping[str, Any]) -> tuple[int, str]:
+    """systemTime as UTC ms, and the offset it carried ("none" when it had none: taken as UTC)."""
+    raw = record.get("systemTime")
+    if not isinstance(raw, str) or not raw:
+        raise _RecordError("systemTime missing")
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise _RecordError(f"systemTime {raw!r} is not an ISO 8601 date-time") from None
+    if raw.find("T") < 0 and raw.find(" ") < 0:
+        raise _RecordError(f"systemTime {raw!r} has no time of day")
+    zone = moment.tzinfo
+    if zone is None:
+        return (moment.replace(tzinfo=UTC) - _EPOCH) // _ONE_MS, "none"
+    label = _OFFSET_LABELS.get(zone)
+    if label is None:
+        offset = moment.utcoffset()
+        seconds = 0 if offset is None else int(offset.total_seconds())
+        hours, rest = divmod(abs(seconds), 3600)
+        label = f"{'-' if seconds < 0 else '+'}{hours:02d}:{rest // 60:02d}"
+        if len(_OFFSET_LABELS) < 256:
+            _OFFSET_LABELS[zone] = label
+    return (moment - _EPOCH) // _ONE_MS, label
+
+
+def _reading(
+    record: Any, index: int, patient: PatientRef | None, context: str, keep_payload: bool
+) -> FeedReading | FeedProblem:
+    locator = f"record {index}"
+    try:
+        if not isinstance(record, dict):
+            raise _RecordError(f"record is a JSON {type(record).__name__}, not an object")
+        record_id = record.get("recordId")
+        if not isinstance(record_id, str) or not record_id.strip():
+            raise _RecordError("recordId missing")
+        time_ms, offset = _time_ms(record)
+        unit_text = record.get("unit")
+        unit = _UNITS.get(unit_text.strip().lower()) if isinstance(unit_text, str) else None
+        if unit is None:
+            raise _RecordError(f"unknown unit {unit_text!r}: Dexcom gave no glucose unit (expected mg/dL or mmol/L)")
+        value = record.get("value")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _RecordError(f"value {value!r} is not a number")
+        if not math.isfinite(value) or value <= 0:
+            raise _RecordError(f"value {value!r} must be a finite number above 0")
+        status = record.get("status")
+        flag = SensorFlag.NONE if status is None else _STATUS.get(status) if isinstance(status, str) else None
+        if flag is None:
+            raise _RecordError(f"unknown status {status!r} (expected ok, low, high or unknown)")
+        transmitter = record.get("transmitterId")
+        if transmitter is not None and not isinstance(transmitter, str):
+            raise _RecordError(f"transmitterId {transmitter!r} is not a string")
+        generation = record.get("transmitterGeneration")
+        device = GENERATIONS.get(generation.lower(), "") if isinstance(generation, str) else ""
+        extra: dict[str, str] = {"system_time_offset": offset}
+        for name in _EXTRA_FIELDS:
+            given = record.get(name)
+            if given is not None:
+                extra[name] = _text(given)
+        if status == "unknown":
+            extra["status"] = "unknown"
+    except _RecordError as bad:
+        return FeedProblem(locator, str(bad), _compact(record), context, patient)
+    return FeedReading(
+        patient=patient,
+        time_ms=time_ms,
+        value=float(value),
+        unit=unit,
+        flag=flag,
+        device=device,
+        stream=transmitter or "",
+        record_key=record_id,
+        locator=locator,
+        payload=_compact(record) if keep_payload else "",
+        extra=extra,
+    )
+
+
+def _context(top: Mapping[str, Any]) -> str:
+    return _compact({"userId": top.get("userId"), "recordVersion": top.get("recordVersion")})
+
+
+def _patient(user_id: Any) -> PatientRef | None:
+    if isinstance(user_id, str) and user_id.strip():
+        return PatientRef("dexcom-user", user_id.strip())
+    return None
+
+
+class DexcomParser:
+    """Parser for Dexcom API v3 `/egvs` JSON responses (`Parser` protocol).
+
+    `keep_payload=False` leaves `FeedReading.payload` empty (problems always carry theirs), for bulk loads
+    that do not keep raw records.
+    """
+
+    feed = Feed.DEXCOM
+
+    def __init__(self, *, keep_payload: bool = True) -> None:
+        self.keep_payload = keep_payload
+        self.skipped: dict[str, int] = {}  # always empty: every EGV record is a reading or a problem
+
+    def parse(self, stream: IO[bytes], options: ParseOptions) -> Iterator[FeedItem]:
+        del options  # Dexcom times are instants: no zone or date order is needed.
+        buffered, top = _prelude(stream)
+        _check_top(top)
+        patient = _patient(top.get("userId"))
+        context = _context(top)
+        records: Any = ijson.sendable_list()
+        coro = ijson.items_coro(records, "records.item", use_float=True)
+        index = 0
+        checked = "recordType" in top
+
+        def drain() -> Iterator[FeedItem]:
+            nonlocal index, checked
+            for record in records:
+                index += 1
+                if not checked:
+                    _check_first_record(record)
+                    checked = True
+                yield _reading(record, index, patient, context, self.keep_payload)
+            del records[:]
+
+        try:
+            for chunk in _chain(buffered, stream):
+                coro.send(chunk)
+                yield from drain()
+            coro.close()
+        except ijson.JSONError as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise FeedFormatError(f"invalid JSON after record {index}: {detail}") from None
+        yield from drain()
+
+    def parse_quarantined(self, payload: str, context: str, options: ParseOptions) -> Iterator[FeedItem]:
+        del options
+        try:
+            top = json.loads(context) if context.strip() else {}
+        except ValueError:
+            raise FeedFormatError("the context of a quarantined Dexcom record is not JSON") from None
+        if not isinstance(top, dict):
+            raise FeedFormatError("the context of a quarantined Dexcom record is not a JSON object")
+        try:
+            record = json.loads(payload)
+        except ValueError as exc:
+            yield FeedProblem("record 1", f"invalid JSON: {exc}", payload, context)
+            return
+        yield _reading(record, 1, _patient(top.get("userId")), _context(top), self.keep_payload)
+
+
+def _chain(buffered: list[bytes], stream: IO[bytes]) -> Iterable[bytes]:
+    yield from buffered
+    buffered.clear()
+    while chunk := stream.read(CHUNK):
+        yield chunk
+
+
+def _prelude(stream: IO[bytes]) -> tuple[list[bytes], dict[str, Any]]:
+    """Read until the `records` list starts; return the bytes read and the top-level fields seen before it."""
+    buffered: list[bytes] = []
+    top: dict[str, Any] = {}
+    events: Any = ijson.sendable_list()
+    coro = ijson.parse_coro(events)
+    size = 0
+    try:
+        while True:
+            chunk = stream.read(CHUNK)
+            if not chunk:
+                coro.close()
+                break
+            buffered.append(chunk)
+            size += len(chunk)
+            coro.send(chunk)
+            for prefix, event, value in events:
+                if prefix == "":
+                    if event not in ("start_map", "map_key", "end_map"):
+                        raise FeedFormatError(f"not a Dexcom EGV response: the top level is a JSON {event}")
+                    continue
+                if prefix == "records":
+                    if event != "start_array":
+                        raise FeedFormatError("not a Dexcom EGV response: 'records' is not a list")
+                    return buffered, top
+                if prefix == "egvs":
+                    raise FeedFormatError("a Dexcom API v2 response ('egvs'): only v3 /egvs responses are read")
+                if prefix in _TOP_FIELDS and event in ("string", "number", "null", "boolean"):
+                    top[prefix] = value
+                    if prefix == "recordType":
+                        _check_top(top)
+            del events[:]
+            if size > PRELUDE_LIMIT:
+                break
+    except ijson.JSONError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FeedFormatError(f"not a Dexcom EGV response: invalid JSON ({detail})") from None
+    raise FeedFormatError("not a Dexcom EGV response: no 'records' list")
+
+
+def _check_top(top: Mapping[str, Any]) -> None:
+    record_type = top.get("recordType")
+    if "recordType" in top and record_type != "egv":
+        raise FeedFormatError(f"not a Dexcom EGV response: recordType is {record_type!r} (expected 'egv')")
+
+
+def _check_first_record(record: Any) -> None:
+    """Without a recordType before the records, the first record must look like an EGV."""
+    if not isinstance(record, dict) or not ("systemTime" in record or "recordId" in record):
+        raise FeedFormatError("not a Dexcom EGV response: no recordType, and the first record has no systemTime")

@@ -1,0 +1,689 @@
+"""FHIR CGM sensor-reading Observations (HL7 CGM IG: LOINC 99504-3 mg/dL, 105272-9 mmol/L), streamed.
+
+Input is a Bundle (entries are built one at a time by ijson's C backend, never the whole Bundle) or NDJSON (one
+resource a line, as FHIR Bulk Data writes it). Each Observation is checked for what a reading needs: a result
+status, the sensor-reading code, a numeric valueQuantity in the unit of that code (a `<`/`>` comparator makes a
+LOW/HIGH reading at the value), and an effectiveDateTime with a time and a UTC offset.
+
+`subject` gives the patient (`PatientRef("fhir", "Patient/<id>")`, or `PatientRef("id:<system>", value)` from an
+identifier); `device.reference` the stream; the device key comes from `device.display` or from a Device resource
+in the same input (matched by name: "Dexcom G6" → dexcom-g6). When the input is seekable, Device and Patient
+resources are indexed first, so they may come before or after the Observations that point to them; otherwise
+only those that come before are known. Other resources (Patient, Device, DiagnosticReport, CGM summary
+Observations) are not readings: they are counted in `FhirParser.skipped`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import IO, Any
+
+import ijson  # type: ignore[import-untyped]
+
+from bff.ingest.records import (
+    Feed,
+    FeedFormatError,
+    FeedItem,
+    FeedProblem,
+    FeedReading,
+    ParseOptions,
+    PatientRef,
+)
+from engine import DEVICES, GlucoseUnit, SensorFlag
+
+LOINC = "http://loinc.org"
+READING_CODES = {"99504-3": GlucoseUnit.MG_DL, "105272-9": GlucoseUnit.MMOL_L}
+#: CGM IG summary codes: legitimate members of a CGM submission Bundle, but not sensor readings.
+SUMMARY_CODES = frozenset(
+    {
+        "107931-8",
+        "104643-2",
+        "106793-3",
+        "97507-8",
+        "105273-7",
+        "97506-0",
+        "104638-2",
+        "104636-6",
+        "104637-4",
+        "97510-2",
+        "104642-4",
+        "104641-6",
+        "104640-8",
+        "104639-0",
+    }
+)
+RESULT_STATUSES = frozenset({"final", "amended", "corrected", "preliminary"})
+_STATUS_HELP = "expected final, amended, corrected or preliminary"
+_UNITS = {"mg/dl": GlucoseUnit.MG_DL, "mmol/l": GlucoseUnit.MMOL_L}
+_COMPARATORS = {"<": SensorFlag.LOW, "<=": SensorFlag.LOW, ">": SensorFlag.HIGH, ">=": SensorFlag.HIGH}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+_OFFSET = re.compile(r"(Z|[+-]\d{2}:\d{2})$")
+_INDEXED = re.compile(rb'"resourceType"\s*:\s*"(?:Device|Patient)"')
+CHUNK = 16 * 1024
+#: How far to look for the end of the first line when telling NDJSON from a Bundle.
+PEEK_LIMIT = 64 * 1024
+PRELUDE_LIMIT = 1024 * 1024
+
+# --- device names ------------------------------------------------------------------------------------------
+
+_DEXCOM = re.compile(r"\bdexcom\b.*?\bg\s*([4-7])(?!\d)")
+_LIBRE = re.compile(r"\blibre(?:\s*([1-3])(?!\d))?\b")
+_GUARDIAN = re.compile(r"\bguardian\b.*?(?<!\d)([34])(?!\d)")
+
+
+@lru_cache(maxsize=1024)
+def device_key_for_name(text: str) -> str:
+    """Our device key (engine.devices) for a device key or a product name, "" when it names none for sure.
+
+    "dexcom-g6", "Dexcom G6", "Dexcom G7 15 Day" → dexcom-g6/g7; "FreeStyle Libre 2 Plus" → libre-2;
+    "FreeStyle Libre" / "FreeStyle Libre 14 day" → libre-1; "Guardian Sensor 3" → guardian-3; "Eversense".
+    Apps and readers ("FreeStyle LibreLink", "Dexcom ONE"), Libre Pro and unknown names give "".
+    """
+    name = text.strip().lower()
+    if not name:
+        return ""
+    if name in DEVICES:
+        return name
+    found = _DEXCOM.search(name)
+    if found:
+        return f"dexcom-g{found.group(1)}"
+    found = _LIBRE.search(name)
+    if found and "pro" not in name.split():
+        return f"libre-{found.group(1) or '1'}"
+    found = _GUARDIAN.search(name)
+    if found:
+        return f"guardian-{found.group(1)}"
+    if "eversense" in name:
+        return "eversense"
+    return ""
+
+
+# --- one resource ------------------------------------------------------------------------------------------
+
+
+class _RecordError(ValueError):
+    """A resource that cannot become a reading; the message is the quarantine reason."""
+
+
+@dataclass(slots=True)
+class _Index:
+    """Device and Patient resources of the input, by every reference form that may point to them."""
+
+    devices: dict[str, str] = field(default_factory=dict)
+    patients: dict[str, PatientRef] = field(default_factory=dict)
+
+    def add(self, resource: Mapping[str, Any], full_url: str | None) -> None:
+        kind = resource.get("resourceType")
+        rid = resource.get("id")
+        keys = [k for k in (full_url, f"{kind}/{rid}" if isinstance(rid, str) and rid else None) if k]
+        if not keys:
+            return
+        if kind == "Device":
+            key = _device_resource_key(resource)
+            for k in keys:
+                self.devices[k] = key
+        elif kind == "Patient":
+            ref = _patient_resource_ref(resource)
+            if ref is not None:
+                for k in keys:
+                    self.patients[k] = ref
+
+
+def _device_resource_key(device: Mapping[str, Any]) -> str:
+    names: list[str] = []
+    for entry in _list(device.get("deviceName")):  # R4
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            names.append(entry["name"])
+    for entry in _list(device.get("name")):  # R5
+        if isinstance(entry, dict) and isinstance(entry.get("value"), str):
+            names.append(entry["value"])
+    device_type = device.get("type")
+    if isinstance(device_type, dict) and isinstance(device_type.get("text"), str):
+        names.append(device_type["text"])
+    for name in names:
+        key = device_key_for_name(name)
+        if key:
+            return key
+    return ""
+
+
+def _patient_resource_ref(patient: Mapping[str, Any]) -> PatientRef | None:
+    rid = patient.get("id")
+    if isinstance(rid, str) and rid:
+        return PatientRef("fhir", f"Patient/{rid}")
+    for identifier in _list(patient.get("identifier")):
+        ref = _identifier_ref(identifier)
+        if ref is not None:
+            return ref
+    return None
+
+
+def _identifier_ref(identifier: Any) -> PatientRef | None:
+    if not isinstance(identifier, dict):
+        return None
+    value = identifier.get("value")
+    if not isinstance(value, str) or not value.strip():
+        return None
+    system = identifier.get("system")
+    return PatientRef("id:" + (system if isinstance(system, str) else ""), value.strip())
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _local_ref(reference: str, kind: str) -> str | None:
+    """`Kind/<id>` from a relative or absolute reference (a `_history` suffix dropped), else None."""
+    marker = f"{kind}/"
+    at = reference.rfind(marker, 0, len(reference))
+    if at < 0 or (at > 0 and reference[at - 1] != "/"):
+        return None
+    parts = reference[at:].split("/")
+    return f"{kind}/{parts[1]}" if len(parts) >= 2 and parts[1] else None
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _codes_text(codings: list[Any]) -> str:
+    shown = [f"{c.get('system', '')}|{c.get('code', '')}" for c in codings[:3] if isinstance(c, dict)]
+    return ", ".join(shown) if shown else "no coding"
+
+
+def _reading_code(resource: Mapping[str, Any]) -> tuple[str | None, bool, str]:
+    """(reading code or None, whether it is a CGM summary code, the codings as text)."""
+    code = resource.get("code")
+    codings = _list(code.get("coding")) if isinstance(code, dict) else []
+    summary = False
+    for coding in codings:
+        if isinstance(coding, dict) and coding.get("system") == LOINC:
+            value = coding.get("code")
+            if not isinstance(value, str):
+                continue
+            if value in READING_CODES:
+                return value, False, ""
+            summary = summary or value in SUMMARY_CODES
+    return None, summary, _codes_text(codings)
+
+
+def _time_ms(resource: Mapping[str, Any]) -> tuple[int, str]:
+    raw = resource.get("effectiveDateTime")
+    name = "effectiveDateTime"
+    if raw is None and "effectiveInstant" in resource:
+        raw, name = resource.get("effectiveInstant"), "effectiveInstant"
+    if raw is None:
+        if "effectivePeriod" in resource:
+            raise _RecordError("effectiveDateTime missing (an effectivePeriod is not a reading time)")
+        raise _RecordError("effectiveDateTime missing")
+    if not isinstance(raw, str):
+        raise _RecordError(f"{name} {raw!r} is not a FHIR dateTime")
+    if "T" not in raw:
+        raise _RecordError(f"{name} {raw!r} has no time of day")
+    if _OFFSET.search(raw) is None:
+        raise _RecordError(f"{name} {raw!r} has no UTC offset")
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise _RecordError(f"{name} {raw!r} is not a FHIR dateTime") from None
+    return (moment - _EPOCH) // _ONE_MS, raw
+
+
+def _subject(resource: Mapping[str, Any], index: _Index) -> PatientRef | None:
+    subject = resource.get("subject")
+    if subject is None:
+        return None
+    if not isinstance(subject, dict):
+        raise _RecordError("subject is not a Reference")
+    reference = subject.get("reference")
+    if isinstance(reference, str) and reference.strip():
+        reference = reference.strip()
+        local = _local_ref(reference, "Patient")
+        if local is not None:
+            return PatientRef("fhir", local)
+        known = index.patients.get(reference)
+        if known is not None:
+            return known
+        if reference.startswith(("urn:uuid:", "urn:oid:", "#")):
+            raise _RecordError(f"subject {reference!r} does not resolve to a Patient in the input")
+        raise _RecordError(f"subject {reference!r} is not a Patient reference")
+    ref = _identifier_ref(subject.get("identifier"))
+    if ref is None:
+        raise _RecordError("subject has neither a reference nor an identifier")
+    return ref
+
+
+def _device(resource: Mapping[str, Any], index: _Index) -> tuple[str, str, str]:
+    """(stream label, device key, reference used for the key) of the Observation's device."""
+    device = resource.get("device")
+    if not isinstance(device, dict):
+        return "", "", ""
+    reference = device.get("reference")
+    reference = reference.strip() if isinstance(reference, str) else ""
+    stream = reference
+    if not stream:
+        identifier = device.get("identifier")
+        if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
+            stream = identifier["value"].strip()
+    display = device.get("display")
+    key = device_key_for_name(display) if isinstance(display, str) else ""
+    if key or not reference:
+        return stream, key, ""
+    found = index.devices.get(reference)
+    if found is None:
+        local = _local_ref(reference, "Device")
+        found = index.devices.get(local) if local else None
+    return stream, found or "", reference if found else ""
+
+
+def _record_key(resource: Mapping[str, Any]) -> str:
+    for identifier in _list(resource.get("identifier")):
+        if isinstance(identifier, dict) and isinstance(identifier.get("value"), str) and identifier["value"]:
+            system = identifier.get("system")
+            return f"{system if isinstance(system, str) else ''}|{identifier['value']}"
+    rid = resource.get("id")
+    return f"Observation/{rid}" if isinstance(rid, str) and rid else ""
+
+
+def _quantity(resource: Mapping[str, Any], code: str) -> tuple[float, GlucoseUnit, SensorFlag]:
+    quantity = resource.get("valueQuantity")
+    if quantity is None:
+        absent = resource.get("dataAbsentReason")
+        if isinstance(absent, dict):
+            codings = _list(absent.get("coding"))
+            first = codings[0] if codings and isinstance(codings[0], dict) else {}
+            why = first.get("code") or absent.get("text") or "?"
+            raise _RecordError(f"no value (dataAbsentReason={why})")
+        others = [k for k in resource if k.startswith("value")]
+        if others:
+            raise _RecordError(f"value is {others[0]}, not a valueQuantity")
+        raise _RecordError("no value: valueQuantity missing")
+    if not isinstance(quantity, dict):
+        raise _RecordError("valueQuantity is not a Quantity")
+    value = quantity.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _RecordError(f"valueQuantity.value {value!r} is not a number")
+    if not math.isfinite(value) or value <= 0:
+        raise _RecordError(f"valueQuantity.value {value!r} must be a finite number above 0")
+    unit_text = quantity.get("code")
+    if not isinstance(unit_text, str) or not unit_text.strip():
+        unit_text = quantity.get("unit")
+    unit = _UNITS.get(unit_text.strip().lower()) if isinstance(unit_text, str) else None
+    if unit is None:
+        raise _RecordError(f"unknown unit {unit_text!r} (expected mg/dL or mmol/L)")
+    expected = READING_CODES[code]
+    if unit is not expected:
+        raise _RecordError(f"unit {unit.label} does not match code {code} ({expected.label})")
+    comparator = quantity.get("comparator")
+    flag = SensorFlag.NONE
+    if comparator is not None:
+        found = _COMPARATORS.get(comparator) if isinstance(comparator, str) else None
+        if found is None:
+            raise _RecordError(f"comparator {comparator!r} is not <, <=, > or >=")
+        flag = found
+    return float(value), unit, flag
+
+
+def _context(fmt: str, full_url: str | None, device_ref: str, device_key: str, patient: PatientRef | None) -> str:
+    context: dict[str, Any] = {"format": fmt}
+    if full_url:
+        context["fullUrl"] = full_url
+    if device_ref:
+        context["devices"] = {device_ref: device_key}
+    if patient is not None:
+        context["patient"] = [patient.issuer, patient.value]
+    return _compact(context)
+
+
+def _resolved_subject(resource: Mapping[str, Any]) -> str | None:
+    subject = resource.get("subject")
+    reference = subject.get("reference") if isinstance(subject, dict) else None
+    return reference if isinstance(reference, str) else None
+
+
+# --- the parser --------------------------------------------------------------------------------------------
+
+
+class FhirParser:
+    """Parser for CGM sensor-reading Observations in a FHIR Bundle or NDJSON (`Parser` protocol).
+
+    `skipped` counts what was read but is not a reading, by kind ("Patient", "Device", "DiagnosticReport",
+    "CGM summary Observation", ...). `input_format` is "bundle" or "ndjson" once parsing has started.
+    """
+
+    feed = Feed.FHIR
+
+    def __init__(self, *, keep_payload: bool = True) -> None:
+        self.keep_payload = keep_payload
+        self.skipped: dict[str, int] = {}
+        self.input_format = ""
+
+    # Parser protocol ------------------------------------------------------------------------------------
+
+    def parse(self, stream: IO[bytes], options: ParseOptions) -> Iterator[FeedItem]:
+        del options  # FHIR times carry their offsets.
+        self.skipped = {}
+        start = stream.tell() if stream.seekable() else None
+        head = _peek(stream)
+        self.input_format = _detect(head)
+        index = _Index()
+        if start is not None:
+            stream.seek(start)
+            _prescan(stream, start, self.input_format, index)
+            stream.seek(start)
+            head = b""
+        if self.input_format == "ndjson":
+            yield from self._ndjson(_lines(head, stream), index)
+        else:
+            held = [head[i : i + CHUNK] for i in range(0, len(head), CHUNK)]  # fed as read: ijson builds less at once
+            del head
+            yield from self._bundle(held, stream, index)
+
+    def parse_quarantined(self, payload: str, context: str, options: ParseOptions) -> Iterator[FeedItem]:
+        """Read one quarantined resource again; `context` is the JSON this parser put on the problem."""
+        del options
+        try:
+            given = json.loads(context) if context.strip() else {}
+        except ValueError:
+            raise FeedFormatError("the context of a quarantined FHIR resource is not JSON") from None
+        if not isinstance(given, dict):
+            raise FeedFormatError("the context of a quarantined FHIR resource is not a JSON object")
+        index = _Index()
+        devices = given.get("devices")
+        if isinstance(devices, dict):
+            index.devices.update({str(k): str(v) for k, v in devices.items()})
+        fmt = str(given.get("format") or "ndjson")
+        full_url = given.get("fullUrl") if isinstance(given.get("fullUrl"), str) else None
+        patient = given.get("patient")
+        try:
+            resource = json.loads(payload)
+        except ValueError as exc:
+            yield FeedProblem("resource 1", f"invalid JSON: {exc}", payload, context)
+            return
+        if isinstance(resource, dict) and isinstance(patient, list) and len(patient) == 2:
+            reference = _resolved_subject(resource)
+            if reference is not None:
+                index.patients[reference] = PatientRef(str(patient[0]), str(patient[1]))
+        item = self._resource(resource, "resource 1", fmt, full_url, index, payload)
+        if item is not None:
+            yield item
+
+    # internals -----------------------------------------------------------------------------------------------
+
+    def _skip(self, kind: str) -> None:
+        self.skipped[kind] = self.skipped.get(kind, 0) + 1
+
+    def _resource(
+        self, resource: Any, locator: str, fmt: str, full_url: str | None, index: _Index, raw: str | None
+    ) -> FeedItem | None:
+        if not isinstance(resource, dict):
+            payload = raw if raw is not None else _compact(resource)
+            return FeedProblem(locator, "not a FHIR resource (not a JSON object)", payload, _compact({"format": fmt}))
+        kind = resource.get("resourceType")
+        if kind != "Observation":
+            if not isinstance(kind, str) or not kind:
+                payload = raw if raw is not None else _compact(resource)
+                return FeedProblem(locator, "not a FHIR resource (no resourceType)", payload, _compact({"format": fmt}))
+            if kind == "Bundle":
+                payload = raw if raw is not None else _compact(resource)
+                reason = "a Bundle inside the input: send each Bundle as an input of its own"
+                return FeedProblem(locator, reason, payload, _compact({"format": fmt}))
+            if kind in ("Device", "Patient"):
+                index.add(resource, full_url)
+            self._skip(kind)
+            return None
+        # Patient and device first, so a problem is filed under its patient and keeps the device it resolved to.
+        subject_error: _RecordError | None = None
+        try:
+            patient = _subject(resource, index)
+        except _RecordError as exc:
+            patient, subject_error = None, exc
+        stream, device_key, device_ref = _device(resource, index)
+        try:
+            code, summary, codes = _reading_code(resource)
+            if code is None:
+                if summary:
+                    self._skip("CGM summary Observation")
+                    return None
+                raise _RecordError(f"code is not a CGM sensor reading (LOINC 99504-3 or 105272-9): {codes}")
+            status = resource.get("status")
+            if status == "entered-in-error":
+                raise _RecordError("entered-in-error: not a reading")
+            if status is None:
+                raise _RecordError(f"status missing ({_STATUS_HELP})")
+            if not isinstance(status, str) or status not in RESULT_STATUSES:
+                raise _RecordError(f"status {status!r} is not a result ({_STATUS_HELP})")
+            value, unit, flag = _quantity(resource, code)
+            time_ms, given_time = _time_ms(resource)
+            if subject_error is not None:
+                raise subject_error
+        except _RecordError as bad:
+            payload = raw if raw is not None else _compact(resource)
+            context = _context(fmt, full_url, device_ref, device_key, patient)
+            return FeedProblem(locator, str(bad), payload, context, patient)
+        payload = ""
+        if self.keep_payload:
+            payload = raw if raw is not None else _compact(resource)
+        return FeedReading(
+            patient=patient,
+            time_ms=time_ms,
+            value=value,
+            unit=unit,
+            flag=flag,
+            device=device_key,
+            stream=stream,
+            record_key=_record_key(resource),
+            locator=locator,
+            payload=payload,
+            extra={"status": status, "effectiveDateTime": given_time},
+        )
+
+    def _ndjson(self, lines: Iterable[bytes], index: _Index) -> Iterator[FeedItem]:
+        context = _compact({"format": "ndjson"})
+        for number, raw_line in enumerate(lines, start=1):
+            line = raw_line.strip()
+            if not line:
+                continue
+            locator = f"line {number}"
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                yield FeedProblem(locator, "not UTF-8 text", line.decode("utf-8", "replace"), context)
+                continue
+            try:
+                resource = json.loads(text)
+            except ValueError as exc:
+                yield FeedProblem(locator, f"invalid JSON: {exc}", text, context)
+                continue
+            item = self._resource(resource, locator, "ndjson", None, index, text)
+            if item is not None:
+                yield item
+
+    def _bundle(self, held: list[bytes], stream: IO[bytes], index: _Index) -> Iterator[FeedItem]:
+        buffered = _bundle_prelude(held, stream)
+        entries: Any = ijson.sendable_list()
+        coro = ijson.items_coro(entries, "entry.item", use_float=True)
+        number = 0
+
+        def drain() -> Iterator[FeedItem]:
+            nonlocal number
+            for entry in entries:
+                number += 1
+                locator = f"entry {number}"
+                if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+                    payload = _compact(entry)
+                    yield FeedProblem(locator, "entry has no resource", payload, _compact({"format": "bundle"}))
+                    continue
+                full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
+                item = self._resource(entry["resource"], locator, "bundle", full_url, index, None)
+                if item is not None:
+                    yield item
+            del entries[:]
+
+        try:
+            for chunk in _chain(buffered, stream):
+                coro.send(chunk)
+                yield from drain()
+            coro.close()
+        except ijson.JSONError as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise FeedFormatError(f"invalid JSON in the Bundle after entry {number}: {detail}") from None
+        yield from drain()
+
+
+def _peek(stream: IO[bytes]) -> bytes:
+    """The first bytes: through the end of the first non-blank line (or PEEK_LIMIT, or the end)."""
+    parts: list[bytes] = []
+    size = 0
+    while size < PEEK_LIMIT:
+        chunk = stream.read(CHUNK)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+        if b"\n" in chunk and b"\n" in b"".join(parts).lstrip():
+            break
+    return b"".join(parts)
+
+
+def _detect(head: bytes) -> str:
+    body = head.lstrip(b" \t\r\n\xef\xbb\xbf")
+    if not body:
+        raise FeedFormatError("the input is empty: expected a FHIR Bundle or NDJSON of resources")
+    if body[:1] != b"{":
+        raise FeedFormatError("not a FHIR Bundle or NDJSON of resources: the input does not start with '{'")
+    end = body.find(b"\n")
+    if end < 0 and len(head) >= PEEK_LIMIT:
+        # One long line so far: a compact Bundle, or NDJSON whose first resource is long. Its type tells.
+        return "ndjson" if _top_level_type(body) not in (None, "Bundle") else "bundle"
+    first = (body if end < 0 else body[:end]).strip()
+    if len(first) < 2 or first[-1:] != b"}":
+        return "bundle"
+    try:
+        resource = json.loads(first)
+    except ValueError:
+        return "ndjson" if end >= 0 else "bundle"
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        raise FeedFormatError("not a FHIR Bundle or NDJSON of resources: the first object has no resourceType")
+    return "bundle" if resource["resourceType"] == "Bundle" else "ndjson"
+
+
+def _top_level_type(start: bytes) -> str | None:
+    """The top-level resourceType, if it comes before any nested list in the first bytes of a JSON object."""
+    events: Any = ijson.sendable_list()
+    coro = ijson.parse_coro(events)
+    for at in range(0, len(start), 1024):
+        try:
+            coro.send(start[at : at + 1024])
+        except ijson.JSONError:
+            return None
+        for prefix, event, value in events:
+            if prefix == "resourceType" and event == "string":
+                return str(value)
+            if event == "start_array":
+                return None
+        del events[:]
+    return None
+
+
+def _lines(head: bytes, stream: IO[bytes]) -> Iterator[bytes]:
+    """The input's lines, starting with those in `head` (bytes already read from the stream)."""
+    parts = head.split(b"\n")
+    pending = parts.pop()
+    yield from parts
+    for line in stream:
+        if pending:
+            yield pending + line
+            pending = b""
+        else:
+            yield line
+    if pending:
+        yield pending
+
+
+def _chain(buffered: list[bytes], stream: IO[bytes]) -> Iterator[bytes]:
+    yield from buffered
+    buffered.clear()
+    while chunk := stream.read(CHUNK):
+        yield chunk
+
+
+def _bundle_prelude(held: list[bytes], stream: IO[bytes]) -> list[bytes]:
+    """Check the top level until `entry` starts (or the end): a Bundle, not another resource.
+
+    `held` are the bytes already read (taken over); returns the bytes read so far, to be parsed from the start.
+    """
+    buffered: list[bytes] = []
+    events: Any = ijson.sendable_list()
+    coro = ijson.parse_coro(events)
+    resource_type: Any = None
+    size = 0
+    pending = held[::-1]
+    held.clear()
+    try:
+        while True:
+            chunk = pending.pop() if pending else stream.read(CHUNK)
+            if not chunk:
+                coro.close()
+                break
+            buffered.append(chunk)
+            size += len(chunk)
+            coro.send(chunk)
+            for prefix, event, value in events:
+                if prefix == "":
+                    if event not in ("start_map", "map_key", "end_map"):
+                        raise FeedFormatError(f"not a FHIR Bundle: the top level is a JSON {event}")
+                elif prefix == "resourceType" and event == "string":
+                    resource_type = value
+                    if value != "Bundle":
+                        raise FeedFormatError(f"a single {value} resource, not a Bundle or NDJSON of resources")
+                elif prefix == "entry":
+                    if event != "start_array":
+                        raise FeedFormatError("not a FHIR Bundle: 'entry' is not a list")
+                    return buffered + pending[::-1]
+            del events[:]
+            if size > PRELUDE_LIMIT:
+                raise FeedFormatError("not a FHIR Bundle: no 'entry' list near the start")
+    except ijson.JSONError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FeedFormatError(f"not a FHIR Bundle: invalid JSON ({detail})") from None
+    if resource_type != "Bundle":
+        raise FeedFormatError("not a FHIR Bundle or NDJSON of resources: no resourceType 'Bundle'")
+    return buffered  # an empty Bundle
+
+
+def _prescan(stream: IO[bytes], start: int, fmt: str, index: _Index) -> None:
+    """Index the Device and Patient resources of a seekable input; a byte search first says if there are any."""
+    tail = b""
+    while chunk := stream.read(CHUNK * 4):
+        if _INDEXED.search(tail + chunk):
+            break
+        tail = chunk[-64:]
+    else:
+        return
+    stream.seek(start)
+    if fmt == "ndjson":
+        for line in stream:
+            if _INDEXED.search(line):
+                try:
+                    resource = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(resource, dict):
+                    index.add(resource, None)
+        return
+    try:
+        for entry in ijson.items(stream, "entry.item", use_float=True):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict) and resource.get("resourceType") in ("Device", "Patient"):
+                full_url = entry.get("fullUrl")
+                index.add(resource, full_url if isinstance(full_url, str) else None)
+    except ijson.JSONError:
+        return  # the main pass reports it

@@ -1,0 +1,61 @@
+"""Checks that need the clock or the device table: impossible times and values a sensor cannot report.
+
+Each returns None for a usable reading, or the reason (for quarantine) in words that say what to check.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from bff.ingest.records import FeedReading
+from engine import GlucoseUnit, SensorFlag, device_profile
+from engine.units import MMOL_L_TO_MG_DL
+
+EARLIEST_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
+#: What any CGM can report when the device is not known (mg/dL); known devices use their own bounds.
+GENERIC_RANGE_MG_DL = (20.0, 600.0)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+def check_time(reading: FeedReading, now_ms: int, future_tolerance_ms: int) -> str | None:
+    if reading.time_ms < EARLIEST_MS:
+        return f"time {_iso(reading.time_ms)} is before 2000: a device clock that was never set, or a wrong date format"
+    if reading.time_ms > now_ms + future_tolerance_ms:
+        ahead = (reading.time_ms - now_ms) / 60_000
+        return (
+            f"time {_iso(reading.time_ms)} is {ahead:,.0f} minutes in the future (tolerance "
+            f"{future_tolerance_ms // 60_000} min): check the device clock or the time zone of the feed"
+        )
+    return None
+
+
+def reportable_range(device: str, unit: GlucoseUnit) -> tuple[float, float]:
+    profile = device_profile(device)
+    low = profile.bound(unit, high=False)
+    high = profile.bound(unit, high=True)
+    if low is not None and high is not None:
+        return low, high
+    factor = 1.0 if unit is GlucoseUnit.MG_DL else 1 / MMOL_L_TO_MG_DL
+    return GENERIC_RANGE_MG_DL[0] * factor, GENERIC_RANGE_MG_DL[1] * factor
+
+
+def check_value(reading: FeedReading) -> str | None:
+    """A measured value must lie within what the device reports; outside it a sensor says LOW or HIGH."""
+    if reading.value is None:
+        return None
+    low, high = reportable_range(reading.device, reading.unit)
+    value, unit = reading.value, reading.unit.label
+    who = reading.device or "a CGM"
+    if reading.flag is not SensorFlag.NONE:
+        return None if 0 < value <= high * 1.5 else f"{reading.flag.name} bound {value:g} {unit} is implausible"
+    if low <= value <= high:
+        return None
+    hint = ""
+    if reading.unit is GlucoseUnit.MMOL_L and low * MMOL_L_TO_MG_DL <= value <= high * MMOL_L_TO_MG_DL:
+        hint = "; it looks like mg/dL: check the unit the feed declares"
+    elif reading.unit is GlucoseUnit.MG_DL and low / MMOL_L_TO_MG_DL <= value <= high / MMOL_L_TO_MG_DL:
+        hint = "; it looks like mmol/L: check the unit the feed declares"
+    return f"value {value:g} {unit} is outside what {who} can report ({low:g}–{high:g} {unit}){hint}"

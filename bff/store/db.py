@@ -1,0 +1,105 @@
+"""Database engines, sessions and migrations for the store.
+
+SQLite (the embedded default) is migrated to the head revision automatically on first use; PostgreSQL must be
+migrated explicitly (`glucobridge db upgrade`), and the store refuses to run against an older schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from bff.settings import ROOT, Settings
+
+MIGRATIONS = ROOT / "migrations"
+
+
+class SchemaError(RuntimeError):
+    """The database schema is not at the revision this code needs."""
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine) -> None:
+    """Migrate the database to the head revision."""
+    config = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def ensure_schema(engine: Engine, *, auto_upgrade: bool) -> None:
+    if current_revision(engine) == head_revision():
+        return
+    if auto_upgrade:
+        upgrade(engine)
+        return
+    raise SchemaError(
+        f"the database schema is at {current_revision(engine) or 'no revision'}, this code needs "
+        f"{head_revision()}: run `glucobridge db upgrade`"
+    )
+
+
+class Store:
+    """The database handle the rest of bff uses: an engine and a session factory, schema checked once."""
+
+    def __init__(self, settings: Settings, *, engine: Engine | None = None, check_schema: bool = True) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings.database_url)
+        if check_schema:
+            ensure_schema(self.engine, auto_upgrade=settings.is_sqlite)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on any error."""
+        with self.sessions() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

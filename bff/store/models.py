@@ -1,0 +1,220 @@
+"""The store's tables (SQLAlchemy 2 typed declarative). Migrations in migrations/ are generated from these.
+
+Times of readings are integer milliseconds since the epoch (UTC), exactly as the engine takes them; times of
+records (batches, quarantine, outcomes) are timezone-aware timestamps.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT primary keys on PostgreSQL, INTEGER (rowid) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Timestamp = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Site(Base):
+    """A hospital site (its capability matrix comes in sites/NAME.toml)."""
+
+    __tablename__ = "sites"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class Patient(Base):
+    """A person. `public_id` is glucobridge's own key; every feed key is a PatientIdentifier."""
+
+    __tablename__ = "patients"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    public_id: Mapped[str] = mapped_column(String(128), unique=True)
+    tz: Mapped[str] = mapped_column(String(64), default="UTC")  # IANA zone for days, night and the AGP
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class PatientIdentifier(Base):
+    """A key by which a feed knows the patient, always qualified by its issuer (`site:A:mrn`, `dexcom-user`)."""
+
+    __tablename__ = "patient_identifiers"
+    __table_args__ = (UniqueConstraint("issuer", "value"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    site_key: Mapped[str | None] = mapped_column(ForeignKey("sites.key"))
+    issuer: Mapped[str] = mapped_column(String(200))
+    value: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class DeviceStream(Base):
+    """A patient's CGM device stream: one per device model (engine.devices key; "" unknown)."""
+
+    __tablename__ = "device_streams"
+    __table_args__ = (UniqueConstraint("patient_id", "device_key"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    device_key: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class SensorSession(Base):
+    """A sensor session of a stream, when a feed names it; `started_ms` when its start is known."""
+
+    __tablename__ = "sensor_sessions"
+    __table_args__ = (UniqueConstraint("stream_id", "session_key"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    stream_id: Mapped[int] = mapped_column(ForeignKey("device_streams.id"))
+    session_key: Mapped[str] = mapped_column(String(128))
+    started_ms: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class IngestBatch(Base):
+    """One ingested input (a file or a message). Written in the same transaction as its readings."""
+
+    __tablename__ = "ingest_batches"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    site_key: Mapped[str] = mapped_column(ForeignKey("sites.key"))
+    feed: Mapped[str] = mapped_column(String(16))
+    source_name: Mapped[str] = mapped_column(String(500))
+    content_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    started_at: Mapped[datetime] = mapped_column(Timestamp)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    received: Mapped[int] = mapped_column(Integer, default=0)
+    added: Mapped[int] = mapped_column(Integer, default=0)
+    already_present: Mapped[int] = mapped_column(Integer, default=0)
+    conflicts: Mapped[int] = mapped_column(Integer, default=0)
+    quarantined: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Reading(Base):
+    """One glucose reading with its unit provenance. Never updated in value; never deleted.
+
+    `reading_key` is deterministic (site, feed and the feed's record key, or the reading's identity), so
+    re-ingesting an input adds nothing. A copy of the same reading from another feed is kept too, marked
+    `duplicate_of` the copy that the precedence rule keeps, with the reason.
+    """
+
+    __tablename__ = "readings"
+    __table_args__ = (Index("ix_readings_stream_time", "patient_id", "stream_id", "observed_ms"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    reading_key: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    stream_id: Mapped[int] = mapped_column(ForeignKey("device_streams.id"))
+    session_id: Mapped[int | None] = mapped_column(ForeignKey("sensor_sessions.id"))
+    observed_ms: Mapped[int] = mapped_column(BigInteger)
+    value_mg_dl: Mapped[float] = mapped_column(Float)
+    value_original: Mapped[float] = mapped_column(Float)
+    unit_original: Mapped[str] = mapped_column(String(8))
+    factor: Mapped[float] = mapped_column(Float)
+    flag: Mapped[int] = mapped_column(SmallInteger, default=0)
+    kind: Mapped[str] = mapped_column(String(16), default="cgm")  # cgm | scan
+    ambiguous_time: Mapped[bool] = mapped_column(Boolean, default=False)
+    source_feed: Mapped[str] = mapped_column(String(16))
+    source_rank: Mapped[int] = mapped_column(SmallInteger)
+    source_record_key: Mapped[str] = mapped_column(String(300), default="")
+    stream_label: Mapped[str] = mapped_column(String(128), default="")
+    batch_id: Mapped[int] = mapped_column(ForeignKey("ingest_batches.id"), index=True)
+    received_at: Mapped[datetime] = mapped_column(Timestamp)
+    duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("readings.id"))
+    duplicate_reason: Mapped[str | None] = mapped_column(Text)
+    extra: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class ReadingConflict(Base):
+    """The same reading key arrived with a different value: recorded, never a silent overwrite."""
+
+    __tablename__ = "reading_conflicts"
+    __table_args__ = (UniqueConstraint("reading_id", "incoming_value", "incoming_unit"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    reading_id: Mapped[int] = mapped_column(ForeignKey("readings.id"), index=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("ingest_batches.id"))
+    incoming_value: Mapped[float] = mapped_column(Float)
+    incoming_unit: Mapped[str] = mapped_column(String(8))
+    detected_at: Mapped[datetime] = mapped_column(Timestamp)
+    resolved_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class QuarantineItem(Base):
+    """A record that could not be ingested, with the reason and everything needed to retry it."""
+
+    __tablename__ = "quarantine"
+    __table_args__ = (UniqueConstraint("site_key", "feed", "payload_sha256"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    site_key: Mapped[str] = mapped_column(ForeignKey("sites.key"))
+    feed: Mapped[str] = mapped_column(String(16))
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("ingest_batches.id"))
+    locator: Mapped[str] = mapped_column(String(200), default="")
+    reason: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+    context: Mapped[str] = mapped_column(Text, default="")
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    patient_public_id: Mapped[str | None] = mapped_column(String(128))
+    first_seen: Mapped[datetime] = mapped_column(Timestamp)
+    last_seen: Mapped[datetime] = mapped_column(Timestamp)
+    seen_count: Mapped[int] = mapped_column(Integer, default=1)
+    resolved_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    resolution: Mapped[str | None] = mapped_column(Text)
+
+
+class OutcomeWindow(Base):
+    """An outcome computed for a patient and window under a policy: versioned, never deleted.
+
+    `status`: current (the latest for its window and policy), superseded (a later version replaced it), or
+    stale (readings arrived for its window since; `glucobridge recompute --stale` writes the next version).
+    `input_digest` is the SHA-256 of the canonical NDJSON of exactly the readings used.
+    """
+
+    __tablename__ = "outcome_windows"
+    __table_args__ = (
+        UniqueConstraint("patient_id", "window_start_ms", "window_end_ms", "policy_hash", "version"),
+        Index("ix_outcome_windows_lookup", "patient_id", "status"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    window_start_ms: Mapped[int] = mapped_column(BigInteger)
+    window_end_ms: Mapped[int] = mapped_column(BigInteger)
+    window_spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tz: Mapped[str] = mapped_column(String(64))
+    policy_hash: Mapped[str] = mapped_column(String(64))
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    engine_version: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(8))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    input_digest: Mapped[str] = mapped_column(String(64))
+    readings_used: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("outcome_windows.id"))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    stale_since: Mapped[datetime | None] = mapped_column(Timestamp)

@@ -1,0 +1,239 @@
+"""Outcomes from the store: readings of a patient into the engine, and versioned outcome windows out.
+
+An outcome window is never changed in its numbers or deleted. New readings for its window mark it stale
+(bff.store.ingest); recomputing writes the next version and marks the earlier one superseded, both kept
+with the SHA-256 of exactly the readings they used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from bff.store.db import Store
+from bff.store.models import DeviceStream, OutcomeWindow, Patient, Reading, SensorSession
+from engine import (
+    ENGINE_VERSION,
+    NO_TIME,
+    OutcomePolicy,
+    OutcomeReport,
+    ReadingTable,
+    WindowSpec,
+    compute_cohort,
+    resolve_window,
+)
+from engine.report import build_report
+from engine.timezones import check_zone
+
+
+class UnknownPatientError(LookupError):
+    """No patient with that id."""
+
+
+@dataclass(frozen=True)
+class StoredReading:
+    """A reading as the store holds it (what the audit trail and the raw-data NDJSON are made of)."""
+
+    id: int
+    reading_key: str
+    observed_ms: int
+    value_original: float
+    unit_original: str
+    value_mg_dl: float
+    flag: int
+    device: str
+    source_feed: str
+    source_record_key: str
+    duplicate_of: int | None
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "key": self.reading_key, "t": self.observed_ms, "value": self.value_original, "unit": self.unit_original,
+            "flag": self.flag, "device": self.device, "feed": self.source_feed, "record": self.source_record_key,
+        }  # fmt: skip
+
+
+def readings_ndjson(readings: Sequence[StoredReading]) -> bytes:
+    """Canonical NDJSON of readings (sorted by time then key; sorted keys; no spaces), the digest's input."""
+    lines = [
+        json.dumps(r.canonical(), sort_keys=True, separators=(",", ":"))
+        for r in sorted(readings, key=lambda r: (r.observed_ms, r.reading_key))
+    ]
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def digest(readings: Sequence[StoredReading]) -> str:
+    return hashlib.sha256(readings_ndjson(readings)).hexdigest()
+
+
+@dataclass(frozen=True)
+class PatientOutcomes:
+    """The engine's report for one patient from the store, the readings behind it and its stored window."""
+
+    report: OutcomeReport
+    used: list[StoredReading]
+    window: OutcomeWindow | None
+    created: bool  # a new version was written
+
+
+class OutcomeService:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def patient(self, session: Session, public_id: str) -> Patient:
+        patient = session.scalar(select(Patient).where(Patient.public_id == public_id))
+        if patient is None:
+            raise UnknownPatientError(f"no patient {public_id!r} in the store")
+        return patient
+
+    def load(
+        self, session: Session, patient: Patient, start_ms: int, end_ms: int
+    ) -> tuple[ReadingTable, list[StoredReading]]:
+        """Every CGM reading of the patient in [start, end) with every copy: the engine applies the duplicate rule."""
+        rows = session.execute(
+            select(
+                Reading.id, Reading.reading_key, Reading.observed_ms, Reading.value_original, Reading.unit_original,
+                Reading.value_mg_dl, Reading.flag, DeviceStream.device_key, Reading.source_feed,
+                Reading.source_record_key, Reading.duplicate_of, Reading.stream_id, Reading.source_rank,
+                Reading.ambiguous_time, SensorSession.started_ms,
+            )
+            .join(DeviceStream, DeviceStream.id == Reading.stream_id)
+            .outerjoin(SensorSession, SensorSession.id == Reading.session_id)
+            .where(Reading.patient_id == patient.id, Reading.kind == "cgm", Reading.observed_ms >= start_ms,
+                   Reading.observed_ms < end_ms)
+            .order_by(Reading.stream_id, Reading.observed_ms, Reading.id)
+        ).all()  # fmt: skip
+        stored = [StoredReading(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10]) for r in rows]
+        stream_ids = sorted({r[11] for r in rows})
+        code = {s: i for i, s in enumerate(stream_ids)}
+        device_of = {r[11]: r[7] for r in rows}
+        n = len(rows)
+        table = ReadingTable(
+            patient=np.zeros(n, dtype=np.int32),
+            time_ms=np.array([r[2] for r in rows], dtype=np.int64),
+            value=np.array([r[3] for r in rows], dtype=np.float64),
+            unit=np.array([0 if r[4] == "mg/dL" else 1 for r in rows], dtype=np.int8),
+            flag=np.array([r[6] for r in rows], dtype=np.int8),
+            stream=np.array([code[r[11]] for r in rows], dtype=np.int32),
+            session_start_ms=np.array([NO_TIME if r[14] is None else r[14] for r in rows], dtype=np.int64),
+            source=np.array([r[12] for r in rows], dtype=np.int8),
+            received=np.array([r[0] for r in rows], dtype=np.int64),
+            ambiguous=np.array([bool(r[13]) for r in rows], dtype=np.bool_),
+            patient_ids=(patient.public_id,),
+            zones=(patient.tz,),
+            stream_patient=np.zeros(len(stream_ids), dtype=np.int32),
+            stream_device=tuple(device_of[s] for s in stream_ids),
+        )
+        return table, stored
+
+    def compute(
+        self,
+        public_id: str,
+        window: WindowSpec | None = None,
+        policy: OutcomePolicy | None = None,
+        *,
+        tz: str | None = None,
+        save: bool = True,
+        include_traces: bool = False,
+    ) -> PatientOutcomes:
+        window = window or WindowSpec()
+        policy = policy or OutcomePolicy()
+        with self.store.transaction() as session:
+            patient = self.patient(session, public_id)
+            if tz:
+                check_zone(tz)
+            zone = tz or patient.tz
+            last = session.scalar(
+                select(func.max(Reading.observed_ms)).where(Reading.patient_id == patient.id, Reading.kind == "cgm")
+            )
+            resolved = resolve_window(window, zone, last)
+            start, end = (resolved.start_ms, resolved.end_ms) if resolved else (0, 0)
+            table, stored = self.load(session, patient, start, end)
+            if tz:
+                table = _with_zone(table, zone)
+            # The window the engine uses must be the one resolved here (the store may hold later readings).
+            spec = WindowSpec(start=start, end=end) if resolved else window
+            result = compute_cohort(table, policy, spec)
+            report = build_report(result, include_traces=include_traces)
+            used = [stored[int(i)] for i in np.sort(result.used_index)]
+            row, created = (None, False)
+            if save and resolved is not None:
+                row, created = self._save(
+                    session, patient, resolved.start_ms, resolved.end_ms, window, zone, policy, report, used
+                )
+            return PatientOutcomes(OutcomeReport(policy, window, report.patients), used, row, created)
+
+    def _save(
+        self,
+        session: Session,
+        patient: Patient,
+        start_ms: int,
+        end_ms: int,
+        spec: WindowSpec,
+        zone: str,
+        policy: OutcomePolicy,
+        report: OutcomeReport,
+        used: list[StoredReading],
+    ) -> tuple[OutcomeWindow, bool]:
+        input_digest = digest(used)
+        now = datetime.now(UTC)
+        same_window = (
+            OutcomeWindow.patient_id == patient.id, OutcomeWindow.window_start_ms == start_ms,
+            OutcomeWindow.window_end_ms == end_ms, OutcomeWindow.policy_hash == policy.policy_hash,
+        )  # fmt: skip
+        latest = session.scalar(select(OutcomeWindow).where(*same_window).order_by(OutcomeWindow.version.desc()))
+        if latest is not None and latest.input_digest == input_digest and latest.engine_version == ENGINE_VERSION:
+            if latest.status != "current":
+                latest.status = "current"
+                latest.stale_since = None
+            return latest, False
+        document = dict(report.patients[0].document)
+        row = OutcomeWindow(
+            patient_id=patient.id, window_start_ms=start_ms, window_end_ms=end_ms, window_spec=spec.as_dict(),
+            tz=zone, policy_hash=policy.policy_hash, policy=policy.as_dict(), engine_version=ENGINE_VERSION,
+            method=str(policy.method), metrics=json.loads(json.dumps(dict(report.patients[0].metrics))),
+            document=json.loads(json.dumps(document)), input_digest=input_digest, readings_used=len(used),
+            version=1 if latest is None else latest.version + 1, status="current",
+            supersedes_id=None if latest is None else latest.id, created_at=now,
+        )  # fmt: skip
+        if latest is not None:
+            for earlier in session.scalars(
+                select(OutcomeWindow).where(*same_window, OutcomeWindow.status != "superseded")
+            ):
+                earlier.status = "superseded"
+        session.add(row)
+        session.flush()
+        return row, True
+
+    def recompute_stale(self) -> list[PatientOutcomes]:
+        """Write the next version of every stale outcome window, over the same window and policy."""
+        with self.store.transaction() as session:
+            stale = session.execute(
+                select(OutcomeWindow.id, Patient.public_id, OutcomeWindow.window_start_ms, OutcomeWindow.window_end_ms,
+                       OutcomeWindow.policy, OutcomeWindow.tz)
+                .join(Patient, Patient.id == OutcomeWindow.patient_id)
+                .where(OutcomeWindow.status == "stale")
+                .order_by(OutcomeWindow.id)
+            ).all()  # fmt: skip
+        results = []
+        for _id, public_id, start_ms, end_ms, policy, zone in stale:
+            results.append(
+                self.compute(public_id, WindowSpec(start=start_ms, end=end_ms), policy_from_dict(policy), tz=zone)
+            )
+        return results
+
+
+def policy_from_dict(data: dict[str, Any]) -> OutcomePolicy:
+    return OutcomePolicy(**data)
+
+
+def _with_zone(table: ReadingTable, zone: str) -> ReadingTable:
+    return replace(table, zones=(zone,))

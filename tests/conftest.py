@@ -1,0 +1,100 @@
+"""Shared fixtures: a fresh store on SQLite (embedded default) and on PostgreSQL (as in production).
+
+PostgreSQL runs at 127.0.0.1:5432 (database `test`); each store gets its own schema, dropped afterwards.
+Where PostgreSQL is not running the PostgreSQL cases are skipped with the reason, unless
+GLUCOBRIDGE_REQUIRE_SERVICES=1 (set by .ci/run), which turns that into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from bff.settings import Settings
+from bff.store.db import Store, make_engine, upgrade
+
+PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REQUIRE = os.environ.get("GLUCOBRIDGE_REQUIRE_SERVICES") == "1"
+
+
+def postgres_available() -> str | None:
+    """None when PostgreSQL answers, else why not."""
+    try:
+        engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            connection.execute(text("select 1"))
+        engine.dispose()
+    except Exception as exc:
+        return f"PostgreSQL at {PG_URL} is not available: {type(exc).__name__}"
+    return None
+
+
+def need_postgres() -> None:
+    reason = postgres_available()
+    if reason:
+        if REQUIRE:
+            pytest.fail(reason + " (GLUCOBRIDGE_REQUIRE_SERVICES=1)")
+        pytest.skip(reason)
+
+
+class PgSchema:
+    """A fresh PostgreSQL schema with its own URL (search_path), dropped on close."""
+
+    def __init__(self) -> None:
+        self.name = "gb_" + uuid.uuid4().hex[:12]
+        self.admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+        with self.admin.connect() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{self.name}"'))
+        self.url = PG_URL + ("&" if "?" in PG_URL else "?") + f"options=-csearch_path%3D{self.name}"
+
+    def close(self) -> None:
+        with self.admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE'))
+        self.admin.dispose()
+
+
+def database_url(kind: str, tmp_path: Path) -> tuple[str, PgSchema | None]:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}", None
+    need_postgres()
+    schema = PgSchema()
+    return schema.url, schema
+
+
+@pytest.fixture(params=["sqlite", "postgresql"], name="db_url")
+def fx_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database (no tables) of each kind."""
+    url, schema = database_url(request.param, tmp_path)
+    try:
+        yield url
+    finally:
+        if schema:
+            schema.close()
+
+
+@pytest.fixture(name="store")
+def fx_store(db_url: str) -> Iterator[Store]:
+    """A migrated store on each kind of database."""
+    engine = make_engine(db_url)
+    upgrade(engine)
+    store = Store(Settings(database_url=db_url), engine=engine)
+    try:
+        yield store
+    finally:
+        store.dispose()
+
+
+@pytest.fixture(name="sqlite_store")
+def fx_sqlite_store(tmp_path: Path) -> Iterator[Store]:
+    """A migrated store on SQLite only, for tests of logic that does not depend on the database."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store(Settings(database_url=url))
+    try:
+        yield store
+    finally:
+        store.dispose()
