@@ -14,7 +14,7 @@ from typing import TextIO
 
 from app.cli.common import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, BadInputError, InfrastructureError
 from app.cli.outcomes import cmd_demo, cmd_outcomes
-from app.cli.store import cmd_db, cmd_ingest, cmd_patient, cmd_quarantine, cmd_recompute
+from app.cli.store import cmd_db, cmd_ingest, cmd_listen_mllp, cmd_patient, cmd_quarantine, cmd_recompute
 from bff.ingest.records import Feed
 from engine import Method
 from engine.policy import TARGET_SETS
@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--date-order", choices=["mdy", "dmy", "ymd"], help="locale date order (LibreView)")
     ingest.add_argument("--progress", action="store_true", help="report each chunk written on stderr")
     ingest.set_defaults(handler=cmd_ingest)
+
+    mllp = sub.add_parser("listen-mllp", help="receive HL7 v2 ORU^R01 over MLLP; ACK each message AA/AE/AR")
+    mllp.add_argument("--port", type=int, required=True)
+    mllp.add_argument("--host", default="127.0.0.1")
+    mllp.add_argument("--site", required=True)
+    mllp.add_argument("--patient", help="glucobridge patient id, when the feed's PID cannot be linked")
+    mllp.add_argument("--input-tz", help="the zone of OBX-14 times without an offset")
+    mllp.set_defaults(handler=cmd_listen_mllp)
 
     quarantine = sub.add_parser("quarantine", help="records that could not be ingested, and why")
     quarantine.add_argument("action", choices=["list", "show", "retry"])

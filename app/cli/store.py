@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import signal
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -12,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from app.cli.common import BadInputError, InfrastructureError, open_store
+from bff.ingest.mllp import MllpListener
 from bff.ingest.records import Feed, FeedFormatError, FeedItem, ParseOptions, reading_from_json
 from bff.ingest.registry import parser_for
 from bff.settings import get_settings
@@ -190,4 +193,30 @@ def cmd_db(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         engine.dispose()
     out.write(f"database at head ({engine.url.render_as_string(hide_password=True)})\n")
+    return 0
+
+
+def cmd_listen_mllp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    options = _options(args)
+    store = open_store()
+    listener = MllpListener(Ingestor(store), site=args.site, options=options, patient=args.patient)
+
+    async def serve() -> None:
+        host, port = await listener.start(args.host, args.port)
+        out.write(f"listening for HL7 v2 (MLLP) on {host}:{port} for site {args.site}\n")
+        out.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await listener.close()
+
+    try:
+        asyncio.run(serve())
+    except OSError as exc:
+        raise BadInputError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    finally:
+        store.dispose()
+    out.write("stopped\n")
     return 0

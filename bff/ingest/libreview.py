@@ -391,7 +391,8 @@ class LibreViewParser:
             flag=flag,
             device=device,
             stream=serial,
-            record_key=f"{serial}|{stamp}|{record_type}",
+            # The same wall time happens twice in a fall-back hour: the instant tells the two readings apart.
+            record_key=f"{serial}|{stamp}|{record_type}" + (f"|{time_ms}" if ambiguous else ""),
             ambiguous=ambiguous,
             locator=locator,
             payload=raw if self.keep_payload else "",

@@ -1,0 +1,145 @@
+"""The MLLP listener over real TCP: each message is a batch, answered AA, AE or AR with a reason."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from bff.ingest.hl7v2 import MLLP_END, MLLP_START, Hl7Encoding, parse_message
+from bff.ingest.mllp import MllpListener, frame
+from bff.ingest.records import ParseOptions
+from bff.store.db import Store
+from bff.store.ingest import Ingestor
+from bff.store.models import QuarantineItem, Reading
+from tests.store.feeds import hl7_messages, readings
+
+
+class Running:
+    """A listener served by an event loop in a thread, on an ephemeral port."""
+
+    def __init__(self, store: Store) -> None:
+        self.listener = MllpListener(Ingestor(store), site="site-h", options=ParseOptions(input_tz="UTC"))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        _, self.port = asyncio.run_coroutine_threadsafe(self.listener.start("127.0.0.1", 0), self.loop).result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.listener.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture(name="listening")
+def fx_listening(store: Store) -> Iterator[Running]:
+    running = Running(store)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def exchange(port: int, *messages: str, chunked: bool = False) -> list[str]:
+    """Send framed messages on one connection and read one ACK per message."""
+    acks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        for message in messages:
+            data = frame(message)
+            if chunked:  # the frame arrives in pieces
+                for i in range(0, len(data), 7):
+                    sock.sendall(data[i : i + 7])
+            else:
+                sock.sendall(data)
+            buffer = b""
+            while not buffer.endswith(MLLP_END):
+                chunk = sock.recv(65536)
+                assert chunk, "connection closed before the ACK"
+                buffer += chunk
+            assert buffer.startswith(MLLP_START)
+            acks.append(buffer[1 : -len(MLLP_END)].decode())
+    return acks
+
+
+def msa(ack: str) -> tuple[str, str, str]:
+    message = parse_message(ack)
+    segment = message.segment("MSA")
+    assert segment is not None
+    return segment.field(1), segment.field(2), Hl7Encoding().unescape(segment.field(3))
+
+
+def test_good_message_is_stored_and_acknowledged_aa(listening: Running, store: Store) -> None:
+    (message,) = hl7_messages(readings(12), per_message=12, control="OK")
+    (ack,) = exchange(listening.port, message, chunked=True)
+    code, control_id, text = msa(ack)
+    assert (code, control_id) == ("AA", "OK00000")
+    assert text == "12 reading(s) stored, 0 already present"
+    assert parse_message(ack).msh.field(9).startswith("ACK")
+    (again,) = exchange(listening.port, message)  # a resend after a lost ACK: stored once
+    assert msa(again)[:2] == ("AA", "OK00000")
+    assert "0 reading(s) stored, 12 already present" in msa(again)[2]
+    with store.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Reading)) == 12
+
+
+def test_bad_results_are_quarantined_and_acknowledged_ae(listening: Running, store: Store) -> None:
+    (message,) = hl7_messages(readings(3), per_message=3, control="AE")
+    message = message.replace("|mg/dL^mg/dL^UCUM|", "|furlong^^UCUM|", 1)
+    (ack,) = exchange(listening.port, message)
+    code, _, text = msa(ack)
+    assert code == "AE"
+    assert text.startswith("1 result(s) quarantined: message 1 OBX 1:")
+    with store.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Reading)) == 2
+        assert session.scalar(select(func.count()).select_from(QuarantineItem)) == 1
+
+
+def test_a_message_that_is_not_oru_is_rejected_ar_and_kept(listening: Running, store: Store) -> None:
+    (message,) = hl7_messages(readings(2), per_message=2, control="AR")
+    (ack,) = exchange(listening.port, message.replace("ORU^R01^ORU_R01", "ADT^A01^ADT_A01"))
+    code, control_id, text = msa(ack)
+    assert (code, control_id) == ("AR", "AR00000")
+    assert "not an ORU^R01 message" in text
+    (garbage,) = exchange(listening.port, "this is not HL7")
+    assert msa(garbage)[0] == "AR"
+    with store.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Reading)) == 0
+        reasons = session.scalars(select(QuarantineItem.reason)).all()
+    assert len(reasons) == 2
+
+
+def test_several_messages_on_one_connection_get_one_ack_each(listening: Running, store: Store) -> None:
+    messages = hl7_messages(readings(36), per_message=12, control="MULTI")
+    acks = exchange(listening.port, *messages)
+    assert [msa(a)[:2] for a in acks] == [("AA", "MULTI00000"), ("AA", "MULTI00001"), ("AA", "MULTI00002")]
+
+
+def test_listen_mllp_command_serves_until_sigterm(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'mllp.db'}"}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "glucobridge"), "listen-mllp", "--port", str(port), "--site", "site-h"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith(f"listening for HL7 v2 (MLLP) on 127.0.0.1:{port}")
+        (message,) = hl7_messages(readings(4), per_message=4, control="CLI")
+        assert msa(exchange(port, message)[0])[0] == "AA"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    assert "stopped" in out
