@@ -17,6 +17,9 @@ class CsvParser:
 
     feed = Feed.CSV
 
+    def __init__(self, *, keep_payload: bool = True) -> None:
+        self.keep_payload = keep_payload
+
     def parse(self, stream: IO[bytes], options: ParseOptions) -> Iterator[FeedItem]:
         text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
         header = text.readline()
@@ -60,7 +63,8 @@ class CsvParser:
                 unit=reading.unit, flag=reading.flag, device=reading.device, record_key=record_id,
                 session_start_ms=reading.session_start_ms,
                 session_key=f"start:{reading.session_start_ms}" if reading.session_start_ms is not None else "",
-                ambiguous=reading.ambiguous, locator=locator, payload=line.rstrip("\r\n"),
+                ambiguous=reading.ambiguous, locator=locator,
+                payload=line.rstrip("\r\n") if self.keep_payload else "",
             )  # fmt: skip
 
 

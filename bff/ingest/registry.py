@@ -10,7 +10,8 @@ from bff.ingest.libreview import LibreViewParser
 from bff.ingest.records import Feed, Parser
 
 
-def parser_for(feed: Feed | str) -> Parser:
+def parser_for(feed: Feed | str, *, keep_payload: bool = False) -> Parser:
+    """The feed's parser. Readings carry their raw text only with `keep_payload` (problems always do)."""
     kind = Feed(feed)
     parsers: dict[Feed, type[Parser]] = {
         Feed.DEXCOM: DexcomParser,
@@ -19,4 +20,4 @@ def parser_for(feed: Feed | str) -> Parser:
         Feed.HL7V2: Hl7v2Parser,
         Feed.CSV: CsvParser,
     }
-    return parsers[kind]()
+    return parsers[kind](keep_payload=keep_payload)  # type: ignore[call-arg]

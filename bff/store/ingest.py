@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-from collections.abc import Callable, Iterable
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
 import numpy as np
+import orjson
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
@@ -32,7 +35,7 @@ from bff.ingest.records import (
     PatientRef,
     reading_to_json,
 )
-from bff.ingest.validate import check_time, check_value
+from bff.ingest.validate import EARLIEST_MS, check_time, check_value, reportable_range
 from bff.store.db import Store
 from bff.store.models import (
     DeviceStream,
@@ -44,7 +47,7 @@ from bff.store.models import (
     SensorSession,
     Site,
 )
-from engine import GlucoseUnit, SensorFlag, device_profile, group_winners
+from engine import DEVICES, UNKNOWN_DEVICE, GlucoseUnit, SensorFlag, device_profile, group_winners
 from engine.units import MMOL_L_TO_MG_DL
 
 #: Issuers that are global (a vendor's own user ids); every other issuer is scoped to the site.
@@ -112,13 +115,16 @@ class _HashingReader(io.RawIOBase):
         return n
 
 
-def reading_key(site: str, feed: str, reading: FeedReading, patient_id: int) -> str:
-    """Deterministic: the feed's record key when it has one, else the reading's identity (patient, device, time)."""
+def reading_key(site: str, feed: str, reading: FeedReading, patient_id: int) -> uuid.UUID:
+    """Deterministic: the feed's record key when it has one, else the reading's identity (patient, device, time).
+
+    128 bits of SHA-256: collisions are out of reach at any realistic number of readings.
+    """
     if reading.record_key:
         basis = f"{site}|{feed}|{reading.record_key}"
     else:
         basis = f"{site}|{feed}|{patient_id}|{reading.device}|{reading.stream}|{reading.time_ms}|{reading.unit.label}"
-    return hashlib.sha256(basis.encode()).hexdigest()[:40]
+    return uuid.UUID(bytes=hashlib.sha256(basis.encode()).digest()[:16])
 
 
 class Ingestor:
@@ -201,28 +207,42 @@ class _Run:
         self.patients: dict[tuple[str, str] | None, int | str] = {}
         self.streams: dict[tuple[int, str], int] = {}
         self.sessions: dict[tuple[int, str], int] = {}
+        self.ranges: dict[tuple[str, GlucoseUnit], tuple[float, float]] = {}
         self.touched: dict[int, list[int]] = {}  # stream id -> [min ms, max ms] of readings added
         self.touched_patients: dict[int, list[int]] = {}
-        self.needs_reconcile: set[int] = set()
-        self.last_time: dict[int, int] = {}
         self.staging_ready = False
+        # Writes of chunk k run in a writer thread while chunk k+1 is parsed: the database works on the other
+        # core. One connection serves both threads, so every use of it holds `lock`.
+        self.lock = threading.Lock()
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gb-ingest-writer")
+        self.pending: Future[None] | None = None
 
     # MARK: the stream of items
 
     def consume(self, items: Iterable[FeedItem]) -> None:
         chunk: list[FeedReading] = []
         size = self.settings.ingest_chunk
-        for item in items:
-            if isinstance(item, FeedProblem):
-                self.quarantine(item)
-                continue
-            self.report.received += 1
-            chunk.append(item)
-            if len(chunk) >= size:
+        try:
+            for item in items:
+                if isinstance(item, FeedProblem):
+                    self.quarantine(item)
+                    continue
+                self.report.received += 1
+                chunk.append(item)
+                if len(chunk) >= size:
+                    self.write(chunk)
+                    chunk = []
+            if chunk:
                 self.write(chunk)
-                chunk = []
-        if chunk:
-            self.write(chunk)
+            self.drain()
+        finally:
+            self.writer.shutdown(wait=True)  # never leave the writer using the connection during a rollback
+
+    def drain(self) -> None:
+        """Wait for the chunk being written; its error, if any, is raised here."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
 
     def quarantine(self, problem: FeedProblem) -> None:
         self.report.quarantined += 1
@@ -232,6 +252,10 @@ class _Run:
         if len(payload) > QUARANTINE_PAYLOAD_LIMIT:
             payload = payload[:QUARANTINE_PAYLOAD_LIMIT]
         digest = hashlib.sha256((problem.context + "\n" + problem.payload).encode()).hexdigest()
+        with self.lock:
+            self._quarantine_row(problem, payload, digest)
+
+    def _quarantine_row(self, problem: FeedProblem, payload: str, digest: str) -> None:
         existing = self.session.scalar(
             select(QuarantineItem).where(
                 QuarantineItem.site_key == self.site,
@@ -274,47 +298,60 @@ class _Run:
     # MARK: one chunk
 
     def write(self, chunk: list[FeedReading]) -> None:
+        """Check, resolve and key a chunk of readings, then hand it to the writer. The common case stays cheap."""
         rows: list[tuple[Any, ...]] = []
         tolerance = self.settings.future_tolerance_min * 60_000
+        earliest, latest = EARLIEST_MS, self.now_ms + tolerance
+        feed, rank, batch_id, now = str(self.feed), int(self.feed.source), self.batch.id, self.now
+        ranges = self.ranges
         for reading in chunk:
-            reason = check_time(reading, self.now_ms, tolerance) or check_value(reading)
-            if reason is None and reading.value is None:
-                bound = device_profile(reading.device).bound(reading.unit, high=reading.flag is SensorFlag.HIGH)
-                if bound is None:
-                    reason = f"{reading.flag.name} reading without a value from an unknown device: its bound is unknown"
-            if reason:
-                self.problem(reading, reason)
-                continue
-            patient_id = self.patient_for(reading.patient)
+            unit, value, flag = reading.unit, reading.value, reading.flag
+            limits = ranges.get((reading.device, unit))
+            if limits is None:
+                limits = ranges[(reading.device, unit)] = reportable_range(reading.device, unit)
+            if not (
+                earliest <= reading.time_ms <= latest
+                and flag is SensorFlag.NONE
+                and value is not None
+                and limits[0] <= value <= limits[1]
+            ):
+                reason = check_time(reading, self.now_ms, tolerance) or check_value(reading)
+                if reason is None and value is None:
+                    value = device_profile(reading.device).bound(unit, high=flag is SensorFlag.HIGH)
+                    if value is None:
+                        reason = f"{flag.name} reading without a value from an unknown device: its bound is unknown"
+                if reason:
+                    self.problem(reading, reason)
+                    continue
+            assert value is not None
+            ref = reading.patient
+            patient_id = self.patients.get(None if ref is None else (self.qualified(ref.issuer), ref.value))
+            if patient_id is None:
+                patient_id = self.patient_for(ref)
             if isinstance(patient_id, str):
                 self.problem(reading, patient_id)
                 continue
-            stream_id = self.stream_for(patient_id, reading.device)
+            stream_id = self.streams.get((patient_id, reading.device)) or self.stream_for(patient_id, reading.device)
             session_id = self.session_for(stream_id, reading) if reading.session_key else None
-            value = reading.value
-            if value is None:
-                value = device_profile(reading.device).bound(reading.unit, high=reading.flag is SensorFlag.HIGH)
-            assert value is not None
-            factor = MMOL_L_TO_MG_DL if reading.unit is GlucoseUnit.MMOL_L else 1.0
-            kind = "scan" if reading.extra.get("record_type") == "scan" else "cgm"
+            key = reading_key(self.site, feed, reading, patient_id)
+            factor = MMOL_L_TO_MG_DL if unit is GlucoseUnit.MMOL_L else 1.0
+            extra = reading.extra
             rows.append((
-                reading_key(self.site, str(self.feed), reading, patient_id), patient_id, stream_id, session_id,
-                reading.time_ms, value * factor, value, reading.unit.label, factor, int(reading.flag), kind,
-                reading.ambiguous, str(self.feed), int(self.feed.source), reading.record_key[:300],
-                reading.stream[:128], self.batch.id, self.now,
-                json.dumps(dict(reading.extra)) if reading.extra else None,
+                key, patient_id, stream_id, session_id, reading.time_ms, value * factor, value, unit.label, factor,
+                int(flag), "scan" if extra.get("record_type") == "scan" else "cgm", reading.ambiguous, feed, rank,
+                reading.record_key[:300], reading.stream[:128], batch_id, now,
+                orjson.dumps(extra if isinstance(extra, dict) else dict(extra)).decode() if extra else None,
             ))  # fmt: skip
         if rows:
             self.insert(rows)
-        if self.on_chunk is not None:
-            self.on_chunk(self.report.added + self.report.already_present)
 
     def patient_for(self, ref: PatientRef | None) -> int | str:
         """The patient's id, or the reason it cannot be known (then the reading goes to quarantine)."""
         key = None if ref is None else (self.qualified(ref.issuer), ref.value)
         if key in self.patients:
             return self.patients[key]
-        result = self._resolve_patient(key)
+        with self.lock:
+            result = self._resolve_patient(key)
         self.patients[key] = result
         return result
 
@@ -375,35 +412,43 @@ class _Run:
         key = (patient_id, device)
         found = self.streams.get(key)
         if found is None:
-            row = self.session.scalar(
-                select(DeviceStream).where(DeviceStream.patient_id == patient_id, DeviceStream.device_key == device)
-            )
-            if row is None:
-                row = DeviceStream(patient_id=patient_id, device_key=device, created_at=self.now)
-                self.session.add(row)
-                self.session.flush()
-            found = self.streams[key] = row.id
+            with self.lock:
+                found = self.streams[key] = self._stream_row(patient_id, device)
         return found
+
+    def _stream_row(self, patient_id: int, device: str) -> int:
+        row = self.session.scalar(
+            select(DeviceStream).where(DeviceStream.patient_id == patient_id, DeviceStream.device_key == device)
+        )
+        if row is None:
+            row = DeviceStream(patient_id=patient_id, device_key=device, created_at=self.now)
+            self.session.add(row)
+            self.session.flush()
+        return row.id
 
     def session_for(self, stream_id: int, reading: FeedReading) -> int:
         key = (stream_id, reading.session_key)
         found = self.sessions.get(key)
         if found is None:
-            row = self.session.scalar(
-                select(SensorSession).where(
-                    SensorSession.stream_id == stream_id, SensorSession.session_key == reading.session_key
-                )
-            )
-            if row is None:
-                row = SensorSession(
-                    stream_id=stream_id, session_key=reading.session_key[:128], started_ms=reading.session_start_ms
-                )
-                self.session.add(row)
-                self.session.flush()
-            elif row.started_ms is None and reading.session_start_ms is not None:
-                row.started_ms = reading.session_start_ms
-            found = self.sessions[key] = row.id
+            with self.lock:
+                found = self.sessions[key] = self._session_row(stream_id, reading)
         return found
+
+    def _session_row(self, stream_id: int, reading: FeedReading) -> int:
+        row = self.session.scalar(
+            select(SensorSession).where(
+                SensorSession.stream_id == stream_id, SensorSession.session_key == reading.session_key
+            )
+        )
+        if row is None:
+            row = SensorSession(
+                stream_id=stream_id, session_key=reading.session_key[:128], started_ms=reading.session_start_ms
+            )
+            self.session.add(row)
+            self.session.flush()
+        elif row.started_ms is None and reading.session_start_ms is not None:
+            row.started_ms = reading.session_start_ms
+        return row.id
 
     # MARK: set-based writes
 
@@ -422,6 +467,17 @@ class _Run:
         self.staging_ready = True
 
     def insert(self, rows: list[tuple[Any, ...]]) -> None:
+        """Hand the chunk to the writer thread (after the previous chunk is written)."""
+        self.drain()
+        self.pending = self.writer.submit(self._insert_locked, rows)
+
+    def _insert_locked(self, rows: list[tuple[Any, ...]]) -> None:
+        with self.lock:
+            self._insert_now(rows)
+        if self.on_chunk is not None:
+            self.on_chunk(self.report.added + self.report.already_present)
+
+    def _insert_now(self, rows: list[tuple[Any, ...]]) -> None:
         self._staging()
         conn = self.session.connection()
         cols = ", ".join(_COLUMNS)
@@ -430,21 +486,34 @@ class _Run:
             with raw.cursor().copy(f"COPY gb_staging ({cols}) FROM STDIN") as copy:  # type: ignore[union-attr]
                 for row in rows:
                     copy.write_row(row)
+            # What was added, summed up by the server: per stream, the span and the count.
+            spans: Sequence[Any] = conn.exec_driver_sql(
+                f"WITH ins AS (INSERT INTO readings ({cols}) SELECT {cols} FROM gb_staging "
+                "ON CONFLICT (reading_key) DO NOTHING RETURNING patient_id, stream_id, observed_ms, kind) "
+                "SELECT patient_id, stream_id, kind, min(observed_ms), max(observed_ms), count(*) FROM ins "
+                "GROUP BY patient_id, stream_id, kind"
+            ).all()
         else:
             marks = ", ".join("?" for _ in _COLUMNS)
-            conn.exec_driver_sql(f"INSERT INTO gb_staging ({cols}) VALUES ({marks})", rows)
-        where = " WHERE true" if self.dialect == "sqlite" else ""
-        inserted = conn.exec_driver_sql(
-            f"INSERT INTO readings ({cols}) SELECT {cols} FROM gb_staging{where} "
-            "ON CONFLICT (reading_key) DO NOTHING RETURNING patient_id, stream_id, observed_ms, kind"
-        ).all()
-        self.report.added += len(inserted)
-        self.report.already_present += len(rows) - len(inserted)
-        if len(inserted) < len(rows):
+            as_text = [(row[0].hex, *row[1:]) for row in rows]  # SQLite stores UUIDs as 32 hex characters
+            conn.exec_driver_sql(f"INSERT INTO gb_staging ({cols}) VALUES ({marks})", as_text)
+            inserted = conn.exec_driver_sql(
+                f"INSERT INTO readings ({cols}) SELECT {cols} FROM gb_staging WHERE true "
+                "ON CONFLICT (reading_key) DO NOTHING RETURNING patient_id, stream_id, kind, observed_ms"
+            ).all()
+            spans = _spans(inserted)
+        added = sum(int(span[5]) for span in spans)
+        self.report.added += added
+        self.report.already_present += len(rows) - added
+        if added < len(rows):
             self._conflicts()
         conn.exec_driver_sql("DELETE FROM gb_staging")
-        if inserted:
-            self._note(np.array([(r[0], r[1], r[2]) for r in inserted if r[3] == "cgm"], dtype=np.int64).reshape(-1, 3))
+        for patient_id, stream_id, kind, lo, hi, _count in spans:
+            if kind != "cgm":
+                continue
+            for table, key in ((self.touched, int(stream_id)), (self.touched_patients, int(patient_id))):
+                span = table.setdefault(key, [int(lo), int(hi)])
+                span[0], span[1] = min(span[0], int(lo)), max(span[1], int(hi))
 
     def _conflicts(self) -> None:
         found = self.session.execute(
@@ -458,29 +527,6 @@ class _Run:
             {"batch": self.batch.id, "now": self.now},
         ).all()
         self.report.conflicts += len(found)
-
-    def _note(self, added: np.ndarray[Any, np.dtype[np.int64]]) -> None:
-        """Remember what was added (for reconciliation and stale outcomes); flag streams with near-copies."""
-        if added.size == 0:
-            return
-        order = np.lexsort((added[:, 2], added[:, 1]))
-        added = added[order]
-        streams = np.unique(added[:, 1])
-        for stream_id in streams.tolist():
-            sel = added[added[:, 1] == stream_id]
-            lo, hi = int(sel[:, 2].min()), int(sel[:, 2].max())
-            span = self.touched.setdefault(stream_id, [lo, hi])
-            span[0], span[1] = min(span[0], lo), max(span[1], hi)
-            pspan = self.touched_patients.setdefault(int(sel[0, 0]), [lo, hi])
-            pspan[0], pspan[1] = min(pspan[0], lo), max(pspan[1], hi)
-            t = sel[:, 2]
-            previous = self.last_time.get(stream_id)
-            if previous is not None:
-                t = np.concatenate(([previous], t))
-            # Any two added readings closer than the longest nominal interval may be copies: reconcile that stream.
-            if t.size > 1 and bool((np.diff(np.sort(t)) < 15 * 60_000).any()):
-                self.needs_reconcile.add(stream_id)
-            self.last_time[stream_id] = int(t.max())
 
     # MARK: the end of the batch
 
@@ -502,22 +548,32 @@ class _Run:
         return self.report
 
     def reconcile(self) -> None:
-        """Decide, with the engine's duplicate rule, which copy counts where new readings meet existing ones."""
+        """Decide, with the engine's duplicate rule, which copy counts where new readings meet any other.
+
+        The database finds the streams that hold two readings closer than half their device's interval in the
+        time added (one window-function query per 500 streams); only those are decided row by row.
+        """
         if not self.touched:
             return
-        candidates = set(self.needs_reconcile)
-        others = [s for s in self.touched if s not in candidates]
         conn = self.session.connection()
-        for start in range(0, len(others), 500):
-            part = others[start : start + 500]
-            lo = min(self.touched[s][0] for s in part) - RECONCILE_MARGIN_MS
-            hi = max(self.touched[s][1] for s in part) + RECONCILE_MARGIN_MS
-            marks = ", ".join(str(int(s)) for s in part)
+        half = " ".join(f"WHEN '{key}' THEN {p.interval_ms}" for key, p in DEVICES.items())
+        interval = f"CASE d.device_key {half} ELSE {UNKNOWN_DEVICE.interval_ms} END"
+        streams = sorted(self.touched)
+        candidates: list[int] = []
+        for start in range(0, len(streams), 500):
+            part = streams[start : start + 500]
+            spans = " OR ".join(
+                f"(r.stream_id = {int(s)} AND r.observed_ms BETWEEN {self.touched[s][0] - RECONCILE_MARGIN_MS} "
+                f"AND {self.touched[s][1] + RECONCILE_MARGIN_MS})"
+                for s in part
+            )
             rows = conn.exec_driver_sql(
-                f"SELECT DISTINCT stream_id FROM readings WHERE stream_id IN ({marks}) "
-                f"AND batch_id <> {int(self.batch.id)} AND kind = 'cgm' AND observed_ms BETWEEN {lo} AND {hi}"
+                "SELECT DISTINCT stream_id FROM (SELECT r.stream_id, 2 * (r.observed_ms - lag(r.observed_ms) "
+                "OVER (PARTITION BY r.stream_id ORDER BY r.observed_ms, r.id)) AS twice_step, "
+                f"{interval} AS step FROM readings r JOIN device_streams d ON d.id = r.stream_id "
+                f"WHERE r.kind = 'cgm' AND ({spans})) steps WHERE twice_step < step"
             ).all()
-            candidates.update(int(r[0]) for r in rows)
+            candidates.extend(int(r[0]) for r in rows)
         for stream_id in sorted(candidates):
             self._reconcile_stream(stream_id)
 
@@ -589,3 +645,12 @@ def _ensure_site(session: Session, site: str, now: datetime) -> None:
     if session.get(Site, site) is None:
         session.add(Site(key=site, name=site, created_at=now))
         session.flush()
+
+
+def _spans(inserted: Sequence[Any]) -> list[tuple[int, int, str, int, int, int]]:
+    """(patient, stream, kind, first ms, last ms, count) of inserted (patient, stream, kind, ms) rows."""
+    spans: dict[tuple[int, int, str], list[int]] = {}
+    for patient_id, stream_id, kind, ms in inserted:
+        span = spans.setdefault((int(patient_id), int(stream_id), str(kind)), [int(ms), int(ms), 0])
+        span[0], span[1], span[2] = min(span[0], int(ms)), max(span[1], int(ms)), span[2] + 1
+    return [(p, s, k, lo, hi, n) for (p, s, k), (lo, hi, n) in spans.items()]

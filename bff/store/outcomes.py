@@ -111,7 +111,7 @@ class OutcomeService:
                    Reading.observed_ms < end_ms)
             .order_by(Reading.stream_id, Reading.observed_ms, Reading.id)
         ).all()  # fmt: skip
-        stored = [StoredReading(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10]) for r in rows]
+        stored = [StoredReading(r[0], r[1].hex, r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10]) for r in rows]
         stream_ids = sorted({r[11] for r in rows})
         code = {s: i for i, s in enumerate(stream_ids)}
         device_of = {r[11]: r[7] for r in rows}

@@ -112,6 +112,7 @@ class ExplodingParser(CsvParser):
     """Yields some readings, then fails as a crash mid-batch would."""
 
     def __init__(self, after: int) -> None:
+        super().__init__()
         self.after = after
 
     def parse(self, stream: IO[bytes], options: ParseOptions) -> Iterator[FeedItem]:

@@ -1,8 +1,8 @@
 """readings store
 
-Revision ID: d8260df170be
+Revision ID: 24019c3d3aaa
 Revises:
-Create Date: 2026-11-26 11:23:48.328326
+Create Date: 2026-11-26 11:50:41.145519
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "d8260df170be"
+revision: str = "24019c3d3aaa"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -150,24 +150,12 @@ def upgrade() -> None:
         ),
     )
     op.create_table(
-        "sensor_sessions",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
-        sa.Column("stream_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column("session_key", sa.String(length=128), nullable=False),
-        sa.Column("started_ms", sa.BigInteger(), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["stream_id"], ["device_streams.id"], name=op.f("fk_sensor_sessions_stream_id_device_streams")
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_sensor_sessions")),
-        sa.UniqueConstraint("stream_id", "session_key", name=op.f("uq_sensor_sessions_stream_id_session_key")),
-    )
-    op.create_table(
         "readings",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
-        sa.Column("reading_key", sa.String(length=64), nullable=False),
+        sa.Column("reading_key", sa.Uuid(), nullable=False),
         sa.Column("patient_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("stream_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column("session_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+        sa.Column("session_id", sa.BigInteger(), nullable=True),
         sa.Column("observed_ms", sa.BigInteger(), nullable=False),
         sa.Column("value_mg_dl", sa.Float(), nullable=False),
         sa.Column("value_original", sa.Float(), nullable=False),
@@ -180,17 +168,13 @@ def upgrade() -> None:
         sa.Column("source_rank", sa.SmallInteger(), nullable=False),
         sa.Column("source_record_key", sa.String(length=300), nullable=False),
         sa.Column("stream_label", sa.String(length=128), nullable=False),
-        sa.Column("batch_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("batch_id", sa.BigInteger(), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("duplicate_of", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
         sa.Column("duplicate_reason", sa.Text(), nullable=True),
         sa.Column("extra", sa.JSON(), nullable=True),
-        sa.ForeignKeyConstraint(["batch_id"], ["ingest_batches.id"], name=op.f("fk_readings_batch_id_ingest_batches")),
         sa.ForeignKeyConstraint(["duplicate_of"], ["readings.id"], name=op.f("fk_readings_duplicate_of_readings")),
         sa.ForeignKeyConstraint(["patient_id"], ["patients.id"], name=op.f("fk_readings_patient_id_patients")),
-        sa.ForeignKeyConstraint(
-            ["session_id"], ["sensor_sessions.id"], name=op.f("fk_readings_session_id_sensor_sessions")
-        ),
         sa.ForeignKeyConstraint(
             ["stream_id"], ["device_streams.id"], name=op.f("fk_readings_stream_id_device_streams")
         ),
@@ -198,9 +182,20 @@ def upgrade() -> None:
         sa.UniqueConstraint("reading_key", name=op.f("uq_readings_reading_key")),
     )
     with op.batch_alter_table("readings", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_readings_batch_id"), ["batch_id"], unique=False)
         batch_op.create_index("ix_readings_stream_time", ["patient_id", "stream_id", "observed_ms"], unique=False)
 
+    op.create_table(
+        "sensor_sessions",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("stream_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("session_key", sa.String(length=128), nullable=False),
+        sa.Column("started_ms", sa.BigInteger(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["stream_id"], ["device_streams.id"], name=op.f("fk_sensor_sessions_stream_id_device_streams")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_sensor_sessions")),
+        sa.UniqueConstraint("stream_id", "session_key", name=op.f("uq_sensor_sessions_stream_id_session_key")),
+    )
     op.create_table(
         "reading_conflicts",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
@@ -234,12 +229,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_reading_conflicts_reading_id"))
 
     op.drop_table("reading_conflicts")
+    op.drop_table("sensor_sessions")
     with op.batch_alter_table("readings", schema=None) as batch_op:
         batch_op.drop_index("ix_readings_stream_time")
-        batch_op.drop_index(batch_op.f("ix_readings_batch_id"))
 
     op.drop_table("readings")
-    op.drop_table("sensor_sessions")
     op.drop_table("quarantine")
     with op.batch_alter_table("patient_identifiers", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_patient_identifiers_patient_id"))
