@@ -27,12 +27,13 @@ from bff.store.db import Store, make_engine, upgrade
 from bff.store.ingest import Ingestor
 
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def _values(n: int) -> Iterator[tuple[int, datetime, int]]:
+    """n readings 5 minutes apart ending a day ago (1 million readings span about 9.5 years)."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1, minutes=5 * n)
     for i in range(n):
-        yield i, START + timedelta(minutes=5 * i, seconds=i % 7), 70 + (i * 37) % 200
+        yield i, start + timedelta(minutes=5 * i, seconds=i % 7), 70 + (i * 37) % 200
 
 
 def write_dexcom(path: Path, n: int) -> None:

@@ -6,6 +6,7 @@
 | `REDIS_URL` | unset | Redis for rate limits, sessions, locks and jobs when there are several workers |
 | `INGEST_FUTURE_TOLERANCE_MIN` | `10` | readings further in the future than this are quarantined |
 | `INGEST_CHUNK` | `10000` | readings written per round trip during ingestion |
+| `SIGNING_KEY_FILE` | unset | PEM EC P-256 private key: Provenance of exports gets a JWS over the input digest |
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Settings:
     redis_url: str | None = None
     future_tolerance_min: int = 10
     ingest_chunk: int = 10_000
+    signing_key_file: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -56,6 +58,7 @@ class Settings:
             redis_url=environ.get("REDIS_URL") or None,
             future_tolerance_min=_int(environ, "INGEST_FUTURE_TOLERANCE_MIN", 10),
             ingest_chunk=max(1, _int(environ, "INGEST_CHUNK", 10_000)),
+            signing_key_file=environ.get("SIGNING_KEY_FILE") or None,
         )
 
     @property

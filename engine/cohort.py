@@ -229,6 +229,7 @@ class _Shared:
     table: ReadingTable
     policy: OutcomePolicy
     order: I64 | None
+    prepared: bool
     p: NDArray[np.int32]
     t: I64
     s: NDArray[np.int32]
@@ -248,10 +249,13 @@ def compute_cohort(
     window: WindowSpec | None = None,
     *,
     block_readings: int = BLOCK_READINGS,
+    prepared: bool = False,
 ) -> CohortResult:
     """Compute every patient's outcomes (docs/outcomes-method.md), vectorised over blocks of patients.
 
-    `block_readings` only tunes speed and memory: the results do not depend on it.
+    `block_readings` only tunes speed and memory: the results do not depend on it. `prepared` says the table
+    already holds only readings used (as an outcome's raw-data NDJSON does): the exclusions of §4 are not applied
+    again, so recomputing from them reproduces the metrics.
     """
     policy = policy or OutcomePolicy()
     window = window or WindowSpec()
@@ -277,6 +281,7 @@ def compute_cohort(
         table=table,
         policy=policy,
         order=order,
+        prepared=prepared,
         p=p,
         t=t,
         s=s,
@@ -401,10 +406,12 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
     # Exclusions 1–3.
     reason = np.full(t.shape[0], -1, dtype=np.int8)
     known = session != NO_TIME
+    if sh.prepared:
+        known[:] = False
     if known.any():
         reason[known & (t < session)] = 0
         reason[known & (t >= session) & (t < session + sh.warmup_of[s])] = 1
-    if policy.infer_sessions:
+    if policy.infer_sessions and not sh.prepared:
         _infer_warmup(reason, known, t, s, sh.warmup_of, sh.break_of)
 
     # Exclusion 4: duplicates within a stream.
@@ -415,8 +422,12 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
     def kept(a: NDArray[Any]) -> NDArray[Any]:
         return a if keep is None else a[keep]
 
-    dup = _duplicates(
-        kept(t), kept(s), kept(interval), kept(column(table.source)), kept(column(table.received)), kept(mg_all)
+    dup = (
+        np.zeros(0, dtype=np.int64)
+        if sh.prepared
+        else _duplicates(
+            kept(t), kept(s), kept(interval), kept(column(table.source)), kept(column(table.received)), kept(mg_all)
+        )
     )
     if dup.size:
         reason[dup if keep is None else keep[dup]] = 3

@@ -14,6 +14,7 @@ from typing import TextIO
 
 from app.cli.common import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, BadInputError, InfrastructureError
 from app.cli.outcomes import cmd_demo, cmd_outcomes
+from app.cli.resources import FORMATS, cmd_export, cmd_verify
 from app.cli.store import cmd_db, cmd_ingest, cmd_listen_mllp, cmd_patient, cmd_quarantine, cmd_recompute
 from bff.ingest.records import Feed
 from engine import Method
@@ -83,6 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     patient.add_argument("id")
     patient.add_argument("--tz", help="the patient's IANA time zone")
     patient.set_defaults(handler=cmd_patient)
+
+    export = sub.add_parser("export", help="an outcome window as FHIR (R4/R5 Bundle), HL7 v2 ORU^R01, PDF or note")
+    export.add_argument("--patient", required=True)
+    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--site", default="local", help="the site the artefact is for (identifiers, patient keys)")
+    export.add_argument("-o", "--output", help="write to this file (default: standard output)")
+    export.add_argument("--mean-unit", choices=["mg/dL", "mmol/L"], default="mg/dL")
+    export.add_argument("--hl7-version", choices=["2.5.1", "2.3"], default="2.5.1")
+    export.add_argument("--no-pdf", action="store_true", help="FHIR/HL7 v2: leave the PDF report out")
+    _outcome_options(export)
+    export.set_defaults(handler=cmd_export)
+
+    verify = sub.add_parser("verify", help="recompute an exported outcome from its readings; exit 1 on a mismatch")
+    verify.add_argument("file", help="a Bundle or Observation (FHIR JSON), or an ORU^R01 message")
+    verify.add_argument("--public-key", help="PEM public key: also check the Provenance signature")
+    verify.set_defaults(handler=cmd_verify)
 
     db = sub.add_parser("db", help="database schema")
     db.add_argument("action", choices=["upgrade"])

@@ -223,3 +223,20 @@ class OutcomeWindow(Base):
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("outcome_windows.id"))
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     stale_since: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class OutcomeArtifact(Base):
+    """A resource or message made from an outcome window (an Observation identifier, an MSH-10, a PDF digest).
+
+    `glucobridge verify` finds the window behind an artefact that does not carry its own raw data (a single
+    Observation, an ORU^R01 message) by this key; the write path (issue 6) records its writes against it.
+    """
+
+    __tablename__ = "outcome_artifacts"
+    __table_args__ = (UniqueConstraint("key"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(200))  # "<identifier system>|<value>" or "hl7v2|<MSH-10>"
+    outcome_window_id: Mapped[int] = mapped_column(ForeignKey("outcome_windows.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # fhir-observation, hl7v2-message, pdf, note, bundle
+    metric: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(Timestamp)

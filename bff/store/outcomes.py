@@ -196,6 +196,9 @@ class OutcomeService:
                 latest.stale_since = None
             return latest, False
         document = dict(report.patients[0].document)
+        agp = dict(document.get("agp") or {})
+        agp.pop("days", None)  # daily traces are rebuilt from the readings when a report needs them
+        document["agp"] = agp
         row = OutcomeWindow(
             patient_id=patient.id, window_start_ms=start_ms, window_end_ms=end_ms, window_spec=spec.as_dict(),
             tz=zone, policy_hash=policy.policy_hash, policy=policy.as_dict(), engine_version=ENGINE_VERSION,

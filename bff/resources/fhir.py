@@ -1,0 +1,487 @@
+"""FHIR resources for an outcome window, per the HL7 CGM IG (hl7.fhir.uv.cgm 1.0.0), in R4 (4.0.1) and R5.
+
+One call, `outcome_bundle`, gives a transaction Bundle that carries everything a receiver or an auditor needs:
+
+- the CGM Summary Observation (107931-8) with `hasMember` to Times in Ranges (106793-3, five components),
+  Mean Glucose (97507-8 mg/dL or 105273-7 mmol/L), GMI (97506-0), CV (104638-2), Days of wear (104636-6) and
+  Sensor active % (104637-4), plus Observations with glucobridge's own codes for what the IG has no profile for
+  (GRI, hypoglycaemia events);
+- the CGM Device, glucobridge's engine as a Device, and the Organization it acts for;
+- a DocumentReference + Binary holding exactly the readings used (canonical NDJSON, SHA-256 recorded) and the
+  computation (policy, window, zone, engine version), so `glucobridge verify` needs nothing else;
+- a Provenance whose targets are all the aggregated Observations (and the PDF DiagnosticReport when present):
+  entity `source` the raw data, agent the engine on behalf of the organisation, `recorded`, and for a correction
+  an entity `revision` naming the version it replaces; optionally a JWS signature over the input digest;
+- optionally the CGM Summary PDF DiagnosticReport (107931-8, `presentedForm`).
+
+Every resource has a deterministic business identifier (a hash of site, patient, metric, window and version)
+and a deterministic `urn:uuid` fullUrl, and each entry has `ifNoneExist` on that identifier, so sending the same
+Bundle twice creates nothing new. The same builders serve the IG's `$submit-cgm-bundle` and plain transactions.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from bff.resources.record import CODESYSTEM, IDENTIFIER_SYSTEM, OutcomeRecord
+from engine import device_profile, isoformat_local
+from engine.units import MMOL_L_TO_MG_DL
+
+FhirVersion = Literal["R4", "R5"]
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+IG = "http://hl7.org/fhir/uv/cgm/StructureDefinition"
+OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+SHA256_SYSTEM = "https://glucobridge.example/fhir/NamingSystem/sha256"
+POLICY_URI = "https://glucobridge.example/fhir/outcome-policy/"
+RAW_DATA_TYPE = "application/x-ndjson"
+PATIENT_SYSTEM = "https://glucobridge.example/fhir/NamingSystem/patient"
+DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+COMPUTATION_TYPE = "application/vnd.glucobridge.computation+json"
+
+#: The five Times in Ranges components: (slice, LOINC, metric key or a derived 70–180 band).
+TIR_COMPONENTS = (
+    ("timeInVeryLow", "104642-4", "time_below_54_pct"),
+    ("timeInLow", "104641-6", "time_54_69_pct"),
+    ("timeInTarget", "97510-2", "in_70_180"),
+    ("timeInHigh", "104640-8", "time_181_250_pct"),
+    ("timeInVeryHigh", "104639-0", "time_above_250_pct"),
+)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One aggregated Observation: its key (for identifiers), code, profile and value."""
+
+    key: str
+    system: str
+    code: str
+    display: str
+    profile: str | None
+    value: float | int | None
+    unit: str
+    ucum: str
+
+
+def _pct(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def in_range_70_180(metrics: Mapping[str, Any]) -> float | None:
+    """The consensus 70–180 mg/dL band: `time_in_range_pct` unless the target set moved the range."""
+    below, above = metrics.get("time_below_70_pct"), metrics.get("time_above_180_pct")
+    if below is None or above is None:
+        return None
+    return 100.0 - float(below) - float(above)
+
+
+def members(record: OutcomeRecord) -> list[Member]:
+    """The aggregated Observations; units' display text follows the IG's fixed patterns ("mg/dl", "mmol/l")."""
+    m = record.metrics
+    mean = m.get("mean_mg_dl")
+    if record.mean_unit == "mmol/L":
+        mean_member = Member(
+            "mean_glucose",
+            LOINC,
+            "105273-7",
+            "Mean glucose [Moles/volume]",
+            f"{IG}/cgm-summary-mean-glucose-moles-per-volume",
+            None if mean is None else float(mean) / MMOL_L_TO_MG_DL,
+            "mmol/l",
+            "mmol/L",
+        )
+    else:
+        mean_member = Member(
+            "mean_glucose",
+            LOINC,
+            "97507-8",
+            "Mean glucose [Mass/volume]",
+            f"{IG}/cgm-summary-mean-glucose-mass-per-volume",
+            _pct(mean),
+            "mg/dl",
+            "mg/dL",
+        )
+    return [
+        mean_member,
+        Member("times_in_ranges", LOINC, "106793-3", "Times in glucose ranges", f"{IG}/cgm-summary-times-in-ranges",
+               None, "%", "%"),
+        Member("gmi", LOINC, "97506-0", "Glucose management indicator", f"{IG}/cgm-summary-gmi",
+               _pct(m.get("gmi_pct")), "%", "%"),
+        Member("cv", LOINC, "104638-2", "Coefficient of variation of glucose",
+               f"{IG}/cgm-summary-coefficient-of-variation", _pct(m.get("cv_pct")), "%", "%"),
+        Member("days_of_wear", LOINC, "104636-6", "Days of CGM wear", f"{IG}/cgm-summary-days-of-wear",
+               m.get("days_of_wear"), "days", "d"),
+        Member("sensor_active", LOINC, "104637-4", "Percentage of time CGM active",
+               f"{IG}/cgm-summary-sensor-active-percentage", _pct(m.get("sensor_active_pct")), "%", "%"),
+        Member("gri", CODESYSTEM, "gri", "Glycemia Risk Index (Klonoff 2022)", None, _pct(m.get("gri")), "{score}",
+               "{score}"),
+        Member("hypo_events_l1", CODESYSTEM, "hypo-events-l1", "Level 1 hypoglycaemia events (<70 mg/dL, >=15 min)",
+               None, m.get("hypo_events_l1"), "{events}", "{events}"),
+        Member("hypo_events_l2", CODESYSTEM, "hypo-events-l2", "Level 2 hypoglycaemia events (<54 mg/dL, >=15 min)",
+               None, m.get("hypo_events_l2"), "{events}", "{events}"),
+    ]  # fmt: skip
+
+
+def _uuid(record: OutcomeRecord, key: str) -> str:
+    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, IDENTIFIER_SYSTEM + '/' + record.identifier_value(key))}"
+
+
+def _identifier(record: OutcomeRecord, key: str) -> dict[str, str]:
+    return {"system": IDENTIFIER_SYSTEM, "value": record.identifier_value(key)}
+
+
+def _period(record: OutcomeRecord) -> dict[str, str]:
+    return {
+        "start": isoformat_local(record.tz, record.window_start_ms),
+        "end": isoformat_local(record.tz, record.window_end_ms),
+    }
+
+
+def _subject(record: OutcomeRecord) -> dict[str, Any]:
+    if record.patient_reference:
+        return {"reference": record.patient_reference}
+    if record.patient_identifiers:
+        system, value = record.patient_identifiers[0]
+        return {"identifier": {"system": system, "value": value}}
+    return {
+        "identifier": {"system": "https://glucobridge.example/fhir/NamingSystem/patient", "value": record.patient_id}
+    }
+
+
+def _method(record: OutcomeRecord) -> dict[str, Any]:
+    code = "time-weighted" if record.method == "time" else "reading-count"
+    return {
+        "coding": [{"system": CODESYSTEM, "code": code, "display": f"glucobridge {record.method} method"}],
+        "text": (f"glucobridge outcomes engine {record.engine_version}, method {record.method}, "
+                 f"policy {record.policy_hash[:16]}"),
+    }  # fmt: skip
+
+
+def _quantity(value: float | int, unit: str, ucum: str) -> dict[str, Any]:
+    return {"value": value, "unit": unit, "system": UCUM, "code": ucum}
+
+
+def _insufficient(record: OutcomeRecord) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """interpretation + note saying the window is not a complete picture (empty when it is sufficient)."""
+    if record.sufficient:
+        return [], []
+    reasons = record.document.get("sufficiency", {}).get("reasons", [])
+    interpretation = [{
+        "coding": [{"system": CODESYSTEM, "code": "insufficient-data",
+                    "display": "Insufficient CGM data for a complete summary"}],
+        "text": "Insufficient data",
+    }]  # fmt: skip
+    return interpretation, [{"text": "Insufficient CGM data: " + "; ".join(reasons)}]
+
+
+def _observation_base(record: OutcomeRecord, key: str, profile: str | None) -> dict[str, Any]:
+    interpretation, note = _insufficient(record)
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "identifier": [_identifier(record, key)],
+        "status": "corrected" if record.is_correction else "final",
+        "category": [{"coding": [{"system": OBS_CATEGORY, "code": "laboratory"}]}],
+        "subject": _subject(record),
+        "effectivePeriod": _period(record),
+        "issued": record.recorded.isoformat().replace("+00:00", "Z"),
+        "method": _method(record),
+        "device": {"reference": _uuid(record, "device")},
+        "derivedFrom": [{"reference": _uuid(record, "raw_data")}],
+    }
+    if profile:
+        resource["meta"] = {"profile": [profile]}
+    if interpretation:
+        resource["interpretation"] = interpretation
+        resource["note"] = note
+    return resource
+
+
+def _band(metrics: Mapping[str, Any], key: str) -> float:
+    value = in_range_70_180(metrics) if key == "in_70_180" else metrics[key]
+    if value is None:
+        raise ValueError(f"{key} is missing: the window has no readings")
+    return float(value)
+
+
+def observations(record: OutcomeRecord) -> dict[str, dict[str, Any]]:
+    """The aggregated Observations by key; "summary" is the CGM Summary panel."""
+    if not record.metrics.get("readings_used"):
+        raise ValueError("no readings were used in this window: there is nothing to summarise")
+    out: dict[str, dict[str, Any]] = {}
+    for member in members(record):
+        resource = _observation_base(record, member.key, member.profile)
+        resource["code"] = {"coding": [{"system": member.system, "code": member.code, "display": member.display}]}
+        if member.key == "times_in_ranges":
+            resource["component"] = [
+                {
+                    "code": {"coding": [{"system": LOINC, "code": code}]},
+                    "valueQuantity": _quantity(_band(record.metrics, key), "%", "%"),
+                }
+                for _slice, code, key in TIR_COMPONENTS
+            ]  # fmt: skip
+        elif member.value is None:
+            resource["dataAbsentReason"] = {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "not-applicable"}
+                ],
+                "text": "not enough readings for this statistic",
+            }
+        else:
+            resource["valueQuantity"] = _quantity(member.value, member.unit, member.ucum)
+        out[member.key] = resource
+    summary = _observation_base(record, "summary", f"{IG}/cgm-summary")
+    summary["code"] = {"coding": [{"system": LOINC, "code": "107931-8", "display": "CGM summary panel"}]}
+    summary["hasMember"] = [{"reference": _uuid(record, key)} for key in out]
+    return {"summary": summary, **out}
+
+
+def cgm_device(record: OutcomeRecord, version: FhirVersion) -> dict[str, Any]:
+    profile = device_profile(record.device_key)
+    name = profile.name if record.device_key else "Continuous glucose monitor (model not reported)"
+    device: dict[str, Any] = {
+        "resourceType": "Device",
+        "meta": {"profile": [f"{IG}/cgm-device"]} if version == "R4" else {},
+        "identifier": [_identifier(record, "device")],
+    }
+    if version == "R4":
+        device["deviceName"] = [{"name": name, "type": "user-friendly-name"}]
+    else:
+        device["name"] = [{"value": name, "type": "user-friendly-name"}]
+    if not device["meta"]:
+        del device["meta"]
+    return device
+
+
+def engine_device(record: OutcomeRecord, version: FhirVersion) -> dict[str, Any]:
+    name = "glucobridge outcomes engine"
+    device: dict[str, Any] = {
+        "resourceType": "Device",
+        "identifier": [{"system": IDENTIFIER_SYSTEM, "value": f"engine-{record.engine_version}"}],
+        "version": [{"value": record.engine_version}],
+        "owner": {"reference": _uuid(record, "organization")},
+    }
+    if version == "R4":
+        device["deviceName"] = [{"name": name, "type": "user-friendly-name"}]
+    else:
+        device["name"] = [{"value": name, "type": "user-friendly-name"}]
+    return device
+
+
+def organization(record: OutcomeRecord) -> dict[str, Any]:
+    return {
+        "resourceType": "Organization",
+        "identifier": [{"system": IDENTIFIER_SYSTEM, "value": f"organization-{record.organization}"}],
+        "name": record.organization,
+    }
+
+
+def computation(record: OutcomeRecord) -> dict[str, Any]:
+    """What verify needs to recompute: the policy, the window, the zone and the engine version."""
+    return {
+        "engine_version": record.engine_version,
+        "policy": dict(record.policy),
+        "policy_hash": record.policy_hash,
+        "window": {"start_ms": record.window_start_ms, "end_ms": record.window_end_ms},
+        "tz": record.tz,
+        "patient_id": record.patient_id,
+        "version": record.version,
+        "mean_unit": record.mean_unit,
+        "input_digest": record.input_digest,
+    }
+
+
+def _attachment(content_type: str, data: bytes, title: str, *, inline: bool) -> dict[str, Any]:
+    attachment: dict[str, Any] = {
+        "contentType": content_type,
+        "title": title,
+        "size": len(data),
+        "hash": base64.b64encode(hashlib.sha1(data).digest()).decode(),
+    }
+    if inline:
+        attachment["data"] = base64.b64encode(data).decode()
+    return attachment
+
+
+def raw_data(record: OutcomeRecord, version: FhirVersion) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The DocumentReference describing exactly the readings used, and the Binary holding them."""
+    binary = {
+        "resourceType": "Binary",
+        "contentType": RAW_DATA_TYPE,
+        "data": base64.b64encode(record.readings_ndjson).decode(),
+    }
+    raw = _attachment(RAW_DATA_TYPE, record.readings_ndjson, "CGM readings used (canonical NDJSON)", inline=False)
+    raw["url"] = _uuid(record, "raw_binary")
+    spec = json.dumps(computation(record), sort_keys=True, separators=(",", ":")).encode()
+    document: dict[str, Any] = {
+        "resourceType": "DocumentReference",
+        "identifier": [_identifier(record, "raw_data"), {"system": SHA256_SYSTEM, "value": record.input_digest}],
+        "status": "current",
+        "type": {"coding": [{"system": CODESYSTEM, "code": "cgm-readings-used",
+                             "display": "CGM readings used for an outcome window"}]},
+        "subject": _subject(record),
+        "date": record.recorded.isoformat().replace("+00:00", "Z"),
+        "description": f"The {record.metrics.get('readings_used')} CGM readings behind the outcome window, "
+                       f"SHA-256 {record.input_digest}",
+        "content": [
+            {"attachment": raw},
+            {"attachment": _attachment(COMPUTATION_TYPE, spec, "glucobridge computation", inline=True)},
+        ],
+    }  # fmt: skip
+    if version == "R4":
+        document["context"] = {"period": _period(record)}
+    else:
+        document["period"] = _period(record)
+    return document, binary
+
+
+def diagnostic_report(record: OutcomeRecord, pdf: bytes) -> dict[str, Any]:
+    _, note = _insufficient(record)
+    report: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "meta": {"profile": [f"{IG}/cgm-summary-pdf"]},
+        "identifier": [_identifier(record, "pdf_report")],
+        "status": "corrected" if record.is_correction else "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB"}]}],
+        "code": {"coding": [{"system": LOINC, "code": "107931-8", "display": "CGM summary panel"}]},
+        "subject": _subject(record),
+        "effectivePeriod": _period(record),
+        "issued": record.recorded.isoformat().replace("+00:00", "Z"),
+        "result": [{"reference": _uuid(record, "summary")}],
+        "presentedForm": [_attachment("application/pdf", pdf, "CGM summary (AGP report)", inline=True)],
+    }
+    if note:
+        report["conclusion"] = note[0]["text"]
+    return report
+
+
+def provenance(
+    record: OutcomeRecord, targets: list[str], version: FhirVersion, *, sign: Callable[[bytes], str] | None = None
+) -> dict[str, Any]:
+    recorded = record.recorded.isoformat().replace("+00:00", "Z")
+    entity: list[dict[str, Any]] = [{"role": "source", "what": {"reference": _uuid(record, "raw_data")}}]
+    if record.prior is not None:
+        entity.append({
+            "role": "revision",
+            "what": {
+                "identifier": {"system": IDENTIFIER_SYSTEM,
+                               "value": record.identifier_value("summary", record.prior.version)},
+                "display": f"outcome version {record.prior.version} (inputs SHA-256 {record.prior.input_digest})",
+            },
+        })  # fmt: skip
+    resource: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "target": [{"reference": t} for t in targets],
+        "occurredPeriod": _period(record),
+        "recorded": recorded,
+        "policy": [POLICY_URI + record.policy_hash],
+        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                                 "code": "UPDATE" if record.is_correction else "CREATE"}]},
+        "agent": [{
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                                 "code": "assembler"}]},
+            "who": {"reference": _uuid(record, "engine_device"),
+                    "display": f"glucobridge engine {record.engine_version}"},
+            "onBehalfOf": {"reference": _uuid(record, "organization")},
+        }],
+        "entity": entity,
+    }  # fmt: skip
+    if version == "R5":
+        resource["patient"] = _subject(record)
+    if sign is not None:
+        resource["signature"] = [{
+            "type": [{"system": "urn:iso-astm:E1762-95:2013", "code": "1.2.840.10065.1.12.1.14",
+                      "display": "Source Signature"}],
+            "when": recorded,
+            "who": {"reference": _uuid(record, "engine_device")},
+            "sigFormat": "application/jose",
+            "data": base64.b64encode(sign(signing_payload(record)).encode()).decode(),
+        }]  # fmt: skip
+    return resource
+
+
+def signing_payload(record: OutcomeRecord) -> bytes:
+    """What the JWS signs: the input digest with the window, policy and engine version it was computed under."""
+    return json.dumps({
+        "input_digest": record.input_digest, "policy_hash": record.policy_hash, "engine_version": record.engine_version,
+        "window": [record.window_start_ms, record.window_end_ms], "patient": record.patient_id,
+        "version": record.version,
+    }, sort_keys=True, separators=(",", ":")).encode()  # fmt: skip
+
+
+def _entry(record: OutcomeRecord, key: str, resource: dict[str, Any]) -> dict[str, Any]:
+    """A transaction entry: a conditional create on the business identifier, or, for the resources that have no
+    identifier (Binary, Provenance), an update of a deterministic id, so that a resend creates nothing new."""
+    full_url = _uuid(record, key)
+    identifiers = resource.get("identifier")
+    if isinstance(identifiers, dict):  # Bundle.identifier is single
+        identifiers = [identifiers]
+    if identifiers:
+        first = identifiers[0]
+        request = {
+            "method": "POST",
+            "url": resource["resourceType"],
+            "ifNoneExist": f"identifier={first['system']}|{first['value']}",
+        }
+    else:
+        resource["id"] = record.identifier_value(key)
+        request = {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"}
+    return {"fullUrl": full_url, "resource": resource, "request": request}
+
+
+def outcome_bundle(
+    record: OutcomeRecord,
+    *,
+    version: FhirVersion = "R4",
+    pdf: bytes | None = None,
+    sign: Callable[[bytes], str] | None = None,
+    ig_submission: bool = True,
+) -> dict[str, Any]:
+    """A transaction Bundle with every resource of the outcome window (see the module docstring).
+
+    `ig_submission` claims the IG's data-submission Bundle profile (for `$submit-cgm-bundle`); otherwise it is
+    a plain transaction for servers without the operation (conditional creates on the identifiers either way).
+    """
+    obs = observations(record)
+    doc, binary = raw_data(record, version)
+    entries = [
+        _entry(record, "organization", organization(record)),
+        _entry(record, "engine_device", engine_device(record, version)),
+        _entry(record, "device", cgm_device(record, version)),
+        _entry(record, "raw_binary", binary),
+        _entry(record, "raw_data", doc),
+    ]
+    entries += [_entry(record, key, resource) for key, resource in obs.items()]
+    targets = [_uuid(record, key) for key in obs]
+    if pdf is not None:
+        entries.append(_entry(record, "pdf_report", diagnostic_report(record, pdf)))
+        targets.append(_uuid(record, "pdf_report"))
+    entries.append(_entry(record, "provenance", provenance(record, targets, version, sign=sign)))
+    if version == "R5":
+        for entry in entries:
+            entry["resource"].pop("meta", None)  # the IG profiles are R4 profiles
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "identifier": _identifier(record, "bundle"),
+        "type": "transaction",
+        "timestamp": record.recorded.isoformat().replace("+00:00", "Z"),
+        "entry": entries,
+    }
+    if ig_submission and version == "R4":
+        bundle["meta"] = {"profile": [f"{IG}/cgm-data-submission-bundle"]}
+    return bundle
+
+
+def submit_parameters(bundle: dict[str, Any]) -> dict[str, Any]:
+    """The body of `POST [base]/$submit-cgm-bundle`: a Parameters resource with the Bundle as `resource`."""
+    return {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": bundle}]}
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

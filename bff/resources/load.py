@@ -1,0 +1,88 @@
+"""OutcomeRecords from the store: compute (or reuse) the outcome window, gather what its artefacts need."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bff.resources.record import IDENTIFIER_SYSTEM, OutcomeRecord, PriorVersion
+from bff.store.db import Store
+from bff.store.models import OutcomeArtifact, OutcomeWindow, Patient, PatientIdentifier
+from bff.store.outcomes import OutcomeService, readings_ndjson
+from engine import OutcomePolicy, WindowSpec
+
+
+def _identifiers(session: Session, patient: Patient, site: str) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """The patient's FHIR reference at the site (if a feed gave one) and its other identifiers as (system, value)."""
+    rows = session.scalars(select(PatientIdentifier).where(PatientIdentifier.patient_id == patient.id)).all()
+    reference = None
+    others: list[tuple[str, str]] = []
+    for row in rows:
+        if row.issuer == f"site:{site}:fhir" and row.value.startswith("Patient/"):
+            reference = row.value
+        elif row.issuer.startswith(f"site:{site}:"):
+            others.append((f"urn:glucobridge:{row.issuer}", row.value))
+    return reference, tuple(sorted(others))
+
+
+def outcome_record(
+    store: Store,
+    public_id: str,
+    window: WindowSpec,
+    policy: OutcomePolicy | None = None,
+    *,
+    site: str,
+    mean_unit: str = "mg/dL",
+    tz: str | None = None,
+) -> OutcomeRecord:
+    """The current outcome window of the patient (computed and stored if needed), as an OutcomeRecord."""
+    result = OutcomeService(store).compute(public_id, window, policy, tz=tz, save=True, include_traces=True)
+    row = result.window
+    if row is None:
+        raise ValueError(f"patient {public_id} has no readings, so there is no window to export")
+    ndjson = readings_ndjson(result.used)
+    with store.transaction() as session:
+        patient = session.scalar(select(Patient).where(Patient.public_id == public_id))
+        assert patient is not None
+        reference, identifiers = _identifiers(session, patient, site)
+        prior = None
+        if row.supersedes_id is not None:
+            earlier = session.get(OutcomeWindow, row.supersedes_id)
+            if earlier is not None:
+                prior = PriorVersion(earlier.version, earlier.input_digest)
+    devices = Counter(r.device for r in result.used)
+    return OutcomeRecord(
+        site=site, patient_id=public_id, window_start_ms=row.window_start_ms, window_end_ms=row.window_end_ms,
+        tz=row.tz, version=row.version, engine_version=row.engine_version, policy=row.policy,
+        policy_hash=row.policy_hash, method=row.method, document=row.document, readings_ndjson=ndjson,
+        input_digest=row.input_digest, created_at=row.created_at.astimezone(UTC), prior=prior,
+        patient_reference=reference, patient_identifiers=identifiers,
+        device_key=devices.most_common(1)[0][0] if devices else "", mean_unit=mean_unit,
+        extra={"outcome_window_id": row.id, "traces": result.report.patients[0].document["agp"].get("days", [])},
+    )  # fmt: skip
+
+
+def record_artifacts(store: Store, record: OutcomeRecord, keys: list[tuple[str, str, str]]) -> None:
+    """Remember (key, kind, metric) artefacts of the record's window, so `verify` can find it again."""
+    window_id = int(record.extra["outcome_window_id"])
+    now = datetime.now(UTC)
+    with store.transaction() as session:
+        for key, kind, metric in keys:
+            if session.scalar(select(OutcomeArtifact).where(OutcomeArtifact.key == key)) is None:
+                session.add(
+                    OutcomeArtifact(key=key, outcome_window_id=window_id, kind=kind, metric=metric, created_at=now)
+                )
+
+
+def observation_keys(record: OutcomeRecord, metrics: list[str]) -> list[tuple[str, str, str]]:
+    return [(f"{IDENTIFIER_SYSTEM}|{record.identifier_value(m)}", "fhir-observation", m) for m in metrics]
+
+
+def window_for_artifact(store: Store, key: str) -> tuple[int, str] | None:
+    """(outcome window id, metric) of an artefact key, if glucobridge made it."""
+    with store.transaction() as session:
+        row = session.scalar(select(OutcomeArtifact).where(OutcomeArtifact.key == key))
+        return None if row is None else (row.outcome_window_id, row.metric)

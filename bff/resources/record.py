@@ -1,0 +1,88 @@
+"""`OutcomeRecord`: everything an outcome artefact is built from, independent of the database.
+
+The FHIR, HL7 v2, note and PDF builders take an OutcomeRecord and nothing else, so they are pure and testable;
+`bff.resources.load` makes one from a stored outcome window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+#: glucobridge's own CodeSystem (published in docs/codesystem-glucobridge.md).
+CODESYSTEM = "https://glucobridge.example/fhir/CodeSystem/glucobridge"
+#: Business identifiers of the resources glucobridge writes.
+IDENTIFIER_SYSTEM = "https://glucobridge.example/fhir/NamingSystem/outcome-resource"
+
+
+@dataclass(frozen=True)
+class PriorVersion:
+    """The outcome version a correction replaces."""
+
+    version: int
+    input_digest: str
+
+
+@dataclass(frozen=True)
+class OutcomeRecord:
+    """One outcome window, as stored: what it says (`document`), what it was computed from, where it goes.
+
+    `document` is the engine's patient document (docs/outcomes-method.md §13); `readings_ndjson` is the
+    canonical NDJSON of exactly the readings used and `input_digest` its SHA-256.
+    """
+
+    site: str
+    patient_id: str  # glucobridge public id
+    window_start_ms: int
+    window_end_ms: int
+    tz: str
+    version: int
+    engine_version: str
+    policy: Mapping[str, Any]
+    policy_hash: str
+    method: str
+    document: Mapping[str, Any]
+    readings_ndjson: bytes
+    input_digest: str
+    created_at: datetime
+    prior: PriorVersion | None = None
+    patient_reference: str | None = None  # e.g. "Patient/123" at the site, when known
+    patient_identifiers: tuple[tuple[str, str], ...] = ()  # (system, value) pairs
+    device_key: str = ""  # the CGM model of the readings used (the main one)
+    mean_unit: str = "mg/dL"  # the site's preference for the mean glucose Observation
+    organization: str = "glucobridge"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        actual = hashlib.sha256(self.readings_ndjson).hexdigest()
+        if actual != self.input_digest:
+            raise ValueError(f"readings_ndjson has SHA-256 {actual}, the record says {self.input_digest}")
+
+    @property
+    def metrics(self) -> Mapping[str, Any]:
+        return self.document["metrics"]  # type: ignore[no-any-return]
+
+    @property
+    def sufficient(self) -> bool:
+        return bool(self.metrics.get("sufficient"))
+
+    @property
+    def is_correction(self) -> bool:
+        return self.prior is not None
+
+    def idempotency_key(self, metric: str, version: int | None = None) -> str:
+        """Deterministic per (site, patient, metric, window, version): the basis of business identifiers."""
+        v = self.version if version is None else version
+        basis = f"{self.site}|{self.patient_id}|{metric}|{self.window_start_ms}|{self.window_end_ms}|v{v}"
+        return hashlib.sha256(basis.encode()).hexdigest()[:32]
+
+    def identifier_value(self, metric: str, version: int | None = None) -> str:
+        """The business identifier of a resource; `version` names an earlier version's (what a correction replaces)."""
+        return f"gb-{self.idempotency_key(metric, version)}"
+
+    @property
+    def recorded(self) -> datetime:
+        return self.created_at.astimezone(UTC)
