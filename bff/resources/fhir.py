@@ -27,10 +27,11 @@ import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from bff.resources.record import CODESYSTEM, IDENTIFIER_SYSTEM, OutcomeRecord
+from bff.resources.record import CODESYSTEM, IDENTIFIER_SYSTEM, OutcomeRecord, idempotency_key
 from engine import device_profile, isoformat_local
 from engine.units import MMOL_L_TO_MG_DL
 
@@ -130,7 +131,14 @@ def members(record: OutcomeRecord) -> list[Member]:
 
 
 def _uuid(record: OutcomeRecord, key: str) -> str:
-    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, IDENTIFIER_SYSTEM + '/' + record.identifier_value(key))}"
+    """The deterministic fullUrl of a resource (memoised: a Bundle names each resource several times)."""
+    return _uuid_of(record.site, record.patient_id, record.window_start_ms, record.window_end_ms, record.version, key)
+
+
+@lru_cache(maxsize=4096)
+def _uuid_of(site: str, patient: str, start: int, end: int, version: int, key: str) -> str:
+    value = "gb-" + idempotency_key(site, patient, key, start, end, version)
+    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, IDENTIFIER_SYSTEM + '/' + value)}"
 
 
 def _identifier(record: OutcomeRecord, key: str) -> dict[str, str]:
@@ -138,10 +146,13 @@ def _identifier(record: OutcomeRecord, key: str) -> dict[str, str]:
 
 
 def _period(record: OutcomeRecord) -> dict[str, str]:
-    return {
-        "start": isoformat_local(record.tz, record.window_start_ms),
-        "end": isoformat_local(record.tz, record.window_end_ms),
-    }
+    start, end = _period_of(record.tz, record.window_start_ms, record.window_end_ms)
+    return {"start": start, "end": end}
+
+
+@lru_cache(maxsize=4096)
+def _period_of(tz: str, start_ms: int, end_ms: int) -> tuple[str, str]:
+    return isoformat_local(tz, start_ms), isoformat_local(tz, end_ms)
 
 
 def _subject(record: OutcomeRecord) -> dict[str, Any]:
@@ -309,13 +320,17 @@ def _attachment(content_type: str, data: bytes, title: str, *, inline: bool) -> 
     return attachment
 
 
-def raw_data(record: OutcomeRecord, version: FhirVersion) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The DocumentReference describing exactly the readings used, and the Binary holding them."""
-    binary = {
-        "resourceType": "Binary",
-        "contentType": RAW_DATA_TYPE,
-        "data": base64.b64encode(record.readings_ndjson).decode(),
-    }
+def raw_data(
+    record: OutcomeRecord, version: FhirVersion, *, with_binary: bool = True
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The DocumentReference describing exactly the readings used, and the Binary holding them (if asked)."""
+    binary = None
+    if with_binary:
+        binary = {
+            "resourceType": "Binary",
+            "contentType": RAW_DATA_TYPE,
+            "data": base64.b64encode(record.readings_ndjson).decode(),
+        }
     raw = _attachment(RAW_DATA_TYPE, record.readings_ndjson, "CGM readings used (canonical NDJSON)", inline=False)
     raw["url"] = _uuid(record, "raw_binary")
     spec = json.dumps(computation(record), sort_keys=True, separators=(",", ":")).encode()
@@ -442,21 +457,27 @@ def outcome_bundle(
     pdf: bytes | None = None,
     sign: Callable[[bytes], str] | None = None,
     ig_submission: bool = True,
+    include_raw: bool = True,
 ) -> dict[str, Any]:
     """A transaction Bundle with every resource of the outcome window (see the module docstring).
 
     `ig_submission` claims the IG's data-submission Bundle profile (for `$submit-cgm-bundle`); otherwise it is
     a plain transaction for servers without the operation (conditional creates on the identifiers either way).
+    `include_raw=False` leaves the readings Binary out (the DocumentReference then names it `Binary/<id>`, to be
+    stored once, e.g. by a nightly job); `verify` needs it in.
     """
     obs = observations(record)
-    doc, binary = raw_data(record, version)
+    doc, binary = raw_data(record, version, with_binary=include_raw)
     entries = [
         _entry(record, "organization", organization(record)),
         _entry(record, "engine_device", engine_device(record, version)),
         _entry(record, "device", cgm_device(record, version)),
-        _entry(record, "raw_binary", binary),
-        _entry(record, "raw_data", doc),
     ]
+    if binary is not None:
+        entries.append(_entry(record, "raw_binary", binary))
+    else:
+        doc["content"][0]["attachment"]["url"] = f"Binary/{record.identifier_value('raw_binary')}"
+    entries.append(_entry(record, "raw_data", doc))
     entries += [_entry(record, key, resource) for key, resource in obs.items()]
     targets = [_uuid(record, key) for key in obs]
     if pdf is not None:

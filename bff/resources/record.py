@@ -18,6 +18,11 @@ CODESYSTEM = "https://glucobridge.example/fhir/CodeSystem/glucobridge"
 IDENTIFIER_SYSTEM = "https://glucobridge.example/fhir/NamingSystem/outcome-resource"
 
 
+def idempotency_key(site: str, patient_id: str, metric: str, start_ms: int, end_ms: int, version: int) -> str:
+    basis = f"{site}|{patient_id}|{metric}|{start_ms}|{end_ms}|v{version}"
+    return hashlib.sha256(basis.encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class PriorVersion:
     """The outcome version a correction replaces."""
@@ -76,8 +81,7 @@ class OutcomeRecord:
     def idempotency_key(self, metric: str, version: int | None = None) -> str:
         """Deterministic per (site, patient, metric, window, version): the basis of business identifiers."""
         v = self.version if version is None else version
-        basis = f"{self.site}|{self.patient_id}|{metric}|{self.window_start_ms}|{self.window_end_ms}|v{v}"
-        return hashlib.sha256(basis.encode()).hexdigest()[:32]
+        return idempotency_key(self.site, self.patient_id, metric, self.window_start_ms, self.window_end_ms, v)
 
     def identifier_value(self, metric: str, version: int | None = None) -> str:
         """The business identifier of a resource; `version` names an earlier version's (what a correction replaces)."""
