@@ -27,8 +27,8 @@ import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from bff.resources.record import CODESYSTEM, IDENTIFIER_SYSTEM, OutcomeRecord, idempotency_key
