@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup static demo test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Third-party browser assets come from registries at build time (plotly's bundled file, htmx from npm).
+static: $(STAMP)
+	$(BIN)/python scripts/build_static.py
 
 demo: $(STAMP)
 	$(BIN)/glucobridge demo --json var/demo-report.json
@@ -24,7 +28,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) static
 	$(BIN)/pytest
 
 test: lint typecheck unit

@@ -376,6 +376,41 @@ def diagnostic_report(record: OutcomeRecord, pdf: bytes) -> dict[str, Any]:
     return report
 
 
+def document_reference(
+    record: OutcomeRecord, data: bytes, content_type: str, *, version: FhirVersion = "R4", key: str = ""
+) -> dict[str, Any]:
+    """A clinical document for sites that file documents: the PDF AGP report (Oracle Health) or the text note
+    (Epic accepts text/plain only). LOINC 107931-8 as type; the window as period; a correction `replaces` v(n-1)."""
+    key = key or ("pdf_document" if content_type == "application/pdf" else "note_document")
+    title = "CGM summary (AGP report)" if content_type == "application/pdf" else "CGM summary note"
+    resource: dict[str, Any] = {
+        "resourceType": "DocumentReference",
+        "identifier": [_identifier(record, key)],
+        "status": "current",
+        "type": {"coding": [{"system": LOINC, "code": "107931-8", "display": "CGM summary panel"}]},
+        "category": [{"coding": [{"system": "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category",
+                                  "code": "clinical-note"}]}],
+        "subject": _subject(record),
+        "date": record.recorded.isoformat().replace("+00:00", "Z"),
+        "description": title,
+        "content": [{"attachment": _attachment(content_type, data, title, inline=True)}],
+    }  # fmt: skip
+    if record.prior is not None:
+        code: Any = "replaces"
+        if version == "R5":  # a CodeableConcept in R5
+            code = {"coding": [{"system": "http://hl7.org/fhir/document-relationship-type", "code": "replaces"}]}
+        resource["relatesTo"] = [{
+            "code": code,
+            "target": {"identifier": {"system": IDENTIFIER_SYSTEM,
+                                      "value": record.identifier_value(key, record.prior.version)}},
+        }]  # fmt: skip
+    if version == "R4":
+        resource["context"] = {"period": _period(record)}
+    else:
+        resource["period"] = _period(record)
+    return resource
+
+
 def provenance(
     record: OutcomeRecord, targets: list[str], version: FhirVersion, *, sign: Callable[[bytes], str] | None = None
 ) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 from fhir.resources import get_fhir_model_class as r5_model
 from fhir.resources.R4B import get_fhir_model_class as r4_model
 
-from bff.resources.fhir import IG, SHA256_SYSTEM, outcome_bundle, submit_parameters
+from bff.resources.fhir import IG, SHA256_SYSTEM, document_reference, outcome_bundle, submit_parameters
 from bff.resources.profiles import ProfileSet
 from bff.resources.record import IDENTIFIER_SYSTEM
 from bff.resources.signing import generate_key_pem, load_signer
@@ -253,3 +253,19 @@ def test_signature_over_the_input_digest(tmp_path: Path) -> None:
     verify_signature(bundle, other, wrong)
     assert wrong.problems
     assert wrong.problems[0].startswith("the signature does not verify")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "version"), [("application/pdf", "R4"), ("text/plain", "R4"), ("application/pdf", "R5")]
+)
+def test_documents_for_sites_that_file_documents(content_type: str, version: str) -> None:
+    record = sample_record(corrected=True)
+    data = b"%PDF-1.4 test" if content_type == "application/pdf" else b"CGM summary (glucobridge)\n"
+    doc = document_reference(record, data, content_type, version=version)  # type: ignore[arg-type]
+    (r4_model if version == "R4" else r5_model)("DocumentReference").model_validate(doc)
+    attachment = doc["content"][0]["attachment"]
+    assert (attachment["contentType"], base64.b64decode(attachment["data"])) == (content_type, data)
+    code = doc["relatesTo"][0]["code"]
+    assert (code if version == "R4" else code["coding"][0]["code"]) == "replaces"
+    first = document_reference(sample_record(version=1), data, content_type, version=version)  # type: ignore[arg-type]
+    assert doc["relatesTo"][0]["target"]["identifier"] == first["identifier"][0]
