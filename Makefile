@@ -18,8 +18,8 @@ setup: $(STAMP)
 static: $(STAMP)
 	$(BIN)/python scripts/build_static.py
 
-demo: $(STAMP)
-	$(BIN)/glucobridge demo --json var/demo-report.json
+demo: $(STAMP) static
+	$(BIN)/python -m app.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

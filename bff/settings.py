@@ -7,10 +7,14 @@
 | `INGEST_FUTURE_TOLERANCE_MIN` | `10` | readings further in the future than this are quarantined |
 | `INGEST_CHUNK` | `10000` | readings written per round trip during ingestion |
 | `SIGNING_KEY_FILE` | unset | PEM EC P-256 private key: Provenance of exports gets a JWS over the input digest |
+| `APP_PUBLIC_URL` | `http://127.0.0.1:8000` | where the clinician app is reached (redirect URI, JWKS URL) |
+| `APP_SECRET_KEY` | `var/app-secret.key` (made on first use) | secret for CSRF tokens and EHR tokens at rest |
+| `SITES_DIR` | `sites/` | one TOML file per EHR site (allow-listed `iss`, client id, framing origins) |
 """
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +54,9 @@ class Settings:
     future_tolerance_min: int = 10
     ingest_chunk: int = 10_000
     signing_key_file: str | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    secret_key: str | None = None
+    sites_dir: str = str(ROOT / "sites")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -59,11 +66,25 @@ class Settings:
             future_tolerance_min=_int(environ, "INGEST_FUTURE_TOLERANCE_MIN", 10),
             ingest_chunk=max(1, _int(environ, "INGEST_CHUNK", 10_000)),
             signing_key_file=environ.get("SIGNING_KEY_FILE") or None,
+            public_url=(environ.get("APP_PUBLIC_URL") or "http://127.0.0.1:8000").rstrip("/"),
+            secret_key=environ.get("APP_SECRET_KEY") or None,
+            sites_dir=environ.get("SITES_DIR") or str(ROOT / "sites"),
         )
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    def secret(self) -> bytes:
+        """The app secret: APP_SECRET_KEY, else a random key kept in var/app-secret.key (shared by local workers)."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = ROOT / "var" / "app-secret.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(base64.urlsafe_b64encode(os.urandom(32)))
+            path.chmod(0o600)
+        return path.read_bytes().strip()
 
 
 @lru_cache(maxsize=1)

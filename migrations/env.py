@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
+import bff.smart.models  # noqa: F401 - registers the SMART tables on the store's metadata
 from bff.settings import get_settings
 from bff.store.models import Base
 

@@ -15,7 +15,15 @@ from typing import TextIO
 from app.cli.common import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, BadInputError, InfrastructureError
 from app.cli.outcomes import cmd_demo, cmd_outcomes
 from app.cli.resources import FORMATS, cmd_export, cmd_verify
-from app.cli.store import cmd_db, cmd_ingest, cmd_listen_mllp, cmd_patient, cmd_quarantine, cmd_recompute
+from app.cli.store import (
+    cmd_db,
+    cmd_ingest,
+    cmd_listen_mllp,
+    cmd_patient,
+    cmd_quarantine,
+    cmd_recompute,
+    cmd_serve,
+)
 from bff.ingest.records import Feed
 from engine import Method
 from engine.policy import TARGET_SETS
@@ -100,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("file", help="a Bundle or Observation (FHIR JSON), or an ORU^R01 message")
     verify.add_argument("--public-key", help="PEM public key: also check the Provenance signature")
     verify.set_defaults(handler=cmd_verify)
+
+    serve = sub.add_parser("serve", help="the clinician web app (SMART launch, AGP/TIR view)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(handler=cmd_serve)
 
     db = sub.add_parser("db", help="database schema")
     db.add_argument("action", choices=["upgrade"])

@@ -220,3 +220,12 @@ def cmd_listen_mllp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         store.dispose()
     out.write("stopped\n")
     return 0
+
+
+def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """The clinician web app (uvicorn; the app factory reads its settings from the environment)."""
+    import uvicorn  # noqa: PLC0415 - only this command needs the web stack; the others start faster without it
+
+    uvicorn.run("app.web.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level="warning", access_log=False)  # fmt: skip
+    return 0

@@ -240,3 +240,20 @@ class OutcomeArtifact(Base):
     kind: Mapped[str] = mapped_column(String(32))  # fhir-observation, hl7v2-message, pdf, note, bundle
     metric: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class AuditEvent(Base):
+    """A security-relevant event (a refused launch, a request for another patient, a missing CSRF token, ...).
+
+    Kept in the database, never in the logs: `detail` may name a patient, the logs must not.
+    """
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+    event: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))  # allowed | refused
+    site_key: Mapped[str | None] = mapped_column(String(64))
+    actor: Mapped[str | None] = mapped_column(String(200))
+    launch: Mapped[str | None] = mapped_column(String(64))  # a hash of the launch handle, never the handle
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -6,6 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
+import bff.smart.models  # noqa: F401 - the SMART tables are part of the schema
 from bff.store.db import current_revision, head_revision, make_engine, upgrade
 from bff.store.models import Base
 

@@ -1,0 +1,143 @@
+"""`make demo`: the sandbox EHR and the clinician app on embedded defaults, with the sandbox's CGM data loaded
+through the real ingestion path. Also used by the end-to-end and browser tests.
+
+The sandbox runs in its own process (it is never imported here): `python -m sandbox serve`. Its sites' CGM
+Observations are exported as NDJSON and ingested with `glucobridge ingest --feed fhir`, exactly as a site's
+feed would be; then the app is served with uvicorn. The EHR shell is on a different origin (localhost) than
+the app (127.0.0.1), as an embedded app would be.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bff.settings import ROOT
+
+SITES = ("epic-like", "oracle-like")
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_http(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+@dataclass
+class DemoStack:
+    """The sandbox EHR and the app, as child processes, with the sandbox data ingested into a fresh store."""
+
+    app_port: int = 8000
+    ehr_port: int = 8081
+    database_url: str = ""
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gb-demo-")))
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def app_url(self) -> str:
+        return f"http://127.0.0.1:{self.app_port}"
+
+    @property
+    def ehr_url(self) -> str:
+        return f"http://localhost:{self.ehr_port}"
+
+    def _environment(self) -> dict[str, str]:
+        sites = self.workdir / "sites"
+        sites.mkdir(exist_ok=True)
+        for site in ("epic-like", "oracle-like", "read-only", "hl7-only"):
+            text = (ROOT / "sites" / f"{site}.toml").read_text(encoding="utf-8")
+            (sites / f"{site}.toml").write_text(text.replace("http://localhost:8081", self.ehr_url), encoding="utf-8")
+        return {
+            **os.environ,
+            "DATABASE_URL": self.database_url or f"sqlite:///{self.workdir / 'glucobridge.db'}",
+            "APP_PUBLIC_URL": self.app_url,
+            "SITES_DIR": str(sites),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def start(self, *, quiet: bool = True) -> DemoStack:
+        self.env = self._environment()
+        out = subprocess.DEVNULL if quiet else None
+        self.processes.append(subprocess.Popen(
+            [sys.executable, "-m", "sandbox", "serve", "--host", "127.0.0.1", "--port", str(self.ehr_port),
+             "--public-base", self.ehr_url, "--app-launch-url", f"{self.app_url}/launch",
+             "--redirect-uri", f"{self.app_url}/callback",
+             "--backend-jwks-url", f"{self.app_url}/.well-known/jwks.json"],
+            cwd=ROOT, env=self.env, stdout=out, stderr=out, text=True,
+        ))  # fmt: skip
+        _wait_http(f"{self.ehr_url}/ehr/")
+        self.load_data()
+        self.processes.append(subprocess.Popen(
+            [_bin("glucobridge"), "serve", "--host", "127.0.0.1", "--port", str(self.app_port)],
+            cwd=ROOT, env=self.env, stdout=out, stderr=out, text=True,
+        ))  # fmt: skip
+        _wait_http(f"{self.app_url}/healthz")
+        return self
+
+    def load_data(self, sites: Sequence[str] = SITES) -> None:
+        """Each site's CGM Observations, exported by the sandbox, through `glucobridge ingest --feed fhir`."""
+        for site in sites:
+            path = self.workdir / f"{site}.ndjson"
+            subprocess.run([sys.executable, "-m", "sandbox", "export-seed", "--site", site, "--out", str(path)],
+                           cwd=ROOT, env=self.env, check=True, capture_output=True)  # fmt: skip
+            subprocess.run([_bin("glucobridge"), "ingest", str(path), "--feed", "fhir", "--site", site],
+                           cwd=ROOT, env=self.env, check=True, capture_output=True)  # fmt: skip
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.processes.clear()
+
+
+def main() -> int:
+    stack = DemoStack()
+    print("starting the sandbox EHR, loading its CGM data through the ingestion path, starting the app ...", flush=True)
+    stack.start(quiet=True)
+    print(f"\n  EHR shell:  {stack.ehr_url}/ehr/   (choose a site and a patient: the app opens in the chart)")
+    print(f"  App:        {stack.app_url}   (store: {stack.env['DATABASE_URL']})")
+    print("\nCtrl-C stops both.", flush=True)
+    try:
+        while all(p.poll() is None for p in stack.processes):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

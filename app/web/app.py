@@ -1,0 +1,338 @@
+"""The clinician app: SMART launch through the BFF, then the patient's AGP/TIR view.
+
+    GET  /launch?iss=…&launch=…          EHR launch: checks iss, redirects (same frame) to the EHR's authorize
+    GET  /standalone?iss=…               standalone launch (the EHR asks for the patient)
+    GET  /callback?code=…&state=…        the code is redeemed server-side; → /v/{handle}/patients/{id}/
+    GET  /v/{handle}/patients/{id}/      the view (?days=14|30|90); `…/summary` is its htmx partial
+    POST /v/{handle}/patients/{id}/display-unit   (CSRF)
+    GET  /api/v/{handle}/patients/{id}/agp        the AGP figure as JSON (data API, apart from the pages)
+    GET  /.well-known/jwks.json          the app's public keys (SMART Backend Services)
+
+Every patient-scoped request is checked against its launch: another patient is a 403, audited. Tokens stay in
+the BFF; the browser holds only the launch handle in the URL (one per tab), so two patients in two tabs never mix
+and nothing depends on cookies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.plugins.htmx import HTMXPlugin, HTMXRequest
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect, Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from app.web.presenters import display_unit, summary_view
+from app.web.security import SECURITY_HEADERS, content_security_policy, csrf_ok, csrf_token
+from bff.audit import audit
+from bff.clinical import PatientOutcomesView
+from bff.ehr_read import patient_banner
+from bff.settings import ROOT, Settings, get_settings
+from bff.smart import (
+    BackendAuth,
+    DiscoveryError,
+    IssNotAllowedError,
+    LaunchContext,
+    LaunchNotFoundError,
+    LaunchRequestError,
+    SiteRegistry,
+    SmartClient,
+    SmartError,
+    SmartSettings,
+    SqlLaunchStore,
+    create_backend_auth,
+    create_smart_client,
+)
+from bff.store.db import Store
+from engine import ENGINE_VERSION
+
+log = logging.getLogger("glucobridge.app")
+TEMPLATES = ROOT / "templates"
+STATIC = ROOT / "static"
+PERIODS = (14, 30, 90)
+
+
+@dataclass
+class AppContext:
+    """What every handler needs, built once by create_app (explicit seams for tests)."""
+
+    settings: Settings
+    store: Store
+    smart: SmartClient
+    http: httpx.AsyncClient
+    backend: BackendAuth | None
+    view: PatientOutcomesView
+    secret: bytes
+    units: dict[str, str]  # display unit chosen per launch handle
+    banners: dict[str, dict[str, str] | None]
+
+
+def _ctx(request: Request[Any, Any, Any]) -> AppContext:
+    context: AppContext = request.app.state.ctx
+    return context
+
+
+def _static_url(path: str) -> str:
+    file = STATIC / path
+    version = hashlib.sha256(file.read_bytes()).hexdigest()[:10] if file.is_file() else "missing"
+    return f"/static/{path}?v={version}"
+
+
+def _headers(frame_ancestors: tuple[str, ...]) -> dict[str, str]:
+    return {**SECURITY_HEADERS, "Content-Security-Policy": content_security_policy(frame_ancestors)}
+
+
+def _message(status: int, title: str, message: str, kind: str, frame_ancestors: tuple[str, ...] = ()) -> Template:
+    return Template(
+        "errors/message.html",
+        context={"title": title, "message": message, "kind": kind, "engine_version": ENGINE_VERSION},
+        status_code=status,
+        headers=_headers(frame_ancestors),
+    )
+
+
+def wants_fragment(request: HTMXRequest) -> bool:
+    """One place decides fragment or full page (htmx 4 will say it with HX-Request-Type)."""
+    return bool(request.htmx) and not request.htmx.boosted and not request.htmx.history_restore_request
+
+
+# MARK: launch
+
+
+@get("/launch", sync_to_thread=False)
+async def launch(request: Request[Any, Any, Any], iss: str = "", launch: str = "") -> Response[Any]:
+    ctx = _ctx(request)
+    return await _begin(ctx, iss, launch or None, standalone=False)
+
+
+@get("/standalone")
+async def standalone(request: Request[Any, Any, Any], iss: str = "") -> Response[Any]:
+    return await _begin(_ctx(request), iss, None, standalone=True)
+
+
+async def _begin(ctx: AppContext, iss: str, launch_id: str | None, *, standalone: bool) -> Response[Any]:
+    try:
+        redirect = await ctx.smart.begin(iss, launch_id, standalone=standalone)
+    except IssNotAllowedError:
+        await anyio.to_thread.run_sync(lambda: audit(ctx.store, "launch.iss_not_allowed", outcome="refused", iss=iss))
+        return _message(403, "This EHR is not allowed", "The launching server is not on this app's allow-list.",
+                        "error")  # fmt: skip
+    except LaunchRequestError as exc:
+        return _message(400, "This launch cannot start", str(exc), "error")
+    except DiscoveryError as exc:
+        log.warning("smart discovery failed: %s", type(exc).__name__)
+        return _message(502, "The EHR did not answer", "Its SMART configuration could not be read. Try again.", "error")
+    return Redirect(redirect.url, status_code=302, headers=_headers(redirect.frame_ancestors))
+
+
+@get("/callback")
+async def callback(
+    request: Request[Any, Any, Any], state: str = "", code: str = "", error: str = "", error_description: str = ""
+) -> Response[Any]:
+    ctx = _ctx(request)
+    if error:
+        await anyio.to_thread.run_sync(lambda: audit(ctx.store, "launch.denied", outcome="refused", error=error))
+        return _message(400, "Sign-in did not complete", error_description or error, "error")
+    try:
+        done = await ctx.smart.complete(state, code)
+    except SmartError as exc:
+        reason = type(exc).__name__
+        await anyio.to_thread.run_sync(lambda: audit(ctx.store, "launch.refused", outcome="refused", reason=reason))
+        return _message(400, "This launch cannot be completed", str(exc), "error")
+    if not done.patient:
+        return Redirect(f"/v/{done.handle}/", status_code=303, headers=_headers(done.frame_ancestors))
+    return Redirect(f"/v/{done.handle}/patients/{done.patient}/", status_code=303,
+                    headers=_headers(done.frame_ancestors))  # fmt: skip
+
+
+# MARK: the view
+
+
+async def _launch_for(ctx: AppContext, handle: str, patient: str | None) -> LaunchContext:
+    """The launch behind a handle; a patient other than the launch's is refused and audited."""
+    try:
+        found = await ctx.smart.launch(handle)
+    except LaunchNotFoundError:
+        raise HTTPException(status_code=404, detail="this launch has ended: open the app again from the EHR") from None
+    if patient is not None and patient != found.patient:
+        await anyio.to_thread.run_sync(
+            lambda: audit(ctx.store, "patient.mismatch", outcome="refused", site=found.site_key, actor=found.fhir_user,
+                          handle=handle, launch_patient=found.patient, requested_patient=patient)
+        )  # fmt: skip
+        raise HTTPException(status_code=403, detail="this launch is for another patient")
+    return found
+
+
+@get("/v/{handle:str}/")
+async def launch_home(request: Request[Any, Any, Any], handle: str) -> Response[Any]:
+    ctx = _ctx(request)
+    found = await _launch_for(ctx, handle, None)
+    if not found.patient:
+        return _message(200, "No patient in context", "Open the app from a patient's chart to see their CGM outcomes.",
+                        "info", found.frame_ancestors)  # fmt: skip
+    return Redirect(f"/v/{handle}/patients/{found.patient}/", status_code=303, headers=_headers(found.frame_ancestors))
+
+
+def _days(days: int) -> int:
+    if days not in PERIODS:
+        raise HTTPException(status_code=400, detail=f"days must be one of {', '.join(map(str, PERIODS))}")
+    return days
+
+
+async def _summary_context(ctx: AppContext, handle: str, found: LaunchContext, days: int) -> dict[str, Any]:
+    def compute() -> tuple[dict[str, Any] | None, str]:
+        public_id = ctx.view.public_id(found.site_key, found.patient or "")
+        document = None if public_id is None else ctx.view.document(public_id, days)
+        return document, public_id or ""
+
+    document, _ = await anyio.to_thread.run_sync(compute)
+    document = document or {"metrics": {"readings_used": 0}}
+    unit = display_unit(document, ctx.units.get(handle))
+    return {
+        "summary": summary_view(document, days, unit),
+        "base": f"/v/{handle}/patients/{found.patient}/",
+        "csrf_token": csrf_token(ctx.secret, handle),
+        "engine_version": ENGINE_VERSION,
+        "method": "time",
+    }
+
+
+@get("/v/{handle:str}/patients/{patient:str}/")
+async def patient_view(request: HTMXRequest, handle: str, patient: str, days: int = 14) -> Template:
+    ctx = _ctx(request)
+    found = await _launch_for(ctx, handle, patient)
+    context = await _summary_context(ctx, handle, found, _days(days))
+    context["banner"] = await _banner(ctx, handle, found) if found.need_patient_banner else None
+    context["smart_style_url"] = found.smart_style_url
+    return Template(
+        "patient/view.html", context=context, headers={**_headers(found.frame_ancestors), "Vary": "HX-Request"}
+    )
+
+
+@get("/v/{handle:str}/patients/{patient:str}/summary")
+async def patient_summary(request: HTMXRequest, handle: str, patient: str, days: int = 14) -> Template:
+    ctx = _ctx(request)
+    found = await _launch_for(ctx, handle, patient)
+    context = await _summary_context(ctx, handle, found, _days(days))
+    headers = {**_headers(found.frame_ancestors), "Vary": "HX-Request"}
+    if wants_fragment(request):
+        return Template("patient/_summary.html", context=context, headers=headers)
+    context["banner"] = await _banner(ctx, handle, found) if found.need_patient_banner else None
+    return Template("patient/view.html", context=context, headers=headers)
+
+
+@post("/v/{handle:str}/patients/{patient:str}/display-unit")
+async def set_display_unit(request: Request[Any, Any, Any], handle: str, patient: str) -> Response[Any]:
+    ctx = _ctx(request)
+    found = await _launch_for(ctx, handle, patient)
+    form = await request.form()
+    presented = request.headers.get("x-csrf-token") or form.get("csrf_token")
+    if not csrf_ok(ctx.secret, handle, presented if isinstance(presented, str) else None):
+        await anyio.to_thread.run_sync(
+            lambda: audit(ctx.store, "csrf.refused", outcome="refused", site=found.site_key, handle=handle,
+                          path="display-unit")
+        )  # fmt: skip
+        raise HTTPException(status_code=403, detail="the form is missing its CSRF token: reload the page")
+    unit = form.get("unit")
+    if unit not in ("mg/dL", "mmol/L"):
+        raise HTTPException(status_code=400, detail="unit must be mg/dL or mmol/L")
+    ctx.units[handle] = str(unit)
+    return Redirect(f"/v/{handle}/patients/{patient}/", status_code=303, headers=_headers(found.frame_ancestors))
+
+
+async def _banner(ctx: AppContext, handle: str, found: LaunchContext) -> dict[str, str] | None:
+    if handle not in ctx.banners:
+        ctx.banners[handle] = await patient_banner(ctx.smart, ctx.http, handle)
+    return ctx.banners[handle]
+
+
+# MARK: data API
+
+
+@get("/api/v/{handle:str}/patients/{patient:str}/agp", media_type=MediaType.JSON)
+async def agp_api(request: Request[Any, Any, Any], handle: str, patient: str, days: int = 14) -> Response[Any]:
+    ctx = _ctx(request)
+    found = await _launch_for(ctx, handle, patient)
+    context = await _summary_context(ctx, handle, found, _days(days))
+    summary = context["summary"]
+    return Response({"days": summary.days, "unit": summary.unit, "figure": summary.agp_figure},
+                    headers=_headers(found.frame_ancestors))  # fmt: skip
+
+
+@get("/.well-known/jwks.json", media_type=MediaType.JSON, sync_to_thread=False)
+def jwks(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    backend = _ctx(request).backend
+    return backend.jwks() if backend is not None else {"keys": []}
+
+
+@get("/healthz", sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    return {"status": "ok", "engine_version": ENGINE_VERSION}
+
+
+def _not_found_or_forbidden(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    kind = "error" if exc.status_code >= 400 else "info"
+    title = {403: "Not allowed", 404: "Not found", 400: "Cannot show this"}.get(exc.status_code, "Something went wrong")
+    return _message(exc.status_code, title, str(exc.detail), kind)
+
+
+def _engine_callback(engine: JinjaTemplateEngine) -> None:
+    engine.engine.globals["static"] = _static_url
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+    smart: SmartClient | None = None,
+    http: httpx.AsyncClient | None = None,
+    debug: bool = False,
+) -> Litestar:
+    """The app; tests pass their own store, SMART service or HTTP transport."""
+    settings = settings or get_settings()
+    store = store or Store(settings)
+    http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+    smart_settings = SmartSettings.from_env(os.environ)
+    registry = SiteRegistry.from_toml_dir(settings.sites_dir, default_redirect_uri=f"{settings.public_url}/callback")
+    smart = smart or create_smart_client(smart_settings, registry=registry, http=http, store=SqlLaunchStore(store),
+                                         app_secret=settings.secret(), redis_url=settings.redis_url)  # fmt: skip
+    backend = create_backend_auth(smart_settings, "glucobridge-backend", http=http)
+    ctx = AppContext(settings=settings, store=store, smart=smart, http=http, backend=backend,
+                     view=PatientOutcomesView(store), secret=settings.secret(), units={}, banners={})  # fmt: skip
+
+    async def close_http(app: Litestar) -> None:
+        await http.aclose()
+
+    return Litestar(
+        route_handlers=[
+            launch, standalone, callback, launch_home, patient_view, patient_summary, set_display_unit, agp_api,
+            jwks, healthz, create_static_files_router(path="/static", directories=[STATIC]),
+        ],
+        template_config=TemplateConfig(
+            directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=_engine_callback
+        ),
+        plugins=[HTMXPlugin()],
+        state=State({"ctx": ctx}),
+        exception_handlers={HTTPException: _not_found_or_forbidden},
+        on_shutdown=[close_http],
+        debug=debug,
+    )  # fmt: skip
+
+
+def static_ready() -> Callable[[], bool]:
+    return lambda: (STATIC / "vendor" / "plotly.min.js").is_file() and (STATIC / "vendor" / "htmx.min.js").is_file()
+
+
+__all__ = ["Path", "create_app"]

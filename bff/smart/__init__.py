@@ -1,0 +1,71 @@
+"""The BFF's SMART on FHIR client: App Launch (EHR and standalone) and Backend Services, tokens server-side only.
+
+Start with `SmartClient` (`launch.py`) and `BackendAuth` (`backend.py`); `errors.py` documents the exception tree.
+Importing this package registers its tables (`smart_prelogin`, `smart_launches`) on the store's metadata.
+"""
+
+from bff.smart.backend import BackendAuth, combined_jwks
+from bff.smart.clock import Clock, utc_now
+from bff.smart.config import SmartSettings, create_backend_auth, create_smart_client
+from bff.smart.crypto import FernetCipher, TokenCipher
+from bff.smart.discovery import Discovery, SmartConfiguration
+from bff.smart.errors import (
+    BackendAuthError,
+    DiscoveryError,
+    IdTokenError,
+    IssNotAllowedError,
+    LaunchNotFoundError,
+    LaunchRequestError,
+    PatientMismatchError,
+    RefreshError,
+    SmartConfigError,
+    SmartError,
+    StateError,
+    TokenCipherError,
+    TokenEndpointError,
+    TokenExchangeError,
+)
+from bff.smart.launch import AuthorizeRedirect, Launch, LaunchContext, SmartClient
+from bff.smart.locks import LocalRefreshLock, RefreshLock, make_refresh_lock
+from bff.smart.sites import SiteRegistry, SmartSite
+from bff.smart.store import LaunchStore, MemoryLaunchStore, SqlLaunchStore
+
+__all__ = [
+    "AuthorizeRedirect",
+    "BackendAuth",
+    "BackendAuthError",
+    "Clock",
+    "Discovery",
+    "DiscoveryError",
+    "FernetCipher",
+    "IdTokenError",
+    "IssNotAllowedError",
+    "Launch",
+    "LaunchContext",
+    "LaunchNotFoundError",
+    "LaunchRequestError",
+    "LaunchStore",
+    "LocalRefreshLock",
+    "MemoryLaunchStore",
+    "PatientMismatchError",
+    "RefreshError",
+    "RefreshLock",
+    "SiteRegistry",
+    "SmartClient",
+    "SmartConfigError",
+    "SmartConfiguration",
+    "SmartError",
+    "SmartSettings",
+    "SmartSite",
+    "SqlLaunchStore",
+    "StateError",
+    "TokenCipher",
+    "TokenCipherError",
+    "TokenEndpointError",
+    "TokenExchangeError",
+    "combined_jwks",
+    "create_backend_auth",
+    "create_smart_client",
+    "make_refresh_lock",
+    "utc_now",
+]
