@@ -10,6 +10,7 @@ the app (127.0.0.1), as an embedded app would be.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -37,9 +38,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _wait_http(url: str, timeout_s: float = 60.0) -> None:
+def _wait_http(url: str, process: subprocess.Popen[str], timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the process serving {url} exited with code {process.returncode}")
         try:
             if httpx.get(url, timeout=2.0).status_code < 500:
                 return
@@ -59,6 +62,7 @@ class DemoStack:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gb-demo-")))
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     @property
     def app_url(self) -> str:
@@ -79,6 +83,7 @@ class DemoStack:
             "DATABASE_URL": self.database_url or f"sqlite:///{self.workdir / 'glucobridge.db'}",
             "APP_PUBLIC_URL": self.app_url,
             "SITES_DIR": str(sites),
+            "APP_SECRET_KEY": self.secret,
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -92,13 +97,13 @@ class DemoStack:
              "--backend-jwks-url", f"{self.app_url}/.well-known/jwks.json"],
             cwd=ROOT, env=self.env, stdout=out, stderr=out, text=True,
         ))  # fmt: skip
-        _wait_http(f"{self.ehr_url}/ehr/")
+        _wait_http(f"{self.ehr_url}/ehr/", self.processes[-1])
         self.load_data()
         self.processes.append(subprocess.Popen(
             [_bin("glucobridge"), "serve", "--host", "127.0.0.1", "--port", str(self.app_port)],
             cwd=ROOT, env=self.env, stdout=out, stderr=out, text=True,
         ))  # fmt: skip
-        _wait_http(f"{self.app_url}/healthz")
+        _wait_http(f"{self.app_url}/healthz", self.processes[-1])
         return self
 
     def load_data(self, sites: Sequence[str] = SITES) -> None:

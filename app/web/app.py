@@ -21,13 +21,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import httpx
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
+from litestar.params import Parameter
 from litestar.plugins.htmx import HTMXPlugin, HTMXRequest
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
@@ -111,7 +112,7 @@ def wants_fragment(request: HTMXRequest) -> bool:
 # MARK: launch
 
 
-@get("/launch", sync_to_thread=False)
+@get("/launch")
 async def launch(request: Request[Any, Any, Any], iss: str = "", launch: str = "") -> Response[Any]:
     ctx = _ctx(request)
     return await _begin(ctx, iss, launch or None, standalone=False)
@@ -139,14 +140,18 @@ async def _begin(ctx: AppContext, iss: str, launch_id: str | None, *, standalone
 
 @get("/callback")
 async def callback(
-    request: Request[Any, Any, Any], state: str = "", code: str = "", error: str = "", error_description: str = ""
+    request: Request[Any, Any, Any],
+    oauth_state: Annotated[str, Parameter(query="state")] = "",
+    code: str = "",
+    error: str = "",
+    error_description: str = "",
 ) -> Response[Any]:
     ctx = _ctx(request)
     if error:
         await anyio.to_thread.run_sync(lambda: audit(ctx.store, "launch.denied", outcome="refused", error=error))
         return _message(400, "Sign-in did not complete", error_description or error, "error")
     try:
-        done = await ctx.smart.complete(state, code)
+        done = await ctx.smart.complete(oauth_state, code)
     except SmartError as exc:
         reason = type(exc).__name__
         await anyio.to_thread.run_sync(lambda: audit(ctx.store, "launch.refused", outcome="refused", reason=reason))
@@ -302,6 +307,8 @@ def create_app(
 ) -> Litestar:
     """The app; tests pass their own store, SMART service or HTTP transport."""
     settings = settings or get_settings()
+    # Request URLs carry patient ids and launch handles: keep the HTTP client's per-request log lines out.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     store = store or Store(settings)
     http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
     smart_settings = SmartSettings.from_env(os.environ)

@@ -1,0 +1,104 @@
+"""`create_app(config)`: the sandbox EHR as one Litestar app (FHIR, SMART, EHR shell) over several sites.
+
+    /ehr/                                    the EHR shell (patient lists, charts with the app in an iframe)
+    /sites/{site}/fhir                       FHIR R4 base (metadata, .well-known/smart-configuration, resources)
+    /sites/{site}/auth/{authorize,token,jwks} SMART App Launch and Backend Services
+
+No cookies are used anywhere, and no page sends X-Frame-Options: every response carries
+`Content-Security-Policy: frame-ancestors 'self' <shell origin> <app origin> …`, so the sign-in pages work inside
+the app's iframe in the shell, as in an embedded EHR browser (ehr-realities.md §1.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from litestar import Litestar, Request, Response
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.template.config import TemplateConfig
+
+from sandbox import fhir_api, shell, smart_routes
+from sandbox.config import SandboxConfig
+from sandbox.mllp import AckListener
+from sandbox.oauth import OAuthError
+from sandbox.outcome import FhirError, error_response
+from sandbox.runtime import Sandbox, build_sandbox
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def _fhir_error(_: Request[Any, Any, Any], exc: FhirError) -> Response[Any]:
+    return error_response(exc)
+
+
+def _oauth_error(_: Request[Any, Any, Any], exc: OAuthError) -> Response[Any]:
+    return Response(
+        exc.body(),
+        status_code=exc.status,
+        headers={"Cache-Control": "no-store"} | exc.headers,
+        media_type="application/json",
+    )
+
+
+def create_app(config: SandboxConfig | None = None) -> Litestar:
+    """The sandbox app; the seed is generated here (well under 2 s), before the server starts."""
+    config = config or SandboxConfig.local()
+    sandbox = build_sandbox(config)
+    ancestors = " ".join(dict.fromkeys(["'self'", config.origin, config.app_origin, *config.frame_ancestors]))
+    csp = f"frame-ancestors {ancestors}"
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        listener = None
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            sandbox.jwks_cache.http = http
+            hl7_site = sandbox.site("hl7-only")
+            if config.mllp_port is not None and hl7_site is not None:
+                listener = AckListener(on_message=hl7_site.hl7_inbox.append)
+                await listener.start(config.mllp_host, config.mllp_port)
+            try:
+                yield
+            finally:
+                sandbox.jwks_cache.http = None
+                if listener is not None:
+                    await listener.close()
+
+    async def security_headers(response: Response[Any]) -> Response[Any]:
+        response.headers["Content-Security-Policy"] = csp
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    return Litestar(
+        route_handlers=[*fhir_api.ROUTES, *smart_routes.ROUTES, *shell.ROUTES],
+        state=State({"sandbox": sandbox}),
+        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
+        exception_handlers={FhirError: _fhir_error, OAuthError: _oauth_error},
+        after_request=security_headers,
+        lifespan=[lifespan],
+        cors_config=CORSConfig(
+            allow_origins=["*"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Accept",
+                "Prefer",
+                "If-None-Exist",
+                "If-Match",
+                "Epic-Client-ID",
+            ],
+            expose_headers=["Location", "ETag", "Last-Modified", "Retry-After"],
+        ),
+        openapi_config=None,
+    )
+
+
+def sandbox_of_app(app: Litestar) -> Sandbox:
+    """The running sandbox behind an app made by create_app (for tests and tools)."""
+    sandbox: Sandbox = app.state.sandbox
+    return sandbox

@@ -1,0 +1,585 @@
+"""Seed data: the same six synthetic people at every site, each with site-specific ids and MRNs.
+
+Why the same people everywhere: outcomes for one person must come out the same whatever EHR they are read
+from, so a demo can compare sites; and like real EHRs each site gives them its own Patient ids and MRNs (FHIR
+ids are unique only together with the FHIR base, ehr-realities.md §1.1). Ids follow the site's style (Epic-like
+opaque "e…3", Oracle-like numbers, UUIDs elsewhere) and are derived by hashing (site, kind, key), so they are
+the same on every start. Readings are generated once per person (sandbox.glucose) and shared by the sites;
+only their FHIR shape differs (flowsheet row + vital-signs on epic-like, laboratory elsewhere).
+
+| key | person | what it is for |
+| --- | --- | --- |
+| p1 | Avery Quinn | typical: Dexcom G6, mg/dL, America/Chicago |
+| p2 | Mateo Lindqvist | **mmol/L** (LOINC 105272-9): FreeStyle Libre 3, America/Toronto |
+| p3 | Harper Okafor | **DST**: Dexcom G7, America/New_York; the window always spans a DST change |
+| p4 | Rowan Delacroix | **no CGM data**: a patient with encounters only |
+| p5 | Sam Whitfield | poorly controlled, Dexcom G6, a sensor that failed early (30 h gap); **no open encounter** |
+| p6 | Jun Takahashi | tight control with lows: FreeStyle Libre 2 (15-min readings), America/Phoenix |
+
+Each person's 90 days end at the local midnight that starts "today" (relative to the configured `now`), so the
+data look current. The DST person (p3) keeps that window when it contains a New York DST change; otherwise
+the window is moved back to centre on the most recent change (its data then end earlier). Everyone has three
+past office visits (finished) and, except p5, an open visit today, which is the encounter of an EHR launch.
+Each sensor session is a Device. Each site also has three Practitioners and a Group of all patients; the
+cgm-receiver site has a CGM IG standing order (ServiceRequest) for each person with CGM data.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from functools import cached_property
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from engine.devices import DEVICES
+from sandbox.glucose import (
+    DAY_MS,
+    FLAG_HIGH,
+    FLAG_LOW,
+    MANUFACTURERS,
+    Trace,
+    TraceProfile,
+    cgm_trace,
+    dst_changes_ms,
+    local_midnight_ms,
+)
+from sandbox.personalities import FLOWSHEET_ROWS, FLOWSHEET_SYSTEM, IdStyle, Personality
+
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+#: Vendor record ids of the readings (like Dexcom's recordId): the same at every site for the same reading.
+READING_ID_SYSTEM = "https://sandbox.glucobridge.example/cgm/record-id"
+DEVICE_SERIAL_SYSTEM = "https://sandbox.glucobridge.example/cgm/sensor-serial"
+NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
+TEST_TAG = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HTEST", "display": "test data"}
+READING_CODES = {
+    "mg/dL": ("99504-3", "Glucose [Mass/volume] in Interstitial fluid"),
+    "mmol/L": ("105272-9", "Glucose [Moles/volume] in Interstitial fluid"),
+}
+IG_READING_PROFILES = {
+    "mg/dL": "http://hl7.org/fhir/uv/cgm/StructureDefinition/cgm-sensor-reading-mass-per-volume",
+    "mmol/L": "http://hl7.org/fhir/uv/cgm/StructureDefinition/cgm-sensor-reading-moles-per-volume",
+}
+#: Vendor upload delay: a reading appears in the EHR this long after it was taken (Dexcom: 3 h, §5.3).
+UPLOAD_DELAY_MS = 3 * 3600 * 1000
+ID_NAMESPACE = uuid.UUID("6c1f3a52-9a0e-4d0c-8a8e-2f2b7c6f1e01")
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """A synthetic person and their CGM set-up."""
+
+    key: str
+    given: str
+    family: str
+    gender: str
+    birth_date: str
+    zone: str
+    device: str | None
+    unit: str = "mg/dL"
+    profile: TraceProfile = field(default_factory=TraceProfile)
+    open_encounter: bool = True
+    dst_window: bool = False
+    failed_sensor_day: int | None = None  # days after the window start
+    about: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.given} {self.family}"
+
+
+PEOPLE: tuple[Person, ...] = (
+    Person(
+        "p1",
+        "Avery",
+        "Quinn",
+        "female",
+        "1986-04-12",
+        "America/Chicago",
+        "dexcom-g6",
+        about="typical control, Dexcom G6, mg/dL",
+    ),
+    Person(
+        "p2",
+        "Mateo",
+        "Lindqvist",
+        "male",
+        "1971-09-30",
+        "America/Toronto",
+        "libre-3",
+        unit="mmol/L",
+        profile=TraceProfile(level_mg_dl=140.0, meal_mg_dl=55.0),
+        about="mmol/L readings (LOINC 105272-9), FreeStyle Libre 3",
+    ),
+    Person(
+        "p3",
+        "Harper",
+        "Okafor",
+        "female",
+        "1994-01-22",
+        "America/New_York",
+        "dexcom-g7",
+        profile=TraceProfile(level_mg_dl=160.0),
+        dst_window=True,
+        about="window spans a DST change (America/New_York), Dexcom G7",
+    ),
+    Person("p4", "Rowan", "Delacroix", "male", "1962-06-05", "America/Denver", None, about="no CGM data"),
+    Person(
+        "p5",
+        "Sam",
+        "Whitfield",
+        "male",
+        "1979-11-17",
+        "America/Los_Angeles",
+        "dexcom-g6",
+        profile=TraceProfile(level_mg_dl=205.0, meal_mg_dl=110.0, dips_per_day=0.1, noise_sd_mg_dl=18.0),
+        open_encounter=False,
+        failed_sensor_day=52,
+        about="poor control, a failed sensor (30 h gap), no open encounter",
+    ),
+    Person(
+        "p6",
+        "Jun",
+        "Takahashi",
+        "female",
+        "2001-03-08",
+        "America/Phoenix",
+        "libre-2",
+        profile=TraceProfile(level_mg_dl=118.0, meal_mg_dl=45.0, dips_per_day=0.9, dip_depth_mg_dl=(45.0, 85.0)),
+        about="tight control with lows, FreeStyle Libre 2 (15-min readings)",
+    ),
+)
+
+PRACTITIONERS = (
+    ("pr1", "Casey", "Endo", "MD", "Endocrinology", "9000000011"),
+    ("pr2", "Morgan", "Reyes", "NP", "Diabetes education", "9000000029"),
+    ("pr3", "Alex", "Kim", "MD", "Family medicine", "9000000037"),
+)
+DEVICE_NAMES = {key: DEVICES[key].name for key in ("dexcom-g6", "dexcom-g7", "libre-2", "libre-3")}
+
+
+# MARK: ids
+
+
+def site_id(style: IdStyle, site: str, kind: str, key: str) -> str:
+    """A stable, site-styled FHIR id for (site, kind, key)."""
+    digest = hashlib.sha256(f"{site}/{kind}/{key}".encode()).digest()
+    if style is IdStyle.EPIC:
+        text = base64.urlsafe_b64encode(digest).decode().rstrip("=").replace("_", ".")
+        return "e" + text[:22] + "3"
+    if style is IdStyle.NUMERIC:
+        return str(10_000_000 + int.from_bytes(digest[:8], "big") % 89_999_999)
+    return str(uuid.uuid5(ID_NAMESPACE, f"{site}/{kind}/{key}"))
+
+
+def mrn_for(style: IdStyle, site: str, person: Person) -> str:
+    number = int.from_bytes(hashlib.sha256(f"{site}/mrn/{person.key}".encode()).digest()[:6], "big")
+    if style is IdStyle.EPIC:
+        return str(200_000 + number % 800_000)
+    if style is IdStyle.NUMERIC:
+        return f"{number % 100_000_000:08d}"
+    return f"GB{number % 1_000_000:06d}"
+
+
+def iso(ms: int, offset_min: int = 0) -> str:
+    """A FHIR dateTime with seconds and the given UTC offset ("Z" for UTC)."""
+    tz = UTC if offset_min == 0 else timezone(timedelta(minutes=offset_min))
+    text = datetime.fromtimestamp(ms // 1000, tz).isoformat(timespec="seconds")
+    return text.replace("+00:00", "Z")
+
+
+# MARK: windows and traces
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    start_ms: int
+    end_ms: int
+
+
+def window_for(person: Person, now: datetime, days: int) -> Window:
+    """The person's reading window: `days` local days ending at the local midnight that starts today."""
+    zone = ZoneInfo(person.zone)
+    today = now.astimezone(zone)
+    end = local_midnight_ms(person.zone, today)
+    start = local_midnight_ms(person.zone, today - timedelta(days=days))
+    if not person.dst_window or dst_changes_ms(person.zone, start, end):
+        return Window(start, end)
+    # Centre the window on the most recent DST change before it.
+    probe = start
+    while not dst_changes_ms(person.zone, probe - 200 * DAY_MS, probe):
+        probe -= 200 * DAY_MS
+    change = dst_changes_ms(person.zone, probe - 200 * DAY_MS, probe)[-1]
+    middle = datetime.fromtimestamp(change / 1000, zone) + timedelta(days=days // 2)
+    end = local_midnight_ms(person.zone, middle)
+    return Window(local_midnight_ms(person.zone, middle - timedelta(days=days)), end)
+
+
+def traces_for(people: tuple[Person, ...], now: datetime, days: int, seed: int) -> dict[str, Trace]:
+    """Each person's readings (people without a device have none). Reproducible from (seed, person, window)."""
+    out: dict[str, Trace] = {}
+    for number, person in enumerate(people):
+        if person.device is None:
+            continue
+        window = window_for(person, now, days)
+        failed = None
+        if person.failed_sensor_day is not None:
+            failed = (window.start_ms + person.failed_sensor_day * DAY_MS + 13 * 3600 * 1000) // 1000 * 1000
+        out[person.key] = cgm_trace(
+            np.random.default_rng([seed, number]),
+            device=person.device,
+            unit=person.unit,
+            zone=person.zone,
+            start_ms=window.start_ms,
+            end_ms=window.end_ms,
+            profile=person.profile,
+            failed_sensor_at_ms=failed,
+        )
+    return out
+
+
+# MARK: reading blocks
+
+
+@dataclass
+class ReadingBlock:
+    """One patient's seeded CGM readings at one site, held as columns; Observations are built on demand.
+
+    Observation ids are `id_prefix` + a 6-digit index; identifiers are READING_ID_SYSTEM|`<person>-<epoch s>`.
+    """
+
+    person: Person
+    patient_id: str
+    trace: Trace
+    device_ids: tuple[str, ...]
+    code: dict[str, Any]
+    category: list[dict[str, Any]]
+    id_prefix: str
+    now_ms: int
+    profiles: tuple[str, ...] = ()
+    row_id: str | None = None  # epic-like: the flowsheet row of the readings
+
+    def __len__(self) -> int:
+        return len(self.trace)
+
+    @cached_property
+    def code_tokens(self) -> frozenset[tuple[str, str]]:
+        return frozenset((c.get("system", ""), c.get("code", "")) for c in self.code["coding"])
+
+    @cached_property
+    def category_tokens(self) -> frozenset[tuple[str, str]]:
+        return frozenset((c.get("system", ""), c.get("code", "")) for cat in self.category for c in cat["coding"])
+
+    def observation_id(self, index: int) -> str:
+        return f"{self.id_prefix}{index:06d}"
+
+    def index_of_id(self, rid: str) -> int | None:
+        if not rid.startswith(self.id_prefix):
+            return None
+        rest = rid[len(self.id_prefix) :]
+        if len(rest) != 6 or not rest.isdigit():
+            return None
+        index = int(rest)
+        return index if index < len(self) else None
+
+    def record_id(self, index: int) -> str:
+        return f"{self.person.key}-{int(self.trace.time_ms[index]) // 1000}"
+
+    def index_of_record_id(self, value: str) -> int | None:
+        prefix = f"{self.person.key}-"
+        if not value.startswith(prefix) or not value[len(prefix) :].isdigit():
+            return None
+        ms = int(value[len(prefix) :]) * 1000
+        at = int(np.searchsorted(self.trace.time_ms, ms))
+        return at if at < len(self) and int(self.trace.time_ms[at]) == ms else None
+
+    def observation(self, index: int) -> dict[str, Any]:
+        trace = self.trace
+        t = int(trace.time_ms[index])
+        value = float(trace.value[index])
+        quantity: dict[str, Any] = {
+            "value": int(value) if trace.unit == "mg/dL" else value,
+            "unit": trace.unit,
+            "system": UCUM,
+            "code": trace.unit,
+        }
+        flag = int(trace.flag[index])
+        if flag == FLAG_LOW:
+            quantity = {"comparator": "<", **quantity}
+        elif flag == FLAG_HIGH:
+            quantity = {"comparator": ">", **quantity}
+        meta: dict[str, Any] = {"versionId": "1", "lastUpdated": iso(min(t + UPLOAD_DELAY_MS, self.now_ms))}
+        if self.profiles:
+            meta["profile"] = list(self.profiles)
+        session = int(trace.session[index])
+        return {
+            "resourceType": "Observation",
+            "id": self.observation_id(index),
+            "meta": meta,
+            "identifier": [{"system": READING_ID_SYSTEM, "value": self.record_id(index)}],
+            "status": "final",
+            "category": self.category,
+            "code": self.code,
+            "subject": {"reference": f"Patient/{self.patient_id}"},
+            "effectiveDateTime": iso(t, int(trace.offset_min[index])),
+            "valueQuantity": quantity,
+            "device": {"reference": f"Device/{self.device_ids[session]}", "display": DEVICE_NAMES[trace.device]},
+        }
+
+    def observations(self) -> Iterator[dict[str, Any]]:
+        for i in range(len(self)):
+            yield self.observation(i)
+
+
+# MARK: one site
+
+
+@dataclass(frozen=True, slots=True)
+class SeededPatient:
+    person: Person
+    patient_id: str
+    mrn: str
+    open_encounter_id: str | None
+
+
+@dataclass(slots=True)
+class SiteSeed:
+    """What a site starts with: resources as dicts, readings as blocks, and an index for the shell."""
+
+    resources: list[dict[str, Any]]
+    blocks: list[ReadingBlock]
+    patients: list[SeededPatient]
+    practitioner_ids: list[str]
+
+
+def _category(code: str, display: str) -> list[dict[str, Any]]:
+    return [{"coding": [{"system": OBSERVATION_CATEGORY, "code": code, "display": display}], "text": display}]
+
+
+def _reading_code(personality: Personality, unit: str) -> tuple[dict[str, Any], str | None]:
+    loinc, display = READING_CODES[unit]
+    coding = [{"system": LOINC, "code": loinc, "display": display}]
+    if personality.reading_category != "vital-signs":
+        return {"coding": coding, "text": "Glucose by CGM"}, None
+    row = next(r for r in FLOWSHEET_ROWS if r.loinc == loinc)
+    return {
+        "coding": [{"system": FLOWSHEET_SYSTEM, "code": row.row_id, "display": row.name}, *coding],
+        "text": row.name,
+    }, row.row_id
+
+
+def build_site(
+    site: str,
+    personality: Personality,
+    traces: dict[str, Trace],
+    now: datetime,
+    people: tuple[Person, ...] = PEOPLE,
+) -> SiteSeed:
+    """The seed of one site: Practitioners, Patients, Encounters, Devices, a Group, readings (and orders)."""
+    style = personality.id_style
+
+    def rid(kind: str, key: str) -> str:
+        return site_id(style, site, kind, key)
+
+    now_ms = int(now.timestamp() * 1000)
+    meta = {"versionId": "1", "lastUpdated": iso(now_ms - 30 * DAY_MS), "tag": [TEST_TAG]}
+    resources: list[dict[str, Any]] = []
+    practitioner_ids = []
+    for key, given, family, suffix, specialty, npi in PRACTITIONERS:
+        pid = rid("Practitioner", key)
+        practitioner_ids.append(pid)
+        resources.append(
+            {
+                "resourceType": "Practitioner",
+                "id": pid,
+                "meta": meta,
+                "active": True,
+                "identifier": [{"system": NPI_SYSTEM, "value": npi}],
+                "name": [
+                    {
+                        "use": "official",
+                        "family": family,
+                        "given": [given],
+                        "suffix": [suffix],
+                        "text": f"{given} {family}, {suffix}",
+                    }
+                ],
+                "qualification": [{"code": {"text": specialty}}],
+            }
+        )
+
+    patients: list[SeededPatient] = []
+    blocks: list[ReadingBlock] = []
+    for number, person in enumerate(people):
+        patient_id = rid("Patient", person.key)
+        mrn = mrn_for(style, site, person)
+        resources.append(
+            {
+                "resourceType": "Patient",
+                "id": patient_id,
+                "meta": meta,
+                "active": True,
+                "identifier": [
+                    {
+                        "use": "usual",
+                        "type": {
+                            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}],
+                            "text": "MRN",
+                        },
+                        "system": personality.mrn_system,
+                        "value": mrn,
+                    }
+                ],
+                "name": [{"use": "official", "family": person.family, "given": [person.given], "text": person.name}],
+                "gender": person.gender,
+                "birthDate": person.birth_date,
+                "generalPractitioner": [{"reference": f"Practitioner/{practitioner_ids[0]}"}],
+            }
+        )
+        open_id = _encounters(resources, rid, person, patient_id, practitioner_ids, now, meta)
+        patients.append(SeededPatient(person, patient_id, mrn, open_id))
+
+        trace = traces.get(person.key)
+        if trace is None:
+            continue
+        device_ids = []
+        vendor = "dexcom" if trace.device.startswith("dexcom") else "libre"
+        for s_no, session in enumerate(trace.sessions):
+            device_id = rid("Device", f"{person.key}/{session.serial}")
+            device_ids.append(device_id)
+            active = s_no == len(trace.sessions) - 1 and session.end_ms > now_ms
+            resources.append(
+                {
+                    "resourceType": "Device",
+                    "id": device_id,
+                    "meta": meta,
+                    "identifier": [{"system": DEVICE_SERIAL_SYSTEM, "value": session.serial}],
+                    "status": "active" if active else "inactive",
+                    "manufacturer": MANUFACTURERS[vendor],
+                    "serialNumber": session.serial,
+                    "deviceName": [{"name": DEVICE_NAMES[trace.device], "type": "user-friendly-name"}],
+                    "type": {"text": "Continuous glucose monitoring sensor"},
+                    "patient": {"reference": f"Patient/{patient_id}"},
+                    "note": [{"text": f"Sensor session from {iso(session.start_ms)} to {iso(session.end_ms)}"}],
+                }
+            )
+        code, row_id = _reading_code(personality, trace.unit)
+        if style is IdStyle.EPIC:
+            prefix = rid("Observation", person.key)[:12] + "."
+        elif style is IdStyle.NUMERIC:
+            prefix = f"L-19{number}"
+        else:
+            prefix = f"cgm-{person.key}-"
+        category = _category(
+            personality.reading_category,
+            "Vital Signs" if personality.reading_category == "vital-signs" else "Laboratory",
+        )
+        profiles = (IG_READING_PROFILES[trace.unit],) if personality.cgm_receiver else ()
+        blocks.append(
+            ReadingBlock(person, patient_id, trace, tuple(device_ids), code, category, prefix, now_ms, profiles, row_id)
+        )
+        if personality.cgm_receiver:
+            resources.append(_standing_order(rid("ServiceRequest", person.key), patient_id, practitioner_ids[0], meta))
+
+    resources.append(
+        {
+            "resourceType": "Group",
+            "id": rid("Group", "cgm-registry"),
+            "meta": meta,
+            "identifier": [{"system": f"https://sandbox.glucobridge.example/{site}/registry", "value": "cgm"}],
+            "type": "person",
+            "actual": True,
+            "name": "Diabetes registry: CGM wearers and candidates",
+            "quantity": len(patients),
+            "member": [{"entity": {"reference": f"Patient/{p.patient_id}"}} for p in patients],
+        }
+    )
+    return SiteSeed(resources, blocks, patients, practitioner_ids)
+
+
+def _encounters(
+    resources: list[dict[str, Any]],
+    rid: Any,
+    person: Person,
+    patient_id: str,
+    practitioner_ids: list[str],
+    now: datetime,
+    meta: dict[str, Any],
+) -> str | None:
+    """Three finished office visits and, unless the person has none, an open one today; returns its id."""
+    zone = ZoneInfo(person.zone)
+    visits = [(days_ago, "finished") for days_ago in (80, 45, 10)]
+    if person.open_encounter:
+        visits.append((0, "in-progress"))
+    open_id = None
+    for days_ago, status in visits:
+        eid = rid("Encounter", f"{person.key}/{days_ago}")
+        if days_ago == 0:
+            start = now - timedelta(minutes=20)
+            period: dict[str, str] = {"start": start.astimezone(zone).isoformat(timespec="seconds")}
+            open_id = eid
+        else:
+            day = (now - timedelta(days=days_ago)).astimezone(zone)
+            start = day.replace(hour=9, minute=30, second=0, microsecond=0)
+            period = {
+                "start": start.isoformat(timespec="seconds"),
+                "end": (start + timedelta(minutes=30)).isoformat(timespec="seconds"),
+            }
+        resources.append(
+            {
+                "resourceType": "Encounter",
+                "id": eid,
+                "meta": meta,
+                "status": status,
+                "class": {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                    "code": "AMB",
+                    "display": "ambulatory",
+                },
+                "type": [{"text": "Office Visit"}],
+                "subject": {"reference": f"Patient/{patient_id}"},
+                "participant": [{"individual": {"reference": f"Practitioner/{practitioner_ids[0]}"}}],
+                "period": period,
+            }
+        )
+    return open_id
+
+
+def _standing_order(order_id: str, patient_id: str, practitioner_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """A CGM IG standing order: summaries and the PDF every two weeks (IG example cgmDataSubmissionStandingOrder)."""
+    ig = "http://hl7.org/fhir/uv/cgm/StructureDefinition"
+    return {
+        "resourceType": "ServiceRequest",
+        "id": order_id,
+        "meta": meta,
+        "status": "active",
+        "intent": "order",
+        "extension": [
+            {
+                "url": f"{ig}/data-submission-schedule",
+                "extension": [
+                    {
+                        "url": "submissionPeriod",
+                        "valueQuantity": {"value": 2, "unit": "week", "system": UCUM, "code": "wk"},
+                    },
+                    {"url": "submissionDataProfile", "valueCanonical": f"{ig}/cgm-summary"},
+                    {"url": "submissionDataProfile", "valueCanonical": f"{ig}/cgm-summary-pdf"},
+                ],
+            }
+        ],
+        "code": {
+            "coding": [
+                {"system": "http://hl7.org/fhir/uv/cgm/CodeSystem/cgm", "code": "cgm-data-submission-standing-order"}
+            ]
+        },
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "requester": {"reference": f"Practitioner/{practitioner_id}"},
+    }

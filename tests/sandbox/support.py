@@ -1,0 +1,56 @@
+"""What the sandbox tests share besides fixtures: the suite's constants and the running server's handle."""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from joserfc import jwk
+
+from sandbox.runtime import Sandbox
+
+#: The seed's "now" for the suite: the 90 days end 2026-11-25 (local) and span the 1 Nov 2026 DST change.
+NOW = datetime(2026, 11, 26, 15, 0, tzinfo=UTC)
+REDIRECT = "http://127.0.0.1:8000/callback"
+APP_LAUNCH = "http://127.0.0.1:8000/launch"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Clock:
+    offset: float = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@dataclass
+class Keys:
+    rsa: jwk.RSAKey
+    ec: jwk.ECKey
+    jku_ec: jwk.ECKey
+    other_rsa: jwk.RSAKey
+
+
+@dataclass
+class Server:
+    base: str
+    sandbox: Sandbox
+    clock: Clock
+    keys: Keys
+    jwks_url: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fhir(self, site: str) -> str:
+        return f"{self.base}/sites/{site}/fhir"
+
+    def token_url(self, site: str) -> str:
+        return f"{self.base}/sites/{site}/auth/token"
