@@ -18,8 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import uvicorn
 
+from sandbox.app import create_app
 from sandbox.config import DEFAULT_DAYS, DEFAULT_SEED, DEFAULT_SITES, SandboxConfig
+from sandbox.mllp import serve as serve_mllp
 from sandbox.personalities import personality
 from sandbox.seed import PEOPLE, build_site, traces_for
 
@@ -41,9 +44,6 @@ def _sites(text: str | None) -> tuple[str, ...]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn  # noqa: PLC0415 - only the server needs it
-
-    from sandbox.app import create_app  # noqa: PLC0415
 
     public_base = args.public_base or f"http://{args.host}:{args.port}"
     config = SandboxConfig.local(
@@ -95,10 +95,8 @@ def cmd_export_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_mllp(args: argparse.Namespace) -> int:
-    from sandbox.mllp import serve  # noqa: PLC0415
-
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, args.ack))
+        asyncio.run(serve_mllp(args.host, args.port, args.ack))
     return 0
 
 

@@ -13,6 +13,7 @@ interactions exist). Errors are OperationOutcomes (sandbox.outcome).
 
 from __future__ import annotations
 
+import base64
 import copy
 from datetime import UTC, datetime
 from typing import Any
@@ -235,8 +236,6 @@ async def instance(request: AnyRequest) -> Response[Any]:
         raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
     authorize(site, grant, rtype, "r", resource)
     if rtype == "Binary" and "json" not in request.headers.get("accept", "json"):
-        import base64  # noqa: PLC0415
-
         return Response(
             content=base64.b64decode(resource.get("data", "")),
             media_type=resource.get("contentType", "application/octet-stream"),

@@ -14,6 +14,6 @@
     if (e.target.matches && e.target.matches("[data-autosubmit]")) e.target.form.requestSubmit();
   });
   document.addEventListener("DOMContentLoaded", function () { draw(document); });
-  document.addEventListener("htmx:afterSwap", function (e) { draw(e.detail.target || document); });
+  document.addEventListener("htmx:afterSettle", function () { draw(document); });
   window.addEventListener("load", function () { draw(document); });
 })();

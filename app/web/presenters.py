@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Any
 
 from engine.units import MMOL_L_TO_MG_DL
@@ -145,7 +146,7 @@ def daily_figure(days: Sequence[Mapping[str, Any]], unit: str) -> dict[str, Any]
     for day in days[-14:]:
         values = [None if v is None else round(v * factor, 2) for v in day["value"]]
         hours = [None if m is None else round(m / 60, 3) for m in day["minute"]]
-        traces.append({"x": hours, "y": values, "type": "scattergl", "mode": "lines", "name": day["date"],
+        traces.append({"x": hours, "y": values, "type": "scatter", "mode": "lines", "name": day["date"],
                        "line": {"width": 1}, "opacity": 0.7})  # fmt: skip
     return {
         "data": traces,
@@ -160,7 +161,10 @@ def summary_view(document: Mapping[str, Any], days: int, unit: str) -> SummaryVi
     metrics = document.get("metrics", {})
     used = int(metrics.get("readings_used") or 0)
     window = document.get("window")
-    window_text = "" if window is None else f"{window['start'][:10]} to {window['end'][:10]} ({window['days']:g} days)"
+    window_text = ""
+    if window is not None:  # the end is exclusive: show the last day the window covers
+        last_day = (date.fromisoformat(window["end"][:10]) - timedelta(days=1)).isoformat()
+        window_text = f"{window['start'][:10]} to {last_day} ({window['days']:g} days)"
     units = document.get("units", {})
     unit_note = (
         f"{units.get('readings_mg_dl', 0):,} readings in mg/dL, {units.get('readings_mmol_l', 0):,} in mmol/L; "

@@ -46,6 +46,13 @@ class Launched:
     iss: str
 
 
+def found(pattern: str, text: str) -> str:
+    """The first group of `pattern` in `text` (the test fails when it is missing)."""
+    match = re.search(pattern, text)
+    assert match is not None, f"{pattern!r} not found"
+    return match.group(1)
+
+
 def query_of(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
@@ -54,7 +61,7 @@ def open_chart(http: httpx.Client, site: str, patient_id: str) -> dict[str, str]
     """The iss and launch the shell's chart page hands to the app's iframe."""
     page = http.get(f"/ehr/{site}/patients/{patient_id}")
     assert page.status_code == 200, page.text
-    src = unescape(re.search(r'<iframe class="app"[^>]*src="([^"]+)"', page.text).group(1))  # type: ignore[union-attr]
+    src = unescape(found(r'<iframe class="app"[^>]*src="([^"]+)"', page.text))
     return query_of(src)
 
 
@@ -77,8 +84,8 @@ def authorize_params(server: Server, site: str, pkce: Pkce, **extra: str) -> dic
 def consent(http: httpx.Client, page: httpx.Response, **fields: str) -> httpx.Response:
     """Submit the consent form as a clinician would (Allow), without following the redirect to the app."""
     assert page.status_code == 200, page.text
-    action = re.search(r'<form method="post" action="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
-    request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    action = found(r'<form method="post" action="([^"]+)"', page.text)
+    request_id = found(r'name="request_id" value="([^"]+)"', page.text)
     checked = dict(re.findall(r'<input type="radio" [^>]*name="([^"]+)" value="([^"]+)" checked>', page.text))
     return http.post(action, data={"request_id": request_id, "decision": "allow", **checked, **fields})
 

@@ -54,3 +54,12 @@ class Server:
 
     def token_url(self, site: str) -> str:
         return f"{self.base}/sites/{site}/auth/token"
+
+    def patient(self, site: str, key: str) -> str:
+        """The Patient id of seeded person `key` (p1..p6) at `site`."""
+        return next(p.patient_id for p in self.sandbox.sites[site].seed.patients if p.person.key == key)
+
+    def open_encounter(self, site: str, patient_id: str) -> str | None:
+        seeded = self.sandbox.sites[site].patient(patient_id)
+        assert seeded is not None
+        return seeded.open_encounter_id

@@ -24,10 +24,6 @@ def system_token(http: httpx.Client, server: Server, site: str, scope: str = "sy
     return bearer(response.json())
 
 
-def patient(server: Server, site: str, key: str) -> str:
-    return next(p.patient_id for p in server.sandbox.sites[site].seed.patients if p.person.key == key)
-
-
 def reading(patient_id: str, when: str, value: float = 123, unit: str = "mg/dL") -> dict[str, Any]:
     code = "99504-3" if unit == "mg/dL" else "105272-9"
     return {
@@ -77,7 +73,7 @@ def test_fhir_needs_a_token(http: httpx.Client) -> None:
 def test_search_paging_and_code_date_filters(http: httpx.Client, server: Server) -> None:
     site = "cgm-receiver"
     headers = system_token(http, server, site)
-    pid = patient(server, site, "p3")
+    pid = server.patient(site, "p3")
     code = quote(f"{LOINC}|99504-3", safe="")
     url = f"/sites/{site}/fhir/Observation?patient={pid}&code={code}&date=ge2026-10-31&date=lt2026-11-02&_count=200"
     first = http.get(url, headers=headers).json()
@@ -101,7 +97,7 @@ def test_search_paging_and_code_date_filters(http: httpx.Client, server: Server)
     mmol = http.get(
         f"/sites/{site}/fhir/Observation", params={"code": f"{LOINC}|105272-9", "_count": 1}, headers=headers
     ).json()
-    assert mmol["entry"][0]["resource"]["subject"]["reference"] == f"Patient/{patient(server, site, 'p2')}"
+    assert mmol["entry"][0]["resource"]["subject"]["reference"] == f"Patient/{server.patient(site, 'p2')}"
     assert mmol["entry"][0]["resource"]["valueQuantity"]["unit"] == "mmol/L"
     none = http.get(
         f"/sites/{site}/fhir/Observation", params={"code": "http://snomed.info/sct|99504-3"}, headers=headers
@@ -113,7 +109,7 @@ def test_search_paging_and_code_date_filters(http: httpx.Client, server: Server)
 def test_search_identifier_category_sort_and_read(http: httpx.Client, server: Server) -> None:
     site = "oracle-like"
     headers = system_token(http, server, site, "system/Observation.rs system/Device.rs system/Patient.rs")
-    pid = patient(server, site, "p1")
+    pid = server.patient(site, "p1")
     latest = http.get(
         f"/sites/{site}/fhir/Observation",
         params={"patient": f"Patient/{pid}", "_sort": "-date", "_count": 1},
@@ -149,14 +145,14 @@ def test_search_identifier_category_sort_and_read(http: httpx.Client, server: Se
     assert labs["total"] > 20_000
     assert http.get(f"/sites/{site}/fhir/Observation/L-999", headers=headers).status_code == 404
     empty = http.get(
-        f"/sites/{site}/fhir/Observation", params={"patient": patient(server, site, "p4")}, headers=headers
+        f"/sites/{site}/fhir/Observation", params={"patient": server.patient(site, "p4")}, headers=headers
     ).json()
     assert empty["total"] == 0
 
 
 def test_patient_scoped_token_stays_in_its_compartment(http: httpx.Client, server: Server) -> None:
     site = "read-only"
-    mine, other = patient(server, site, "p1"), patient(server, site, "p2")
+    mine, other = server.patient(site, "p1"), server.patient(site, "p2")
     token = launch_token(http, server, site, mine, scope="launch openid fhirUser patient/*.rs")
     headers = bearer(token)
     assert http.get(f"/sites/{site}/fhir/Patient/{mine}", headers=headers).status_code == 200
@@ -182,7 +178,7 @@ def test_patient_scoped_token_stays_in_its_compartment(http: httpx.Client, serve
 def test_conditional_create_and_validation(http: httpx.Client, server: Server) -> None:
     site = "cgm-receiver"
     headers = system_token(http, server, site)
-    pid = patient(server, site, "p4")
+    pid = server.patient(site, "p4")
     body = reading(pid, "2026-11-20T10:00:00-07:00") | {"identifier": [{"system": "urn:test", "value": "r-1"}]}
     condition = {"If-None-Exist": "identifier=urn:test|r-1"}
     created = http.post(f"/sites/{site}/fhir/Observation", json=body, headers=headers | condition)
@@ -208,7 +204,7 @@ def test_conditional_create_and_validation(http: httpx.Client, server: Server) -
 def test_transaction_rewrites_urn_uuids(http: httpx.Client, server: Server) -> None:
     site = "cgm-receiver"
     headers = system_token(http, server, site)
-    pid = patient(server, site, "p1")
+    pid = server.patient(site, "p1")
     device_urn = "urn:uuid:6f0c1d2e-0000-4000-8000-000000000001"
     bundle = {
         "resourceType": "Bundle",
@@ -255,7 +251,7 @@ def test_transaction_rewrites_urn_uuids(http: httpx.Client, server: Server) -> N
 def test_submit_cgm_bundle_keeps_what_it_can(http: httpx.Client, server: Server) -> None:
     site = "cgm-receiver"
     headers = system_token(http, server, site)
-    pid = patient(server, site, "p6")
+    pid = server.patient(site, "p6")
     bundle = {
         "resourceType": "Bundle",
         "type": "transaction",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -16,20 +17,20 @@ from bff.ingest.fhir_feed import FhirParser
 from bff.ingest.records import FeedProblem, FeedReading, ParseOptions
 from engine import GlucoseUnit
 from sandbox.__main__ import main as sandbox_main
-from sandbox.glucose import DAY_MS, HOUR_MS, dst_changes_ms
+from sandbox.glucose import DAY_MS, HOUR_MS, Trace, dst_changes_ms
 from sandbox.personalities import PERSONALITIES
-from sandbox.seed import PEOPLE, build_site, traces_for, window_for
+from sandbox.seed import PEOPLE, Person, build_site, traces_for, window_for
 from tests.sandbox.support import NOW
 
 HOUR = 3_600_000
 
 
 @pytest.fixture(scope="module", name="traces")
-def fx_traces() -> dict[str, object]:
-    return traces_for(PEOPLE, NOW, 90, 20240601)  # type: ignore[return-value]
+def fx_traces() -> dict[str, Trace]:
+    return traces_for(PEOPLE, NOW, 90, 20240601)
 
 
-def person(key: str):  # type: ignore[no-untyped-def]
+def person(key: str) -> Person:
     return next(p for p in PEOPLE if p.key == key)
 
 
@@ -46,7 +47,7 @@ def test_generation_is_fast_and_reproducible() -> None:
     assert not np.array_equal(first["p1"].value[:100], other["p1"].value[:100])
 
 
-def test_ninety_days_ending_yesterday(traces) -> None:  # type: ignore[no-untyped-def]
+def test_ninety_days_ending_yesterday(traces: dict[str, Trace]) -> None:
     for key in ("p1", "p2", "p5", "p6"):
         trace = traces[key]
         zone = ZoneInfo(person(key).zone)
@@ -60,7 +61,7 @@ def test_ninety_days_ending_yesterday(traces) -> None:  # type: ignore[no-untype
         assert 0.85 * 90 * per_day < len(trace) <= 90 * per_day, key
 
 
-def test_sensor_sessions_and_warmup_gaps(traces) -> None:  # type: ignore[no-untyped-def]
+def test_sensor_sessions_and_warmup_gaps(traces: dict[str, Trace]) -> None:
     trace = traces["p1"]  # Dexcom G6: 10-day sensors, 2 h warm-up
     assert 9 <= len(trace.sessions) <= 11
     for earlier, later in zip(trace.sessions, trace.sessions[1:], strict=False):
@@ -80,7 +81,7 @@ def test_sensor_sessions_and_warmup_gaps(traces) -> None:  # type: ignore[no-unt
     assert np.diff(failed.time_ms).max() >= 30 * HOUR  # the failed sensor
 
 
-def test_mmol_patient(traces) -> None:  # type: ignore[no-untyped-def]
+def test_mmol_patient(traces: dict[str, Trace]) -> None:
     trace = traces["p2"]
     assert trace.unit == "mmol/L"
     assert trace.value.min() >= 2.2
@@ -89,7 +90,7 @@ def test_mmol_patient(traces) -> None:  # type: ignore[no-untyped-def]
     assert 5.0 < trace.value.mean() < 12.0
 
 
-def test_dst_patient(traces) -> None:  # type: ignore[no-untyped-def]
+def test_dst_patient(traces: dict[str, Trace]) -> None:
     trace = traces["p3"]
     assert set(np.unique(trace.offset_min).tolist()) == {-240, -300}
     change = dst_changes_ms("America/New_York", int(trace.time_ms[0]), int(trace.time_ms[-1]))
@@ -106,7 +107,7 @@ def test_dst_window_moves_to_the_last_change_when_today_has_none() -> None:
     assert normal.end_ms > window.end_ms
 
 
-def test_empty_patient_and_per_site_identity(traces) -> None:  # type: ignore[no-untyped-def]
+def test_empty_patient_and_per_site_identity(traces: dict[str, Trace]) -> None:
     assert "p4" not in traces
     now = NOW
     epic = build_site("epic-like", PERSONALITIES["epic-like"], traces, now)
@@ -129,7 +130,7 @@ def test_empty_patient_and_per_site_identity(traces) -> None:  # type: ignore[no
     assert o["category"][0]["coding"][0]["code"] == "laboratory"
 
 
-def test_export_seed_reads_back_through_our_fhir_ingestion(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_export_seed_reads_back_through_our_fhir_ingestion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "epic.ndjson"
     assert sandbox_main(["export-seed", "--site", "epic-like", "--out", str(out), "--now", NOW.isoformat()]) == 0
     assert "Observations of 5 patients" in capsys.readouterr().err

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from litestar.testing import TestClient
 
+from sandbox import SandboxConfig, create_app
 from sandbox.mllp import END, START, AckListener
-from tests.sandbox.flows import open_chart, query_of
+from tests.sandbox.flows import found, open_chart, query_of
 from tests.sandbox.support import APP_LAUNCH, Server, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +43,7 @@ def test_chart_opens_the_app_with_a_new_launch(http: httpx.Client, server: Serve
     assert first["iss"] == server.fhir(site)
     assert first["launch"] != second["launch"]
     page = http.get(f"/ehr/{site}/patients/{pid}")
-    src = unescape(re.search(r'<iframe class="app"[^>]*src="([^"]+)"', page.text).group(1))  # type: ignore[union-attr]
+    src = unescape(found(r'<iframe class="app"[^>]*src="([^"]+)"', page.text))
     assert src.startswith(APP_LAUNCH + "?iss=")
     assert "x-frame-options" not in page.headers
     assert "set-cookie" not in page.headers
@@ -124,10 +126,6 @@ def test_cli_serve_prints_when_ready() -> None:
 
 
 def test_mllp_listener_with_the_app_feeds_the_hl7_only_inbox() -> None:
-    from litestar.testing import TestClient  # noqa: PLC0415
-
-    from sandbox import SandboxConfig, create_app  # noqa: PLC0415
-
     port = free_port()
     app = create_app(SandboxConfig.local(public_base="http://testserver.local", sites=("hl7-only",), mllp_port=port))
     with TestClient(app) as client, socket.create_connection(("127.0.0.1", port), timeout=5) as sock:

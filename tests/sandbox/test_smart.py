@@ -22,10 +22,6 @@ from tests.sandbox.flows import (
 from tests.sandbox.support import REDIRECT, Clock, Server
 
 
-def patient(server: Server, site: str, key: str) -> str:
-    return next(p.patient_id for p in server.sandbox.sites[site].seed.patients if p.person.key == key)
-
-
 def refused_at_redirect(response: httpx.Response) -> dict[str, str]:
     assert response.status_code == 303, response.text
     assert response.headers["location"].startswith(REDIRECT)
@@ -57,7 +53,7 @@ def test_smart_configuration(http: httpx.Client, server: Server, site: str) -> N
 
 def test_epic_like_ehr_launch(http: httpx.Client, server: Server) -> None:
     site = "epic-like"
-    pid = patient(server, site, "p1")
+    pid = server.patient(site, "p1")
     launched = ehr_launch(http, server, site, pid)
     assert launched.iss == server.fhir(site)
     assert len(launched.code) > 300  # long, like Epic's: never truncate
@@ -68,7 +64,7 @@ def test_epic_like_ehr_launch(http: httpx.Client, server: Server) -> None:
     assert token["token_type"] == "Bearer"
     assert token["expires_in"] == 3600
     assert token["patient"] == pid
-    assert token["encounter"] == server.sandbox.sites[site].patient(pid).open_encounter_id  # type: ignore[union-attr]
+    assert token["encounter"] == server.open_encounter(site, pid)
     assert token["need_patient_banner"] == "false"  # a string, as in Epic's tutorial
     assert token["smart_style_url"].endswith("/ehr/smart-style.json")
     assert "patient/Observation.read" in token["scope"].split()  # granted in v1 spelling
@@ -91,7 +87,7 @@ def test_epic_like_ehr_launch(http: httpx.Client, server: Server) -> None:
 
 def test_oracle_like_launch_tokens_and_refresh(http: httpx.Client, server: Server, clock: Clock) -> None:
     site = "oracle-like"
-    pid = patient(server, site, "p2")
+    pid = server.patient(site, "p2")
     token = launch_token(http, server, site, pid, scope="launch openid fhirUser patient/Observation.rs offline_access")
     assert token["expires_in"] == 570
     assert token["need_patient_banner"] is False
@@ -121,7 +117,7 @@ def test_oracle_like_launch_tokens_and_refresh(http: httpx.Client, server: Serve
 
 def test_epic_like_refresh_rotates(http: httpx.Client, server: Server) -> None:
     site = "epic-like"
-    token = launch_token(http, server, site, patient(server, site, "p3"))
+    token = launch_token(http, server, site, server.patient(site, "p3"))
     data = {"grant_type": "refresh_token", "refresh_token": token["refresh_token"], "client_id": CLIENT}
     refreshed = http.post(f"/sites/{site}/auth/token", data=data)
     assert refreshed.status_code == 200
@@ -132,7 +128,7 @@ def test_epic_like_refresh_rotates(http: httpx.Client, server: Server) -> None:
 
 
 def test_wrong_verifier_is_refused(http: httpx.Client, server: Server) -> None:
-    launched = ehr_launch(http, server, "oracle-like", patient(server, "oracle-like", "p1"))
+    launched = ehr_launch(http, server, "oracle-like", server.patient("oracle-like", "p1"))
     response = redeem(http, "oracle-like", launched, verifier=Pkce.new().verifier)
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_grant"
@@ -140,7 +136,7 @@ def test_wrong_verifier_is_refused(http: httpx.Client, server: Server) -> None:
 
 def test_replayed_code_is_refused_and_revokes(http: httpx.Client, server: Server) -> None:
     site = "epic-like"
-    launched = ehr_launch(http, server, site, patient(server, site, "p1"))
+    launched = ehr_launch(http, server, site, server.patient(site, "p1"))
     token = redeem(http, site, launched).json()
     replay = redeem(http, site, launched)
     assert replay.status_code == 400
@@ -157,7 +153,7 @@ def test_replayed_code_is_refused_and_revokes(http: httpx.Client, server: Server
 @pytest.mark.parametrize(("aud", "why"), [(None, "aud is required"), ("https://elsewhere.example/fhir", "is not")])
 def test_epic_like_aud(http: httpx.Client, server: Server, aud: str | None, why: str) -> None:
     site = "epic-like"
-    context = open_chart(http, site, patient(server, site, "p1"))
+    context = open_chart(http, site, server.patient(site, "p1"))
     params = authorize_params(server, site, Pkce.new(), launch=context["launch"])
     if aud is None:
         del params["aud"]
@@ -190,14 +186,14 @@ def test_unregistered_redirect_uri_gets_an_error_page(http: httpx.Client, server
 
 def test_oracle_like_refuses_wildcards(http: httpx.Client, server: Server) -> None:
     site = "oracle-like"
-    context = open_chart(http, site, patient(server, site, "p1"))
+    context = open_chart(http, site, server.patient(site, "p1"))
     params = authorize_params(server, site, Pkce.new(), launch=context["launch"], scope="launch openid user/*.read")
     assert refused_at_redirect(http.get(f"/sites/{site}/auth/authorize", params=params))["error"] == "invalid_scope"
 
 
 def test_launch_is_single_use(http: httpx.Client, server: Server) -> None:
     site = "read-only"
-    context = open_chart(http, site, patient(server, site, "p1"))
+    context = open_chart(http, site, server.patient(site, "p1"))
     first = authorize_params(server, site, Pkce.new(), launch=context["launch"])
     assert consent(http, http.get(f"/sites/{site}/auth/authorize", params=first)).status_code == 303
     second = authorize_params(server, site, Pkce.new(), launch=context["launch"])
@@ -206,7 +202,7 @@ def test_launch_is_single_use(http: httpx.Client, server: Server) -> None:
 
 def test_standalone_launch_with_patient_picker(http: httpx.Client, server: Server) -> None:
     site = "cgm-receiver"
-    chosen = patient(server, site, "p6")
+    chosen = server.patient(site, "p6")
     pkce = Pkce.new()
     params = authorize_params(server, site, pkce, scope="openid fhirUser launch/patient patient/Observation.rs")
     page = http.get(f"/sites/{site}/auth/authorize", params=params)
@@ -238,14 +234,14 @@ def test_standalone_launch_with_patient_picker(http: httpx.Client, server: Serve
 
 
 def test_launch_without_open_encounter_has_no_encounter(http: httpx.Client, server: Server) -> None:
-    token = launch_token(http, server, "epic-like", patient(server, "epic-like", "p5"))
+    token = launch_token(http, server, "epic-like", server.patient("epic-like", "p5"))
     assert "encounter" not in token
-    assert token["patient"] == patient(server, "epic-like", "p5")
+    assert token["patient"] == server.patient("epic-like", "p5")
 
 
 def test_auth_pages_can_be_framed_by_the_shell(http: httpx.Client, server: Server) -> None:
     site = "epic-like"
-    context = open_chart(http, site, patient(server, site, "p1"))
+    context = open_chart(http, site, server.patient(site, "p1"))
     page = http.get(
         f"/sites/{site}/auth/authorize", params=authorize_params(server, site, Pkce.new(), launch=context["launch"])
     )

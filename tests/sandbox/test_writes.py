@@ -12,7 +12,7 @@ import pytest
 from sandbox.personalities import EPIC_DUPLICATE_READING, FLOWSHEET_SYSTEM
 from tests.sandbox.flows import bearer, launch_token
 from tests.sandbox.support import Server
-from tests.sandbox.test_fhir import patient, reading, system_token
+from tests.sandbox.test_fhir import reading, system_token
 
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 WRITE_SCOPE = (
@@ -64,7 +64,7 @@ def test_read_only_site_refuses_writes(http: httpx.Client, server: Server) -> No
     headers = system_token(http, server, site)
     response = http.post(
         f"/sites/{site}/fhir/Observation",
-        json=reading(patient(server, site, "p1"), "2026-11-20T10:00:00Z"),
+        json=reading(server.patient(site, "p1"), "2026-11-20T10:00:00Z"),
         headers=headers,
     )
     assert response.status_code == 403
@@ -79,7 +79,7 @@ def test_hl7_only_site_answers_405(http: httpx.Client, server: Server) -> None:
     headers = system_token(http, server, site)
     response = http.post(
         f"/sites/{site}/fhir/Observation",
-        json=reading(patient(server, site, "p1"), "2026-11-20T10:00:00Z"),
+        json=reading(server.patient(site, "p1"), "2026-11-20T10:00:00Z"),
         headers=headers,
     )
     assert response.status_code == 405
@@ -89,8 +89,8 @@ def test_hl7_only_site_answers_405(http: httpx.Client, server: Server) -> None:
 
 def test_epic_like_flowsheet_write_and_replay_59189(http: httpx.Client, server: Server) -> None:
     site = "epic-like"
-    pid = patient(server, site, "p2")
-    encounter = server.sandbox.sites[site].patient(pid).open_encounter_id  # type: ignore[union-attr]
+    pid = server.patient(site, "p2")
+    encounter = server.open_encounter(site, pid)
     token = launch_token(http, server, site, pid, scope=WRITE_SCOPE)
     assert token["encounter"] == encounter
     headers = bearer(token) | {"If-None-Exist": "code=x"}  # ignored: no conditional create
@@ -107,12 +107,12 @@ def test_epic_like_flowsheet_write_and_replay_59189(http: httpx.Client, server: 
 
 def test_epic_like_replayed_seed_reading_is_59189(http: httpx.Client, server: Server) -> None:
     site = "epic-like"
-    pid = patient(server, site, "p1")
+    pid = server.patient(site, "p1")
     headers = system_token(http, server, site)
     seeded = http.get(f"/sites/{site}/fhir/Observation", params={"patient": pid, "_count": 1}, headers=headers).json()
     existing = seeded["entry"][0]["resource"]
     body = {k: v for k, v in existing.items() if k not in ("id", "meta", "identifier")}
-    body["encounter"] = {"reference": f"Encounter/{server.sandbox.sites[site].patient(pid).open_encounter_id}"}  # type: ignore[union-attr]
+    body["encounter"] = {"reference": f"Encounter/{server.open_encounter(site, pid)}"}
     body["code"] = {"coding": [c for c in body["code"]["coding"] if c["system"] == "http://loinc.org"]}  # LOINC → row
     response = http.post(f"/sites/{site}/fhir/Observation", json=body, headers=headers)
     assert response.status_code == 400
@@ -122,13 +122,13 @@ def test_epic_like_replayed_seed_reading_is_59189(http: httpx.Client, server: Se
 def test_epic_like_refusals(http: httpx.Client, server: Server) -> None:
     site = "epic-like"
     headers = system_token(http, server, site)
-    pid = patient(server, site, "p1")
-    encounter = server.sandbox.sites[site].patient(pid).open_encounter_id  # type: ignore[union-attr]
+    pid = server.patient(site, "p1")
+    encounter = server.open_encounter(site, pid)
     lab = reading(pid, "2026-11-26T08:00:00-06:00") | {"encounter": {"reference": f"Encounter/{encounter}"}}
     assert (
         "vital-signs" in issue(http.post(f"/sites/{site}/fhir/Observation", json=lab, headers=headers))["diagnostics"]
     )
-    no_visit = patient(server, site, "p5")  # no open encounter
+    no_visit = server.patient(site, "p5")  # no open encounter
     finished = http.get(f"/sites/{site}/fhir/Encounter", params={"patient": no_visit}, headers=headers).json()
     closed = finished["entry"][0]["resource"]["id"]
     response = http.post(
@@ -149,7 +149,7 @@ def test_epic_like_refusals(http: httpx.Client, server: Server) -> None:
 
 def test_epic_like_notes_have_no_dedupe(http: httpx.Client, server: Server) -> None:
     site = "epic-like"
-    pid = patient(server, site, "p6")
+    pid = server.patient(site, "p6")
     token = launch_token(http, server, site, pid, scope=WRITE_SCOPE)
     headers = bearer(token) | {"If-None-Exist": "identifier=urn:test|note-1"}
     first = http.post(f"/sites/{site}/fhir/DocumentReference", json=note(pid, token["encounter"]), headers=headers)
@@ -167,7 +167,7 @@ def test_epic_like_notes_have_no_dedupe(http: httpx.Client, server: Server) -> N
 def test_oracle_like_drops_identifiers(http: httpx.Client, server: Server) -> None:
     site = "oracle-like"
     headers = system_token(http, server, site, "system/Observation.cruds")
-    pid = patient(server, site, "p1")
+    pid = server.patient(site, "p1")
     body = reading(pid, "2026-11-20T10:00:00-06:00") | {"identifier": [{"system": "urn:test", "value": "tir-1"}]}
     condition = {"If-None-Exist": "identifier=urn:test|tir-1"}
     first = http.post(f"/sites/{site}/fhir/Observation", json=body, headers=headers | condition)
@@ -200,7 +200,7 @@ def test_oracle_like_drops_identifiers(http: httpx.Client, server: Server) -> No
 def test_oracle_like_observation_rules(http: httpx.Client, server: Server, change: dict[str, Any], status: int) -> None:
     site = "oracle-like"
     headers = system_token(http, server, site, "system/Observation.cruds")
-    body = reading(patient(server, site, "p2"), "2026-11-20T10:00:00-05:00") | change
+    body = reading(server.patient(site, "p2"), "2026-11-20T10:00:00-05:00") | change
     body = {k: v for k, v in body.items() if v is not None}
     response = http.post(f"/sites/{site}/fhir/Observation", json=body, headers=headers)
     assert response.status_code == status, response.text
@@ -209,7 +209,7 @@ def test_oracle_like_observation_rules(http: httpx.Client, server: Server, chang
 def test_oracle_like_documents_and_updates(http: httpx.Client, server: Server) -> None:
     site = "oracle-like"
     headers = system_token(http, server, site, "system/DocumentReference.cruds system/Observation.cruds")
-    pid = patient(server, site, "p3")
+    pid = server.patient(site, "p3")
     pdf = http.post(f"/sites/{site}/fhir/DocumentReference", json=note(pid, None, "application/pdf"), headers=headers)
     assert pdf.status_code == 201, pdf.text
     missing = note(pid, None, "application/pdf")

@@ -1,0 +1,110 @@
+"""The app in real Chromium (Debian's, never a downloaded browser), inside the EHR shell's cross-origin iframe.
+
+Screenshots are kept in test-artifacts/ (not committed).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, FrameLocator, Page, Playwright, sync_playwright
+
+from app.demo import DemoStack
+from tests.web.conftest import ARTIFACTS, patients
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture(scope="module", name="playwright")
+def fx_playwright() -> Iterator[Playwright]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed: .ci/run installs it (apt-get install chromium)")
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module", name="browser")
+def fx_browser(playwright: Playwright) -> Iterator[Browser]:
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+    yield browser
+    browser.close()
+
+
+def open_in_chart(page: Page, stack: DemoStack, site: str, patient: str) -> FrameLocator:
+    """Open the patient's chart in the shell, allow the app in the EHR's consent page, wait for the view."""
+    page.goto(f"{stack.ehr_url}/ehr/{site}/patients/{patient}")
+    frame = page.frame_locator("iframe.app")
+    frame.locator('button[name="decision"][value="allow"]').click()
+    frame.locator(".tir-bar").wait_for(timeout=20_000)
+    frame.locator("#agp-14 .main-svg").first.wait_for(timeout=20_000)
+    return frame
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+@pytest.mark.parametrize("site", ["epic-like", "oracle-like"])
+def test_the_app_renders_in_the_cross_origin_iframe(browser: Browser, stack: DemoStack, site: str) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    frame = open_in_chart(page, stack, site, patients(stack, site)[0])
+    assert page.url.startswith(stack.ehr_url)  # the shell
+    app_frame = next(f for f in page.frames if f.url.startswith(stack.app_url))  # the app, another origin
+    assert "/v/" in app_frame.url
+    assert frame.locator(".tir-seg").count() == 5
+    assert frame.locator("#agp-14 .main-svg").count() >= 1
+    frame.locator('a.period:has-text("30 days")').click()  # htmx partial, no page reload
+    frame.locator("#agp-30 .main-svg").first.wait_for(timeout=20_000)
+    assert "/summary" not in app_frame.url
+    shot(page, f"launch-{site}")
+    page.close()
+
+
+def test_two_tabs_with_two_patients_stay_separate(browser: Browser, stack: DemoStack) -> None:
+    context = browser.new_context()
+    first, second = patients(stack, "epic-like")[:2]
+    tab_a, tab_b = context.new_page(), context.new_page()
+    open_in_chart(tab_a, stack, "epic-like", first)
+    open_in_chart(tab_b, stack, "epic-like", second)
+    url_a = next(f.url for f in tab_a.frames if "/v/" in f.url)
+    url_b = next(f.url for f in tab_b.frames if "/v/" in f.url)
+    assert f"/patients/{first}/" in url_a
+    assert f"/patients/{second}/" in url_b
+    tab_a.reload()  # the first tab still shows its own patient after the second launch
+    tab_a.frame_locator("iframe.app").locator('button[name="decision"][value="allow"]').click()
+    tab_a.frame_locator("iframe.app").locator(".tir-bar").wait_for(timeout=20_000)
+    assert f"/patients/{first}/" in next(f.url for f in tab_a.frames if "/v/" in f.url)
+    shot(tab_b, "two-tabs-second")
+    context.close()
+
+
+def test_launch_works_with_third_party_cookies_blocked(playwright: Playwright, stack: DemoStack,
+                                                       tmp_path: Path) -> None:  # fmt: skip
+    profile = tmp_path / "profile" / "Default"
+    profile.mkdir(parents=True)
+    (profile / "Preferences").write_text(json.dumps({"profile": {"cookie_controls_mode": 1,
+                                                                 "block_third_party_cookies": True}}))  # fmt: skip
+    context: BrowserContext = playwright.chromium.launch_persistent_context(
+        str(tmp_path / "profile"), executable_path=CHROMIUM, args=ARGS, headless=True
+    )
+    try:
+        page = context.new_page()
+        frame = open_in_chart(page, stack, "epic-like", patients(stack, "epic-like")[0])
+        app_frame = next(f for f in page.frames if f.url.startswith(stack.app_url))
+        # The blocking is real: a cookie the (third-party) app frame tries to set does not stick.
+        stored = app_frame.evaluate(
+            "() => { document.cookie = 'probe=1; SameSite=None; Secure'; return document.cookie; }"
+        )
+        assert "probe" not in stored
+        assert frame.locator(".tir-seg").count() == 5
+        assert not [c for c in context.cookies() if "127.0.0.1" in c["domain"]]  # the app sets none at all
+        shot(page, "third-party-cookies-blocked")
+    finally:
+        context.close()
