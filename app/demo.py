@@ -58,6 +58,7 @@ class DemoStack:
 
     app_port: int = 8000
     ehr_port: int = 8081
+    app_workers: int = 1
     database_url: str = ""
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gb-demo-")))
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
@@ -100,7 +101,8 @@ class DemoStack:
         _wait_http(f"{self.ehr_url}/ehr/", self.processes[-1])
         self.load_data()
         self.processes.append(subprocess.Popen(
-            [_bin("glucobridge"), "serve", "--host", "127.0.0.1", "--port", str(self.app_port)],
+            [_bin("glucobridge"), "serve", "--host", "127.0.0.1", "--port", str(self.app_port),
+             "--workers", str(self.app_workers)],
             cwd=ROOT, env=self.env, stdout=out, stderr=out, text=True,
         ))  # fmt: skip
         _wait_http(f"{self.app_url}/healthz", self.processes[-1])

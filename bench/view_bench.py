@@ -1,6 +1,6 @@
 """The clinician view under load: 20 concurrent clinicians on one patient's 14-day view (server-rendered).
 
-The demo stack (sandbox EHR + app, one uvicorn worker, SQLite) is started, one launch is completed over HTTP,
+The demo stack (sandbox EHR + app, two uvicorn workers, SQLite) is started, one launch is completed over HTTP,
 and `wrk` (Debian's package; the bench installs it when missing) loads the view URL with 20 connections.
 The baseline in the same run is the app's `/healthz` under the same load. Separately, in process, the data
 query plus engine time of one view is measured (median of 50).
@@ -51,8 +51,8 @@ def run(*, quick: bool = False) -> None:
     from tests.web.conftest import launched, patients  # the same launch steps as the tests
 
     seconds = 5 if quick else 15
-    print(f"\n## view: 20 concurrent clinicians, {seconds} s per run, one uvicorn worker, SQLite\n")
-    stack = DemoStack(app_port=free_port(), ehr_port=free_port()).start(quiet=True)
+    print(f"\n## view: 20 concurrent clinicians, {seconds} s per run, two uvicorn workers (2 cores), SQLite\n")
+    stack = DemoStack(app_port=free_port(), ehr_port=free_port(), app_workers=2).start(quiet=True)
     try:
         patient = patients(stack, "epic-like")[0]
         flow = launched(stack, "epic-like", patient)
