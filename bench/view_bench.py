@@ -20,6 +20,7 @@ from bench.measure import table
 from bff.clinical import PatientOutcomesView
 from bff.settings import Settings
 from bff.store.db import Store
+from tests.web.conftest import launched, patients  # the same launch steps as the tests
 
 LUA = """
 done = function(summary, latency, requests)
@@ -48,8 +49,6 @@ def _load(url: str, seconds: int, script: Path) -> tuple[float, float, float, fl
 
 
 def run(*, quick: bool = False) -> None:
-    from tests.web.conftest import launched, patients  # the same launch steps as the tests
-
     seconds = 5 if quick else 15
     print(f"\n## view: 20 concurrent clinicians, {seconds} s per run, two uvicorn workers (2 cores), SQLite\n")
     stack = DemoStack(app_port=free_port(), ehr_port=free_port(), app_workers=2).start(quiet=True)
