@@ -18,9 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -336,10 +334,3 @@ def create_app(
         on_shutdown=[close_http],
         debug=debug,
     )  # fmt: skip
-
-
-def static_ready() -> Callable[[], bool]:
-    return lambda: (STATIC / "vendor" / "plotly.min.js").is_file() and (STATIC / "vendor" / "htmx.min.js").is_file()
-
-
-__all__ = ["Path", "create_app"]

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from bff.store.db import Store
@@ -136,24 +136,16 @@ class OutcomeService:
 
     def load_table(self, session: Session, patient: Patient, start_ms: int, end_ms: int) -> ReadingTable:
         """The same readings as `load`, straight from the driver into columns (for views: a few ms per window)."""
-        rows = (
-            session.connection()
-            .exec_driver_sql(
+        rows = session.execute(
+            text(
                 "SELECT r.id, r.observed_ms, r.value_original, r.unit_original, r.flag, d.device_key, r.stream_id, "
                 "r.source_rank, r.ambiguous_time, s.started_ms FROM readings r "
                 "JOIN device_streams d ON d.id = r.stream_id LEFT JOIN sensor_sessions s ON s.id = r.session_id "
-                "WHERE r.patient_id = %(p)s AND r.kind = 'cgm' AND r.observed_ms >= %(a)s AND r.observed_ms < %(b)s "
-                "ORDER BY r.stream_id, r.observed_ms, r.id"
-                if self.store.dialect == "postgresql"
-                else "SELECT r.id, r.observed_ms, r.value_original, r.unit_original, r.flag, d.device_key, "
-                "r.stream_id, r.source_rank, r.ambiguous_time, s.started_ms FROM readings r "
-                "JOIN device_streams d ON d.id = r.stream_id LEFT JOIN sensor_sessions s ON s.id = r.session_id "
                 "WHERE r.patient_id = :p AND r.kind = 'cgm' AND r.observed_ms >= :a AND r.observed_ms < :b "
-                "ORDER BY r.stream_id, r.observed_ms, r.id",
-                {"p": patient.id, "a": start_ms, "b": end_ms},
-            )
-            .all()
-        )
+                "ORDER BY r.stream_id, r.observed_ms, r.id"
+            ),
+            {"p": patient.id, "a": start_ms, "b": end_ms},
+        ).all()
         n = len(rows)
         cols = list(zip(*rows, strict=True)) if rows else [()] * 10
         stream_ids = sorted(set(cols[6]))
