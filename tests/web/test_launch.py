@@ -129,3 +129,28 @@ def test_post_without_csrf_is_refused_and_audited(stack: DemoStack) -> None:
     accepted = flow.app.post(flow.view_url + "display-unit", data={"unit": "mmol/L", "csrf_token": token})
     assert accepted.status_code == 303
     assert "mmol/L" in flow.app.get(flow.view_url).text
+
+
+def test_standalone_launch_lets_the_clinician_choose_the_patient(stack: DemoStack) -> None:
+    app = httpx.Client(timeout=30)
+    try:
+        iss = f"{stack.ehr_url}/sites/epic-like/fhir"
+        start = app.get(f"{stack.app_url}/standalone", params={"iss": iss})
+        assert start.status_code == 302
+        page = app.get(start.headers["location"])
+        assert "Choose a patient" in page.text
+        chosen = patients(stack, "epic-like")[1]
+        action = re.search(r'<form method="post" action="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text))
+        practitioner = re.search(r'name="practitioner" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        decided = app.post(
+            httpx.URL(stack.ehr_url).join(action.replace("&amp;", "&")),
+            data={**fields, "practitioner": practitioner, "patient": chosen, "decision": "allow"},
+        )
+        assert decided.status_code in (302, 303), decided.text
+        callback = app.get(decided.headers["location"])
+        assert callback.status_code == 303
+        assert f"/patients/{chosen}/" in callback.headers["location"]
+        assert app.get(httpx.URL(stack.app_url).join(callback.headers["location"])).status_code == 200
+    finally:
+        app.close()
