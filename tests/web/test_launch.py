@@ -154,3 +154,13 @@ def test_standalone_launch_lets_the_clinician_choose_the_patient(stack: DemoStac
         assert app.get(httpx.URL(stack.app_url).join(callback.headers["location"])).status_code == 200
     finally:
         app.close()
+
+
+def test_clear_states_for_no_data_and_units_follow_the_patient(stack: DemoStack) -> None:
+    listed = patients(stack, "epic-like")  # the seed's p1..p6: p2 reads in mmol/L, p4 has no CGM data
+    empty = launched(stack, "epic-like", listed[3])
+    assert "No CGM data" in empty.app.get(empty.view_url).text
+    mmol = launched(stack, "epic-like", listed[1])
+    page = mmol.app.get(mmol.view_url).text
+    assert "3.9–10.0 mmol/L" in page
+    assert "in mmol/L; converted with 18.0156 mg/dL per mmol/L" in page
