@@ -67,6 +67,18 @@ def test_the_app_renders_in_the_cross_origin_iframe(browser: Browser, stack: Dem
     page.close()
 
 
+def test_the_view_fits_a_narrow_ehr_side_panel(browser: Browser, stack: DemoStack) -> None:
+    page = browser.new_page(viewport={"width": 400, "height": 900})
+    frame = open_in_chart(page, stack, "epic-like", patients(stack, "epic-like")[0])
+    frame.locator(".tir-bar").wait_for()
+    app_frame = next(f for f in page.frames if f.url.startswith(stack.app_url))
+    overflow = app_frame.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 1  # no horizontal scrolling in a side panel
+    frame.locator("a.period").first.focus()  # keyboard: the period links are reachable and visibly focused
+    shot(page, "narrow-side-panel")
+    page.close()
+
+
 def test_two_tabs_with_two_patients_stay_separate(browser: Browser, stack: DemoStack) -> None:
     context = browser.new_context()
     first, second = patients(stack, "epic-like")[:2]
