@@ -74,6 +74,7 @@ class AppContext:
     backend: BackendAuth | None
     view: PatientOutcomesView
     secret: bytes
+    any_site_frame_ancestors: tuple[str, ...]  # every configured EHR origin, for pages outside a known launch
     units: dict[str, str]  # display unit chosen per launch handle
     banners: dict[str, dict[str, str] | None]
 
@@ -93,12 +94,17 @@ def _headers(frame_ancestors: tuple[str, ...]) -> dict[str, str]:
     return {**SECURITY_HEADERS, "Content-Security-Policy": content_security_policy(frame_ancestors)}
 
 
-def _message(status: int, title: str, message: str, kind: str, frame_ancestors: tuple[str, ...] = ()) -> Template:
+def _message(
+    ctx: AppContext, status: int, title: str, message: str, kind: str, frame_ancestors: tuple[str, ...] | None = None
+) -> Template:
+    """A message page. Where the launch (and so its site) is unknown, any configured EHR may frame it, so the
+    clinician sees the reason instead of a blank frame."""
+    ancestors = ctx.any_site_frame_ancestors if frame_ancestors is None else frame_ancestors
     return Template(
         "errors/message.html",
         context={"title": title, "message": message, "kind": kind, "engine_version": ENGINE_VERSION},
         status_code=status,
-        headers=_headers(frame_ancestors),
+        headers=_headers(ancestors),
     )
 
 
@@ -126,13 +132,15 @@ async def _begin(ctx: AppContext, iss: str, launch_id: str | None, *, standalone
         redirect = await ctx.smart.begin(iss, launch_id, standalone=standalone)
     except IssNotAllowedError:
         await anyio.to_thread.run_sync(lambda: audit(ctx.store, "launch.iss_not_allowed", outcome="refused", iss=iss))
-        return _message(403, "This EHR is not allowed", "The launching server is not on this app's allow-list.",
+        return _message(ctx, 403, "This EHR is not allowed", "The launching server is not on this app's allow-list.",
                         "error")  # fmt: skip
     except LaunchRequestError as exc:
-        return _message(400, "This launch cannot start", str(exc), "error")
+        return _message(ctx, 400, "This launch cannot start", str(exc), "error")
     except DiscoveryError as exc:
         log.warning("smart discovery failed: %s", type(exc).__name__)
-        return _message(502, "The EHR did not answer", "Its SMART configuration could not be read. Try again.", "error")
+        return _message(
+            ctx, 502, "The EHR did not answer", "Its SMART configuration could not be read. Try again.", "error"
+        )
     return Redirect(redirect.url, status_code=302, headers=_headers(redirect.frame_ancestors))
 
 
@@ -147,13 +155,13 @@ async def callback(
     ctx = _ctx(request)
     if error:
         await anyio.to_thread.run_sync(lambda: audit(ctx.store, "launch.denied", outcome="refused", error=error))
-        return _message(400, "Sign-in did not complete", error_description or error, "error")
+        return _message(ctx, 400, "Sign-in did not complete", error_description or error, "error")
     try:
         done = await ctx.smart.complete(oauth_state, code)
     except SmartError as exc:
         reason = type(exc).__name__
         await anyio.to_thread.run_sync(lambda: audit(ctx.store, "launch.refused", outcome="refused", reason=reason))
-        return _message(400, "This launch cannot be completed", str(exc), "error")
+        return _message(ctx, 400, "This launch cannot be completed", str(exc), "error")
     if not done.patient:
         return Redirect(f"/v/{done.handle}/", status_code=303, headers=_headers(done.frame_ancestors))
     return Redirect(f"/v/{done.handle}/patients/{done.patient}/", status_code=303,
@@ -183,8 +191,8 @@ async def launch_home(request: Request[Any, Any, Any], handle: str) -> Response[
     ctx = _ctx(request)
     found = await _launch_for(ctx, handle, None)
     if not found.patient:
-        return _message(200, "No patient in context", "Open the app from a patient's chart to see their CGM outcomes.",
-                        "info", found.frame_ancestors)  # fmt: skip
+        hint = "Open the app from a patient's chart to see their CGM outcomes."
+        return _message(ctx, 200, "No patient in context", hint, "info", found.frame_ancestors)
     return Redirect(f"/v/{handle}/patients/{found.patient}/", status_code=303, headers=_headers(found.frame_ancestors))
 
 
@@ -288,7 +296,7 @@ def healthz() -> dict[str, str]:
 def _not_found_or_forbidden(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     kind = "error" if exc.status_code >= 400 else "info"
     title = {403: "Not allowed", 404: "Not found", 400: "Cannot show this"}.get(exc.status_code, "Something went wrong")
-    return _message(exc.status_code, title, str(exc.detail), kind)
+    return _message(_ctx(request), exc.status_code, title, str(exc.detail), kind)
 
 
 def _engine_callback(engine: JinjaTemplateEngine) -> None:
@@ -314,8 +322,10 @@ def create_app(
     smart = smart or create_smart_client(smart_settings, registry=registry, http=http, store=SqlLaunchStore(store),
                                          app_secret=settings.secret(), redis_url=settings.redis_url)  # fmt: skip
     backend = create_backend_auth(smart_settings, "glucobridge-backend", http=http)
+    origins = tuple(sorted({origin for site in smart.registry for origin in site.frame_ancestors}))
     ctx = AppContext(settings=settings, store=store, smart=smart, http=http, backend=backend,
-                     view=PatientOutcomesView(store), secret=settings.secret(), units={}, banners={})  # fmt: skip
+                     view=PatientOutcomesView(store), secret=settings.secret(), any_site_frame_ancestors=origins,
+                     units={}, banners={})  # fmt: skip
 
     async def close_http(app: Litestar) -> None:
         await http.aclose()

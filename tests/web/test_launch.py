@@ -164,3 +164,9 @@ def test_clear_states_for_no_data_and_units_follow_the_patient(stack: DemoStack)
     page = mmol.app.get(mmol.view_url).text
     assert "3.9–10.0 mmol/L" in page
     assert "in mmol/L; converted with 18.0156 mg/dL per mmol/L" in page
+
+
+def test_refusal_pages_can_be_shown_inside_the_ehr_frame(stack: DemoStack) -> None:
+    response = httpx.get(f"{stack.app_url}/callback", params={"state": "forged", "code": "x"})
+    assert f"frame-ancestors {stack.ehr_url}" in response.headers["content-security-policy"]
+    assert "This launch cannot be completed" in response.text
