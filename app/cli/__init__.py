@@ -15,6 +15,7 @@ from typing import TextIO
 from app.cli.common import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, BadInputError, InfrastructureError
 from app.cli.outcomes import cmd_demo, cmd_outcomes
 from app.cli.resources import FORMATS, cmd_export, cmd_verify
+from app.cli.sites import add_parser as add_site_parser
 from app.cli.store import (
     cmd_db,
     cmd_ingest,
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database schema")
     db.add_argument("action", choices=["upgrade"])
     db.set_defaults(handler=cmd_db)
+
+    add_site_parser(sub)
     return parser
 
 

@@ -257,3 +257,21 @@ class AuditEvent(Base):
     actor: Mapped[str | None] = mapped_column(String(200))
     launch: Mapped[str | None] = mapped_column(String(64))  # a hash of the launch handle, never the handle
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class SiteOverride(Base):
+    """A run-time change to a site's capability matrix (sites/NAME.toml): one value per dotted key path.
+
+    Set and cleared only through `bff.capabilities.CapabilityService`, which validates the merged matrix first
+    and audits the change (old and new value, who, why).
+    """
+
+    __tablename__ = "site_overrides"
+    __table_args__ = (UniqueConstraint("site_key", "path"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    site_key: Mapped[str] = mapped_column(String(64), index=True)
+    path: Mapped[str] = mapped_column(String(200))
+    value: Mapped[Any] = mapped_column(JSON)
+    who: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    set_at: Mapped[datetime] = mapped_column(Timestamp)

@@ -1,0 +1,597 @@
+"""The capability matrix: what each EHR site can do, from `sites/NAME.toml` plus audited run-time overrides.
+
+The matrix tables sit beside the `[smart]` table (read by `bff.smart.sites`, ignored here). Every key is
+checked: unknown keys, wrong types and wrong values are errors naming the file, the table and the key.
+
+    version = 1                          # required: the file's own version number (bump it on every change)
+    vendor = "epic"                      # epic | oracle | generic | cgm-ig-receiver (see [fhir] cgm_ig_receiver)
+
+    [fhir]
+    version = "R4"                       # R4 | R5
+    iss_allow = []                       # further accepted iss values (the [smart] iss is always allowed)
+    cgm_ig_receiver = false              # true: an HL7 CGM IG data receiver (vendor reads "cgm-ig-receiver")
+
+    [write]
+    mode = "read_only"                   # read_only | flowsheet_only | notes_only | observations | full
+    channel = "none"                     # fhir | hl7v2 | none
+    observation_category = "vital-signs" # vital-signs | laboratory
+    note_type = ""                       # the site's note type id ("" none)
+    encounter_policy = "launch"          # launch | open_visit_lookup | hl7_creates | none
+    pdf_path = "none"                    # cerner_docref | hl7_ed | hl7_mdm | none
+    [write.flowsheet_rows]               # metric -> flowsheet row id
+    tir = "3040100123"
+
+    [hl7v2]                              # needed when write.channel = "hl7v2"
+    host = "10.0.0.5"
+    port = 2575
+    version = "2.5.1"                    # 2.5.1 | 2.3
+    sending_facility = ""
+    receiving_application = ""
+    receiving_facility = ""
+
+    [bulk]
+    available = false
+    group_ids = []
+    params = {}                          # extra $export parameters (string -> string)
+    max_concurrent = 1
+    poll_floor_s = 30
+    run_window = ""                      # "HH:MM-HH:MM" local to the site, "" any time
+
+    [rate_limit]
+    rps = 5.0
+    burst = 10
+    refresh_min_interval_s = 60
+
+    [token]
+    expected_lifetime_s = 3600           # default: [smart] expected_token_lifetime_s, else Epic 3600, Oracle 570
+
+    [launch]
+    encounter_expected = true
+    quirks = []                          # e.g. "need_patient_banner_string"
+
+    [filter]                             # which patients the app may show ([] = no restriction)
+    departments = []
+    patients = []
+
+Run-time overrides (table `site_overrides`) name a dotted key path (`write.mode`, `write.flowsheet_rows.tir`)
+and a JSON value; `CapabilityService` merges them over the file, validates the result before storing, audits
+every change, and re-reads files whose modification time changed, so changes need no restart.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from bff.audit import audit
+from bff.store.db import Store
+from bff.store.models import AuditEvent, SiteOverride
+
+
+class CapabilityError(ValueError):
+    """A capability matrix (file or override) that cannot be used; the message names file, table and key."""
+
+
+class Vendor(enum.StrEnum):
+    EPIC = "epic"
+    ORACLE = "oracle"
+    GENERIC = "generic"
+    CGM_IG_RECEIVER = "cgm-ig-receiver"
+
+
+class FhirVersion(enum.StrEnum):
+    R4 = "R4"
+    R5 = "R5"
+
+
+class WriteMode(enum.StrEnum):
+    READ_ONLY = "read_only"
+    FLOWSHEET_ONLY = "flowsheet_only"
+    NOTES_ONLY = "notes_only"
+    OBSERVATIONS = "observations"
+    FULL = "full"
+
+
+class WriteChannel(enum.StrEnum):
+    FHIR = "fhir"
+    HL7V2 = "hl7v2"
+    NONE = "none"
+
+
+OBSERVATION_CATEGORIES = ("vital-signs", "laboratory")
+ENCOUNTER_POLICIES = ("launch", "open_visit_lookup", "hl7_creates", "none")
+PDF_PATHS = ("cerner_docref", "hl7_ed", "hl7_mdm", "none")
+HL7_VERSIONS = ("2.5.1", "2.3")
+DEFAULT_TOKEN_LIFETIME_S = {"epic": 3600, "oracle": 570}
+_SITE_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_METRIC = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
+_WINDOW = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d")
+
+
+@dataclass(frozen=True, slots=True)
+class FhirCaps:
+    version: FhirVersion = FhirVersion.R4
+    iss_allow: tuple[str, ...] = ()
+    cgm_ig_receiver: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Hl7v2Caps:
+    host: str = ""
+    port: int = 0
+    version: str = "2.5.1"
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteCaps:
+    mode: WriteMode = WriteMode.READ_ONLY
+    channel: WriteChannel = WriteChannel.NONE
+    observation_category: str = "vital-signs"
+    note_type: str = ""
+    encounter_policy: str = "launch"
+    pdf_path: str = "none"
+    flowsheet_rows: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BulkCaps:
+    available: bool = False
+    group_ids: tuple[str, ...] = ()
+    params: Mapping[str, str] = field(default_factory=dict)
+    max_concurrent: int = 1
+    poll_floor_s: int = 30
+    run_window: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitCaps:
+    rps: float = 5.0
+    burst: int = 10
+    refresh_min_interval_s: int = 60
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchCaps:
+    encounter_expected: bool = True
+    quirks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FilterCaps:
+    departments: tuple[str, ...] = ()
+    patients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SiteCapabilities:
+    key: str
+    version: int
+    vendor: Vendor
+    fhir: FhirCaps
+    write: WriteCaps
+    hl7v2: Hl7v2Caps
+    bulk: BulkCaps
+    rate_limit: RateLimitCaps
+    expected_token_lifetime_s: int
+    launch: LaunchCaps
+    filter: FilterCaps
+    iss: str = ""  # the [smart] iss, when the file has one
+
+    def allows_iss(self, iss: str) -> bool:
+        wanted = iss.strip().rstrip("/")
+        return wanted in {i.rstrip("/") for i in (self.iss, *self.fhir.iss_allow) if i}
+
+    def shows_patient(self, patient_id: str, department: str | None = None) -> bool:
+        """Site filtering: whether the app may show this patient (empty lists restrict nothing)."""
+        if self.filter.patients and patient_id not in self.filter.patients:
+            return False
+        return not (self.filter.departments and department not in self.filter.departments)
+
+
+# --- parsing -------------------------------------------------------------------------------------------------
+
+
+class _Table:
+    """Typed reads from one TOML table, with errors naming the file, the table and the key."""
+
+    def __init__(self, where: str, name: str, data: Any) -> None:
+        self.where = where
+        self.name = name
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise CapabilityError(f"{where}: [{name}] must be a table")
+        self.data: Mapping[str, Any] = data
+        self.seen: set[str] = set()
+
+    def _fail(self, key: str, what: str) -> CapabilityError:
+        return CapabilityError(f"{self.where}: [{self.name}] {key} {what}, got {self.data.get(key)!r}")
+
+    def get(self, key: str, default: Any) -> Any:
+        self.seen.add(key)
+        return self.data.get(key, default)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise self._fail(key, "must be true or false")
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
+        value = self.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise self._fail(key, f"must be a whole number >= {minimum}")
+        return value
+
+    def number(self, key: str, default: float) -> float:
+        value = self.get(key, default)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise self._fail(key, "must be a positive number")
+        return float(value)
+
+    def text(self, key: str, default: str) -> str:
+        value = self.get(key, default)
+        if not isinstance(value, str):
+            raise self._fail(key, "must be a string")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.get(key, default)
+        if value not in choices:
+            raise self._fail(key, f"must be one of {', '.join(choices)}")
+        return str(value)
+
+    def words(self, key: str) -> tuple[str, ...]:
+        value = self.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self._fail(key, "must be a list of non-empty strings")
+        return tuple(value)
+
+    def strings(self, key: str, key_pattern: re.Pattern[str] | None = None) -> dict[str, str]:
+        value = self.get(key, {})
+        if not isinstance(value, Mapping) or not all(isinstance(v, str) and v for v in value.values()):
+            raise self._fail(key, "must be a table of non-empty strings")
+        if key_pattern is not None:
+            for name in value:
+                if not key_pattern.fullmatch(name):
+                    raise CapabilityError(f"{self.where}: [{self.name}.{key}] {name!r} is not a metric name")
+        return dict(value)
+
+    def done(self) -> None:
+        unknown = set(self.data) - self.seen
+        if unknown:
+            raise CapabilityError(f"{self.where}: [{self.name}] unknown keys: {', '.join(sorted(unknown))}")
+
+
+_TABLES = ("fhir", "write", "hl7v2", "bulk", "rate_limit", "token", "launch", "filter")
+_TOP = frozenset({"version", "vendor", "smart", *_TABLES})
+
+
+def parse_capabilities(key: str, data: Mapping[str, Any], *, source: str = "") -> SiteCapabilities:
+    """A site's matrix from the parsed contents of its TOML file (pure; `source` names the file in errors)."""
+    where = source or f"site {key}"
+    if not _SITE_KEY.fullmatch(key):
+        raise CapabilityError(f"{where}: site key {key!r} must be 1-64 of a-z, 0-9, '-' and '_'")
+    unknown = set(data) - _TOP
+    if unknown:
+        raise CapabilityError(f"{where}: unknown top-level keys or tables: {', '.join(sorted(unknown))}")
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CapabilityError(f"{where}: top-level version must be a whole number >= 1, got {version!r}")
+    vendor_raw = data.get("vendor", "generic")
+    if vendor_raw not in {v.value for v in Vendor}:
+        raise CapabilityError(
+            f"{where}: top-level vendor must be one of {', '.join(v.value for v in Vendor)}, got {vendor_raw!r}"
+        )
+    smart = data.get("smart", {})
+    iss = smart.get("iss", "") if isinstance(smart, Mapping) else ""
+    iss = iss.strip().rstrip("/") if isinstance(iss, str) else ""
+
+    t = _Table(where, "fhir", data.get("fhir"))
+    fhir = FhirCaps(
+        version=FhirVersion(t.choice("version", "R4", tuple(v.value for v in FhirVersion))),
+        iss_allow=t.words("iss_allow"),
+        cgm_ig_receiver=t.boolean("cgm_ig_receiver", False),
+    )
+    t.done()
+    for allowed in fhir.iss_allow:
+        if not re.fullmatch(r"https://\S+|http://(localhost|127\.0\.0\.1)(:\d+)?(/\S*)?", allowed):
+            raise CapabilityError(f"{where}: [fhir] iss_allow entries must be https URLs, got {allowed!r}")
+    vendor = Vendor.CGM_IG_RECEIVER if fhir.cgm_ig_receiver else Vendor(vendor_raw)
+
+    t = _Table(where, "write", data.get("write"))
+    write = WriteCaps(
+        mode=WriteMode(t.choice("mode", "read_only", tuple(m.value for m in WriteMode))),
+        channel=WriteChannel(t.choice("channel", "none", tuple(c.value for c in WriteChannel))),
+        observation_category=t.choice("observation_category", "vital-signs", OBSERVATION_CATEGORIES),
+        note_type=t.text("note_type", ""),
+        encounter_policy=t.choice("encounter_policy", "launch", ENCOUNTER_POLICIES),
+        pdf_path=t.choice("pdf_path", "none", PDF_PATHS),
+        flowsheet_rows=t.strings("flowsheet_rows", _METRIC),
+    )
+    t.done()
+
+    t = _Table(where, "hl7v2", data.get("hl7v2"))
+    hl7v2 = Hl7v2Caps(
+        host=t.text("host", ""),
+        port=t.integer("port", 0),
+        version=t.choice("version", "2.5.1", HL7_VERSIONS),
+        sending_facility=t.text("sending_facility", ""),
+        receiving_application=t.text("receiving_application", ""),
+        receiving_facility=t.text("receiving_facility", ""),
+    )
+    t.done()
+    if hl7v2.port > 65535:
+        raise CapabilityError(f"{where}: [hl7v2] port must be at most 65535, got {hl7v2.port}")
+
+    t = _Table(where, "bulk", data.get("bulk"))
+    bulk = BulkCaps(
+        available=t.boolean("available", False),
+        group_ids=t.words("group_ids"),
+        params=t.strings("params"),
+        max_concurrent=t.integer("max_concurrent", 1, minimum=1),
+        poll_floor_s=t.integer("poll_floor_s", 30, minimum=1),
+        run_window=t.text("run_window", ""),
+    )
+    t.done()
+    if bulk.run_window and not _WINDOW.fullmatch(bulk.run_window):
+        raise CapabilityError(f"{where}: [bulk] run_window must be HH:MM-HH:MM, got {bulk.run_window!r}")
+
+    t = _Table(where, "rate_limit", data.get("rate_limit"))
+    rate = RateLimitCaps(
+        rps=t.number("rps", 5.0),
+        burst=t.integer("burst", 10, minimum=1),
+        refresh_min_interval_s=t.integer("refresh_min_interval_s", 60),
+    )
+    t.done()
+
+    smart_lifetime = smart.get("expected_token_lifetime_s") if isinstance(smart, Mapping) else None
+    default_lifetime = smart_lifetime if isinstance(smart_lifetime, int) else None
+    default_lifetime = default_lifetime or DEFAULT_TOKEN_LIFETIME_S.get(vendor.value, 3600)
+    t = _Table(where, "token", data.get("token"))
+    lifetime = t.integer("expected_lifetime_s", default_lifetime, minimum=1)
+    t.done()
+
+    t = _Table(where, "launch", data.get("launch"))
+    launch = LaunchCaps(encounter_expected=t.boolean("encounter_expected", True), quirks=t.words("quirks"))
+    t.done()
+
+    t = _Table(where, "filter", data.get("filter"))
+    filt = FilterCaps(departments=t.words("departments"), patients=t.words("patients"))
+    t.done()
+
+    _check_consistency(where, write, hl7v2, vendor)
+    return SiteCapabilities(
+        key=key, version=version, vendor=vendor, fhir=fhir, write=write, hl7v2=hl7v2, bulk=bulk, rate_limit=rate,
+        expected_token_lifetime_s=lifetime, launch=launch, filter=filt, iss=iss,
+    )  # fmt: skip
+
+
+def _check_consistency(where: str, write: WriteCaps, hl7v2: Hl7v2Caps, vendor: Vendor) -> None:
+    if write.mode is WriteMode.READ_ONLY:
+        return
+    if write.channel is WriteChannel.NONE:
+        raise CapabilityError(f"{where}: [write] channel must not be none when mode is {write.mode.value}")
+    if write.channel is WriteChannel.HL7V2 and (not hl7v2.host or not hl7v2.port):
+        raise CapabilityError(f"{where}: [hl7v2] host and port are required when [write] channel is hl7v2")
+    if write.mode is WriteMode.FLOWSHEET_ONLY and not write.flowsheet_rows:
+        raise CapabilityError(
+            f"{where}: [write] flowsheet_rows must map at least one metric when mode is flowsheet_only"
+        )
+    if write.mode is WriteMode.NOTES_ONLY and write.channel is WriteChannel.FHIR and not write.note_type:
+        raise CapabilityError(f"{where}: [write] note_type is required when mode is notes_only over FHIR")
+    del vendor
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CapabilityError(f"{path}: cannot be read as TOML: {exc}") from None
+
+
+# --- overrides -----------------------------------------------------------------------------------------------
+
+_PATH = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z0-9_][a-z0-9_-]*)*")
+
+
+def check_path(path: str) -> list[str]:
+    if not _PATH.fullmatch(path):
+        raise CapabilityError(f"override path {path!r} must be dotted keys like write.mode")
+    parts = path.split(".")
+    if parts[0] in ("smart", "version"):
+        raise CapabilityError(f"override path {path!r}: {parts[0]} is set in the site's file only")
+    if parts[0] not in _TOP:
+        raise CapabilityError(f"override path {path!r}: unknown table {parts[0]!r}")
+    return parts
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The file's contents with each dotted path set to its value (a deep copy; the input is not changed)."""
+    merged = copy.deepcopy(dict(data))
+    for path, value in overrides.items():
+        parts = check_path(path)
+        node = merged
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise CapabilityError(f"override path {path!r}: {part} is not a table")
+            node = child
+        node[parts[-1]] = copy.deepcopy(value)
+    return merged
+
+
+def effective(key: str, data: Mapping[str, Any], overrides: Mapping[str, Any], *, source: str = "") -> SiteCapabilities:
+    """File plus overrides, validated as a whole (errors name the file and say overrides were applied)."""
+    where = source or f"site {key}"
+    if overrides:
+        where += f" (with overrides: {', '.join(sorted(overrides))})"
+    return parse_capabilities(key, apply_overrides(data, overrides), source=where)
+
+
+def lookup(data: Mapping[str, Any], path: str) -> Any:
+    node: Any = data
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def as_dict(caps: SiteCapabilities) -> dict[str, Any]:
+    """The effective matrix as plain JSON-able data, in the file's shape."""
+    w, b = caps.write, caps.bulk
+    return {
+        "version": caps.version,
+        "vendor": caps.vendor.value,
+        "fhir": {"version": caps.fhir.version.value, "iss_allow": list(caps.fhir.iss_allow),
+                 "cgm_ig_receiver": caps.fhir.cgm_ig_receiver},
+        "write": {"mode": w.mode.value, "channel": w.channel.value, "observation_category": w.observation_category,
+                  "note_type": w.note_type, "encounter_policy": w.encounter_policy, "pdf_path": w.pdf_path,
+                  "flowsheet_rows": dict(w.flowsheet_rows)},
+        "hl7v2": {"host": caps.hl7v2.host, "port": caps.hl7v2.port, "version": caps.hl7v2.version,
+                  "sending_facility": caps.hl7v2.sending_facility,
+                  "receiving_application": caps.hl7v2.receiving_application,
+                  "receiving_facility": caps.hl7v2.receiving_facility},
+        "bulk": {"available": b.available, "group_ids": list(b.group_ids), "params": dict(b.params),
+                 "max_concurrent": b.max_concurrent, "poll_floor_s": b.poll_floor_s, "run_window": b.run_window},
+        "rate_limit": {"rps": caps.rate_limit.rps, "burst": caps.rate_limit.burst,
+                       "refresh_min_interval_s": caps.rate_limit.refresh_min_interval_s},
+        "token": {"expected_lifetime_s": caps.expected_token_lifetime_s},
+        "launch": {"encounter_expected": caps.launch.encounter_expected, "quirks": list(caps.launch.quirks)},
+        "filter": {"departments": list(caps.filter.departments), "patients": list(caps.filter.patients)},
+    }  # fmt: skip
+
+
+# --- the service ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    mtime_ns: int
+    data: dict[str, Any]
+
+
+class CapabilityService:
+    """Effective matrices: files (re-read when their mtime changes) plus overrides (read on every call)."""
+
+    def __init__(self, store: Store, sites_dir: Path | str, *, now: Callable[[], datetime] | None = None) -> None:
+        self.store = store
+        self.sites_dir = Path(sites_dir)
+        self._files: dict[str, _Cached] = {}
+        self._now = now or (lambda: datetime.now(UTC))
+
+    def sites(self) -> list[str]:
+        return sorted(p.stem for p in self.sites_dir.glob("*.toml")) if self.sites_dir.is_dir() else []
+
+    def path(self, site: str) -> Path:
+        if not _SITE_KEY.fullmatch(site):
+            raise CapabilityError(f"site key {site!r} must be 1-64 of a-z, 0-9, '-' and '_'")
+        return self.sites_dir / f"{site}.toml"
+
+    def file_data(self, site: str) -> dict[str, Any]:
+        path = self.path(site)
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            raise CapabilityError(f"no such site {site!r} (no {path})") from None
+        cached = self._files.get(site)
+        if cached is None or cached.mtime_ns != mtime:
+            cached = _Cached(mtime, load_file(path))
+            self._files[site] = cached
+        return cached.data
+
+    def overrides(self, site: str) -> dict[str, Any]:
+        with self.store.transaction() as session:
+            rows = session.scalars(select(SiteOverride).where(SiteOverride.site_key == site))
+            return {row.path: row.value for row in rows}
+
+    def get(self, site: str) -> SiteCapabilities:
+        return effective(site, self.file_data(site), self.overrides(site), source=str(self.path(site)))
+
+    def set(self, site: str, path: str, value: Any, *, who: str, reason: str) -> SiteCapabilities:
+        """Validate the matrix with the change, then store and audit it (old and new value)."""
+        if not who.strip() or not reason.strip():
+            raise CapabilityError("a change needs who made it and why")
+        check_path(path)
+        data = self.file_data(site)
+        current = self.overrides(site)
+        try:
+            caps = effective(site, data, {**current, path: value}, source=str(self.path(site)))
+        except CapabilityError as exc:
+            audit(self.store, "site.capability.set", outcome="refused", site=site, actor=who, path=path,
+                  value=value, reason=reason, error=str(exc))  # fmt: skip
+            raise
+        old = current[path] if path in current else lookup(data, path)
+        with self.store.transaction() as session:
+            row = session.scalars(
+                select(SiteOverride).where(SiteOverride.site_key == site, SiteOverride.path == path)
+            ).one_or_none()
+            if row is None:
+                session.add(SiteOverride(site_key=site, path=path, value=value, who=who, reason=reason,
+                                         set_at=self._now()))  # fmt: skip
+            else:
+                row.value, row.who, row.reason, row.set_at = value, who, reason, self._now()
+        audit(self.store, "site.capability.set", outcome="allowed", site=site, actor=who, path=path, old=old,
+              new=value, reason=reason, overridden=path in current)  # fmt: skip
+        return caps
+
+    def clear(self, site: str, path: str, *, who: str, reason: str) -> SiteCapabilities:
+        """Drop an override (the file's value applies again), if the matrix is still valid without it."""
+        if not who.strip() or not reason.strip():
+            raise CapabilityError("a change needs who made it and why")
+        current = self.overrides(site)
+        if path not in current:
+            raise CapabilityError(f"site {site}: {path} is not overridden")
+        rest = {k: v for k, v in current.items() if k != path}
+        data = self.file_data(site)
+        caps = effective(site, data, rest, source=str(self.path(site)))
+        with self.store.transaction() as session:
+            row = session.scalars(
+                select(SiteOverride).where(SiteOverride.site_key == site, SiteOverride.path == path)
+            ).one()
+            session.delete(row)
+        audit(self.store, "site.capability.clear", outcome="allowed", site=site, actor=who, path=path,
+              old=current[path], new=lookup(data, path), reason=reason)  # fmt: skip
+        return caps
+
+    def history(self, site: str, limit: int = 100) -> list[AuditEvent]:
+        """Changes to the site's matrix, newest first (refused attempts included)."""
+        with self.store.transaction() as session:
+            return list(
+                session.scalars(
+                    select(AuditEvent)
+                    .where(AuditEvent.site_key == site, AuditEvent.event.like("site.capability.%"))
+                    .order_by(AuditEvent.id.desc())
+                    .limit(limit)
+                )
+            )
+
+
+__all__ = [
+    "CapabilityError",
+    "CapabilityService",
+    "FhirVersion",
+    "SiteCapabilities",
+    "Vendor",
+    "WriteChannel",
+    "WriteMode",
+    "apply_overrides",
+    "as_dict",
+    "effective",
+    "parse_capabilities",
+]
