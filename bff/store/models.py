@@ -275,3 +275,45 @@ class SiteOverride(Base):
     who: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(Text)
     set_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class WriteIntent(Base):
+    """A clinician-signed write waiting to reach an EHR exactly once (the outbox, issue 6).
+
+    `idempotency_key` is site|patient|kind|metric-set|window|version: enqueueing the same write again returns the
+    existing intent. `state`: queued → sending → confirmed | failed | unknown (reconcile by reading back) |
+    queued again (retry at `next_attempt_at`); queued ↔ deferred while the site is read-only.
+    """
+
+    __tablename__ = "write_intents"
+    __table_args__ = (
+        UniqueConstraint("idempotency_key"),
+        Index("ix_write_intents_due", "site_key", "state", "next_attempt_at"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(500))
+    site_key: Mapped[str] = mapped_column(String(64))
+    patient_public_id: Mapped[str] = mapped_column(String(128))
+    outcome_window_id: Mapped[int] = mapped_column(ForeignKey("outcome_windows.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # flowsheet | observations | note | pdf | hl7v2
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))  # queued | sending | confirmed | failed | unknown | deferred
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(Timestamp)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+    confirmed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    remote_id: Mapped[str | None] = mapped_column(String(200))
+
+
+class WriteAttempt(Base):
+    """One transition of a write intent (claimed, retry, unknown, confirmed, failed, deferred, released)."""
+
+    __tablename__ = "write_attempts"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    intent_id: Mapped[int] = mapped_column(ForeignKey("write_intents.id"), index=True)
+    at: Mapped[datetime] = mapped_column(Timestamp)
+    outcome: Mapped[str] = mapped_column(String(16))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(Text)
