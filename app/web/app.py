@@ -20,6 +20,7 @@ import logging
 import os
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -75,7 +76,6 @@ class AppContext:
     view: PatientOutcomesView
     secret: bytes
     any_site_frame_ancestors: tuple[str, ...]  # every configured EHR origin, for pages outside a known launch
-    units: dict[str, str]  # display unit chosen per launch handle
     banners: dict[str, dict[str, str] | None]
 
 
@@ -202,7 +202,18 @@ def _days(days: int) -> int:
     return days
 
 
-async def _summary_context(ctx: AppContext, handle: str, found: LaunchContext, days: int) -> dict[str, Any]:
+def _unit(unit: str | None) -> str | None:
+    """The display unit asked for in the URL (per tab, so it holds across workers); None: the patient's own."""
+    if unit in (None, ""):
+        return None
+    if unit not in ("mg/dL", "mmol/L"):
+        raise HTTPException(status_code=400, detail="unit must be mg/dL or mmol/L")
+    return unit
+
+
+async def _summary_context(
+    ctx: AppContext, handle: str, found: LaunchContext, days: int, unit: str | None
+) -> dict[str, Any]:
     def compute() -> tuple[dict[str, Any] | None, str]:
         public_id = ctx.view.public_id(found.site_key, found.patient or "")
         document = None if public_id is None else ctx.view.document(public_id, days)
@@ -210,9 +221,10 @@ async def _summary_context(ctx: AppContext, handle: str, found: LaunchContext, d
 
     document, _ = await anyio.to_thread.run_sync(compute)
     document = document or {"metrics": {"readings_used": 0}}
-    unit = display_unit(document, ctx.units.get(handle))
+    shown = display_unit(document, unit)
     return {
-        "summary": summary_view(document, days, unit),
+        "summary": summary_view(document, days, shown),
+        "unit_query": f"&unit={quote(unit)}" if unit else "",
         "base": f"/v/{handle}/patients/{found.patient}/",
         "csrf_token": csrf_token(ctx.secret, handle),
         "engine_version": ENGINE_VERSION,
@@ -221,10 +233,12 @@ async def _summary_context(ctx: AppContext, handle: str, found: LaunchContext, d
 
 
 @get("/v/{handle:str}/patients/{patient:str}/")
-async def patient_view(request: HTMXRequest, handle: str, patient: str, days: int = 14) -> Template:
+async def patient_view(
+    request: HTMXRequest, handle: str, patient: str, days: int = 14, unit: str | None = None
+) -> Template:
     ctx = _ctx(request)
     found = await _launch_for(ctx, handle, patient)
-    context = await _summary_context(ctx, handle, found, _days(days))
+    context = await _summary_context(ctx, handle, found, _days(days), _unit(unit))
     context["banner"] = await _banner(ctx, handle, found) if found.need_patient_banner else None
     context["smart_style_url"] = found.smart_style_url
     return Template(
@@ -233,10 +247,12 @@ async def patient_view(request: HTMXRequest, handle: str, patient: str, days: in
 
 
 @get("/v/{handle:str}/patients/{patient:str}/summary")
-async def patient_summary(request: HTMXRequest, handle: str, patient: str, days: int = 14) -> Template:
+async def patient_summary(
+    request: HTMXRequest, handle: str, patient: str, days: int = 14, unit: str | None = None
+) -> Template:
     ctx = _ctx(request)
     found = await _launch_for(ctx, handle, patient)
-    context = await _summary_context(ctx, handle, found, _days(days))
+    context = await _summary_context(ctx, handle, found, _days(days), _unit(unit))
     headers = {**_headers(found.frame_ancestors), "Vary": "HX-Request"}
     if wants_fragment(request):
         return Template("patient/_summary.html", context=context, headers=headers)
@@ -256,11 +272,10 @@ async def set_display_unit(request: Request[Any, Any, Any], handle: str, patient
                           path="display-unit")
         )  # fmt: skip
         raise HTTPException(status_code=403, detail="the form is missing its CSRF token: reload the page")
-    unit = form.get("unit")
-    if unit not in ("mg/dL", "mmol/L"):
-        raise HTTPException(status_code=400, detail="unit must be mg/dL or mmol/L")
-    ctx.units[handle] = str(unit)
-    return Redirect(f"/v/{handle}/patients/{patient}/", status_code=303, headers=_headers(found.frame_ancestors))
+    chosen = form.get("unit")
+    unit = _unit(chosen if isinstance(chosen, str) else "?")
+    return Redirect(f"/v/{handle}/patients/{patient}/?unit={quote(unit or '')}", status_code=303,
+                    headers=_headers(found.frame_ancestors))  # fmt: skip
 
 
 async def _banner(ctx: AppContext, handle: str, found: LaunchContext) -> dict[str, str] | None:
@@ -276,7 +291,7 @@ async def _banner(ctx: AppContext, handle: str, found: LaunchContext) -> dict[st
 async def agp_api(request: Request[Any, Any, Any], handle: str, patient: str, days: int = 14) -> Response[Any]:
     ctx = _ctx(request)
     found = await _launch_for(ctx, handle, patient)
-    context = await _summary_context(ctx, handle, found, _days(days))
+    context = await _summary_context(ctx, handle, found, _days(days), None)
     summary = context["summary"]
     return Response({"days": summary.days, "unit": summary.unit, "figure": summary.agp_figure},
                     headers=_headers(found.frame_ancestors))  # fmt: skip
@@ -325,7 +340,7 @@ def create_app(
     origins = tuple(sorted({origin for site in smart.registry for origin in site.frame_ancestors}))
     ctx = AppContext(settings=settings, store=store, smart=smart, http=http, backend=backend,
                      view=PatientOutcomesView(store), secret=settings.secret(), any_site_frame_ancestors=origins,
-                     units={}, banners={})  # fmt: skip
+                     banners={})  # fmt: skip
 
     async def close_http(app: Litestar) -> None:
         await http.aclose()

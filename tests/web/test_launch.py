@@ -128,7 +128,9 @@ def test_post_without_csrf_is_refused_and_audited(stack: DemoStack) -> None:
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
     accepted = flow.app.post(flow.view_url + "display-unit", data={"unit": "mmol/L", "csrf_token": token})
     assert accepted.status_code == 303
-    assert "mmol/L" in flow.app.get(flow.view_url).text
+    chosen = flow.app.get(httpx.URL(stack.app_url).join(accepted.headers["location"])).text
+    assert "3.9–10.0 mmol/L" in chosen  # the choice is in the tab's URL, so every worker honours it
+    assert "summary?days=30&amp;unit=mmol/L" in chosen
 
 
 def test_standalone_launch_lets_the_clinician_choose_the_patient(stack: DemoStack) -> None:
