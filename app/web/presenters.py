@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+from bff.resources.fhir import in_range_70_180
 from engine.units import MMOL_L_TO_MG_DL
 
 BAND_COLOURS = {
@@ -80,8 +81,7 @@ def display_unit(document: Mapping[str, Any], preferred: str | None) -> str:
 
 
 def bands(metrics: Mapping[str, Any], unit: str) -> list[Band]:
-    below, above = _num(metrics.get("time_below_70_pct")), _num(metrics.get("time_above_180_pct"))
-    in_range = None if below is None or above is None else 100.0 - below - above
+    in_range = in_range_70_180(metrics)
     mm = unit == "mmol/L"
     rows = [
         ("very_high", "Very high", ">13.9" if mm else ">250", _num(metrics.get("time_above_250_pct")), "<5 %"),

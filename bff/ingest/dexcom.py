@@ -15,13 +15,22 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import IO, Any
 
 import ijson  # type: ignore[import-untyped]
 
-from bff.ingest.records import Feed, FeedFormatError, FeedItem, FeedProblem, FeedReading, ParseOptions, PatientRef
+from bff.ingest.records import (
+    Feed,
+    FeedFormatError,
+    FeedItem,
+    FeedProblem,
+    FeedReading,
+    ParseOptions,
+    PatientRef,
+    replay_then_read,
+)
 from engine import GlucoseUnit, SensorFlag
 
 #: Dexcom's transmitterGeneration → our device keys (engine.devices); anything else is an unknown device.
@@ -178,7 +187,7 @@ class DexcomParser:
             del records[:]
 
         try:
-            for chunk in _chain(buffered, stream):
+            for chunk in replay_then_read(buffered, stream, CHUNK):
                 coro.send(chunk)
                 yield from drain()
             coro.close()
@@ -201,13 +210,6 @@ class DexcomParser:
             yield FeedProblem("record 1", f"invalid JSON: {exc}", payload, context)
             return
         yield _reading(record, 1, _patient(top.get("userId")), _context(top), self.keep_payload)
-
-
-def _chain(buffered: list[bytes], stream: IO[bytes]) -> Iterable[bytes]:
-    yield from buffered
-    buffered.clear()
-    while chunk := stream.read(CHUNK):
-        yield chunk
 
 
 def _prelude(stream: IO[bytes]) -> tuple[list[bytes], dict[str, Any]]:

@@ -34,6 +34,7 @@ from bff.ingest.records import (
     FeedReading,
     ParseOptions,
     PatientRef,
+    replay_then_read,
 )
 from engine import DEVICES, GlucoseUnit, SensorFlag
 
@@ -528,7 +529,7 @@ class FhirParser:
             del entries[:]
 
         try:
-            for chunk in _chain(buffered, stream):
+            for chunk in replay_then_read(buffered, stream, CHUNK):
                 coro.send(chunk)
                 yield from drain()
             coro.close()
@@ -606,13 +607,6 @@ def _lines(head: bytes, stream: IO[bytes]) -> Iterator[bytes]:
             yield line
     if pending:
         yield pending
-
-
-def _chain(buffered: list[bytes], stream: IO[bytes]) -> Iterator[bytes]:
-    yield from buffered
-    buffered.clear()
-    while chunk := stream.read(CHUNK):
-        yield chunk
 
 
 def _bundle_prelude(held: list[bytes], stream: IO[bytes]) -> list[bytes]:

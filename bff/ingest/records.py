@@ -158,3 +158,11 @@ def reading_from_json(text: str) -> FeedReading:
         payload=data.get("raw", ""),
         extra=data.get("extra", {}),
     )
+
+
+def replay_then_read(buffered: list[bytes], stream: IO[bytes], size: int) -> Iterator[bytes]:
+    """The bytes a parser already looked at (then forgotten), followed by the rest of the stream in chunks."""
+    yield from buffered
+    buffered.clear()
+    while chunk := stream.read(size):
+        yield chunk

@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bff.resources.record import OutcomeRecord
+from engine.units import MMOL_L_TO_MG_DL
 
 __all__ = [
     "INSUFFICIENT_HEADLINE",
@@ -31,7 +32,6 @@ __all__ = [
 ]
 
 #: mg/dL per mmol/L (docs/outcomes-method.md §8); the document's `units.mmol_l_to_mg_dl` wins when present.
-MMOL_L_TO_MG_DL = 18.0156
 UNITS = ("mg/dL", "mmol/L")
 WIDTH = 80
 TITLE = "CGM summary (glucobridge)"

@@ -57,6 +57,7 @@ from zoneinfo import ZoneInfo
 
 from bff.ingest.hl7v2 import Hl7Encoding
 from bff.resources.record import OutcomeRecord
+from engine.units import MMOL_L_TO_MG_DL
 
 #: OBX-3/OBR-4 coding system of glucobridge's own codes (the FHIR side uses `record.CODESYSTEM` for the same codes).
 GLUCOBRIDGE_SYSTEM = "GLUCOBRIDGE"
@@ -112,7 +113,6 @@ METRICS: tuple[MetricCode, ...] = (
     MetricCode("hypo_events_l2", "hypo-events-l2", "Level 2 hypoglycemia events", GLUCOBRIDGE_SYSTEM, EVENTS, 0),
 )
 MEAN_MMOL_L = MetricCode("mean_mg_dl", "105273-7", "Mean glucose", LOINC, MMOL_L, 2)
-MMOL_L_TO_MG_DL = 18.0156  # the engine's factor (document["units"]["mmol_l_to_mg_dl"] when present)
 
 
 @dataclass(frozen=True, slots=True)
