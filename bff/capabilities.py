@@ -18,6 +18,7 @@ checked: unknown keys, wrong types and wrong values are errors naming the file, 
     note_type = ""                       # the site's note type id ("" none)
     encounter_policy = "launch"          # launch | open_visit_lookup | hl7_creates | none
     pdf_path = "none"                    # cerner_docref | hl7_ed | hl7_mdm | none
+    flowsheet_system = "urn:oid:…"       # the code system of the site's flowsheet row ids (Epic: an OID per site)
     [write.flowsheet_rows]               # metric -> flowsheet row id
     tir = "3040100123"
 
@@ -44,6 +45,11 @@ checked: unknown keys, wrong types and wrong values are errors naming the file, 
 
     [token]
     expected_lifetime_s = 3600           # default: [smart] expected_token_lifetime_s, else Epic 3600, Oracle 570
+
+    [corrections]                        # a new outcome version after sign-off (a backfill)
+    resign_pp = 5.0                      # a band (TIR, TAR, TBR) moving this many percentage points needs a new
+    resign_tbr_pp = 1.0                  #   sign-off; below range is stricter; so is the mean glucose
+    resign_mean_mg_dl = 10.0             #   (smaller changes are sent as corrections under the first sign-off)
 
     [launch]
     encounter_expected = true
@@ -143,6 +149,11 @@ class WriteCaps:
     encounter_policy: str = "launch"
     pdf_path: str = "none"
     flowsheet_rows: Mapping[str, str] = field(default_factory=dict)
+    flowsheet_system: str = ""
+
+    @property
+    def writes(self) -> bool:
+        return self.mode is not WriteMode.READ_ONLY
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +171,13 @@ class RateLimitCaps:
     rps: float = 5.0
     burst: int = 10
     refresh_min_interval_s: int = 60
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectionCaps:
+    resign_pp: float = 5.0
+    resign_tbr_pp: float = 1.0
+    resign_mean_mg_dl: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +205,7 @@ class SiteCapabilities:
     expected_token_lifetime_s: int
     launch: LaunchCaps
     filter: FilterCaps
+    corrections: CorrectionCaps = CorrectionCaps()
     iss: str = ""  # the [smart] iss, when the file has one
 
     def allows_iss(self, iss: str) -> bool:
@@ -275,7 +294,7 @@ class _Table:
             raise CapabilityError(f"{self.where}: [{self.name}] unknown keys: {', '.join(sorted(unknown))}")
 
 
-_TABLES = ("fhir", "write", "hl7v2", "bulk", "rate_limit", "token", "launch", "filter")
+_TABLES = ("fhir", "write", "hl7v2", "bulk", "rate_limit", "token", "launch", "filter", "corrections")
 _TOP = frozenset({"version", "vendor", "smart", *_TABLES})
 
 
@@ -320,6 +339,7 @@ def parse_capabilities(key: str, data: Mapping[str, Any], *, source: str = "") -
         encounter_policy=t.choice("encounter_policy", "launch", ENCOUNTER_POLICIES),
         pdf_path=t.choice("pdf_path", "none", PDF_PATHS),
         flowsheet_rows=t.strings("flowsheet_rows", _METRIC),
+        flowsheet_system=t.text("flowsheet_system", ""),
     )
     t.done()
 
@@ -372,10 +392,18 @@ def parse_capabilities(key: str, data: Mapping[str, Any], *, source: str = "") -
     filt = FilterCaps(departments=t.words("departments"), patients=t.words("patients"))
     t.done()
 
+    t = _Table(where, "corrections", data.get("corrections"))
+    corrections = CorrectionCaps(
+        resign_pp=t.number("resign_pp", 5.0),
+        resign_tbr_pp=t.number("resign_tbr_pp", 1.0),
+        resign_mean_mg_dl=t.number("resign_mean_mg_dl", 10.0),
+    )
+    t.done()
+
     _check_consistency(where, write, hl7v2, vendor)
     return SiteCapabilities(
         key=key, version=version, vendor=vendor, fhir=fhir, write=write, hl7v2=hl7v2, bulk=bulk, rate_limit=rate,
-        expected_token_lifetime_s=lifetime, launch=launch, filter=filt, iss=iss,
+        expected_token_lifetime_s=lifetime, launch=launch, filter=filt, corrections=corrections, iss=iss,
     )  # fmt: skip
 
 
@@ -462,7 +490,7 @@ def as_dict(caps: SiteCapabilities) -> dict[str, Any]:
                  "cgm_ig_receiver": caps.fhir.cgm_ig_receiver},
         "write": {"mode": w.mode.value, "channel": w.channel.value, "observation_category": w.observation_category,
                   "note_type": w.note_type, "encounter_policy": w.encounter_policy, "pdf_path": w.pdf_path,
-                  "flowsheet_rows": dict(w.flowsheet_rows)},
+                  "flowsheet_rows": dict(w.flowsheet_rows), "flowsheet_system": w.flowsheet_system},
         "hl7v2": {"host": caps.hl7v2.host, "port": caps.hl7v2.port, "version": caps.hl7v2.version,
                   "sending_facility": caps.hl7v2.sending_facility,
                   "receiving_application": caps.hl7v2.receiving_application,
@@ -474,6 +502,8 @@ def as_dict(caps: SiteCapabilities) -> dict[str, Any]:
         "token": {"expected_lifetime_s": caps.expected_token_lifetime_s},
         "launch": {"encounter_expected": caps.launch.encounter_expected, "quirks": list(caps.launch.quirks)},
         "filter": {"departments": list(caps.filter.departments), "patients": list(caps.filter.patients)},
+        "corrections": {"resign_pp": caps.corrections.resign_pp, "resign_tbr_pp": caps.corrections.resign_tbr_pp,
+                        "resign_mean_mg_dl": caps.corrections.resign_mean_mg_dl},
     }  # fmt: skip
 
 

@@ -282,7 +282,10 @@ class WriteIntent(Base):
 
     `idempotency_key` is site|patient|kind|metric-set|window|version: enqueueing the same write again returns the
     existing intent. `state`: queued → sending → confirmed | failed | unknown (reconcile by reading back) |
-    queued again (retry at `next_attempt_at`); queued ↔ deferred while the site is read-only.
+    queued again (retry at `next_attempt_at`); queued ↔ deferred while the site is read-only; awaiting_signoff
+    (a correction that needs a new sign-off) and cancelled (by a person, audited). `payload` is exactly the
+    request the clinician reviewed and signed (`signoff_id`); `lease_expires_at` bounds a claim: a worker that
+    died mid-send leaves an expired lease, and the intent becomes unknown (read back before any resend).
     """
 
     __tablename__ = "write_intents"
@@ -305,6 +308,32 @@ class WriteIntent(Base):
     updated_at: Mapped[datetime] = mapped_column(Timestamp)
     confirmed_at: Mapped[datetime | None] = mapped_column(Timestamp)
     remote_id: Mapped[str | None] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(8), default="fhir", server_default="fhir")  # fhir | hl7v2
+    signoff_id: Mapped[int | None] = mapped_column(ForeignKey("signoffs.id"), index=True)
+    corrects_id: Mapped[int | None] = mapped_column(ForeignKey("write_intents.id"))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class SignOff(Base):
+    """A clinician's signature on exactly what will be written (who, when, what). Immutable once stored.
+
+    `plan` is the reviewed write plan (every request body or message, as sent) and `plan_digest` its SHA-256 over
+    canonical JSON; the database refuses UPDATE and DELETE on this table (triggers in the migration).
+    """
+
+    __tablename__ = "signoffs"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    site_key: Mapped[str] = mapped_column(String(64), index=True)
+    patient_public_id: Mapped[str] = mapped_column(String(128), index=True)
+    outcome_window_id: Mapped[int] = mapped_column(ForeignKey("outcome_windows.id"), index=True)
+    outcome_version: Mapped[int] = mapped_column(Integer)
+    signer: Mapped[str] = mapped_column(String(300))  # the launch's fhirUser (e.g. Practitioner/123)
+    signed_at: Mapped[datetime] = mapped_column(Timestamp)
+    launch_ref: Mapped[str | None] = mapped_column(String(64))  # a digest of the launch handle, never the handle
+    write_mode: Mapped[str] = mapped_column(String(16))  # the site's effective mode when signed
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)
+    plan_digest: Mapped[str] = mapped_column(String(64))
+    corrects_signoff_id: Mapped[int | None] = mapped_column(ForeignKey("signoffs.id"))
 
 
 class WriteAttempt(Base):

@@ -1,0 +1,473 @@
+"""What will be written, and how: a site's capability matrix applied to one outcome version (pure; no I/O).
+
+`plan_writes(caps, record, context)` renders the exact requests (FHIR resources, an HL7 v2 message) that one
+outcome window becomes at one site; the clinician reviews and signs exactly that list, and the outbox sends each
+item as one write intent. Each item says how to find it again at the EHR (`readback`), for a write whose outcome
+is unknown.
+
+Vendor rules (ehr-realities.md §1.6–1.7, §2, §3, §5.2):
+
+- **Epic**: Observations only as flowsheet rows (category vital-signs, the site's row ids under its flowsheet
+  system, an open encounter, `effectiveDateTime`), one create per row, no conditional create, no transactions;
+  notes as text/plain DocumentReference. Read back by patient, row and instant.
+- **Oracle Health**: single Observations with exactly one category (the site's), `effectiveDateTime` only;
+  identifiers are dropped on create, so read back by patient, code and instant; the PDF as a DocumentReference.
+- **generic SMART (R4/R5)**: one transaction Bundle with conditional creates on our business identifiers and a
+  Provenance (a resend creates nothing new); read back by identifier.
+- **CGM IG receiver**: `$submit-cgm-bundle` with the IG's data-submission Bundle; read back by identifier.
+- **HL7 v2** (channel hl7v2, or a PDF the site takes as ORU ED): one ORU^R01 over MLLP.
+
+Which items: `read_only` none; `flowsheet_only` the mapped flowsheet rows; `notes_only` the note;
+`observations` the results; `full` the results, the note (when the site names a note type, or is not Epic) and
+the PDF (when `pdf_path` says how). When FHIR and HL7 v2 could both carry an item, FHIR wins.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from bff.capabilities import FhirVersion, SiteCapabilities, Vendor, WriteChannel, WriteMode
+from bff.resources import fhir
+from bff.resources.note import outcome_note
+from bff.resources.oru import build_oru
+from bff.resources.record import IDENTIFIER_SYSTEM, OutcomeRecord
+from engine import isoformat_local
+
+LOINC = "http://loinc.org"
+OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+KINDS = ("flowsheet", "observations", "note", "pdf", "bundle", "hl7v2")
+
+
+class PlanError(ValueError):
+    """The outcome cannot be written at this site as it stands; the message says what a person can do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """A metric a site can map to a flowsheet row or receive as a single Observation."""
+
+    key: str
+    loinc: str
+    display: str
+    unit: str
+    ucum: str
+    value: Callable[[Mapping[str, Any]], float | None]
+
+
+def _field(name: str) -> Callable[[Mapping[str, Any]], float | None]:
+    def get(metrics: Mapping[str, Any]) -> float | None:
+        value = metrics.get(name)
+        return None if value is None else float(value)
+
+    return get
+
+
+#: The metrics a flowsheet row or a single Observation can carry (keys of `[write.flowsheet_rows]`).
+METRICS: dict[str, Metric] = {
+    m.key: m
+    for m in (
+        Metric("tir", "97510-2", "Time in range 70-180 mg/dL", "%", "%", fhir.in_range_70_180),
+        Metric("tbr_l1", "104641-6", "Time below range 54-69 mg/dL", "%", "%", _field("time_54_69_pct")),
+        Metric("tbr_l2", "104642-4", "Time below range <54 mg/dL", "%", "%", _field("time_below_54_pct")),
+        Metric("tar_l1", "104640-8", "Time above range 181-250 mg/dL", "%", "%", _field("time_181_250_pct")),
+        Metric("tar_l2", "104639-0", "Time above range >250 mg/dL", "%", "%", _field("time_above_250_pct")),
+        Metric("mean_glucose", "97507-8", "Mean glucose", "mg/dL", "mg/dL", _field("mean_mg_dl")),
+        Metric("gmi", "97506-0", "Glucose management indicator", "%", "%", _field("gmi_pct")),
+        Metric("cv", "104638-2", "Coefficient of variation of glucose", "%", "%", _field("cv_pct")),
+        Metric("days_of_wear", "104636-6", "Days of CGM wear", "d", "d", _field("days_of_wear")),
+        Metric("sensor_active", "104637-4", "Percentage of time CGM active", "%", "%", _field("sensor_active_pct")),
+    )
+}
+#: What a CGM IG data receiver accepts in a submission (POST only).
+SUBMISSION_TYPES = frozenset({"Observation", "DiagnosticReport", "Device", "DocumentReference", "Provenance"})
+#: The single Observations an Oracle-style site receives (one create each).
+SINGLE_OBSERVATIONS = ("tir", "tbr_l1", "tbr_l2", "tar_l1", "tar_l2", "mean_glucose", "gmi", "cv")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteContext:
+    """What the launch knows and the record does not: the encounter to file to, the display unit of the note."""
+
+    encounter: str | None = None  # "Encounter/123"
+    note_unit: str = "mg/dL"
+    pdf: bytes | None = None  # the AGP report, when the site takes one
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedWrite:
+    """One request to one EHR: exactly what the clinician reviews and what the outbox sends."""
+
+    kind: str  # flowsheet | observations | note | pdf | bundle | hl7v2
+    channel: str  # fhir | hl7v2
+    method: str  # POST (FHIR) or SEND (MLLP)
+    path: str  # relative to the FHIR base: "Observation", "" (a transaction), "$submit-cgm-bundle"
+    metrics: tuple[str, ...]
+    summary: str  # one line for the review, e.g. "Flowsheet row 3040101010 (Time in range 70-180 mg/dL): 72.4 %"
+    body: dict[str, Any] | None = None
+    message: str | None = None  # the HL7 v2 message
+    headers: Mapping[str, str] = field(default_factory=dict)
+    readback: Mapping[str, Any] = field(default_factory=dict)  # {"type": ..., "params": {...}} or {}
+    category: str = ""  # the Observation category, when the item is an Observation
+
+    @property
+    def resource_type(self) -> str:
+        return str(self.body.get("resourceType", "")) if self.body else ""
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["metrics"] = list(self.metrics)
+        data["headers"] = dict(self.headers)
+        data["readback"] = dict(self.readback)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PlannedWrite:
+        return cls(
+            kind=str(data["kind"]), channel=str(data["channel"]), method=str(data["method"]), path=str(data["path"]),
+            metrics=tuple(data.get("metrics", ())), summary=str(data.get("summary", "")), body=data.get("body"),
+            message=data.get("message"), headers=dict(data.get("headers", {})), readback=dict(data.get("readback", {})),
+            category=str(data.get("category", "")),
+        )  # fmt: skip
+
+
+def canonical(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def plan_digest(writes: list[PlannedWrite], content: Mapping[str, Any]) -> str:
+    """SHA-256 of what a clinician signs: the clinical content and every request, in order."""
+    return hashlib.sha256(canonical({"content": content, "writes": [w.as_json() for w in writes]})).hexdigest()
+
+
+def signed_content(record: OutcomeRecord) -> dict[str, Any]:
+    """The clinical content of a sign-off (what a deferred write will carry whatever the site's format then)."""
+    m = record.metrics
+    values = {key: metric.value(m) for key, metric in METRICS.items()}
+    return {
+        "patient": record.patient_id,
+        "window": [record.window_start_ms, record.window_end_ms],
+        "tz": record.tz,
+        "outcome_version": record.version,
+        "input_digest": record.input_digest,
+        "policy_hash": record.policy_hash,
+        "engine_version": record.engine_version,
+        "sufficient": record.sufficient,
+        "values": {k: (None if v is None else round(v, 4)) for k, v in values.items()},
+    }
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+
+def _instant(record: OutcomeRecord) -> str:
+    """The Observation instant, in UTC to the second (what read-back searches for): the end of the window, or
+    for a correction the moment the corrected version was computed (a flowsheet keeps one value per row and
+    instant, and Epic cannot update it: the corrected value is filed beside the first, marked as a correction)."""
+    if record.is_correction:
+        moment = record.recorded.replace(microsecond=0)
+    else:
+        moment = datetime.fromtimestamp(record.window_end_ms / 1000, UTC).replace(microsecond=0)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _patient(record: OutcomeRecord) -> str:
+    if not record.patient_reference:
+        raise PlanError(
+            f"patient {record.patient_id} has no FHIR identity at site {record.site}: "
+            "launch the app from the patient's chart at this site once, or ingest a feed that names the patient"
+        )
+    return record.patient_reference
+
+
+def _encounter(caps: SiteCapabilities, context: WriteContext) -> str | None:
+    needed = caps.write.encounter_policy == "launch" and caps.vendor is Vendor.EPIC
+    if needed and not context.encounter:
+        raise PlanError(
+            f"site {caps.key} files results only to an open encounter: launch the app from an open encounter "
+            "(this launch has none), or ask the site to change its encounter policy"
+        )
+    return context.encounter
+
+
+def _format(value: float, unit: str) -> str:
+    return f"{value:.1f} {unit}" if unit != "mg/dL" else f"{value:.0f} mg/dL"
+
+
+def _fhir_version(caps: SiteCapabilities) -> Literal["R4", "R5"]:
+    return "R5" if caps.fhir.version is FhirVersion.R5 else "R4"
+
+
+def _category(code: str) -> list[dict[str, Any]]:
+    return [{"coding": [{"system": OBS_CATEGORY, "code": code}]}]
+
+
+def _value(record: OutcomeRecord, metric: Metric) -> float:
+    value = metric.value(record.metrics)
+    if value is None:
+        raise PlanError(f"{metric.display} has no value in this window (too few readings): it cannot be filed")
+    return round(value, 2)
+
+
+# --- Epic: flowsheet rows --------------------------------------------------------------------------------------
+
+
+def _flowsheet(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> list[PlannedWrite]:
+    if not caps.write.flowsheet_rows:
+        raise PlanError(f"site {caps.key} has no flowsheet rows mapped ([write.flowsheet_rows])")
+    system = caps.write.flowsheet_system
+    if not system:
+        raise PlanError(f"site {caps.key} does not name its flowsheet row system ([write] flowsheet_system)")
+    patient = _patient(record)
+    encounter = _encounter(caps, context)
+    instant = _instant(record)
+    out: list[PlannedWrite] = []
+    for key, row in sorted(caps.write.flowsheet_rows.items()):
+        metric = METRICS.get(key)
+        if metric is None:
+            raise PlanError(f"site {caps.key} maps {key!r} to a flowsheet row, but glucobridge has no such metric")
+        value = _value(record, metric)
+        body: dict[str, Any] = {
+            "resourceType": "Observation",
+            "status": "final",
+            "category": _category("vital-signs"),
+            "code": {
+                "coding": [
+                    {"system": system, "code": row, "display": metric.display},
+                    {"system": LOINC, "code": metric.loinc, "display": metric.display},
+                ],
+                "text": metric.display,
+            },
+            "subject": {"reference": patient},
+            "effectiveDateTime": instant,
+            "valueQuantity": {"value": value, "unit": metric.unit, "system": fhir.UCUM, "code": metric.ucum},
+        }
+        if encounter:
+            body["encounter"] = {"reference": encounter}
+        if record.is_correction:
+            body["note"] = [{"text": f"Corrected: outcome version {record.version} replaces an earlier version"}]
+        out.append(
+            PlannedWrite(
+                kind="flowsheet", channel="fhir", method="POST", path="Observation", metrics=(key,),
+                summary=f"Flowsheet row {row} ({metric.display}): {_format(value, metric.unit)}", body=body,
+                readback={"type": "Observation",
+                          "params": {"patient": patient, "code": f"{system}|{row}", "date": f"eq{instant}"}},
+                category="vital-signs",
+            )
+        )  # fmt: skip
+    return out
+
+
+# --- Oracle: single Observations ------------------------------------------------------------------------------
+
+
+def _single_observations(caps: SiteCapabilities, record: OutcomeRecord) -> list[PlannedWrite]:
+    patient = _patient(record)
+    instant = _instant(record)
+    category = caps.write.observation_category
+    out: list[PlannedWrite] = []
+    for key in SINGLE_OBSERVATIONS:
+        metric = METRICS[key]
+        value = metric.value(record.metrics)
+        if value is None:
+            continue
+        value = round(value, 2)
+        body = {
+            "resourceType": "Observation",
+            "identifier": [{"system": IDENTIFIER_SYSTEM, "value": record.identifier_value(key)}],
+            "status": "corrected" if record.is_correction else "final",
+            "category": _category(category),
+            "code": {"coding": [{"system": LOINC, "code": metric.loinc, "display": metric.display}],
+                     "text": metric.display},
+            "subject": {"reference": patient},
+            "effectiveDateTime": instant,
+            "valueQuantity": {"value": value, "unit": metric.unit, "system": fhir.UCUM, "code": metric.ucum},
+        }  # fmt: skip
+        out.append(
+            PlannedWrite(
+                kind="observations", channel="fhir", method="POST", path="Observation", metrics=(key,),
+                summary=f"Observation {metric.display} (LOINC {metric.loinc}, {category}): "
+                f"{_format(value, metric.unit)}",
+                body=body,
+                readback={"type": "Observation",
+                          "params": {"patient": patient, "code": f"{LOINC}|{metric.loinc}", "date": f"eq{instant}"}},
+                category=category,
+            )
+        )  # fmt: skip
+    if not out:
+        raise PlanError("no metric of this window has a value: there is nothing to file")
+    return out
+
+
+# --- generic SMART and CGM IG receivers: one Bundle ------------------------------------------------------------
+
+
+def _bundle(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> PlannedWrite:
+    _patient(record)
+    version = _fhir_version(caps)
+    receiver = caps.vendor is Vendor.CGM_IG_RECEIVER
+    pdf = context.pdf if caps.write.mode is WriteMode.FULL else None
+    bundle = fhir.outcome_bundle(record, version=version, pdf=pdf, ig_submission=receiver, include_raw=not receiver)
+    if receiver:
+        # A data receiver takes POSTs of the IG's types only: no Organization, no Binary; the Provenance is a
+        # plain create (it has no business identifier to make it conditional).
+        entries = []
+        for entry in bundle["entry"]:
+            resource = entry["resource"]
+            if resource["resourceType"] not in SUBMISSION_TYPES:
+                continue
+            if entry["request"]["method"] == "PUT":
+                resource.pop("id", None)
+                entry["request"] = {"method": "POST", "url": resource["resourceType"]}
+            for agent in resource.get("agent", []):
+                agent.pop("onBehalfOf", None)
+            entries.append(entry)
+        bundle["entry"] = entries
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] == "Observation":
+            resource["category"] = _category(caps.write.observation_category)
+    summary_id = record.identifier_value("summary")
+    tir = fhir.in_range_70_180(record.metrics)
+    readback = {"type": "Observation", "params": {"identifier": f"{IDENTIFIER_SYSTEM}|{summary_id}"}}
+    text = f"{len(bundle['entry'])} resources: CGM summary panel, {len(fhir.members(record))} results"
+    text += f" (time in range {tir:.1f} %)" if tir is not None else ""
+    text += ", device, raw readings and Provenance"
+    if receiver:
+        return PlannedWrite(
+            kind="bundle", channel="fhir", method="POST", path="$submit-cgm-bundle", metrics=("summary",),
+            summary=f"CGM data submission ($submit-cgm-bundle): {text}", body=fhir.submit_parameters(bundle),
+            readback=readback, category=caps.write.observation_category,
+        )  # fmt: skip
+    return PlannedWrite(
+        kind="bundle", channel="fhir", method="POST", path="", metrics=("summary",),
+        summary=f"Transaction of {text}", body=bundle, readback=readback,
+        category=caps.write.observation_category,
+    )  # fmt: skip
+
+
+# --- documents ------------------------------------------------------------------------------------------------
+
+
+def _note(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> PlannedWrite:
+    patient = _patient(record)
+    text = outcome_note(record, unit=context.note_unit)
+    body = fhir.document_reference(record, text.encode(), "text/plain", version=_fhir_version(caps))
+    body["subject"] = {"reference": patient}
+    body["docStatus"] = "final"
+    if caps.write.note_type:
+        body["type"] = {"coding": [{"system": "urn:glucobridge:site-note-type", "code": caps.write.note_type}],
+                        "text": "CGM summary note"}  # fmt: skip
+    encounter = _encounter(caps, context)
+    if encounter:
+        body.setdefault("context", {})["encounter"] = [{"reference": encounter}]
+    first_line = text.splitlines()[0] if text else ""
+    return PlannedWrite(
+        kind="note", channel="fhir", method="POST", path="DocumentReference", metrics=("note",),
+        summary=f"Note (text/plain, {len(text.splitlines())} lines): {first_line}", body=body,
+        readback={"type": "DocumentReference",
+                  "params": {"identifier": f"{IDENTIFIER_SYSTEM}|{record.identifier_value('note_document')}"}},
+    )  # fmt: skip
+
+
+def _pdf(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> PlannedWrite:
+    patient = _patient(record)
+    if context.pdf is None:
+        raise PlanError("the AGP report PDF was not rendered for this plan")
+    body = fhir.document_reference(record, context.pdf, "application/pdf", version=_fhir_version(caps))
+    body["subject"] = {"reference": patient}
+    body["docStatus"] = "final"
+    end = isoformat_local(record.tz, record.window_end_ms)
+    body.setdefault("context", {}).setdefault("period", {})["end"] = end
+    return PlannedWrite(
+        kind="pdf", channel="fhir", method="POST", path="DocumentReference", metrics=("pdf",),
+        summary=f"AGP report (PDF, {len(context.pdf):,} bytes) as a clinical document", body=body,
+        readback={"type": "DocumentReference",
+                  "params": {"identifier": f"{IDENTIFIER_SYSTEM}|{record.identifier_value('pdf_document')}"}},
+    )  # fmt: skip
+
+
+def _oru(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext, *, with_pdf: bool) -> PlannedWrite:
+    h = caps.hl7v2
+    try:
+        oru = build_oru(
+            record, version=h.version, row_ids=dict(caps.write.flowsheet_rows) or None,
+            pdf=context.pdf if with_pdf else None, sending=("GLUCOBRIDGE", h.sending_facility or "GLUCOBRIDGE"),
+            receiving=(h.receiving_application, h.receiving_facility),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise PlanError(f"the ORU^R01 cannot be built: {exc}") from None
+    what = "results and the AGP report (ED)" if with_pdf else "results"
+    return PlannedWrite(
+        kind="hl7v2", channel="hl7v2", method="SEND", path="", metrics=("summary",),
+        summary=f"HL7 v2 ORU^R01 {oru.control_id} ({what}) to {h.host}:{h.port}", message=oru.text,
+    )  # fmt: skip
+
+
+# --- the plan -------------------------------------------------------------------------------------------------
+
+
+def _results(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> list[PlannedWrite]:
+    if caps.vendor is Vendor.EPIC:
+        return _flowsheet(caps, record, context)
+    if caps.vendor is Vendor.ORACLE:
+        return _single_observations(caps, record)
+    return [_bundle(caps, record, context)]
+
+
+def plan_writes(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> list[PlannedWrite]:
+    """Every request this outcome becomes at this site under its current capabilities ([] when read-only)."""
+    mode = caps.write.mode
+    if mode is WriteMode.READ_ONLY:
+        return []
+    if not record.metrics.get("readings_used"):
+        raise PlanError("no readings were used in this window: there is nothing to file")
+    if caps.write.channel is WriteChannel.HL7V2:
+        if mode is WriteMode.NOTES_ONLY:
+            raise PlanError(f"site {caps.key} takes notes only, and notes over HL7 v2 (MDM) are not built yet")
+        return [_oru(caps, record, context, with_pdf=mode is WriteMode.FULL and caps.write.pdf_path == "hl7_ed")]
+    if mode is WriteMode.FLOWSHEET_ONLY:
+        return _flowsheet(caps, record, context)
+    if mode is WriteMode.NOTES_ONLY:
+        return [_note(caps, record, context)]
+    out = _results(caps, record, context)
+    if mode is WriteMode.FULL:
+        if caps.vendor is not Vendor.EPIC or caps.write.note_type:
+            out.append(_note(caps, record, context))
+        if caps.write.pdf_path == "cerner_docref" and context.pdf is not None:
+            out.append(_pdf(caps, record, context))
+        elif caps.write.pdf_path in ("hl7_ed", "hl7_mdm") and caps.hl7v2.host and context.pdf is not None:
+            out.append(_oru(caps, record, context, with_pdf=True))  # FHIR cannot carry it here: HL7 v2 can
+    return out
+
+
+def pdf_wanted(caps: SiteCapabilities) -> bool:
+    """Whether a plan at this site includes the AGP report (render it only then: it takes a moment)."""
+    return caps.write.mode is WriteMode.FULL and caps.write.pdf_path != "none"
+
+
+def note_bytes(write: PlannedWrite) -> bytes | None:
+    """The note's text, decoded from its attachment (for the review page)."""
+    if write.body is None or write.kind != "note":
+        return None
+    data = write.body["content"][0]["attachment"].get("data")
+    return base64.b64decode(data) if isinstance(data, str) else None
+
+
+__all__ = [
+    "KINDS",
+    "METRICS",
+    "PlanError",
+    "PlannedWrite",
+    "WriteContext",
+    "canonical",
+    "note_bytes",
+    "plan_digest",
+    "plan_writes",
+    "signed_content",
+]

@@ -1,0 +1,104 @@
+"""The write path end to end against the sandbox personalities: review, sign, send, confirm; each write once."""
+
+from __future__ import annotations
+
+import pytest
+
+from bff.broker.plan import PlanError
+from bff.store.models import SignOff
+from bff.writeback import StaleReviewError
+from tests.broker.conftest import Rig, ingest_site
+
+SIGNER = "Practitioner/dr-1"
+
+
+def sign(rig: Rig, site: str, person: str = "p1", **kwargs: object) -> int:
+    public = ingest_site(rig.store, rig.ehr, site, (person,))[person]
+    encounter = rig.ehr.encounter(site, person)
+    review = rig.writeback.review(site, public, encounter=encounter)
+    assert review.refusal is None, review.refusal
+    view = rig.writeback.sign(site, public, digest=review.digest, signer=SIGNER, encounter=encounter)
+    return view.id
+
+
+def test_epic_like_files_each_mapped_flowsheet_row_once(rig: Rig) -> None:
+    signoff = sign(rig, "epic-like")
+    view = rig.writeback.status(signoff)
+    assert [i.kind for i in view.intents] == ["flowsheet"] * 8
+    assert view.state == "queued"
+    assert view.queue_position == 1
+    rig.drain("epic-like")
+    view = rig.writeback.status(signoff)
+    assert view.state == "confirmed", view
+    assert view.final
+    created = rig.ehr.created("epic-like", "Observation")
+    assert len(created) == 8
+    rows = sorted(c["code"]["coding"][0]["code"] for c in created)
+    assert rows == sorted(rig.caps("epic-like").write.flowsheet_rows.values())
+    assert all(c["category"][0]["coding"][0]["code"] == "vital-signs" for c in created)
+    assert all(c["encounter"]["reference"].startswith("Encounter/") for c in created)
+
+
+def test_epic_like_replay_is_59189_and_counts_as_confirmed(rig: Rig) -> None:
+    signoff = sign(rig, "epic-like")
+    rig.drain("epic-like")
+    # The same rows again (as if a first send's answer had been lost): the EHR refuses with 59189.
+    from bff.broker.plan import PlannedWrite  # noqa: PLC0415
+
+    intent = rig.writeback.status(signoff).intents[0]
+    from bff.store.models import WriteIntent  # noqa: PLC0415
+
+    with rig.store.transaction() as session:
+        payload = session.get(WriteIntent, intent.id).payload  # type: ignore[union-attr]
+    result = rig.run(rig.broker.send(rig.caps("epic-like"), PlannedWrite.from_json(payload)))
+    assert result.status == 400
+    assert "59189" in str(result.body)
+    from bff.outbox.retry import Outcome, classify  # noqa: PLC0415
+
+    assert classify(result.status, sent=True, error=None, body=result.body) is Outcome.CONFIRMED
+    assert len(rig.ehr.created("epic-like", "Observation")) == 8
+
+
+def test_oracle_like_single_observations_note_and_pdf(rig: Rig) -> None:
+    signoff = sign(rig, "oracle-like")
+    kinds = [i.kind for i in rig.writeback.status(signoff).intents]
+    assert kinds.count("observations") == 8
+    assert kinds[-2:] == ["note", "pdf"]
+    rig.drain("oracle-like")
+    view = rig.writeback.status(signoff)
+    assert view.state == "confirmed", [(i.kind, i.state, i.last_error) for i in view.intents]
+    observations = rig.ehr.created("oracle-like", "Observation")
+    assert len(observations) == 8
+    assert all(len(o["category"]) == 1 and o["category"][0]["coding"][0]["code"] == "laboratory" for o in observations)
+    assert all("identifier" not in o for o in observations)  # Oracle drops client identifiers
+    documents = rig.ehr.created("oracle-like", "DocumentReference")
+    assert sorted(d["content"][0]["attachment"]["contentType"] for d in documents) == ["application/pdf", "text/plain"]
+
+
+def test_cgm_receiver_takes_one_submission(rig: Rig) -> None:
+    signoff = sign(rig, "cgm-receiver")
+    kinds = [i.kind for i in rig.writeback.status(signoff).intents]
+    assert kinds == ["bundle", "note"]
+    rig.drain("cgm-receiver")
+    view = rig.writeback.status(signoff)
+    assert view.state == "confirmed", [(i.kind, i.state, i.last_error) for i in view.intents]
+    assert len(rig.ehr.created("cgm-receiver", "Provenance")) == 1
+
+
+def test_a_stale_review_is_not_signed(rig: Rig) -> None:
+    public = ingest_site(rig.store, rig.ehr, "oracle-like")["p1"]
+    review = rig.writeback.review("oracle-like", public)
+    with pytest.raises(StaleReviewError):
+        rig.writeback.sign("oracle-like", public, digest="0" * 64, signer=SIGNER)
+    with rig.store.transaction() as session:
+        assert session.query(SignOff).count() == 0
+    assert review.digest
+
+
+def test_epic_without_an_encounter_is_refused_with_a_reason(rig: Rig) -> None:
+    public = ingest_site(rig.store, rig.ehr, "epic-like")["p1"]
+    review = rig.writeback.review("epic-like", public, encounter=None)
+    assert review.refusal is not None
+    assert "open encounter" in review.refusal
+    with pytest.raises(PlanError):
+        rig.writeback.sign("epic-like", public, digest=review.digest, signer=SIGNER)
