@@ -5,6 +5,7 @@
         --backend-jwks-url http://127.0.0.1:8000/.well-known/jwks.json
     python -m sandbox export-seed --site epic-like --out epic-like.ndjson   # for `glucobridge ingest --feed fhir`
     python -m sandbox mllp --port 2575 [--ack AA|AE|AR]
+    python -m sandbox faultproxy --upstream http://127.0.0.1:8081 --port 8090   # sandbox.faultproxy
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import uvicorn
 
 from sandbox.app import create_app
 from sandbox.config import DEFAULT_DAYS, DEFAULT_SEED, DEFAULT_SITES, SandboxConfig
+from sandbox.faultproxy import serve_forever
 from sandbox.mllp import serve as serve_mllp
 from sandbox.personalities import personality
 from sandbox.seed import PEOPLE, build_site, traces_for
@@ -100,6 +102,10 @@ def cmd_mllp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_faultproxy(args: argparse.Namespace) -> int:
+    return serve_forever(args.upstream, args.host, args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sandbox", description="A simulated EHR for demos and tests.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     mllp.add_argument("--port", type=int, default=2575)
     mllp.add_argument("--ack", default="AA", choices=("AA", "AE", "AR"))
     mllp.set_defaults(func=cmd_mllp)
+
+    proxy = sub.add_parser("faultproxy", help="run a fault-injecting proxy in front of a FHIR server")
+    proxy.add_argument("--upstream", required=True, help="the server's base URL, e.g. http://127.0.0.1:8081")
+    proxy.add_argument("--host", default="127.0.0.1")
+    proxy.add_argument("--port", type=int, default=8090)
+    proxy.set_defaults(func=cmd_faultproxy)
     return parser
 
 

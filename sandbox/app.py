@@ -3,6 +3,7 @@
     /ehr/                                    the EHR shell (patient lists, charts with the app in an iframe)
     /sites/{site}/fhir                       FHIR R4 base (metadata, .well-known/smart-configuration, resources)
     /sites/{site}/auth/{authorize,token,jwks} SMART App Launch and Backend Services
+    /sandbox/sites/{site}/journal            what each site's FHIR server received (sandbox.journal)
 
 No cookies are used anywhere, and no page sends X-Frame-Options: every response carries
 `Content-Security-Policy: frame-ancestors 'self' <shell origin> <app origin> …`, so the sign-in pages work inside
@@ -23,7 +24,7 @@ from litestar.datastructures import State
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
 
-from sandbox import fhir_api, shell, smart_routes
+from sandbox import fhir_api, journal, shell, smart_routes
 from sandbox.config import SandboxConfig
 from sandbox.mllp import AckListener
 from sandbox.oauth import OAuthError
@@ -50,6 +51,7 @@ def create_app(config: SandboxConfig | None = None) -> Litestar:
     """The sandbox app; the seed is generated here (well under 2 s), before the server starts."""
     config = config or SandboxConfig.local()
     sandbox = build_sandbox(config)
+    fhir_journal = journal.Journal(tuple(sandbox.sites), config.clock)
     ancestors = " ".join(dict.fromkeys(["'self'", config.origin, config.app_origin, *config.frame_ancestors]))
     csp = f"frame-ancestors {ancestors}"
 
@@ -74,9 +76,9 @@ def create_app(config: SandboxConfig | None = None) -> Litestar:
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
 
-    return Litestar(
-        route_handlers=[*fhir_api.ROUTES, *smart_routes.ROUTES, *shell.ROUTES],
-        state=State({"sandbox": sandbox}),
+    app = Litestar(
+        route_handlers=[*fhir_api.ROUTES, *smart_routes.ROUTES, *shell.ROUTES, *journal.ROUTES],
+        state=State({"sandbox": sandbox, "journal": fhir_journal}),
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         exception_handlers={FhirError: _fhir_error, OAuthError: _oauth_error},
         after_request=security_headers,
@@ -96,6 +98,8 @@ def create_app(config: SandboxConfig | None = None) -> Litestar:
         ),
         openapi_config=None,
     )
+    journal.install(app, fhir_journal)
+    return app
 
 
 def sandbox_of_app(app: Litestar) -> Sandbox:

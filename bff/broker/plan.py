@@ -307,27 +307,52 @@ def _single_observations(caps: SiteCapabilities, record: OutcomeRecord) -> list[
 # --- generic SMART and CGM IG receivers: one Bundle ------------------------------------------------------------
 
 
+def _dangling(value: Any, kept: set[str]) -> bool:
+    if not isinstance(value, dict):
+        return False
+    reference = value.get("reference")
+    return isinstance(reference, str) and reference.startswith("urn:uuid:") and reference not in kept
+
+
+def _drop_dangling(node: Any, kept: set[str]) -> None:
+    """Remove references to entries left out of the Bundle (a dangling urn:uuid fails the whole transaction)."""
+    if isinstance(node, dict):
+        for key in [k for k, v in node.items() if _dangling(v, kept)]:
+            del node[key]
+        for value in node.values():
+            if isinstance(value, list):
+                value[:] = [v for v in value if not _dangling(v, kept)]
+            _drop_dangling(value, kept)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_dangling(value, kept)
+
+
 def _bundle(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> PlannedWrite:
     _patient(record)
     version = _fhir_version(caps)
     receiver = caps.vendor is Vendor.CGM_IG_RECEIVER
     pdf = context.pdf if caps.write.mode is WriteMode.FULL else None
     bundle = fhir.outcome_bundle(record, version=version, pdf=pdf, ig_submission=receiver, include_raw=not receiver)
-    if receiver:
-        # A data receiver takes POSTs of the IG's types only: no Organization, no Binary; the Provenance is a
-        # plain create (it has no business identifier to make it conditional).
-        entries = []
-        for entry in bundle["entry"]:
-            resource = entry["resource"]
-            if resource["resourceType"] not in SUBMISSION_TYPES:
-                continue
-            if entry["request"]["method"] == "PUT":
-                resource.pop("id", None)
-                entry["request"] = {"method": "POST", "url": resource["resourceType"]}
-            for agent in resource.get("agent", []):
-                agent.pop("onBehalfOf", None)
-            entries.append(entry)
-        bundle["entry"] = entries
+    # The Organization is left out (many EHRs take no Organization from an app; the Provenance names the engine).
+    # A data receiver takes POSTs of the IG's types only (no Binary): its Provenance is a plain create.
+    entries = []
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] == "Organization" or (
+            receiver and resource["resourceType"] not in SUBMISSION_TYPES
+        ):
+            continue
+        if receiver and entry["request"]["method"] == "PUT":
+            resource.pop("id", None)
+            entry["request"] = {"method": "POST", "url": resource["resourceType"]}
+        for agent in resource.get("agent", []):
+            agent.pop("onBehalfOf", None)
+        entries.append(entry)
+    kept = {entry["fullUrl"] for entry in entries}
+    for entry in entries:
+        _drop_dangling(entry["resource"], kept)
+    bundle["entry"] = entries
     for entry in bundle["entry"]:
         resource = entry["resource"]
         if resource["resourceType"] == "Observation":

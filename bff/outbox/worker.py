@@ -318,37 +318,53 @@ class OutboxWorker:
 
     # --- loops -------------------------------------------------------------------------------------------------
 
-    async def run(self, sites: Iterable[str] | None = None, *, stop: asyncio.Event | None = None,
-                  idle_s: float = 1.0) -> None:  # fmt: skip
-        """Pass over every site (or `sites`) until `stop` is set; sleeps `idle_s` when there was nothing to do."""
-        stop = stop or asyncio.Event()
-        chosen = list(sites) if sites is not None else None
+    async def _site_loop(self, site: str, stop: asyncio.Event, idle_s: float) -> None:
         while not stop.is_set():
-            busy = False
-            for site in chosen if chosen is not None else self.capabilities.sites():
-                try:
-                    result = await self.run_site(site)
-                except Exception:  # one site's bug must not stop the others
-                    log.exception("outbox pass failed at site %s", site)
-                    continue
-                busy = busy or bool(result.sent or result.read_back or result.expanded)
-            if not busy:
+            try:
+                result = await self.run_site(site)
+            except Exception:  # one site's bug must not stop the others
+                log.exception("outbox pass failed at site %s", site)
+                result = SiteRun(site)
+            if not (result.sent or result.read_back or result.expanded):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=idle_s)
 
+    async def run(self, sites: Iterable[str] | None = None, *, stop: asyncio.Event | None = None,
+                  idle_s: float = 1.0) -> None:  # fmt: skip
+        """Work every site (or `sites`) concurrently, each at its own pace, until `stop` is set.
+
+        Sites added to the sites directory later are picked up (every `idle_s`)."""
+        stop = stop or asyncio.Event()
+        tasks: dict[str, asyncio.Task[None]] = {}
+        try:
+            while not stop.is_set():
+                for site in list(sites) if sites is not None else self.capabilities.sites():
+                    if site not in tasks or tasks[site].done():
+                        tasks[site] = asyncio.create_task(self._site_loop(site, stop, idle_s))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=max(idle_s, 1.0))
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+
     async def drain(self, sites: Iterable[str], *, timeout_s: float = 60.0, tick_s: float = 0.05) -> dict[str, Any]:
-        """Run until no write of `sites` is queued, sending or unknown (or the timeout); returns counts by state."""
+        """Work `sites` concurrently until none has a write queued, sending or unknown (or the timeout);
+        returns the counts by state per site."""
         chosen = list(sites)
         deadline = time.monotonic() + timeout_s
-        while True:
-            for site in chosen:
+
+        def open_count(counts: dict[str, int]) -> int:
+            return counts["queued"] + counts["sending"] + counts["unknown"]
+
+        async def one(site: str) -> None:
+            while time.monotonic() < deadline:
                 await self.run_site(site)
-            open_ = {s: queue.counts_by_state(self.store, s) for s in chosen}
-            if all(c["queued"] + c["sending"] + c["unknown"] == 0 for c in open_.values()):
-                return open_
-            if time.monotonic() > deadline:
-                return open_
-            await self._sleep(tick_s)
+                if open_count(queue.counts_by_state(self.store, site)) == 0:
+                    return
+                await self._sleep(tick_s)
+
+        await asyncio.gather(*(one(site) for site in chosen))
+        return {site: queue.counts_by_state(self.store, site) for site in chosen}
 
 
 def _detail(result: SendResult) -> str:

@@ -1,8 +1,10 @@
 """SMART discovery: `{iss}/.well-known/smart-configuration`, validated and cached, and the JWKS it points to.
 
 Endpoints are always taken from this document, never built by hand: servers put their token endpoint on other
-hosts and paths, and Backend Services compare the assertion's `aud` with it as a string. A document without
-PKCE S256 is refused (Epic supports no `plain`; SMART v2 requires S256). Successful answers are cached per `iss`
+hosts and paths, and Backend Services compare the assertion's `aud` with it as a string. A server that offers the
+authorization code grant (user launches) must offer PKCE S256, else its document is refused (Epic supports no
+`plain`; SMART v2 requires S256); a server with Backend Services only (`client_credentials`) needs neither PKCE
+nor an authorization endpoint. Successful answers are cached per `iss`
 (TTL, default 1 h), concurrent first fetches of one `iss` share one request, and failures are never cached.
 """
 
@@ -74,14 +76,15 @@ class SmartConfiguration:
         if not isinstance(document, Mapping):
             raise DiscoveryError("smart-configuration is not a JSON object")
         methods = _strings(document, "code_challenge_methods_supported")
-        if "S256" not in methods:
-            raise DiscoveryError("smart-configuration does not offer PKCE S256 (code_challenge_methods_supported)")
         # RFC 8414 §2: an absent grant_types_supported means ["authorization_code", "implicit"].
         grants = _strings(document, "grant_types_supported") or ("authorization_code", "implicit")
+        user_launch = "authorization_code" in grants
+        if user_launch and "S256" not in methods:
+            raise DiscoveryError("smart-configuration does not offer PKCE S256 (code_challenge_methods_supported)")
         issuer = document.get("issuer")
         return cls(
             iss=iss,
-            authorization_endpoint=_endpoint(document, "authorization_endpoint", iss, required=True) or "",
+            authorization_endpoint=_endpoint(document, "authorization_endpoint", iss, required=user_launch) or "",
             token_endpoint=_endpoint(document, "token_endpoint", iss, required=True) or "",
             jwks_uri=_endpoint(document, "jwks_uri", iss, required=False),
             issuer=issuer if isinstance(issuer, str) and issuer else None,

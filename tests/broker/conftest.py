@@ -32,6 +32,7 @@ from bff.store.db import Store
 from bff.store.ingest import Ingestor
 from bff.writeback import WritebackService
 from sandbox import ClientRegistration, SandboxConfig, create_app
+from sandbox.faultproxy import FaultProxy
 from sandbox.runtime import Sandbox
 from tests.sandbox.support import APP_LAUNCH, NOW, REDIRECT, free_port
 
@@ -164,6 +165,35 @@ def make_rig(ehr: Ehr, store: Store, sites_dir: Path, *, config: WorkerConfig | 
 @pytest.fixture(name="rig")
 def fx_rig(ehr: Ehr, store: Store, sites_dir: Path) -> Iterator[Rig]:
     rig = make_rig(ehr, store, sites_dir)
+    try:
+        yield rig
+    finally:
+        rig.run(rig.http.aclose())
+        rig.loop.close()
+
+
+@pytest.fixture(name="proxy")
+def fx_proxy(ehr: Ehr) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of the sandbox EHR (its journal: what the EHR really received)."""
+    with FaultProxy(ehr.base) as proxy:
+        yield proxy
+
+
+FAST = WorkerConfig(unknown_recheck_s=0.0, backoff_base_s=0.05, backoff_cap_s=0.5, retry_min_s=0.0, lease_s=60.0)
+
+
+def proxied_sites(ehr: Ehr, proxy: FaultProxy, tmp_path: Path) -> Path:
+    out = tmp_path / "proxied-sites"
+    out.mkdir(exist_ok=True)
+    for path in (ROOT / "sites").glob("*.toml"):
+        (out / path.name).write_text(path.read_text().replace("http://localhost:8081", proxy.url))
+    return out
+
+
+@pytest.fixture(name="prig")
+def fx_prig(ehr: Ehr, store: Store, proxy: FaultProxy, tmp_path: Path) -> Iterator[Rig]:
+    """A rig whose FHIR writes go through the fault proxy; HTTP timeout 1.5 s (a hang becomes a timeout)."""
+    rig = make_rig(ehr, store, proxied_sites(ehr, proxy, tmp_path), config=FAST, timeout_s=1.5)
     try:
         yield rig
     finally:

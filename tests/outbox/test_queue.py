@@ -101,7 +101,16 @@ def test_state_machine_and_attempts(store: Store) -> None:
     failed = record(store, other.id, Outcome.FAILED, now=NOW, status_code=403, detail="forbidden")
     assert (failed.state, failed.last_error) == ("failed", "forbidden")
     counts = counts_by_state(store, "a")
-    assert counts == {"queued": 0, "sending": 0, "confirmed": 1, "failed": 1, "unknown": 0, "deferred": 0}
+    assert counts == {
+        "queued": 0,
+        "sending": 0,
+        "confirmed": 1,
+        "failed": 1,
+        "unknown": 0,
+        "deferred": 0,
+        "awaiting_signoff": 0,
+        "cancelled": 0,
+    }
 
 
 def test_claim_is_per_site_oldest_first_and_limited(store: Store) -> None:

@@ -114,3 +114,13 @@ def test_an_unreachable_server_is_a_discovery_error() -> None:
                 await Discovery(http).configuration(ISS)
 
     run(scenario())
+
+
+def test_a_backend_services_only_server_needs_no_pkce_nor_authorize_endpoint(ehr: FakeEhr) -> None:
+    document = {k: v for k, v in ehr.smart_configuration().items()
+                if k not in ("code_challenge_methods_supported", "authorization_endpoint")}  # fmt: skip
+    document["grant_types_supported"] = ["client_credentials"]
+    config = parse(document)
+    assert config.supports_grant("client_credentials")
+    with pytest.raises(DiscoveryError, match="authorization_code"):
+        config.require_grant("authorization_code")  # a user launch there is still refused, with the reason

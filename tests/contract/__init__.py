@@ -1,0 +1,1 @@
+"""Contract tests against servers nobody on this team wrote (tests/peers)."""
