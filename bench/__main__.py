@@ -16,13 +16,14 @@ import sys
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-from bench import engine_bench, export_bench, ingest_bench, view_bench  # noqa: E402
+from bench import engine_bench, export_bench, ingest_bench, soak_bench, view_bench  # noqa: E402
 
 SECTIONS = {
     "engine": engine_bench.run,
     "ingest": ingest_bench.run,
     "export": export_bench.run,
     "view": view_bench.run,
+    "soak": soak_bench.run,
 }
 
 

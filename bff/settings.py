@@ -10,6 +10,7 @@
 | `APP_PUBLIC_URL` | `http://127.0.0.1:8000` | where the clinician app is reached (redirect URI, JWKS URL) |
 | `APP_SECRET_KEY` | `var/app-secret.key` (made on first use) | secret for CSRF tokens and EHR tokens at rest |
 | `SITES_DIR` | `sites/` | one TOML file per EHR site (allow-listed `iss`, client id, framing origins) |
+| `ADMIN_PASSWORD` | unset | HTTP Basic password of `/admin` (the user name is the audited actor); unset: 503 |
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class Settings:
     public_url: str = "http://127.0.0.1:8000"
     secret_key: str | None = None
     sites_dir: str = str(ROOT / "sites")
+    admin_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -69,6 +71,7 @@ class Settings:
             public_url=(environ.get("APP_PUBLIC_URL") or "http://127.0.0.1:8000").rstrip("/"),
             secret_key=environ.get("APP_SECRET_KEY") or None,
             sites_dir=environ.get("SITES_DIR") or str(ROOT / "sites"),
+            admin_password=environ.get("ADMIN_PASSWORD") or None,
         )
 
     @property

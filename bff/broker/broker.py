@@ -208,6 +208,33 @@ def backend_token_source(auth: Any) -> TokenSource:
     return token
 
 
+def launch_token_source(smart: Any, handle: str) -> TokenSource:
+    """The clinician's own access token of a live launch (`SmartClient.access_token`, refreshed when due), for a
+    write made in context; the EHR then records the clinician, not the app, as the author."""
+
+    async def token(caps: SiteCapabilities, scopes: Sequence[str]) -> str:
+        del caps, scopes
+        return str(await smart.access_token(handle))
+
+    return token
+
+
+def scopes_allow_create(granted: Sequence[str], resource_types: Sequence[str]) -> bool:
+    """Whether user/ or patient/ scopes (SMART v1 `.write`/`.*`, v2 `.c…`) let a launch create every type listed."""
+
+    def allows(rtype: str) -> bool:
+        for scope in granted:
+            context, _, rest = scope.partition("/")
+            if context not in ("user", "patient") or "." not in rest:
+                continue
+            target, _, ops = rest.split("?")[0].partition(".")
+            if target in ("*", rtype) and (ops in ("write", "*") or ("c" in ops and set(ops) <= set("cruds"))):
+                return True
+        return False
+
+    return all(allows(rtype) for rtype in resource_types)
+
+
 def static_token_source(tokens: Mapping[str, str] | Callable[[str], Awaitable[str]]) -> TokenSource:
     """For tests and rehearsals: a fixed token per site key."""
 
@@ -220,4 +247,13 @@ def static_token_source(tokens: Mapping[str, str] | Callable[[str], Awaitable[st
     return token
 
 
-__all__ = ["Broker", "SendResult", "TokenSource", "backend_token_source", "scopes_for", "static_token_source"]
+__all__ = [
+    "Broker",
+    "SendResult",
+    "TokenSource",
+    "backend_token_source",
+    "launch_token_source",
+    "scopes_allow_create",
+    "scopes_for",
+    "static_token_source",
+]

@@ -111,10 +111,19 @@ def enqueue(
             return session.scalars(select(WriteIntent).where(WriteIntent.idempotency_key == key)).one()
 
 
-def claim(store: Store, site: str, now: datetime, limit: int, *, lease_s: float = DEFAULT_LEASE_S) -> list[WriteIntent]:
+def claim(
+    store: Store,
+    site: str,
+    now: datetime,
+    limit: int,
+    *,
+    lease_s: float = DEFAULT_LEASE_S,
+    only: Sequence[int] | None = None,
+) -> list[WriteIntent]:
     """Move up to `limit` due queued intents of a site to sending (oldest first) and return them.
 
-    Each claim holds a lease of `lease_s`: a worker that dies mid-send leaves it to expire (`expire_leases`)."""
+    Each claim holds a lease of `lease_s`: a worker that dies mid-send leaves it to expire (`expire_leases`).
+    `only` restricts the claim to those intents (a clinician's own sign-off, sent in context)."""
     now = _utc(now)
     lease = now + timedelta(seconds=lease_s)
     due = (
@@ -128,6 +137,8 @@ def claim(store: Store, site: str, now: datetime, limit: int, *, lease_s: float 
         .order_by(WriteIntent.id)
         .limit(limit)
     )
+    if only is not None:
+        due = due.where(WriteIntent.id.in_(list(only)))
     with store.transaction() as session:
         if store.dialect == "postgresql":
             ids = list(session.scalars(due.with_for_update(skip_locked=True)))

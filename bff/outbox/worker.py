@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -186,8 +186,27 @@ class OutboxWorker:
         intents = await self._db(
             "claim", lambda: queue.claim(self.store, site, self._now(), self.config.batch, lease_s=self.config.lease_s)
         )
+        await self._send_batch(caps, intents, run, self.broker)
+        return run
+
+    async def send_in_context(self, site: str, intent_ids: Sequence[int], broker: Broker) -> SiteRun:
+        """Send these intents now, through `broker` (e.g. one holding the clinician's own launch token), under the
+        same rules as the queue: the site's matrix, its bucket, classification, read-back. What cannot be sent now
+        (the site is read-only, throttled, or the token lacks a scope) stays with the worker."""
+        run = SiteRun(site)
+        caps = self.capabilities.get(site)
+        if not caps.write.writes or not self.breakers[site].allow():
+            return run
+        intents = await self._db("claim", lambda: queue.claim(
+            self.store, site, self._now(), len(intent_ids), lease_s=self.config.lease_s, only=intent_ids))  # fmt: skip
+        await self._send_batch(caps, intents, run, broker)
+        return run
+
+    async def _send_batch(
+        self, caps: SiteCapabilities, intents: list[WriteIntent], run: SiteRun, broker: Broker
+    ) -> None:
         for index, intent in enumerate(intents):
-            stop = await self._send_one(caps, intent, run)
+            stop = await self._send_one(caps, intent, run, broker)
             if stop is not None:
                 rest = [i.id for i in intents[index + 1 :]]
                 if rest:
@@ -195,7 +214,6 @@ class OutboxWorker:
                     await self._db("put back", lambda r=rest, s=state, a=at: queue.put_back(  # type: ignore[misc]
                         self.store, r, self._now(), state=s, detail="waits behind an earlier write", at=a))  # fmt: skip
                 break
-        return run
 
     async def _acquire(self, caps: SiteCapabilities, run: SiteRun) -> None:
         bucket = self.bucket(caps)
@@ -206,12 +224,14 @@ class OutboxWorker:
             run.waited_s += wait
             await self._sleep(wait)
 
-    async def _send_one(self, caps: SiteCapabilities, intent: WriteIntent, run: SiteRun) -> tuple[str, datetime] | None:
+    async def _send_one(
+        self, caps: SiteCapabilities, intent: WriteIntent, run: SiteRun, broker: Broker
+    ) -> tuple[str, datetime] | None:
         """Send one claimed intent and record the outcome; returns (state, due) when the rest must wait."""
         write = PlannedWrite.from_json(intent.payload)
         await self._acquire(caps, run)
         try:
-            result = await self.broker.send(caps, write)
+            result = await broker.send(caps, write)
         except WriteRefusedError as exc:
             reason = str(exc)
             if exc.read_only:
@@ -232,7 +252,8 @@ class OutboxWorker:
             run.deferred += 1
             return ("deferred", self._now())
         if outcome is Outcome.RETRY:
-            breaker.record_failure()
+            if result.status != 429:  # a throttle says "slower", not "broken": the bucket and Retry-After handle it
+                breaker.record_failure()
             now = self._now()
             floor = parse_retry_after(result.retry_after, now, minimum_s=self.config.retry_min_s,
                                       maximum_s=self.config.retry_max_s)  # fmt: skip

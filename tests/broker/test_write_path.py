@@ -102,3 +102,58 @@ def test_epic_without_an_encounter_is_refused_with_a_reason(rig: Rig) -> None:
     assert "open encounter" in review.refusal
     with pytest.raises(PlanError):
         rig.writeback.sign("epic-like", public, digest=review.digest, signer=SIGNER)
+
+
+def test_scopes_allow_create_reads_v1_and_v2_spellings() -> None:
+    from bff.broker.broker import scopes_allow_create  # noqa: PLC0415
+
+    assert scopes_allow_create(["user/Observation.write"], ["Observation"])
+    assert scopes_allow_create(["patient/*.cruds"], ["Observation", "DocumentReference"])
+    assert scopes_allow_create(
+        ["user/Observation.c", "user/DocumentReference.cu"], ["Observation", "DocumentReference"]
+    )
+    assert not scopes_allow_create(["user/Observation.read", "user/Observation.rs"], ["Observation"])
+    assert not scopes_allow_create(["system/Observation.write"], ["Observation"])  # not a user's scope
+    assert not scopes_allow_create(["user/Observation.write"], ["Observation", "DocumentReference"])
+
+
+def test_a_sign_off_can_be_sent_in_context_at_once(rig: Rig) -> None:
+    signoff = sign(rig, "oracle-like")
+    ids = [i.id for i in rig.writeback.status(signoff).intents]
+    run = rig.run(rig.worker.send_in_context("oracle-like", ids, rig.broker))
+    assert run.confirmed == len(ids)
+    assert rig.writeback.status(signoff).state == "confirmed"
+    assert len(rig.ehr.created("oracle-like", "Observation")) == 8
+
+
+@pytest.mark.parametrize(("ack", "state"), [("AA", "confirmed"), ("AE", "failed"), ("AR", "failed")])
+def test_hl7_only_site_gets_one_oru_over_mllp(rig: Rig, ack: str, state: str) -> None:
+    from sandbox.mllp import AckListener  # noqa: PLC0415
+
+    received: list[dict[str, object]] = []
+    listener = AckListener(ack, received.append)
+    _, port = rig.run(listener.start("127.0.0.1", 0))
+    try:
+        rig.capabilities.set("hl7-only", "hl7v2.port", port, who="test", reason="the test's MLLP listener")
+        signoff = sign(rig, "hl7-only")
+        view = rig.writeback.status(signoff)
+        assert [i.kind for i in view.intents] == ["hl7v2"]
+        rig.drain("hl7-only")
+        view = rig.writeback.status(signoff)
+        assert view.state == state, view.intents
+        assert len(received) == 1
+        assert str(received[0]["type"]).startswith("ORU^R01")
+        assert rig.ehr.created("hl7-only", "Observation") == []  # nothing over FHIR
+    finally:
+        rig.run(listener.close())
+
+
+def test_hl7_only_site_without_a_listener_retries_without_losing_the_write(rig: Rig) -> None:
+    from tests.sandbox.support import free_port  # noqa: PLC0415
+
+    rig.capabilities.set("hl7-only", "hl7v2.port", free_port(), who="test", reason="nobody listens there")
+    signoff = sign(rig, "hl7-only")
+    rig.run(rig.worker.run_site("hl7-only"))
+    [intent] = rig.writeback.status(signoff).intents
+    assert intent.state == "queued"  # refused before anything went out: safe to send again later
+    assert intent.last_error  # the connection error, for the admin page
