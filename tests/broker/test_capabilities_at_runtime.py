@@ -276,3 +276,28 @@ def test_a_backfill_after_sign_off_makes_a_correction(
         assert {r.state for r in rows} == {"confirmed"}
     corrected = [o for o in prig.ehr.created("oracle-like", "Observation") if o["status"] == "corrected"]
     assert len(corrected) == 8
+
+
+def test_a_405_from_a_site_that_takes_no_fhir_writes_degrades_it(prig: Rig, proxy: FaultProxy) -> None:
+    # A matrix that is wrong about the site: it says FHIR results, the EHR answers 405 (HL7 v2 only).
+    prig.capabilities.set("hl7-only", "write.channel", "fhir", who=WHO, reason="misconfigured on purpose")
+    signoff = sign(prig, "hl7-only")
+    prig.run(prig.worker.run_site("hl7-only"))
+    assert prig.caps("hl7-only").write.mode.value == "read_only"
+    assert prig.writeback.status(signoff).state == "deferred"
+    assert [e.client_status for e in proxy.journal(writes=True) if "/hl7-only/" in e.path] == [405]
+    degraded = [e for e in recent(prig.store, 50) if e.event == "site.degraded"]
+    assert degraded[0].detail["status"] == 405
+
+
+def test_an_r5_site_gets_r5_resources(rig: Rig) -> None:
+    rig.capabilities.set("cgm-receiver", "fhir.version", "R5", who=WHO, reason="an R5 server")
+    public = ingest_site(rig.store, rig.ehr, "cgm-receiver")["p1"]
+    review = rig.writeback.review("cgm-receiver", public)
+    note = next(w for w in review.writes if w.kind == "note")
+    assert "period" in (note.body or {})  # R5 DocumentReference.period (R4 had context.period)
+    assert "context" not in (note.body or {}) or "period" not in (note.body or {})["context"]
+    bundle = next(w for w in review.writes if w.kind == "bundle")
+    provenance = next(e["resource"] for e in (bundle.body or {})["parameter"][0]["resource"]["entry"]
+                      if e["resource"]["resourceType"] == "Provenance")  # fmt: skip
+    assert "patient" in provenance  # R5 Provenance.patient
