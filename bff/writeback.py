@@ -388,6 +388,8 @@ class WritebackService:
             ).all()
         created: list[int] = []
         for signoff_id, window_id, plan in rows:
+            if self._handled(site, window_id):
+                continue
             record = self.window_record(site, window_id)
             with self.store.transaction() as session:
                 newer = session.scalar(
@@ -425,6 +427,28 @@ class WritebackService:
             audit(self.store, "writeback.correction", outcome="held" if resign else "queued", site=site,
                   signoff=signoff_id, version=review.version, intents=ids)  # fmt: skip
         return created
+
+    def _handled(self, site: str, window_id: int) -> bool:
+        """Cheaply: the window's current version is signed or has writes already (nothing to recompute)."""
+        with self.store.transaction() as session:
+            window = session.get(OutcomeWindow, window_id)
+            if window is None or window.status == "stale":
+                return False  # a stale window must be recomputed to know
+            current = session.scalar(
+                select(OutcomeWindow.id).where(
+                    OutcomeWindow.patient_id == window.patient_id, OutcomeWindow.status == "current",
+                    OutcomeWindow.window_start_ms == window.window_start_ms,
+                    OutcomeWindow.window_end_ms == window.window_end_ms,
+                    OutcomeWindow.policy_hash == window.policy_hash,
+                )
+            )  # fmt: skip
+            if current is None:
+                return True
+            signed = session.scalar(select(func.count()).where(SignOff.site_key == site,
+                                                               SignOff.outcome_window_id == current))  # fmt: skip
+            written = session.scalar(select(func.count()).where(WriteIntent.site_key == site,
+                                                                WriteIntent.outcome_window_id == current))  # fmt: skip
+            return bool(signed or written)
 
     def sign_correction(self, site: str, patient: str, *, digest: str, signer: str, days: int = 14,
                         encounter: str | None = None, note_unit: str = "mg/dL",

@@ -14,6 +14,8 @@ One pass over a site (`run_site`):
    and the rest of the batch waits behind it (order is kept); no response after sending, or another 5xx →
    unknown; 403/405 → the site is degraded to read-only (an audited override) and its queue deferred; other 4xx →
    failed with the EHR's reason. A write the matrix no longer allows is refused before it leaves (failed).
+6. Every `corrections_every_s`: signed windows whose outcome changed since (a backfill) get their correction
+   writes (`WritebackService.propose_corrections`), queued or held for a new sign-off.
 
 The database is the only shared state: several workers may run (claims are exclusive; PostgreSQL uses
 SKIP LOCKED). A database outage pauses the worker; results already received are recorded when it is back.
@@ -62,6 +64,7 @@ class WorkerConfig:
     unknown_giveup_s: float = 300.0  # look again this often when the read-back cannot tell
     breaker_threshold: int = 5
     breaker_cool_down_s: float = 60.0
+    corrections_every_s: float = 60.0  # look for backfilled outcomes of signed windows (correction writes)
     db_retry_s: float = 1.0
     db_retry_max_s: float = 30.0
 
@@ -79,6 +82,7 @@ class SiteRun:
     deferred: int = 0
     read_back: int = 0
     expanded: int = 0
+    corrections: int = 0
     degraded: bool = False
     waited_s: float = 0.0
     statuses: list[int | None] = field(default_factory=list)
@@ -135,6 +139,7 @@ class OutboxWorker:
         self.writeback = writeback or WritebackService(store, capabilities, now=now)
         self._buckets: dict[str, tuple[tuple[float, int], Bucket]] = {}
         self.breakers = Breakers(self.config.breaker_threshold, self.config.breaker_cool_down_s)
+        self._corrections_last: dict[str, float] = {}
 
     # --- plumbing ----------------------------------------------------------------------------------------------
 
@@ -179,6 +184,10 @@ class OutboxWorker:
             run.deferred += len(await self._db("defer", lambda: queue.defer(self.store, site, now)))
             return run
         run.expanded = len(await self._db("expand", lambda: self.writeback.expand_plans(caps)))
+        last = self._corrections_last.get(site)
+        if last is None or time.monotonic() - last >= self.config.corrections_every_s:
+            self._corrections_last[site] = time.monotonic()
+            run.corrections = len(await self._db("corrections", lambda: self.writeback.propose_corrections(site)))
         await self._db("release", lambda: queue.release(self.store, site, now))
         await self._reconcile(caps, run)
         if not self.breakers[site].allow():

@@ -218,7 +218,7 @@ def test_a_read_only_site_switched_to_full_syncs_its_queue_in_order_each_once(pr
 # --- corrections ----------------------------------------------------------------------------------------------
 
 
-def backfill(rig: Rig, site: str, person: str, value: int = 320) -> int:
+def backfill(rig: Rig, site: str, person: str, value: int = 320, *, recompute: bool = True) -> int:
     """Readings that arrive late for the gaps of the signed window (a phone syncing after days)."""
     fhir_id = rig.ehr.patient(site, person)
     blocks = [b for b in rig.ehr.sandbox.sites[site].seed.blocks if b.patient_id == fhir_id]
@@ -238,7 +238,8 @@ def backfill(rig: Rig, site: str, person: str, value: int = 320) -> int:
                 added.append(orjson.dumps(observation))
     assert added, "the seed has no gap to backfill"
     Ingestor(rig.store).ingest(parser_for("fhir"), io.BytesIO(b"\n".join(added)), site=site, source_name="late.ndjson")
-    OutcomeService(rig.store).recompute_stale()
+    if recompute:
+        OutcomeService(rig.store).recompute_stale()
     return len(added)
 
 
@@ -301,3 +302,18 @@ def test_an_r5_site_gets_r5_resources(rig: Rig) -> None:
     provenance = next(e["resource"] for e in (bundle.body or {})["parameter"][0]["resource"]["entry"]
                       if e["resource"]["resourceType"] == "Provenance")  # fmt: skip
     assert "patient" in provenance  # R5 Provenance.patient
+
+
+def test_the_worker_finds_a_backfill_by_itself_and_sends_the_correction(prig: Rig, proxy: FaultProxy) -> None:
+    prig.capabilities.set("oracle-like", "corrections.resign_pp", 90.0, who=WHO, reason="policy")
+    prig.capabilities.set("oracle-like", "corrections.resign_tbr_pp", 90.0, who=WHO, reason="policy")
+    prig.capabilities.set("oracle-like", "corrections.resign_mean_mg_dl", 900.0, who=WHO, reason="policy")
+    sign(prig, "oracle-like")
+    prig.drain("oracle-like")
+    backfill(prig, "oracle-like", "p1", recompute=False)  # the window is only marked stale
+    prig.worker.config = dataclasses.replace(prig.worker.config, corrections_every_s=0.0)
+    prig.drain("oracle-like")
+    corrected = [o for o in prig.ehr.created("oracle-like", "Observation") if o["status"] == "corrected"]
+    assert len(corrected) == 8
+    prig.drain("oracle-like")  # and only once
+    assert len([o for o in prig.ehr.created("oracle-like", "Observation") if o["status"] == "corrected"]) == 8
