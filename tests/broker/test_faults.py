@@ -197,18 +197,19 @@ def _restart_postgres(application_name: str) -> None:
     assert killed, "the worker had no connection to terminate"
 
 
-def test_a_postgresql_restart_mid_send_loses_and_doubles_nothing(ehr, proxy, tmp_path, db_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_postgresql_restart_mid_send_loses_and_doubles_nothing(ehr, proxy, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import threading  # noqa: PLC0415
     import uuid  # noqa: PLC0415
 
     from bff.settings import Settings  # noqa: PLC0415
     from bff.store.db import Store, make_engine, upgrade  # noqa: PLC0415
     from tests.broker.conftest import FAST, make_rig, proxied_sites  # noqa: PLC0415
+    from tests.conftest import PgSchema, need_postgres  # noqa: PLC0415
 
-    if not db_url.startswith("postgresql"):
-        pytest.skip("a PostgreSQL fault: the SQLite store is a file in this process")
+    need_postgres()  # a PostgreSQL fault: the SQLite store is a file inside this process
+    schema = PgSchema()
     name = f"gb-restart-{uuid.uuid4().hex[:8]}"
-    url = f"{db_url}&application_name={name}"
+    url = f"{schema.url}&application_name={name}"
     engine = make_engine(url)
     upgrade(engine)
     store = Store(Settings(database_url=url), engine=engine)
@@ -237,3 +238,4 @@ def test_a_postgresql_restart_mid_send_loses_and_doubles_nothing(ehr, proxy, tmp
         rig.run(rig.http.aclose())
         rig.loop.close()
         store.dispose()
+        schema.close()
