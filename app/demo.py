@@ -1,10 +1,17 @@
-"""`make demo`: the sandbox EHR and the clinician app on embedded defaults, with the sandbox's CGM data loaded
-through the real ingestion path. Also used by the end-to-end and browser tests.
+"""`make demo`: the sandbox EHR, the clinician app and an outbox worker on embedded defaults, with the sandbox's
+CGM data loaded through the real ingestion path. Also used by the end-to-end and browser tests.
 
 The sandbox runs in its own process (it is never imported here): `python -m sandbox serve`. Its sites' CGM
 Observations are exported as NDJSON and ingested with `glucobridge ingest --feed fhir`, exactly as a site's
 feed would be; then the app is served with uvicorn. The EHR shell is on a different origin (localhost) than
 the app (127.0.0.1), as an embedded app would be.
+
+Write-back: a Backend Services key (ES384, P-384) is made at start when there is none (`var/` for `make demo`,
+the stack's work directory otherwise) and given to the app (`SMART_BACKEND_KEY_FILE`/`KID`), which serves its
+public half at /.well-known/jwks.json, where the sandbox's `glucobridge-backend` client reads it
+(`--backend-jwks-url`). One `glucobridge outbox work` process with the same environment sends what clinicians
+sign (its log: `outbox-worker.log` in the work directory). `/admin` takes any user name and the
+`ADMIN_PASSWORD` printed at start.
 """
 
 from __future__ import annotations
@@ -22,14 +29,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from joserfc.jwk import ECKey
 
 from bff.settings import ROOT
 
-SITES = ("epic-like", "oracle-like")
+SITES = ("epic-like", "oracle-like", "read-only")
 
 
 def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
+
+
+def backend_key(directory: Path) -> tuple[Path, str]:
+    """The demo's Backend Services key (ES384 on P-384) in `directory`, made on first use; (PEM file, kid)."""
+    path = directory / "backend-es384.pem"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(ECKey.generate_key("P-384", private=True).as_pem(private=True))
+        path.chmod(0o600)
+    return path, "demo-" + ECKey.import_key(path.read_bytes()).thumbprint()[:16]
 
 
 def free_port() -> int:
@@ -38,7 +56,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _wait_http(url: str, process: subprocess.Popen[str], timeout_s: float = 60.0) -> None:
+def wait_http(url: str, process: subprocess.Popen[str], timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -64,6 +82,9 @@ class DemoStack:
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    key_dir: Path | None = None  # where the Backend Services key is kept (default: the work directory)
+    worker: bool = True  # run `glucobridge outbox work`
 
     @property
     def app_url(self) -> str:
@@ -79,12 +100,17 @@ class DemoStack:
         for site in ("epic-like", "oracle-like", "read-only", "hl7-only"):
             text = (ROOT / "sites" / f"{site}.toml").read_text(encoding="utf-8")
             (sites / f"{site}.toml").write_text(text.replace("http://localhost:8081", self.ehr_url), encoding="utf-8")
+        key_file, kid = backend_key(self.key_dir or self.workdir)
         return {
             **os.environ,
             "DATABASE_URL": self.database_url or f"sqlite:///{self.workdir / 'glucobridge.db'}",
             "APP_PUBLIC_URL": self.app_url,
             "SITES_DIR": str(sites),
             "APP_SECRET_KEY": self.secret,
+            "SMART_BACKEND_KEY_FILE": str(key_file),
+            "SMART_BACKEND_KID": kid,
+            "SMART_BACKEND_ALG": "ES384",
+            "ADMIN_PASSWORD": self.admin_password,
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -98,15 +124,25 @@ class DemoStack:
              "--backend-jwks-url", f"{self.app_url}/.well-known/jwks.json"],
             cwd=ROOT, env=self.env, stdout=out, stderr=out, text=True,
         ))  # fmt: skip
-        _wait_http(f"{self.ehr_url}/ehr/", self.processes[-1])
+        wait_http(f"{self.ehr_url}/ehr/", self.processes[-1])
         self.load_data()
         self.processes.append(subprocess.Popen(
             [_bin("glucobridge"), "serve", "--host", "127.0.0.1", "--port", str(self.app_port),
              "--workers", str(self.app_workers)],
             cwd=ROOT, env=self.env, stdout=out, stderr=out, text=True,
         ))  # fmt: skip
-        _wait_http(f"{self.app_url}/healthz", self.processes[-1])
+        wait_http(f"{self.app_url}/healthz", self.processes[-1])
+        if self.worker:
+            self.start_worker()
         return self
+
+    def start_worker(self) -> subprocess.Popen[str]:
+        """One `glucobridge outbox work` for every site, with the app's environment; its log in the work dir."""
+        with (self.workdir / "outbox-worker.log").open("a", encoding="utf-8") as log:
+            process = subprocess.Popen([_bin("glucobridge"), "outbox", "work"], cwd=ROOT, env=self.env, stdout=log,
+                                       stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        self.processes.append(process)
+        return process
 
     def load_data(self, sites: Sequence[str] = SITES) -> None:
         """Each site's CGM Observations, exported by the sandbox, through `glucobridge ingest --feed fhir`."""
@@ -130,12 +166,15 @@ class DemoStack:
 
 
 def main() -> int:
-    stack = DemoStack()
-    print("starting the sandbox EHR, loading its CGM data through the ingestion path, starting the app ...", flush=True)
+    stack = DemoStack(key_dir=ROOT / "var")
+    print("starting the sandbox EHR, loading its CGM data through the ingestion path, starting the app and the "
+          "outbox worker ...", flush=True)  # fmt: skip
     stack.start(quiet=True)
     print(f"\n  EHR shell:  {stack.ehr_url}/ehr/   (choose a site and a patient: the app opens in the chart)")
     print(f"  App:        {stack.app_url}   (store: {stack.env['DATABASE_URL']})")
-    print("\nCtrl-C stops both.", flush=True)
+    print(f"  Admin:      {stack.app_url}/admin/   (any user name, password {stack.admin_password})")
+    print(f"  Worker log: {stack.workdir / 'outbox-worker.log'}")
+    print("\nCtrl-C stops them all.", flush=True)
     try:
         while all(p.poll() is None for p in stack.processes):
             time.sleep(0.5)

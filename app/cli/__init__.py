@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from app.cli.common import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, BadInputError, InfrastructureError
+from app.cli.outbox import add_parser as add_outbox_parser
 from app.cli.outcomes import cmd_demo, cmd_outcomes
 from app.cli.resources import FORMATS, cmd_export, cmd_verify
 from app.cli.sites import add_parser as add_site_parser
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.set_defaults(handler=cmd_db)
 
     add_site_parser(sub)
+    add_outbox_parser(sub)
     return parser
 
 

@@ -7,6 +7,8 @@
     POST /v/{handle}/patients/{id}/display-unit   (CSRF)
     GET  /api/v/{handle}/patients/{id}/agp        the AGP figure as JSON (data API, apart from the pages)
     GET  /.well-known/jwks.json          the app's public keys (SMART Backend Services)
+    …/chart/…                            send to chart: review, sign, follow (app/web/writeback.py)
+    /admin/…                             sites and the write queue, for integration engineers (app/web/admin.py)
 
 Every patient-scoped request is checked against its launch: another patient is a 403, audited. Tokens stay in
 the BFF; the browser holds only the launch handle in the URL (one per tab), so two patients in two tabs never mix
@@ -18,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -34,18 +35,28 @@ from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
+from app.web import admin, writeback
+from app.web.common import (
+    AppContext,
+    check_days,
+    check_unit,
+    context_of,
+    headers_for,
+    launch_for,
+    message,
+    wants_fragment,
+)
 from app.web.presenters import display_unit, summary_view
-from app.web.security import SECURITY_HEADERS, content_security_policy, csrf_ok, csrf_token
+from app.web.security import csrf_ok, csrf_token
 from bff.audit import audit
+from bff.capabilities import CapabilityService
 from bff.clinical import PatientOutcomesView
 from bff.ehr_read import patient_banner
 from bff.settings import ROOT, Settings, get_settings
 from bff.smart import (
-    BackendAuth,
     DiscoveryError,
     IssNotAllowedError,
     LaunchContext,
-    LaunchNotFoundError,
     LaunchRequestError,
     SiteRegistry,
     SmartClient,
@@ -56,32 +67,12 @@ from bff.smart import (
     create_smart_client,
 )
 from bff.store.db import Store
+from bff.writeback import WritebackService
 from engine import ENGINE_VERSION
 
 log = logging.getLogger("glucobridge.app")
 TEMPLATES = ROOT / "templates"
 STATIC = ROOT / "static"
-PERIODS = (14, 30, 90)
-
-
-@dataclass
-class AppContext:
-    """What every handler needs, built once by create_app (explicit seams for tests)."""
-
-    settings: Settings
-    store: Store
-    smart: SmartClient
-    http: httpx.AsyncClient
-    backend: BackendAuth | None
-    view: PatientOutcomesView
-    secret: bytes
-    any_site_frame_ancestors: tuple[str, ...]  # every configured EHR origin, for pages outside a known launch
-    banners: dict[str, dict[str, str] | None]
-
-
-def _ctx(request: Request[Any, Any, Any]) -> AppContext:
-    context: AppContext = request.app.state.ctx
-    return context
 
 
 def _static_url(path: str) -> str:
@@ -90,41 +81,18 @@ def _static_url(path: str) -> str:
     return f"/static/{path}?v={version}"
 
 
-def _headers(frame_ancestors: tuple[str, ...]) -> dict[str, str]:
-    return {**SECURITY_HEADERS, "Content-Security-Policy": content_security_policy(frame_ancestors)}
-
-
-def _message(
-    ctx: AppContext, status: int, title: str, message: str, kind: str, frame_ancestors: tuple[str, ...] | None = None
-) -> Template:
-    """A message page. Where the launch (and so its site) is unknown, any configured EHR may frame it, so the
-    clinician sees the reason instead of a blank frame."""
-    ancestors = ctx.any_site_frame_ancestors if frame_ancestors is None else frame_ancestors
-    return Template(
-        "errors/message.html",
-        context={"title": title, "message": message, "kind": kind, "engine_version": ENGINE_VERSION},
-        status_code=status,
-        headers=_headers(ancestors),
-    )
-
-
-def wants_fragment(request: HTMXRequest) -> bool:
-    """One place decides fragment or full page (htmx 4 will say it with HX-Request-Type)."""
-    return bool(request.htmx) and not request.htmx.boosted and not request.htmx.history_restore_request
-
-
 # MARK: launch
 
 
 @get("/launch")
 async def launch(request: Request[Any, Any, Any], iss: str = "", launch: str = "") -> Response[Any]:
-    ctx = _ctx(request)
+    ctx = context_of(request)
     return await _begin(ctx, iss, launch or None, standalone=False)
 
 
 @get("/standalone")
 async def standalone(request: Request[Any, Any, Any], iss: str = "") -> Response[Any]:
-    return await _begin(_ctx(request), iss, None, standalone=True)
+    return await _begin(context_of(request), iss, None, standalone=True)
 
 
 async def _begin(ctx: AppContext, iss: str, launch_id: str | None, *, standalone: bool) -> Response[Any]:
@@ -132,16 +100,16 @@ async def _begin(ctx: AppContext, iss: str, launch_id: str | None, *, standalone
         redirect = await ctx.smart.begin(iss, launch_id, standalone=standalone)
     except IssNotAllowedError:
         await anyio.to_thread.run_sync(lambda: audit(ctx.store, "launch.iss_not_allowed", outcome="refused", iss=iss))
-        return _message(ctx, 403, "This EHR is not allowed", "The launching server is not on this app's allow-list.",
-                        "error")  # fmt: skip
+        return message(ctx, 403, "This EHR is not allowed", "The launching server is not on this app's allow-list.",
+                       "error")  # fmt: skip
     except LaunchRequestError as exc:
-        return _message(ctx, 400, "This launch cannot start", str(exc), "error")
+        return message(ctx, 400, "This launch cannot start", str(exc), "error")
     except DiscoveryError as exc:
         log.warning("smart discovery failed: %s", type(exc).__name__)
-        return _message(
+        return message(
             ctx, 502, "The EHR did not answer", "Its SMART configuration could not be read. Try again.", "error"
         )
-    return Redirect(redirect.url, status_code=302, headers=_headers(redirect.frame_ancestors))
+    return Redirect(redirect.url, status_code=302, headers=headers_for(redirect.frame_ancestors))
 
 
 @get("/callback")
@@ -152,63 +120,35 @@ async def callback(
     error: str = "",
     error_description: str = "",
 ) -> Response[Any]:
-    ctx = _ctx(request)
+    ctx = context_of(request)
     if error:
         await anyio.to_thread.run_sync(lambda: audit(ctx.store, "launch.denied", outcome="refused", error=error))
-        return _message(ctx, 400, "Sign-in did not complete", error_description or error, "error")
+        return message(ctx, 400, "Sign-in did not complete", error_description or error, "error")
     try:
         done = await ctx.smart.complete(oauth_state, code)
     except SmartError as exc:
         reason = type(exc).__name__
         await anyio.to_thread.run_sync(lambda: audit(ctx.store, "launch.refused", outcome="refused", reason=reason))
-        return _message(ctx, 400, "This launch cannot be completed", str(exc), "error")
+        return message(ctx, 400, "This launch cannot be completed", str(exc), "error")
     if not done.patient:
-        return Redirect(f"/v/{done.handle}/", status_code=303, headers=_headers(done.frame_ancestors))
+        return Redirect(f"/v/{done.handle}/", status_code=303, headers=headers_for(done.frame_ancestors))
     return Redirect(f"/v/{done.handle}/patients/{done.patient}/", status_code=303,
-                    headers=_headers(done.frame_ancestors))  # fmt: skip
+                    headers=headers_for(done.frame_ancestors))  # fmt: skip
 
 
 # MARK: the view
 
 
-async def _launch_for(ctx: AppContext, handle: str, patient: str | None) -> LaunchContext:
-    """The launch behind a handle; a patient other than the launch's is refused and audited."""
-    try:
-        found = await ctx.smart.launch(handle)
-    except LaunchNotFoundError:
-        raise HTTPException(status_code=404, detail="this launch has ended: open the app again from the EHR") from None
-    if patient is not None and patient != found.patient:
-        await anyio.to_thread.run_sync(
-            lambda: audit(ctx.store, "patient.mismatch", outcome="refused", site=found.site_key, actor=found.fhir_user,
-                          handle=handle, launch_patient=found.patient, requested_patient=patient)
-        )  # fmt: skip
-        raise HTTPException(status_code=403, detail="this launch is for another patient")
-    return found
-
-
 @get("/v/{handle:str}/")
 async def launch_home(request: Request[Any, Any, Any], handle: str) -> Response[Any]:
-    ctx = _ctx(request)
-    found = await _launch_for(ctx, handle, None)
+    ctx = context_of(request)
+    found = await launch_for(ctx, handle, None)
     if not found.patient:
         hint = "Open the app from a patient's chart to see their CGM outcomes."
-        return _message(ctx, 200, "No patient in context", hint, "info", found.frame_ancestors)
-    return Redirect(f"/v/{handle}/patients/{found.patient}/", status_code=303, headers=_headers(found.frame_ancestors))
-
-
-def _days(days: int) -> int:
-    if days not in PERIODS:
-        raise HTTPException(status_code=400, detail=f"days must be one of {', '.join(map(str, PERIODS))}")
-    return days
-
-
-def _unit(unit: str | None) -> str | None:
-    """The display unit asked for in the URL (per tab, so it holds across workers); None: the patient's own."""
-    if unit in (None, ""):
-        return None
-    if unit not in ("mg/dL", "mmol/L"):
-        raise HTTPException(status_code=400, detail="unit must be mg/dL or mmol/L")
-    return unit
+        return message(ctx, 200, "No patient in context", hint, "info", found.frame_ancestors)
+    return Redirect(
+        f"/v/{handle}/patients/{found.patient}/", status_code=303, headers=headers_for(found.frame_ancestors)
+    )
 
 
 async def _summary_context(
@@ -236,13 +176,13 @@ async def _summary_context(
 async def patient_view(
     request: HTMXRequest, handle: str, patient: str, days: int = 14, unit: str | None = None
 ) -> Template:
-    ctx = _ctx(request)
-    found = await _launch_for(ctx, handle, patient)
-    context = await _summary_context(ctx, handle, found, _days(days), _unit(unit))
+    ctx = context_of(request)
+    found = await launch_for(ctx, handle, patient)
+    context = await _summary_context(ctx, handle, found, check_days(days), check_unit(unit))
     context["banner"] = await _banner(ctx, handle, found) if found.need_patient_banner else None
     context["smart_style_url"] = found.smart_style_url
     return Template(
-        "patient/view.html", context=context, headers={**_headers(found.frame_ancestors), "Vary": "HX-Request"}
+        "patient/view.html", context=context, headers={**headers_for(found.frame_ancestors), "Vary": "HX-Request"}
     )
 
 
@@ -250,10 +190,10 @@ async def patient_view(
 async def patient_summary(
     request: HTMXRequest, handle: str, patient: str, days: int = 14, unit: str | None = None
 ) -> Template:
-    ctx = _ctx(request)
-    found = await _launch_for(ctx, handle, patient)
-    context = await _summary_context(ctx, handle, found, _days(days), _unit(unit))
-    headers = {**_headers(found.frame_ancestors), "Vary": "HX-Request"}
+    ctx = context_of(request)
+    found = await launch_for(ctx, handle, patient)
+    context = await _summary_context(ctx, handle, found, check_days(days), check_unit(unit))
+    headers = {**headers_for(found.frame_ancestors), "Vary": "HX-Request"}
     if wants_fragment(request):
         return Template("patient/_summary.html", context=context, headers=headers)
     context["banner"] = await _banner(ctx, handle, found) if found.need_patient_banner else None
@@ -262,8 +202,8 @@ async def patient_summary(
 
 @post("/v/{handle:str}/patients/{patient:str}/display-unit")
 async def set_display_unit(request: Request[Any, Any, Any], handle: str, patient: str) -> Response[Any]:
-    ctx = _ctx(request)
-    found = await _launch_for(ctx, handle, patient)
+    ctx = context_of(request)
+    found = await launch_for(ctx, handle, patient)
     form = await request.form()
     presented = request.headers.get("x-csrf-token") or form.get("csrf_token")
     if not csrf_ok(ctx.secret, handle, presented if isinstance(presented, str) else None):
@@ -273,9 +213,9 @@ async def set_display_unit(request: Request[Any, Any, Any], handle: str, patient
         )  # fmt: skip
         raise HTTPException(status_code=403, detail="the form is missing its CSRF token: reload the page")
     chosen = form.get("unit")
-    unit = _unit(chosen if isinstance(chosen, str) else "?")
+    unit = check_unit(chosen if isinstance(chosen, str) else "?")
     return Redirect(f"/v/{handle}/patients/{patient}/?unit={quote(unit or '')}", status_code=303,
-                    headers=_headers(found.frame_ancestors))  # fmt: skip
+                    headers=headers_for(found.frame_ancestors))  # fmt: skip
 
 
 async def _banner(ctx: AppContext, handle: str, found: LaunchContext) -> dict[str, str] | None:
@@ -289,17 +229,17 @@ async def _banner(ctx: AppContext, handle: str, found: LaunchContext) -> dict[st
 
 @get("/api/v/{handle:str}/patients/{patient:str}/agp", media_type=MediaType.JSON)
 async def agp_api(request: Request[Any, Any, Any], handle: str, patient: str, days: int = 14) -> Response[Any]:
-    ctx = _ctx(request)
-    found = await _launch_for(ctx, handle, patient)
-    context = await _summary_context(ctx, handle, found, _days(days), None)
+    ctx = context_of(request)
+    found = await launch_for(ctx, handle, patient)
+    context = await _summary_context(ctx, handle, found, check_days(days), None)
     summary = context["summary"]
     return Response({"days": summary.days, "unit": summary.unit, "figure": summary.agp_figure},
-                    headers=_headers(found.frame_ancestors))  # fmt: skip
+                    headers=headers_for(found.frame_ancestors))  # fmt: skip
 
 
 @get("/.well-known/jwks.json", media_type=MediaType.JSON, sync_to_thread=False)
 def jwks(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    backend = _ctx(request).backend
+    backend = context_of(request).backend
     return backend.jwks() if backend is not None else {"keys": []}
 
 
@@ -309,9 +249,12 @@ def healthz() -> dict[str, str]:
 
 
 def _not_found_or_forbidden(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    """The reason as a page (as a fragment for htmx, which swaps it in place); /admin is never framed."""
     kind = "error" if exc.status_code >= 400 else "info"
     title = {403: "Not allowed", 404: "Not found", 400: "Cannot show this"}.get(exc.status_code, "Something went wrong")
-    return _message(_ctx(request), exc.status_code, title, str(exc.detail), kind)
+    admin = request.url.path == "/admin" or request.url.path.startswith("/admin/")
+    return message(context_of(request), exc.status_code, title, str(exc.detail), kind, () if admin else None,
+                   fragment=wants_fragment(request), headers=dict(exc.headers or {}))  # fmt: skip
 
 
 def _engine_callback(engine: JinjaTemplateEngine) -> None:
@@ -338,9 +281,11 @@ def create_app(
                                          app_secret=settings.secret(), redis_url=settings.redis_url)  # fmt: skip
     backend = create_backend_auth(smart_settings, "glucobridge-backend", http=http)
     origins = tuple(sorted({origin for site in smart.registry for origin in site.frame_ancestors}))
+    capabilities = CapabilityService(store, settings.sites_dir)
     ctx = AppContext(settings=settings, store=store, smart=smart, http=http, backend=backend,
-                     view=PatientOutcomesView(store), secret=settings.secret(), any_site_frame_ancestors=origins,
-                     banners={})  # fmt: skip
+                     view=PatientOutcomesView(store), capabilities=capabilities,
+                     writeback=WritebackService(store, capabilities), secret=settings.secret(),
+                     any_site_frame_ancestors=origins, banners={})  # fmt: skip
 
     async def close_http(app: Litestar) -> None:
         await http.aclose()
@@ -348,7 +293,8 @@ def create_app(
     return Litestar(
         route_handlers=[
             launch, standalone, callback, launch_home, patient_view, patient_summary, set_display_unit, agp_api,
-            jwks, healthz, create_static_files_router(path="/static", directories=[STATIC]),
+            jwks, healthz, *writeback.ROUTES, admin.router,
+            create_static_files_router(path="/static", directories=[STATIC]),
         ],
         template_config=TemplateConfig(
             directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=_engine_callback

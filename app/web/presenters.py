@@ -6,11 +6,14 @@ without plotly's Python objects so a view renders in milliseconds.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from bff.broker.plan import METRICS, PlannedWrite, note_bytes
 from bff.resources.fhir import in_range_70_180
 from engine.units import MMOL_L_TO_MG_DL
 
@@ -197,3 +200,197 @@ def summary_view(document: Mapping[str, Any], days: int, unit: str) -> SummaryVi
         daily_figure=daily_figure(agp.get("days", []), unit) if used else None,
         excluded_text=", ".join(f"{k.replace('_', ' ')} {v}" for k, v in excluded.items()) or "none",
     )
+
+
+# MARK: write-back review
+
+
+METRIC_ORDER = ("tir", "tbr_l1", "tbr_l2", "tar_l1", "tar_l2", "mean_glucose", "gmi", "cv", "days_of_wear",
+                "sensor_active")  # fmt: skip
+MODE_LABELS = {
+    "read_only": "nothing (read-only)",
+    "flowsheet_only": "flowsheet rows only",
+    "notes_only": "notes only",
+    "observations": "results (Observations)",
+    "full": "results, note and report",
+}
+STATE_LABELS = {
+    "awaiting_signoff": "awaiting your signature",
+    "deferred": "deferred",
+    "queued": "queued",
+    "sending": "sending",
+    "unknown": "checking with the EHR",
+    "confirmed": "confirmed",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "expanded": "expanded",
+}
+
+
+@dataclass(frozen=True)
+class ReviewRow:
+    label: str  # what the EHR files it as: "Flowsheet row 3040101010", "LOINC 97510-2"
+    name: str  # the clinical name
+    value: str
+    detail: str = ""  # instant, category, encounter
+    summary: str = ""  # the planned request's own one-line summary, when the row is one request
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    kind: str
+    request: str  # "POST Observation", "POST (transaction)", "HL7 v2 over MLLP"
+    summary: str
+    rows: list[ReviewRow]
+    text: str | None = None  # the note's text, or the HL7 v2 message
+    size_bytes: int | None = None  # a PDF's size
+    count: int = 1  # how many requests (flowsheet rows and single Observations are shown as one table)
+
+
+def _number(value: float, unit: str) -> str:
+    if unit == "mg/dL":
+        return f"{value:.0f} mg/dL"
+    if unit == "d":
+        return f"{value:g} days"
+    return f"{value:.1f} {unit}"
+
+
+def signed_values(values: Mapping[str, Any]) -> list[Tile]:
+    """The clinical values a sign-off carries, labelled as the EHR will show them."""
+    out = []
+    for key in METRIC_ORDER:
+        metric = METRICS.get(key)
+        if metric is None or key not in values:
+            continue
+        number = _num(values[key])
+        out.append(Tile(metric.display, "—" if number is None else _number(number, metric.unit)))
+    return out
+
+
+def _quantity(resource: Mapping[str, Any]) -> str:
+    quantity = resource.get("valueQuantity") or {}
+    value = _num(quantity.get("value"))
+    if value is None:
+        return "—"
+    unit = str(quantity.get("unit") or quantity.get("code") or "")
+    return _number(value, unit) if unit else f"{value:g}"
+
+
+def _observation_row(resource: Mapping[str, Any], *, flowsheet: bool) -> ReviewRow:
+    code = resource.get("code") or {}
+    codings = [c for c in code.get("coding", []) if isinstance(c, Mapping)]
+    first = codings[0] if codings else {}
+    loinc = next((c for c in codings if c.get("system") == "http://loinc.org"), None)
+    if flowsheet:
+        label = f"Flowsheet row {first.get('code', '?')}"
+    elif loinc is not None:
+        label = f"LOINC {loinc.get('code')}"
+    else:
+        label = str(first.get("code", ""))
+    name = str(code.get("text") or first.get("display") or "")
+    details = []
+    if resource.get("effectiveDateTime"):
+        details.append(str(resource["effectiveDateTime"]))
+    categories = [c.get("code") for item in resource.get("category", []) for c in item.get("coding", [])]
+    if categories:
+        details.append(", ".join(str(c) for c in categories))
+    encounter = (resource.get("encounter") or {}).get("reference")
+    if encounter:
+        details.append(str(encounter))
+    if resource.get("status") == "corrected" or resource.get("note"):
+        details.append("correction")
+    return ReviewRow(label, name, _quantity(resource), " · ".join(details))
+
+
+def _attachment_size(resource: Mapping[str, Any]) -> int | None:
+    for content in resource.get("content", []):
+        attachment = content.get("attachment") or {}
+        if isinstance(attachment.get("size"), int):
+            return int(attachment["size"])
+        data = attachment.get("data")
+        if isinstance(data, str):
+            return len(data) * 3 // 4 - data[-2:].count("=")
+    return None
+
+
+def _bundle_rows(body: Mapping[str, Any]) -> list[ReviewRow]:
+    bundle = body
+    if body.get("resourceType") == "Parameters":  # $submit-cgm-bundle wraps the Bundle
+        bundle = next((p.get("resource") for p in body.get("parameter", []) if p.get("resource")), {}) or {}
+    rows = []
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") == "Observation" and "valueQuantity" in resource:
+            rows.append(_observation_row(resource, flowsheet=False))
+    return rows
+
+
+def _bundle_contents(body: Mapping[str, Any]) -> str:
+    bundle = body
+    if body.get("resourceType") == "Parameters":
+        bundle = next((p.get("resource") for p in body.get("parameter", []) if p.get("resource")), {}) or {}
+    counts: dict[str, int] = {}
+    for entry in bundle.get("entry", []):
+        kind = str((entry.get("resource") or {}).get("resourceType", "?"))
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+
+
+def review_items(writes: Sequence[PlannedWrite]) -> list[ReviewItem]:
+    """The planned requests as the clinician reviews them: what, where, and every value each carries.
+
+    Consecutive flowsheet rows (or single Observations) are one table, one row per request."""
+    items: list[ReviewItem] = []
+    for write in writes:
+        body: Mapping[str, Any] = write.body or {}
+        if write.kind in ("flowsheet", "observations"):
+            row = dataclasses.replace(
+                _observation_row(body, flowsheet=write.kind == "flowsheet"), summary=write.summary
+            )
+            last = items[-1] if items else None
+            if last is not None and last.kind == write.kind:
+                items[-1] = dataclasses.replace(last, rows=[*last.rows, row], count=last.count + 1)
+            else:
+                items.append(ReviewItem(write.kind, f"{write.method} {write.path}", "", [row]))
+            continue
+        rows: list[ReviewRow] = []
+        text = None
+        size = None
+        if write.channel == "hl7v2":
+            request = "HL7 v2 ORU^R01 over MLLP"
+            text = (write.message or "").replace("\r", "\n").strip()
+        else:
+            request = f"{write.method} {write.path or '(transaction)'}"
+        if write.kind == "bundle":
+            rows = _bundle_rows(body)
+            contents = _bundle_contents(body)
+            text = f"Resources: {contents}" if contents else None
+        elif write.kind == "note":
+            raw = note_bytes(write)
+            text = raw.decode("utf-8", errors="replace") if raw is not None else None
+        elif write.kind == "pdf":
+            size = _attachment_size(body)
+        items.append(ReviewItem(write.kind, request, write.summary, rows, text, size))
+    return [_titled(item) for item in items]
+
+
+def _titled(item: ReviewItem) -> ReviewItem:
+    if item.kind == "flowsheet":
+        return dataclasses.replace(item, summary=f"{item.count} flowsheet row{'s' if item.count != 1 else ''}",
+                                   request=f"{item.request}, one per row")  # fmt: skip
+    if item.kind == "observations":
+        return dataclasses.replace(item, summary=f"{item.count} result{'s' if item.count != 1 else ''} (Observations)",
+                                   request=f"{item.request}, one per result")  # fmt: skip
+    return item
+
+
+def local_window(window: tuple[int, int], tz: str) -> str:
+    """A window's first and last local day (the end is exclusive)."""
+    zone = ZoneInfo(tz)
+    start = datetime.fromtimestamp(window[0] / 1000, zone).date()
+    last = (datetime.fromtimestamp(window[1] / 1000, zone) - timedelta(microseconds=1)).date()
+    return f"{start.isoformat()} to {last.isoformat()} ({(last - start).days + 1} days, {tz})"
+
+
+def utc_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = "a80570e7964b"
 down_revision: str | None = "3f18e33571b4"
 branch_labels: str | Sequence[str] | None = None

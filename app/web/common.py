@@ -1,0 +1,112 @@
+"""What the web modules share: the app's context, response headers, message pages, the launch check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+from litestar import Request
+from litestar.exceptions import HTTPException
+from litestar.plugins.htmx import HTMXRequest
+from litestar.response import Template
+
+from app.web.security import SECURITY_HEADERS, content_security_policy
+from bff.audit import audit
+from bff.capabilities import CapabilityService
+from bff.clinical import PatientOutcomesView
+from bff.settings import Settings
+from bff.smart import BackendAuth, LaunchContext, LaunchNotFoundError, SmartClient
+from bff.store.db import Store
+from bff.writeback import WritebackService
+from engine import ENGINE_VERSION
+
+PERIODS = (14, 30, 90)
+
+
+@dataclass
+class AppContext:
+    """What every handler needs, built once by create_app (explicit seams for tests)."""
+
+    settings: Settings
+    store: Store
+    smart: SmartClient
+    http: httpx.AsyncClient
+    backend: BackendAuth | None
+    view: PatientOutcomesView
+    capabilities: CapabilityService
+    writeback: WritebackService
+    secret: bytes
+    any_site_frame_ancestors: tuple[str, ...]  # every configured EHR origin, for pages outside a known launch
+    banners: dict[str, dict[str, str] | None]
+
+
+def context_of(request: Request[Any, Any, Any]) -> AppContext:
+    context: AppContext = request.app.state.ctx
+    return context
+
+
+def headers_for(frame_ancestors: tuple[str, ...]) -> dict[str, str]:
+    """Security headers; `frame_ancestors` () means the page may not be framed at all."""
+    return {**SECURITY_HEADERS, "Content-Security-Policy": content_security_policy(frame_ancestors)}
+
+
+def wants_fragment(request: Request[Any, Any, Any]) -> bool:
+    """One place decides fragment or full page (htmx 4 will say it with HX-Request-Type)."""
+    if not isinstance(request, HTMXRequest):
+        return False
+    details = request.htmx
+    return bool(details) and not details.boosted and not details.history_restore_request
+
+
+def message(
+    ctx: AppContext,
+    status: int,
+    title: str,
+    text: str,
+    kind: str,
+    frame_ancestors: tuple[str, ...] | None = None,
+    *,
+    fragment: bool = False,
+    headers: dict[str, str] | None = None,
+) -> Template:
+    """A message page (or, for htmx, the message alone). Where the launch (and so its site) is unknown, any
+    configured EHR may frame it, so the clinician sees the reason instead of a blank frame."""
+    ancestors = ctx.any_site_frame_ancestors if frame_ancestors is None else frame_ancestors
+    return Template(
+        "errors/_message.html" if fragment else "errors/message.html",
+        context={"title": title, "message": text, "kind": kind, "engine_version": ENGINE_VERSION},
+        status_code=status,
+        headers={**headers_for(ancestors), **(headers or {})},
+    )
+
+
+async def launch_for(ctx: AppContext, handle: str, patient: str | None) -> LaunchContext:
+    """The launch behind a handle; a patient other than the launch's is refused and audited."""
+    try:
+        found = await ctx.smart.launch(handle)
+    except LaunchNotFoundError:
+        raise HTTPException(status_code=404, detail="this launch has ended: open the app again from the EHR") from None
+    if patient is not None and patient != found.patient:
+        await anyio.to_thread.run_sync(
+            lambda: audit(ctx.store, "patient.mismatch", outcome="refused", site=found.site_key, actor=found.fhir_user,
+                          handle=handle, launch_patient=found.patient, requested_patient=patient)
+        )  # fmt: skip
+        raise HTTPException(status_code=403, detail="this launch is for another patient")
+    return found
+
+
+def check_days(days: int) -> int:
+    if days not in PERIODS:
+        raise HTTPException(status_code=400, detail=f"days must be one of {', '.join(map(str, PERIODS))}")
+    return days
+
+
+def check_unit(unit: str | None) -> str | None:
+    """The display unit asked for in the URL (per tab, so it holds across workers); None: the patient's own."""
+    if unit in (None, ""):
+        return None
+    if unit not in ("mg/dL", "mmol/L"):
+        raise HTTPException(status_code=400, detail="unit must be mg/dL or mmol/L")
+    return unit

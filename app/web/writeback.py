@@ -1,0 +1,312 @@
+"""Send to chart: the clinician reviews exactly what will be written, signs it, and follows it into the EHR.
+
+    GET  /v/{handle}/patients/{id}/chart/review?days=14[&unit=…][&correction=1]   the review panel
+    POST /v/{handle}/patients/{id}/chart/signoffs        sign (CSRF; digest, days, unit[, correction])
+    GET  /v/{handle}/patients/{id}/chart/signoffs        this patient's sign-offs and corrections to sign
+    GET  /v/{handle}/patients/{id}/chart/signoffs/{n}    one sign-off
+    GET  /v/{handle}/patients/{id}/chart/signoffs/{n}/status   its status badge; polled by htmx until final,
+                                                         then answered with 286 (htmx stops polling)
+
+Each answers a fragment to htmx and a whole page otherwise (the same templates). Every request is checked
+against its launch like the patient view; the signer is the launch's fhirUser and the encounter the launch's.
+The review, the sign-off, its audit and the queue are `bff.writeback.WritebackService`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import anyio
+from litestar import Request, Response, get, post
+from litestar.exceptions import HTTPException
+from litestar.response import Redirect, Template
+from sqlalchemy import select
+
+from app.web.common import (
+    AppContext,
+    check_days,
+    check_unit,
+    context_of,
+    headers_for,
+    launch_for,
+    wants_fragment,
+)
+from app.web.presenters import (
+    MODE_LABELS,
+    STATE_LABELS,
+    display_unit,
+    local_window,
+    review_items,
+    signed_values,
+    utc_text,
+)
+from app.web.security import csrf_ok, csrf_token
+from bff.audit import audit
+from bff.broker.plan import PlanError
+from bff.capabilities import CapabilityError
+from bff.smart import LaunchContext
+from bff.store.models import OutcomeWindow, WriteIntent
+from bff.store.outcomes import UnknownPatientError
+from bff.writeback import IntentView, Review, SignOffView, StaleReviewError
+from engine import ENGINE_VERSION
+
+T = TypeVar("T")
+SIGNED_EVENT = "signoff-recorded"  # HX-Trigger after a sign: the sign-off list reloads itself
+POLL_ACTIVE = "every 2s"
+POLL_WAITING = "every 30s"  # deferred, or held for a signature: nothing moves until the site or a person does
+
+
+@dataclass(frozen=True)
+class Patient:
+    """A launch's patient as the write-back pages need it."""
+
+    handle: str
+    launch: LaunchContext
+    public_id: str | None  # the store's patient (None: no CGM data was ever ingested for them)
+
+    @property
+    def site(self) -> str:
+        return self.launch.site_key
+
+    @property
+    def base(self) -> str:
+        return f"/v/{self.handle}/patients/{self.launch.patient}/"
+
+    @property
+    def encounter(self) -> str | None:
+        """The launch's encounter as a reference ("Encounter/123"), as the plan files it."""
+        value = self.launch.encounter
+        if not value:
+            return None
+        parts = value.rstrip("/").split("/")
+        return "/".join(parts[-2:]) if len(parts) >= 2 else f"Encounter/{value}"
+
+
+async def _thread(fn: Callable[[], T]) -> T:
+    return await anyio.to_thread.run_sync(fn)
+
+
+async def _patient(ctx: AppContext, handle: str, patient: str) -> Patient:
+    found = await launch_for(ctx, handle, patient)
+    public_id = await _thread(lambda: ctx.view.public_id(found.site_key, found.patient or ""))
+    return Patient(handle, found, public_id)
+
+
+def _headers(p: Patient, **extra: str) -> dict[str, str]:
+    return {**headers_for(p.launch.frame_ancestors), "Vary": "HX-Request", **extra}
+
+
+def _render(
+    request: Request[Any, Any, Any], p: Patient, fragment: str, context: dict[str, Any], *, status: int = 200,
+    title: str = "Send to chart", headers: dict[str, str] | None = None,
+) -> Template:  # fmt: skip
+    """The fragment for htmx, else the page that includes it (one template either way)."""
+    ctx = context_of(request)
+    context = {
+        "base": p.base, "csrf_token": csrf_token(ctx.secret, p.handle), "engine_version": ENGINE_VERSION,
+        "smart_style_url": p.launch.smart_style_url, "state_labels": STATE_LABELS, "poll_active": POLL_ACTIVE,
+        "poll_waiting": POLL_WAITING, "utc_text": utc_text, **context,
+    }  # fmt: skip
+    page = not wants_fragment(request)
+    context.setdefault("target_id", "send-to-chart")
+    context.update(fragment=fragment, title=title, page=page)
+    name = "writeback/page.html" if page else fragment
+    return Template(name, context=context, status_code=status, headers={**_headers(p), **(headers or {})})
+
+
+def _refused(request: Request[Any, Any, Any], p: Patient, status: int, title: str, text: str, **extra: Any) -> Template:
+    return _render(request, p, "writeback/_refused.html", {"heading": title, "text": text, **extra}, status=status,
+                   title=title)  # fmt: skip
+
+
+def _no_data(request: Request[Any, Any, Any], p: Patient) -> Template:
+    text = "No CGM readings are on file for this patient at this site: there is nothing to send to the chart."
+    return _refused(request, p, 404, "Nothing to send", text)
+
+
+def _correction_days(ctx: AppContext, p: Patient) -> int | None:
+    """The period of the window whose correction awaits a signature (days), if there is one."""
+    with ctx.store.transaction() as session:
+        row = session.execute(
+            select(OutcomeWindow.window_start_ms, OutcomeWindow.window_end_ms)
+            .join(WriteIntent, WriteIntent.outcome_window_id == OutcomeWindow.id)
+            .where(WriteIntent.site_key == p.site, WriteIntent.patient_public_id == p.public_id,
+                   WriteIntent.state == "awaiting_signoff")
+            .order_by(WriteIntent.id)
+        ).first()  # fmt: skip
+    return None if row is None else round((row[1] - row[0]) / 86_400_000)
+
+
+def _review_context(p: Patient, review: Review, days: int, note_unit: str, correction: bool) -> dict[str, Any]:
+    content = review.content
+    return {
+        "review": review,
+        "days": days,
+        "note_unit": note_unit,
+        "correction": correction,
+        "window_text": local_window(review.window, review.tz),
+        "mode_label": MODE_LABELS.get(review.mode, review.mode),
+        "values": signed_values(content.get("values", {})),
+        "sufficient": bool(content.get("sufficient", True)),
+        "items": review_items(review.writes),
+        "signer": p.launch.fhir_user,
+        "encounter": p.encounter,
+        "target_id": "correction-review" if correction else "send-to-chart",
+    }
+
+
+# MARK: review
+
+
+@get("/v/{handle:str}/patients/{patient:str}/chart/review")
+async def review_panel(
+    request: Request[Any, Any, Any], handle: str, patient: str, days: int = 14, unit: str | None = None,
+    correction: bool = False,
+) -> Template:  # fmt: skip
+    ctx = context_of(request)
+    p = await _patient(ctx, handle, patient)
+    days, chosen = check_days(days), check_unit(unit)
+    if p.public_id is None:
+        return _no_data(request, p)
+    public_id = p.public_id
+    if correction:
+        held: int | None = await _thread(lambda: _correction_days(ctx, p))
+        days = held or days
+
+    def build() -> tuple[Review, str]:
+        record = ctx.writeback.record(p.site, public_id, days)
+        note_unit = display_unit(record.document, chosen)
+        return ctx.writeback.review_record(p.site, record, encounter=p.encounter, note_unit=note_unit), note_unit
+
+    try:
+        review, note_unit = await _thread(build)
+    except (ValueError, UnknownPatientError) as exc:
+        if isinstance(exc, CapabilityError):
+            return _refused(request, p, 503, "This site's settings cannot be used", str(exc))
+        return _no_data(request, p)
+    context = _review_context(p, review, days, note_unit, correction)
+    return _render(request, p, "writeback/_review.html", context)
+
+
+# MARK: sign
+
+
+def _form_text(form: Any, name: str) -> str:
+    value = form.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+@post("/v/{handle:str}/patients/{patient:str}/chart/signoffs")
+async def sign(request: Request[Any, Any, Any], handle: str, patient: str) -> Response[Any]:
+    ctx = context_of(request)
+    p = await _patient(ctx, handle, patient)
+    form = await request.form()
+    presented = request.headers.get("x-csrf-token") or form.get("csrf_token")
+    if not csrf_ok(ctx.secret, handle, presented if isinstance(presented, str) else None):
+        await _thread(lambda: audit(ctx.store, "csrf.refused", outcome="refused", site=p.site, handle=handle,
+                                    path="chart/signoffs"))  # fmt: skip
+        raise HTTPException(status_code=403, detail="the form is missing its CSRF token: reload the page")
+    digest = _form_text(form, "digest")
+    try:
+        days = check_days(int(_form_text(form, "days") or "14"))
+    except ValueError:
+        raise HTTPException(status_code=400, detail="days must be a whole number") from None
+    note_unit = check_unit(_form_text(form, "unit")) or "mg/dL"
+    correction = _form_text(form, "correction") == "1"
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise HTTPException(status_code=400, detail="the sign form has no plan digest: review again")
+    signer = p.launch.fhir_user
+    if not signer:
+        await _thread(lambda: audit(ctx.store, "writeback.sign", outcome="refused", site=p.site, handle=handle,
+                                    reason="no fhirUser"))  # fmt: skip
+        return _refused(
+            request, p, 403, "Your identity is unknown",
+            "This launch did not say who you are (the EHR sent no fhirUser), and a sign-off must name its signer. "
+            "Open the app again from the EHR; if this persists, ask your EHR team to grant the app openid and "
+            "fhirUser.",
+        )  # fmt: skip
+    if p.public_id is None:
+        return _no_data(request, p)
+    public_id = p.public_id
+    service = ctx.writeback.sign_correction if correction else ctx.writeback.sign
+
+    def signed() -> SignOffView:
+        return service(p.site, public_id, digest=digest, signer=signer, days=days, encounter=p.encounter,
+                       note_unit=note_unit, handle=handle)  # fmt: skip
+
+    review_again = f"{p.base}chart/review?days={days}&unit={quote(note_unit)}" + ("&correction=1" if correction else "")
+    try:
+        view = await _thread(signed)
+    except StaleReviewError as exc:
+        return _refused(request, p, 409, "Review again", str(exc), review_url=review_again,
+                        target_id="correction-review" if correction else "send-to-chart")  # fmt: skip
+    except CapabilityError as exc:
+        return _refused(request, p, 503, "This site's settings cannot be used", str(exc))
+    except PlanError as exc:
+        return _refused(request, p, 422, "This cannot be sent to the chart", str(exc))
+    except (ValueError, UnknownPatientError):
+        return _no_data(request, p)
+    if not wants_fragment(request):  # POST, redirect, GET
+        return Redirect(f"{p.base}chart/signoffs/{view.id}", status_code=303, headers=_headers(p))
+    return _render(request, p, "writeback/_signoff.html", {"s": view, "just_signed": True},
+                   headers={"HX-Trigger": SIGNED_EVENT})  # fmt: skip
+
+
+# MARK: sign-offs
+
+
+async def _owned(ctx: AppContext, p: Patient, signoff_id: int) -> SignOffView:
+    """The sign-off, if it is this launch's patient's at this launch's site (else 404, audited)."""
+
+    def load() -> SignOffView | None:
+        try:
+            return ctx.writeback.status(signoff_id)
+        except KeyError:
+            return None
+
+    view = await _thread(load)
+    if view is None or view.site != p.site or view.patient != p.public_id:
+        if view is not None:
+            await _thread(lambda: audit(ctx.store, "signoff.mismatch", outcome="refused", site=p.site,
+                                        handle=p.handle, signoff=signoff_id))  # fmt: skip
+        raise HTTPException(status_code=404, detail=f"no sign-off {signoff_id} for this patient")
+    return view
+
+
+@get("/v/{handle:str}/patients/{patient:str}/chart/signoffs")
+async def signoff_list(request: Request[Any, Any, Any], handle: str, patient: str) -> Template:
+    ctx = context_of(request)
+    p = await _patient(ctx, handle, patient)
+    public_id = p.public_id
+    signoffs: list[SignOffView] = []
+    awaiting: list[IntentView] = []
+    if public_id is not None:
+        signoffs, awaiting = await _thread(lambda: (ctx.writeback.signoffs(p.site, public_id),
+                                                    ctx.writeback.awaiting_signoff(p.site, public_id)))  # fmt: skip
+    return _render(request, p, "writeback/_signoffs.html", {"signoffs": signoffs, "awaiting": awaiting},
+                   title="Sent to chart")  # fmt: skip
+
+
+@get("/v/{handle:str}/patients/{patient:str}/chart/signoffs/{signoff_id:int}")
+async def signoff_detail(request: Request[Any, Any, Any], handle: str, patient: str, signoff_id: int) -> Template:
+    ctx = context_of(request)
+    p = await _patient(ctx, handle, patient)
+    view = await _owned(ctx, p, signoff_id)
+    return _render(request, p, "writeback/_signoff.html", {"s": view, "just_signed": False},
+                   title=f"Sign-off {view.id}")  # fmt: skip
+
+
+@get("/v/{handle:str}/patients/{patient:str}/chart/signoffs/{signoff_id:int}/status")
+async def signoff_status(request: Request[Any, Any, Any], handle: str, patient: str, signoff_id: int) -> Template:
+    """The badge; a final state answers 286, which tells htmx to stop polling (and still swap the badge)."""
+    ctx = context_of(request)
+    p = await _patient(ctx, handle, patient)
+    view = await _owned(ctx, p, signoff_id)
+    return _render(request, p, "writeback/_status.html", {"s": view}, status=286 if view.final else 200,
+                   title=f"Sign-off {view.id}")  # fmt: skip
+
+
+ROUTES = [review_panel, sign, signoff_list, signoff_detail, signoff_status]
