@@ -51,7 +51,7 @@ def _load(url: str, seconds: int, script: Path) -> tuple[float, float, float, fl
 def run(*, quick: bool = False) -> None:
     seconds = 5 if quick else 15
     print(f"\n## view: 20 concurrent clinicians, {seconds} s per run, two uvicorn workers (2 cores), SQLite\n")
-    stack = DemoStack(app_port=free_port(), ehr_port=free_port(), app_workers=2).start(quiet=True)
+    stack = DemoStack(app_port=free_port(), ehr_port=free_port(), app_workers=2, worker=False).start(quiet=True)
     try:
         patient = patients(stack, "epic-like")[0]
         flow = launched(stack, "epic-like", patient)

@@ -69,6 +69,7 @@ class IntentView:
     last_error: str | None
     remote_id: str | None
     corrects_id: int | None
+    outcome_window_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +92,10 @@ class SignOffView:
         states = [i.state for i in self.intents if i.state != "expanded"]
         if not states:
             return "queued"
-        for state in ("awaiting_signoff", "unknown", "failed", "sending", "queued", "deferred"):
+        for state in ("awaiting_signoff", "unknown", "failed", "sending", "queued", "deferred", "cancelled"):
             if state in states:
-                return state
-        return "cancelled" if all(s == "cancelled" for s in states) else "confirmed"
+                return state  # "cancelled": some (or all) of it was withdrawn; the rest is at the EHR
+        return "confirmed"
 
     @property
     def final(self) -> bool:
@@ -278,7 +279,7 @@ class WritebackService:
                 position = int(ahead or 0) + 1
             views = tuple(
                 IntentView(i.id, i.kind, i.state, str(i.payload.get("summary", DEFERRED_SUMMARY)), i.attempts,
-                           i.last_error, i.remote_id, i.corrects_id)
+                           i.last_error, i.remote_id, i.corrects_id, i.outcome_window_id)
                 for i in intents
             )  # fmt: skip
             return SignOffView(
@@ -311,7 +312,7 @@ class WritebackService:
             )  # fmt: skip
             return [
                 IntentView(r.id, r.kind, r.state, "A correction with a clinically meaningful change: sign again",
-                           r.attempts, r.last_error, r.remote_id, r.corrects_id)
+                           r.attempts, r.last_error, r.remote_id, r.corrects_id, r.outcome_window_id)
                 for r in rows
             ]  # fmt: skip
 
@@ -450,35 +451,79 @@ class WritebackService:
                                                                 WriteIntent.outcome_window_id == current))  # fmt: skip
             return bool(signed or written)
 
-    def sign_correction(self, site: str, patient: str, *, digest: str, signer: str, days: int = 14,
-                        encounter: str | None = None, note_unit: str = "mg/dL",
-                        handle: str | None = None) -> SignOffView:  # fmt: skip
-        """A new sign-off for corrections held `awaiting_signoff`: they are released under it."""
+    def _held(self, site: str, patient: str) -> list[WriteIntent]:
         with self.store.transaction() as session:
-            held = list(
+            return list(
                 session.scalars(
-                    select(WriteIntent).where(WriteIntent.site_key == site, WriteIntent.patient_public_id == patient,
-                                              WriteIntent.state == "awaiting_signoff")
+                    select(WriteIntent)
+                    .where(WriteIntent.site_key == site, WriteIntent.patient_public_id == patient,
+                           WriteIntent.state == "awaiting_signoff")
+                    .order_by(WriteIntent.id)
                 )
             )  # fmt: skip
+
+    def review_correction(
+        self, site: str, patient: str, *, encounter: str | None = None, note_unit: str = "mg/dL"
+    ) -> Review | None:
+        """The plan of the corrections held for a new signature: the held window's current version, planned
+        under the matrix now and this launch's encounter and unit (None when nothing is held)."""
+        held = self._held(site, patient)
         if not held:
-            return self.sign(site, patient, digest=digest, signer=signer, days=days, encounter=encounter,
-                             note_unit=note_unit, handle=handle)  # fmt: skip
-        review = self.review(site, patient, days=days, encounter=encounter, note_unit=note_unit)
+            return None
+        record = self.window_record(site, held[0].outcome_window_id)
+        return self.review_record(site, record, encounter=encounter, note_unit=note_unit)
+
+    def sign_correction(
+        self,
+        site: str,
+        patient: str,
+        *,
+        digest: str,
+        signer: str,
+        encounter: str | None = None,
+        note_unit: str = "mg/dL",
+        handle: str | None = None,
+    ) -> SignOffView:
+        """A new sign-off for the corrections held `awaiting_signoff`; exactly the reviewed plan is sent under it.
+
+        The held writes take the reviewed requests (matched by kind and metrics: they were never sent); a reviewed
+        request with no held counterpart is queued anew, a held one with no reviewed counterpart is cancelled."""
+        if not signer.strip():
+            raise PlanError("a sign-off needs the signer's identity (the launch has no fhirUser)")
+        review = self.review_correction(site, patient, encounter=encounter, note_unit=note_unit)
+        if review is None:
+            raise PlanError("no correction is waiting for a signature for this patient")
         if review.digest != digest:
+            audit(self.store, "writeback.sign", outcome="refused", site=site, actor=signer, handle=handle,
+                  reason="stale review", correction=True)  # fmt: skip
             raise StaleReviewError("the correction changed since you reviewed it: review again")
+        if review.refusal:
+            raise PlanError(review.refusal)
+        held = self._held(site, patient)
         corrects = held[0].signoff_id
         signoff_id = self._store_signoff(review, signer, handle, corrects)
         now = self._now()
+        by_item = {(w.kind, tuple(w.metrics)): w for w in review.writes}
+        state = "deferred" if review.deferred else "queued"
         with self.store.transaction() as session:
-            for intent in session.scalars(select(WriteIntent).where(WriteIntent.id.in_([h.id for h in held]))):
-                intent.state = "queued" if not review.deferred else "deferred"
+            rows = session.scalars(select(WriteIntent).where(WriteIntent.id.in_([h.id for h in held])))
+            for intent in rows:
+                write = by_item.pop((intent.kind, tuple(intent.payload.get("metrics", ()))), None)
                 intent.signoff_id = signoff_id
-                intent.next_attempt_at = now
                 intent.updated_at = now
-                queue._attempt(session, intent, now, intent.state, detail=f"signed again (sign-off {signoff_id})")
+                intent.next_attempt_at = now
+                if write is None:
+                    intent.state = "cancelled"
+                    queue._attempt(session, intent, now, "cancelled", detail=f"not in sign-off {signoff_id}")
+                    continue
+                intent.payload = write.as_json()
+                intent.state = state
+                queue._attempt(session, intent, now, state, detail=f"signed again (sign-off {signoff_id})")
+        if by_item:  # the plan has requests the held corrections did not (e.g. the site's matrix grew)
+            rest = dataclasses.replace(review, writes=tuple(by_item.values()))
+            self._enqueue(rest, signoff_id, corrects_intents={})
         audit(self.store, "writeback.sign", outcome="allowed", site=site, actor=signer, handle=handle,
-              signoff=signoff_id, version=review.version, corrects=corrects)  # fmt: skip
+              signoff=signoff_id, version=review.version, corrects=corrects, digest=review.digest)  # fmt: skip
         return self.status(signoff_id)
 
 

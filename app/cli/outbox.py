@@ -38,7 +38,6 @@ from bff.store.models import WriteIntent
 from bff.writeback import WritebackService
 
 #: The Backend Services client id registered with each EHR (the app's JWKS holds its key).
-BACKEND_CLIENT_ID = "glucobridge-backend"
 
 
 def _sites(capabilities: CapabilityService, wanted: Sequence[str] | None) -> list[str]:
@@ -108,7 +107,7 @@ async def _work(
 ) -> list[SiteRun]:  # fmt: skip
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
         try:
-            auth = create_backend_auth(smart, BACKEND_CLIENT_ID, http=http)
+            auth = create_backend_auth(smart, smart.backend_client_id, http=http)
         except SettingsError as exc:
             raise BadInputError(str(exc)) from None
 

@@ -279,7 +279,7 @@ def create_app(
     registry = SiteRegistry.from_toml_dir(settings.sites_dir, default_redirect_uri=f"{settings.public_url}/callback")
     smart = smart or create_smart_client(smart_settings, registry=registry, http=http, store=SqlLaunchStore(store),
                                          app_secret=settings.secret(), redis_url=settings.redis_url)  # fmt: skip
-    backend = create_backend_auth(smart_settings, "glucobridge-backend", http=http)
+    backend = create_backend_auth(smart_settings, smart_settings.backend_client_id, http=http)
     origins = tuple(sorted({origin for site in smart.registry for origin in site.frame_ancestors}))
     capabilities = CapabilityService(store, settings.sites_dir)
     ctx = AppContext(settings=settings, store=store, smart=smart, http=http, backend=backend,

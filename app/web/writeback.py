@@ -14,6 +14,7 @@ The review, the sign-off, its audit and the queue are `bff.writeback.WritebackSe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -45,13 +46,17 @@ from app.web.presenters import (
 )
 from app.web.security import csrf_ok, csrf_token
 from bff.audit import audit
+from bff.broker.broker import Broker, launch_token_source, scopes_allow_create
 from bff.broker.plan import PlanError
 from bff.capabilities import CapabilityError
+from bff.outbox.worker import OutboxWorker
 from bff.smart import LaunchContext
 from bff.store.models import OutcomeWindow, WriteIntent
 from bff.store.outcomes import UnknownPatientError
 from bff.writeback import IntentView, Review, SignOffView, StaleReviewError
 from engine import ENGINE_VERSION
+
+log = logging.getLogger("glucobridge.app.writeback")
 
 T = TypeVar("T")
 SIGNED_EVENT = "signoff-recorded"  # HX-Trigger after a sign: the sign-off list reloads itself
@@ -179,6 +184,10 @@ async def review_panel(
     def build() -> tuple[Review, str]:
         record = ctx.writeback.record(p.site, public_id, days)
         note_unit = display_unit(record.document, chosen)
+        if correction:  # the held window's current version, whatever period the view shows
+            review = ctx.writeback.review_correction(p.site, public_id, encounter=p.encounter, note_unit=note_unit)
+            if review is not None:
+                return review, note_unit
         return ctx.writeback.review_record(p.site, record, encounter=p.encounter, note_unit=note_unit), note_unit
 
     try:
@@ -231,11 +240,13 @@ async def sign(request: Request[Any, Any, Any], handle: str, patient: str) -> Re
     if p.public_id is None:
         return _no_data(request, p)
     public_id = p.public_id
-    service = ctx.writeback.sign_correction if correction else ctx.writeback.sign
 
     def signed() -> SignOffView:
-        return service(p.site, public_id, digest=digest, signer=signer, days=days, encounter=p.encounter,
-                       note_unit=note_unit, handle=handle)  # fmt: skip
+        if correction:
+            return ctx.writeback.sign_correction(p.site, public_id, digest=digest, signer=signer,
+                                                 encounter=p.encounter, note_unit=note_unit, handle=handle)  # fmt: skip
+        return ctx.writeback.sign(p.site, public_id, digest=digest, signer=signer, days=days, encounter=p.encounter,
+                                  note_unit=note_unit, handle=handle)  # fmt: skip
 
     review_again = f"{p.base}chart/review?days={days}&unit={quote(note_unit)}" + ("&correction=1" if correction else "")
     try:
@@ -249,10 +260,35 @@ async def sign(request: Request[Any, Any, Any], handle: str, patient: str) -> Re
         return _refused(request, p, 422, "This cannot be sent to the chart", str(exc))
     except (ValueError, UnknownPatientError):
         return _no_data(request, p)
+    view = await _send_in_context(ctx, p, handle, view)
     if not wants_fragment(request):  # POST, redirect, GET
         return Redirect(f"{p.base}chart/signoffs/{view.id}", status_code=303, headers=_headers(p))
     return _render(request, p, "writeback/_signoff.html", {"s": view, "just_signed": True},
                    headers={"HX-Trigger": SIGNED_EVENT})  # fmt: skip
+
+
+#: The FHIR types each kind of write creates (a transaction Bundle creates several: left to the worker).
+_CREATES = {"flowsheet": ("Observation",), "observations": ("Observation",), "note": ("DocumentReference",),
+            "pdf": ("DocumentReference",)}  # fmt: skip
+
+
+async def _send_in_context(ctx: AppContext, p: Patient, handle: str, view: SignOffView) -> SignOffView:
+    """When the clinician's own launch may create what was signed, send it now with their token (the EHR then
+    shows the clinician as its author); otherwise, or for what fails, the outbox worker sends it with the app's
+    system token. Never raises: the sign-off is stored either way."""
+    queued = [i for i in view.intents if i.state == "queued"]
+    if not queued or any(i.kind not in _CREATES for i in queued):
+        return view
+    types = sorted({t for i in queued for t in _CREATES[i.kind]})
+    if not scopes_allow_create(p.launch.scopes, types):
+        return view
+    worker = OutboxWorker(ctx.store, ctx.capabilities, Broker(ctx.http, launch_token_source(ctx.smart, handle)),
+                          writeback=ctx.writeback, redis_url=ctx.settings.redis_url)  # fmt: skip
+    try:
+        await worker.send_in_context(p.site, [i.id for i in queued], worker.broker)
+    except Exception:  # the worker will send what is left; the clinician sees the badge move either way
+        log.exception("sending a sign-off in context failed at site %s", p.site)
+    return await _thread(lambda: ctx.writeback.status(view.id))
 
 
 # MARK: sign-offs

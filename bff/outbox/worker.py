@@ -208,14 +208,20 @@ class OutboxWorker:
             return run
         intents = await self._db("claim", lambda: queue.claim(
             self.store, site, self._now(), len(intent_ids), lease_s=self.config.lease_s, only=intent_ids))  # fmt: skip
-        await self._send_batch(caps, intents, run, broker)
+        await self._send_batch(caps, intents, run, broker, in_context=True)
         return run
 
     async def _send_batch(
-        self, caps: SiteCapabilities, intents: list[WriteIntent], run: SiteRun, broker: Broker
+        self,
+        caps: SiteCapabilities,
+        intents: list[WriteIntent],
+        run: SiteRun,
+        broker: Broker,
+        *,
+        in_context: bool = False,
     ) -> None:
         for index, intent in enumerate(intents):
-            stop = await self._send_one(caps, intent, run, broker)
+            stop = await self._send_one(caps, intent, run, broker, in_context=in_context)
             if stop is not None:
                 rest = [i.id for i in intents[index + 1 :]]
                 if rest:
@@ -234,7 +240,7 @@ class OutboxWorker:
             await self._sleep(wait)
 
     async def _send_one(
-        self, caps: SiteCapabilities, intent: WriteIntent, run: SiteRun, broker: Broker
+        self, caps: SiteCapabilities, intent: WriteIntent, run: SiteRun, broker: Broker, *, in_context: bool = False
     ) -> tuple[str, datetime] | None:
         """Send one claimed intent and record the outcome; returns (state, due) when the rest must wait."""
         write = PlannedWrite.from_json(intent.payload)
@@ -255,6 +261,11 @@ class OutboxWorker:
         run.statuses.append(result.status)
         outcome = classify(result.status, sent=result.sent, error=result.error, body=result.body)
         breaker = self.breakers[caps.key]
+        if degrades_site(result.status) and in_context:
+            # The clinician's token may not write here; that says nothing about the site: the worker sends it.
+            detail = f"{_detail(result)}; the clinician's token may not write this: left to the worker"
+            await self._record(intent.id, Outcome.RETRY, result.status, detail)
+            return ("queued", self._now())
         if degrades_site(result.status):
             await self._degrade(caps, intent, write, result)
             run.degraded = True
@@ -284,8 +295,10 @@ class OutboxWorker:
             return None
         breaker.record_success()
         if outcome is Outcome.CONFIRMED:
-            detail = "already at the EHR (Epic 59189)" if result.status == 400 else None
-            await self._record(intent.id, Outcome.CONFIRMED, result.status, detail, remote_id=result.remote_id)
+            note = "already at the EHR (Epic 59189)" if result.status == 400 else None
+            if in_context:
+                note = "sent in context with the clinician's own token" + (f"; {note}" if note else "")
+            await self._record(intent.id, Outcome.CONFIRMED, result.status, note, remote_id=result.remote_id)
             run.confirmed += 1
         else:
             await self._record(intent.id, Outcome.FAILED, result.status, _detail(result))

@@ -7,6 +7,7 @@
 | `SMART_PRELOGIN_TTL_S` | `600` | how long a sign-in may take between the redirect and the callback |
 | `SMART_LAUNCH_TTL_S` | `43200` | the longest a launch lives (with a refresh token; without, its access token's life) |
 | `SMART_REFRESH_LEEWAY_S` | `60` | refresh an access token when it has less than this left |
+| `SMART_BACKEND_CLIENT_ID` | `glucobridge-backend` | the client id registered for Backend Services (system tokens) |
 | `SMART_BACKEND_KEY_FILE` | unset | PEM private key for Backend Services assertions (RS384: RSA ≥ 2048; ES384: P-384) |
 | `SMART_BACKEND_KID` | unset | its key id (JWT header and JWKS) |
 | `SMART_BACKEND_ALG` | `ES384` | `RS384` or `ES384` |
@@ -54,6 +55,7 @@ class SmartSettings:
     prelogin_ttl_s: int = 600
     launch_ttl_s: int = 12 * 3600
     refresh_leeway_s: int = 60
+    backend_client_id: str = "glucobridge-backend"
     backend_key_file: str | None = None
     backend_kid: str | None = None
     backend_alg: str = "ES384"
@@ -71,6 +73,7 @@ class SmartSettings:
             prelogin_ttl_s=_seconds(environ, "SMART_PRELOGIN_TTL_S", 600),
             launch_ttl_s=_seconds(environ, "SMART_LAUNCH_TTL_S", 12 * 3600),
             refresh_leeway_s=_seconds(environ, "SMART_REFRESH_LEEWAY_S", 60),
+            backend_client_id=environ.get("SMART_BACKEND_CLIENT_ID") or "glucobridge-backend",
             backend_key_file=environ.get("SMART_BACKEND_KEY_FILE") or None,
             backend_kid=environ.get("SMART_BACKEND_KID") or None,
             backend_alg=alg,

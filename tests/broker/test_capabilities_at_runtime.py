@@ -317,3 +317,17 @@ def test_the_worker_finds_a_backfill_by_itself_and_sends_the_correction(prig: Ri
     assert len(corrected) == 8
     prig.drain("oracle-like")  # and only once
     assert len([o for o in prig.ehr.created("oracle-like", "Observation") if o["status"] == "corrected"]) == 8
+
+
+def test_a_403_to_the_clinicians_own_token_does_not_degrade_the_site(prig: Rig, proxy: FaultProxy) -> None:
+    proxy.add_rule({"match": {"method": "POST", "path_prefix": "/sites/oracle-like/fhir/Observation"},
+                    "action": "status", "status": 403, "times": 1})  # fmt: skip
+    signoff = sign(prig, "oracle-like")
+    ids = [i.id for i in prig.writeback.status(signoff).intents]
+    run = prig.run(prig.worker.send_in_context("oracle-like", ids, prig.broker))
+    assert run.confirmed == 0
+    assert prig.caps("oracle-like").write.mode.value == "full"  # not degraded
+    assert {i.state for i in prig.writeback.status(signoff).intents} == {"queued"}
+    prig.drain("oracle-like")  # the worker, with the app's system token, sends it all once
+    assert prig.writeback.status(signoff).state == "confirmed"
+    assert len(prig.ehr.created("oracle-like", "Observation")) == 8

@@ -31,7 +31,7 @@ from bff.capabilities import CapabilityService
 from bff.settings import Settings
 from bff.smart.backend import BackendAuth
 from bff.store.db import Store
-from bff.store.models import SignOff
+from bff.store.models import SignOff, WriteAttempt, WriteIntent
 from tests.web.conftest import Flow, audit_events, cli_outcomes, launched, patients
 from tests.web.test_browser import ARGS, CHROMIUM, open_in_chart, shot
 
@@ -243,6 +243,22 @@ def test_a_stale_review_asks_to_review_again(stack: DemoStack) -> None:
 # MARK: signed writes reach the EHR
 
 
+def in_context_attempts(stack: DemoStack, signoff: int) -> int:
+    """How many writes of a sign-off were confirmed with the clinician's own token (not the app's system one)."""
+    store = Store(Settings(database_url=stack.env["DATABASE_URL"]), check_schema=False)
+    try:
+        with store.transaction() as session:
+            return (
+                session.query(WriteAttempt)
+                .join(WriteIntent, WriteIntent.id == WriteAttempt.intent_id)
+                .filter(WriteIntent.signoff_id == signoff, WriteAttempt.outcome == "confirmed",
+                        WriteAttempt.detail.like("sent in context%"))
+                .count()
+            )  # fmt: skip
+    finally:
+        store.dispose()
+
+
 def test_a_sign_off_at_the_epic_like_site_ends_confirmed_in_the_flowsheet(stack: DemoStack) -> None:
     patient = patients(stack, "epic-like")[0]
     flow = launched(stack, "epic-like", patient)
@@ -253,11 +269,14 @@ def test_a_sign_off_at_the_epic_like_site_ends_confirmed_in_the_flowsheet(stack:
     assert signed.headers["hx-trigger"] == "signoff-recorded"  # the list of sign-offs reloads itself
     assert "Practitioner/" in signed.text  # the signer: the launch's fhirUser
     assert form["digest"][:12] in signed.text
-    assert 'hx-trigger="every 2s"' in signed.text
-    final = poll_until_final(flow, status_url(flow, signed.text))
-    assert state_of(final.text) == "confirmed"
-    assert "hx-trigger" not in final.text  # the final badge polls no more
+    # Filed in context while the clinician waited: the panel is final already, and its badge does not poll.
+    assert state_of(signed.text) == "confirmed"
+    assert 'hx-trigger="every' not in signed.text
+    final = flow.app.get(flow.view_url + f"chart/signoffs/{signoff_id(signed.text)}/status", headers=HX)
+    assert final.status_code == 286  # htmx's stop-polling answer
     assert "8 items: 8 confirmed" in final.text
+    # The launch was granted user/Observation.write: the rows were filed in context, with the clinician's token.
+    assert in_context_attempts(stack, signoff_id(signed.text)) == 8
 
     rows = flowsheet_rows(stack)
     system = rows.pop("system")
