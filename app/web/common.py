@@ -14,7 +14,7 @@ from litestar.response import Template
 
 from app.web.security import SECURITY_HEADERS, content_security_policy
 from bff.audit import audit
-from bff.capabilities import CapabilityService
+from bff.capabilities import CapabilityError, CapabilityService
 from bff.clinical import PatientOutcomesView
 from bff.settings import Settings
 from bff.smart import BackendAuth, LaunchContext, LaunchNotFoundError, SmartClient
@@ -94,7 +94,31 @@ async def launch_for(ctx: AppContext, handle: str, patient: str | None) -> Launc
                           handle=handle, launch_patient=found.patient, requested_patient=patient)
         )  # fmt: skip
         raise HTTPException(status_code=403, detail="this launch is for another patient")
+    if found.patient is not None:
+        await _check_site_filter(ctx, handle, found)
     return found
+
+
+async def _check_site_filter(ctx: AppContext, handle: str, found: LaunchContext) -> None:
+    """The site's `[filter]` (capability matrix): the patients or departments the app may show there."""
+
+    def allowed() -> bool:
+        try:
+            caps = ctx.capabilities.get(found.site_key)
+        except CapabilityError:
+            return True  # a site without a usable matrix restricts nothing here (its writes are refused elsewhere)
+        department = found.context.get("department")
+        return caps.shows_patient(str(found.patient), department if isinstance(department, str) else None)
+
+    if not await anyio.to_thread.run_sync(allowed):
+        await anyio.to_thread.run_sync(
+            lambda: audit(ctx.store, "patient.filtered", outcome="refused", site=found.site_key,
+                          actor=found.fhir_user, handle=handle)
+        )  # fmt: skip
+        raise HTTPException(
+            status_code=403,
+            detail="glucobridge is not enabled for this patient or department at this site (the site's filter)",
+        )
 
 
 def check_days(days: int) -> int:
