@@ -116,7 +116,7 @@ def _clone(template: PlannedWrite, k: int) -> PlannedWrite:
 
 
 def soak(total: int = 10_000, rates: dict[str, tuple[float, int]] | None = None, *, db_url: str | None = None,
-         quiet: bool = False) -> SoakResult:  # fmt: skip
+         quiet: bool = False, days: int = 14) -> SoakResult:  # fmt: skip
     rates = rates or RATES
     sites = list(rates)
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -129,8 +129,8 @@ def soak(total: int = 10_000, rates: dict[str, tuple[float, int]] | None = None,
         ehr_base, proxy_base = f"http://127.0.0.1:{ehr_port}", f"http://127.0.0.1:{proxy_port}"
         py = sys.executable
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        ehr = subprocess.Popen([py, "-m", "sandbox", "serve", "--port", str(ehr_port), "--now", NOW, "--sites",
-                                ",".join(sites), "--backend-jwks-url",
+        ehr = subprocess.Popen([py, "-m", "sandbox", "serve", "--port", str(ehr_port), "--now", NOW,
+                                "--days", str(days), "--sites", ",".join(sites), "--backend-jwks-url",
                                 f"http://127.0.0.1:{jwks.server_address[1]}/jwks.json"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         proxy = subprocess.Popen([py, "-m", "sandbox", "faultproxy", "--upstream", ehr_base, "--port", str(proxy_port)],
@@ -141,7 +141,7 @@ def soak(total: int = 10_000, rates: dict[str, tuple[float, int]] | None = None,
             for site, (rps, burst) in rates.items():
                 httpx.post(f"{proxy_base}/__faults__/rate", json={"path_prefix": f"/sites/{site}/fhir", "rps": rps,
                            "burst": burst, "retry_after_form": "seconds"}).raise_for_status()  # fmt: skip
-            return _run(total, rates, tmp, key, ehr_base, proxy_base, db_url, quiet)
+            return _run(total, rates, tmp, key, ehr_base, proxy_base, db_url, quiet, days)
         finally:
             for process in (proxy, ehr):
                 process.terminate()
@@ -151,7 +151,7 @@ def soak(total: int = 10_000, rates: dict[str, tuple[float, int]] | None = None,
 
 
 def _run(total: int, rates: dict[str, tuple[float, int]], tmp: Path, key: jwk.ECKey, ehr_base: str,
-         proxy_base: str, db_url: str | None, quiet: bool) -> SoakResult:  # fmt: skip
+         proxy_base: str, db_url: str | None, quiet: bool, days: int) -> SoakResult:  # fmt: skip
     sites = list(rates)
     sites_dir = tmp / "sites"
     sites_dir.mkdir()
@@ -166,7 +166,7 @@ def _run(total: int, rates: dict[str, tuple[float, int]], tmp: Path, key: jwk.EC
         capabilities.set(site, "rate_limit.burst", burst, who="soak", reason="the site's published limit")
     # The same seed as the sandbox process (same --now): its patients, encounters and readings.
     mirror = build_sandbox(SandboxConfig.local(now=datetime.fromisoformat(NOW.replace("Z", "+00:00")),
-                                               sites=tuple(sites), backend_jwks_url=None))  # fmt: skip
+                                               sites=tuple(sites), backend_jwks_url=None, days=days))  # fmt: skip
     writeback = WritebackService(store, capabilities)
     per_site = total // len(sites)
     counts = {site: per_site + (1 if i < total % len(sites) else 0) for i, site in enumerate(sites)}

@@ -56,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sites=_sites(args.sites),
         now=_now(args.now),
         seed=args.seed,
+        days=args.days,
         frame_ancestors=tuple(args.frame_ancestor or ()),
         auto_approve=args.auto_approve,
         mllp_port=args.mllp_port,
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--sites", help=f"comma-separated sites (default: {','.join(DEFAULT_SITES)})")
     serve.add_argument("--now", help="the seed's now, ISO date or instant (default: the current time)")
     serve.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    serve.add_argument("--days", type=int, default=DEFAULT_DAYS, help="days of CGM readings per patient (>= 14)")
     serve.add_argument("--frame-ancestor", action="append", help="another origin allowed to frame the pages")
     serve.add_argument("--auto-approve", action="store_true", help="skip the consent page in EHR launches")
     serve.add_argument("--mllp-port", type=int, help="also run the hl7-only site's MLLP listener on this port")

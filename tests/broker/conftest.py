@@ -34,6 +34,7 @@ from bff.writeback import WritebackService
 from sandbox import ClientRegistration, SandboxConfig, create_app
 from sandbox.faultproxy import FaultProxy
 from sandbox.runtime import Sandbox
+from tests.conftest import database_url
 from tests.sandbox.support import APP_LAUNCH, NOW, REDIRECT, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +63,21 @@ class Ehr:
         store = self.sandbox.sites[site].store
         seeded = {r["id"] for r in self.sandbox.sites[site].seed.resources if r["resourceType"] == rtype}
         return [r for rid, r in store.current[rtype].items() if rid not in seeded]
+
+
+@pytest.fixture(name="db_url")
+def fx_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLite unless a test asks for both (`@both_databases`): the write path's database work is the queue's
+    (claims, leases, SKIP LOCKED), tested on both in tests/outbox; here the cases where it meets the EHR run on both."""
+    url, schema = database_url(getattr(request, "param", "sqlite"), tmp_path)
+    try:
+        yield url
+    finally:
+        if schema:
+            schema.close()
+
+
+both_databases = pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture(name="ehr_key", scope="session")

@@ -23,7 +23,7 @@ from bff.store.models import SignOff, WriteIntent
 from bff.store.outcomes import OutcomeService
 from sandbox.faultproxy import FaultProxy
 from sandbox.personalities import WriteMode as EhrWriteMode
-from tests.broker.conftest import Rig, ingest_site
+from tests.broker.conftest import Rig, both_databases, ingest_site
 
 SIGNER = "Practitioner/dr-1"
 WHO = "integration-engineer"
@@ -165,6 +165,7 @@ def test_a_matrix_narrowed_after_sign_off_refuses_what_it_no_longer_allows(prig:
 # --- degradation and recovery ---------------------------------------------------------------------------------
 
 
+@both_databases
 def test_a_403_degrades_the_site_and_recovery_syncs_in_order_once(prig: Rig, proxy: FaultProxy) -> None:
     first = sign(prig, "oracle-like", "p1")
     second = sign(prig, "oracle-like", "p2")
@@ -192,6 +193,7 @@ def test_a_403_degrades_the_site_and_recovery_syncs_in_order_once(prig: Rig, pro
     assert order == sorted(order)  # confirmed in creation order
 
 
+@both_databases
 def test_a_read_only_site_switched_to_full_syncs_its_queue_in_order_each_once(prig: Rig, proxy: FaultProxy) -> None:
     signoffs = [sign(prig, "read-only", person) for person in ("p1", "p2", "p3")]
     for _ in range(2):
@@ -304,6 +306,7 @@ def test_an_r5_site_gets_r5_resources(rig: Rig) -> None:
     assert "patient" in provenance  # R5 Provenance.patient
 
 
+@both_databases
 def test_the_worker_finds_a_backfill_by_itself_and_sends_the_correction(prig: Rig, proxy: FaultProxy) -> None:
     prig.capabilities.set("oracle-like", "corrections.resign_pp", 90.0, who=WHO, reason="policy")
     prig.capabilities.set("oracle-like", "corrections.resign_tbr_pp", 90.0, who=WHO, reason="policy")

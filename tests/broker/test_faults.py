@@ -15,7 +15,7 @@ import pytest
 from bff.outbox import queue
 from bff.store.models import WriteAttempt
 from sandbox.faultproxy import FaultProxy
-from tests.broker.conftest import Rig, ingest_site
+from tests.broker.conftest import Rig, both_databases, ingest_site
 
 SIGNER = "Practitioner/dr-1"
 OBS = "/sites/oracle-like/fhir/Observation"
@@ -93,6 +93,7 @@ def test_a_timeout_after_the_server_committed_is_read_back_not_resent(prig: Rig,
     assert len(forwarded) == len(view.intents)  # the hung write was never sent again
 
 
+@both_databases
 def test_a_reset_after_commit_is_read_back_not_resent(prig: Rig, proxy: FaultProxy) -> None:
     proxy.add_rule({"match": {"method": "POST", "path_prefix": OBS}, "action": "reset_after_commit", "times": 2})
     signoff = sign(prig, "oracle-like")
@@ -127,6 +128,7 @@ def test_redis_down_falls_back_to_the_process_bucket(ehr, store, proxy, tmp_path
         rig.loop.close()
 
 
+@both_databases
 def test_kill_9_of_the_worker_mid_send_loses_and_doubles_nothing(prig: Rig, proxy: FaultProxy, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import os  # noqa: PLC0415
     import signal  # noqa: PLC0415

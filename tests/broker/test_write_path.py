@@ -7,7 +7,7 @@ import pytest
 from bff.broker.plan import PlanError
 from bff.store.models import SignOff
 from bff.writeback import StaleReviewError
-from tests.broker.conftest import Rig, ingest_site
+from tests.broker.conftest import Rig, both_databases, ingest_site
 
 SIGNER = "Practitioner/dr-1"
 
@@ -21,6 +21,7 @@ def sign(rig: Rig, site: str, person: str = "p1", **kwargs: object) -> int:
     return view.id
 
 
+@both_databases
 def test_epic_like_files_each_mapped_flowsheet_row_once(rig: Rig) -> None:
     signoff = sign(rig, "epic-like")
     view = rig.writeback.status(signoff)
@@ -59,6 +60,7 @@ def test_epic_like_replay_is_59189_and_counts_as_confirmed(rig: Rig) -> None:
     assert len(rig.ehr.created("epic-like", "Observation")) == 8
 
 
+@both_databases
 def test_oracle_like_single_observations_note_and_pdf(rig: Rig) -> None:
     signoff = sign(rig, "oracle-like")
     kinds = [i.kind for i in rig.writeback.status(signoff).intents]
