@@ -62,8 +62,8 @@ FLOWSHEET_ROWS = (
     FlowsheetRow("3040101001", "CGM sensor glucose", "99504-3", "mg/dL"),
     FlowsheetRow("3040101002", "CGM sensor glucose (mmol/L)", "105272-9", "mmol/L"),
     FlowsheetRow("3040101010", "CGM time in range 70-180 (%)", "97510-2", "%"),
-    FlowsheetRow("3040101011", "CGM time below range 54-69 (%)", "104642-4", "%"),
-    FlowsheetRow("3040101012", "CGM time below range <54 (%)", "104641-6", "%"),
+    FlowsheetRow("3040101011", "CGM time below range 54-69 (%)", "104641-6", "%"),  # TBR L1 (IG timeInLow)
+    FlowsheetRow("3040101012", "CGM time below range <54 (%)", "104642-4", "%"),  # TBR L2 (IG timeInVeryLow)
     FlowsheetRow("3040101013", "CGM time above range 181-250 (%)", "104640-8", "%"),
     FlowsheetRow("3040101014", "CGM time above range >250 (%)", "104639-0", "%"),
     FlowsheetRow("3040101015", "CGM mean glucose", "97507-8", "mg/dL"),
