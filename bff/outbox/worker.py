@@ -192,8 +192,10 @@ class OutboxWorker:
         await self._reconcile(caps, run)
         if not self.breakers[site].allow():
             return run
+        # Claim no more than the bucket lets out well within the lease: a claim must never outlive it while waiting.
+        limit = max(1, min(self.config.batch, int(caps.rate_limit.rps * self.config.lease_s / 4)))
         intents = await self._db(
-            "claim", lambda: queue.claim(self.store, site, self._now(), self.config.batch, lease_s=self.config.lease_s)
+            "claim", lambda: queue.claim(self.store, site, self._now(), limit, lease_s=self.config.lease_s)
         )
         await self._send_batch(caps, intents, run, self.broker)
         return run

@@ -173,3 +173,14 @@ def test_the_epic_like_row_map_files_each_metric_on_the_row_built_for_it() -> No
     for metric, row_id in caps.write.flowsheet_rows.items():
         assert rows[row_id].loinc == METRICS[metric].loinc, (metric, row_id, rows[row_id].name)
     assert METRICS["tbr_l2"].loinc == "104642-4"  # very low, <54 mg/dL (the IG's timeInVeryLow)
+
+
+def test_a_slow_site_is_claimed_no_faster_than_its_rate_allows_within_a_lease(rig: Rig) -> None:
+    rig.capabilities.set("oracle-like", "rate_limit.rps", 0.02, who="test", reason="one write per 50 s")
+    rig.capabilities.set("oracle-like", "rate_limit.burst", 1, who="test", reason="one write per 50 s")
+    signoff = sign(rig, "oracle-like")
+    run = rig.run(rig.worker.run_site("oracle-like"))
+    assert run.confirmed == 1  # one token, one claim: the rest is not held under a lease it would outlive
+    states = [i.state for i in rig.writeback.status(signoff).intents]
+    assert states.count("confirmed") == 1
+    assert states.count("queued") == len(states) - 1
