@@ -35,6 +35,7 @@ import httpx
 import orjson
 from joserfc import jwk
 
+from app.demo import free_port, wait_http
 from bench.measure import table
 from bff.broker.broker import Broker, backend_token_source
 from bff.broker.plan import PlannedWrite
@@ -50,46 +51,12 @@ from bff.store.ingest import Ingestor
 from bff.writeback import WritebackService
 from sandbox import SandboxConfig
 from sandbox.runtime import build_sandbox
+from tests.sandbox.conftest import _JwksHandler as JwksHandler  # the same JWKS stand-in as the tests
 
 NOW = "2026-11-26T15:00:00Z"
 #: site -> (requests per second, burst): three different throttles.
 RATES = {"epic-like": (50.0, 10), "oracle-like": (35.0, 5), "cgm-receiver": (80.0, 20)}
 CLIENT = "glucobridge-backend"  # the sandbox's default Backend Services client (its JWKS from --backend-jwks-url)
-
-
-def _free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Jwks(http.server.BaseHTTPRequestHandler):
-    body = b"{}"
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        del format, args
-
-
-def _wait(url: str, what: str, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not answer at {url}")
 
 
 @dataclass
@@ -122,10 +89,10 @@ def soak(total: int = 10_000, rates: dict[str, tuple[float, int]] | None = None,
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         key = jwk.ECKey.generate_key("P-384", parameters={"kid": "soak-1"})
-        handler = type("H", (_Jwks,), {"body": json.dumps({"keys": [key.as_dict(private=False)]}).encode()})
+        handler = type("H", (JwksHandler,), {"body": json.dumps({"keys": [key.as_dict(private=False)]}).encode()})
         jwks = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=jwks.serve_forever, daemon=True).start()
-        ehr_port, proxy_port = _free_port(), _free_port()
+        ehr_port, proxy_port = free_port(), free_port()
         ehr_base, proxy_base = f"http://127.0.0.1:{ehr_port}", f"http://127.0.0.1:{proxy_port}"
         py = sys.executable
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -136,8 +103,8 @@ def soak(total: int = 10_000, rates: dict[str, tuple[float, int]] | None = None,
         proxy = subprocess.Popen([py, "-m", "sandbox", "faultproxy", "--upstream", ehr_base, "--port", str(proxy_port)],
                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
-            _wait(f"{ehr_base}/ehr/", "the sandbox", ehr)
-            _wait(f"{proxy_base}/__faults__/journal", "the fault proxy", proxy)
+            wait_http(f"{ehr_base}/ehr/", ehr, timeout_s=30)
+            wait_http(f"{proxy_base}/__faults__/journal", proxy, timeout_s=30)
             for site, (rps, burst) in rates.items():
                 httpx.post(f"{proxy_base}/__faults__/rate", json={"path_prefix": f"/sites/{site}/fhir", "rps": rps,
                            "burst": burst, "retry_after_form": "seconds"}).raise_for_status()  # fmt: skip

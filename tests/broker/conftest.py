@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +17,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 from joserfc import jwk
 
 from bff.broker.broker import Broker, backend_token_source
@@ -35,7 +32,7 @@ from sandbox import ClientRegistration, SandboxConfig, create_app
 from sandbox.faultproxy import FaultProxy
 from sandbox.runtime import Sandbox
 from tests.conftest import database_url
-from tests.sandbox.support import APP_LAUNCH, NOW, REDIRECT, free_port
+from tests.sandbox.support import APP_LAUNCH, NOW, REDIRECT, free_port, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = "outbox-test"
@@ -43,9 +40,11 @@ CLIENT = "outbox-test"
 
 @dataclass
 class Ehr:
+    """The sandbox EHR running in this process: its base URL, its state, and what reached it past the guard."""
+
     base: str
     sandbox: Sandbox
-    key: jwk.ECKey
+    key: jwk.ECKey | None = None
     sent: list[tuple[str, str, str]] = field(default_factory=list)  # (site, kind, resourceType) past the guard
 
     def fhir(self, site: str) -> str:
@@ -94,17 +93,8 @@ def fx_ehr(ehr_key: jwk.ECKey) -> Iterator[Ehr]:
     config = SandboxConfig.local(public_base=base, app_launch_url=APP_LAUNCH, redirect_uris=(REDIRECT,),
                                  backend_jwks_url=None, extra_clients=(client,), now=NOW, days=14)  # fmt: skip
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the sandbox server did not start")
-        time.sleep(0.02)
-    yield Ehr(base, app.state.sandbox, ehr_key)
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(app, port):
+        yield Ehr(base, app.state.sandbox, ehr_key)
 
 
 @pytest.fixture(name="sites_dir")
@@ -165,6 +155,7 @@ def make_rig(ehr: Ehr, store: Store, sites_dir: Path, *, config: WorkerConfig | 
              redis_url: str | None = None, timeout_s: float = 10.0) -> Rig:  # fmt: skip
     loop = asyncio.new_event_loop()
     http = httpx.AsyncClient(timeout=timeout_s)
+    assert ehr.key is not None
     auth = BackendAuth(CLIENT, ehr.key.as_pem(private=True), "outbox-1", "ES384", http=http)
     capabilities = CapabilityService(store, sites_dir)
 
@@ -215,3 +206,15 @@ def fx_prig(ehr: Ehr, store: Store, proxy: FaultProxy, tmp_path: Path) -> Iterat
     finally:
         rig.run(rig.http.aclose())
         rig.loop.close()
+
+
+SIGNER = "Practitioner/dr-1"
+
+
+def sign(rig: Rig, site: str, person: str = "p1") -> int:
+    """Ingest a seeded person's readings, review the site's plan and sign it (as a clinician would); the sign-off id."""
+    public = ingest_site(rig.store, rig.ehr, site, (person,))[person]
+    encounter = rig.ehr.encounter(site, person)
+    review = rig.writeback.review(site, public, encounter=encounter)
+    assert review.refusal is None, review.refusal
+    return rig.writeback.sign(site, public, digest=review.digest, signer=SIGNER, encounter=encounter).id

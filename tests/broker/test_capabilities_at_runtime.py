@@ -23,18 +23,9 @@ from bff.store.models import SignOff, WriteIntent
 from bff.store.outcomes import OutcomeService
 from sandbox.faultproxy import FaultProxy
 from sandbox.personalities import WriteMode as EhrWriteMode
-from tests.broker.conftest import Rig, both_databases, ingest_site
+from tests.broker.conftest import SIGNER, Rig, both_databases, ingest_site, sign
 
-SIGNER = "Practitioner/dr-1"
 WHO = "integration-engineer"
-
-
-def sign(rig: Rig, site: str, person: str = "p1") -> int:
-    public = ingest_site(rig.store, rig.ehr, site, (person,))[person]
-    encounter = rig.ehr.encounter(site, person)
-    review = rig.writeback.review(site, public, encounter=encounter)
-    assert review.refusal is None, review.refusal
-    return rig.writeback.sign(site, public, digest=review.digest, signer=SIGNER, encounter=encounter).id
 
 
 def writes_at(proxy: FaultProxy, site: str) -> list[str]:

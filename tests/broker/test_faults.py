@@ -15,18 +15,9 @@ import pytest
 from bff.outbox import queue
 from bff.store.models import WriteAttempt
 from sandbox.faultproxy import FaultProxy
-from tests.broker.conftest import Rig, both_databases, ingest_site
+from tests.broker.conftest import Rig, both_databases, sign
 
-SIGNER = "Practitioner/dr-1"
 OBS = "/sites/oracle-like/fhir/Observation"
-
-
-def sign(rig: Rig, site: str, person: str = "p1") -> int:
-    public = ingest_site(rig.store, rig.ehr, site, (person,))[person]
-    encounter = rig.ehr.encounter(site, person)
-    review = rig.writeback.review(site, public, encounter=encounter)
-    assert review.refusal is None, review.refusal
-    return rig.writeback.sign(site, public, digest=review.digest, signer=SIGNER, encounter=encounter).id
 
 
 def confirmed_once(rig: Rig, proxy: FaultProxy, site: str, signoff: int) -> None:

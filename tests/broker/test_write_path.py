@@ -7,18 +7,7 @@ import pytest
 from bff.broker.plan import PlanError
 from bff.store.models import SignOff
 from bff.writeback import StaleReviewError
-from tests.broker.conftest import Rig, both_databases, ingest_site
-
-SIGNER = "Practitioner/dr-1"
-
-
-def sign(rig: Rig, site: str, person: str = "p1", **kwargs: object) -> int:
-    public = ingest_site(rig.store, rig.ehr, site, (person,))[person]
-    encounter = rig.ehr.encounter(site, person)
-    review = rig.writeback.review(site, public, encounter=encounter)
-    assert review.refusal is None, review.refusal
-    view = rig.writeback.sign(site, public, digest=review.digest, signer=SIGNER, encounter=encounter)
-    return view.id
+from tests.broker.conftest import SIGNER, Rig, both_databases, ingest_site, sign
 
 
 @both_databases

@@ -14,17 +14,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-import uvicorn
 from joserfc import jwk
 
 from app.cli import main
@@ -35,30 +31,12 @@ from bff.store.db import Store
 from bff.store.models import WriteIntent
 from bff.writeback import WritebackService
 from sandbox import SandboxConfig, create_app
-from sandbox.runtime import Sandbox
-from tests.sandbox.support import APP_LAUNCH, NOW, REDIRECT, free_port
+from tests.broker.conftest import Ehr
+from tests.sandbox.support import APP_LAUNCH, NOW, REDIRECT, free_port, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 SIGNER = "Practitioner/dr-cli"
 Run = Callable[..., tuple[int, str, str]]
-
-
-@dataclass
-class Ehr:
-    base: str
-    sandbox: Sandbox
-
-    def patient(self, site: str, person: str) -> str:
-        return next(p.patient_id for p in self.sandbox.sites[site].seed.patients if p.person.key == person)
-
-    def encounter(self, site: str, person: str) -> str | None:
-        found = next(p for p in self.sandbox.sites[site].seed.patients if p.person.key == person)
-        return None if found.open_encounter_id is None else f"Encounter/{found.open_encounter_id}"
-
-    def created(self, site: str, rtype: str) -> list[dict[str, Any]]:
-        store = self.sandbox.sites[site].store
-        seeded = {r["id"] for r in self.sandbox.sites[site].seed.resources if r["resourceType"] == rtype}
-        return [r for rid, r in store.current[rtype].items() if rid not in seeded]
 
 
 @pytest.fixture(name="key", scope="module")
@@ -74,17 +52,8 @@ def fx_ehr(key: jwk.ECKey) -> Iterator[Ehr]:
                                  backend_jwks_url=None, backend_jwks={"keys": [key.as_dict(private=False)]},
                                  sites=("epic-like", "oracle-like", "read-only"), now=NOW, days=14)  # fmt: skip
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the sandbox server did not start")
-        time.sleep(0.02)
-    yield Ehr(base, app.state.sandbox)
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(app, port):
+        yield Ehr(base, app.state.sandbox)
 
 
 @pytest.fixture(name="env")

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from joserfc import jwk
 
 from sandbox import ClientRegistration, SandboxConfig, create_app
-from tests.sandbox.support import APP_LAUNCH, NOW, REDIRECT, Clock, Keys, Server, free_port
+from tests.sandbox.support import APP_LAUNCH, NOW, REDIRECT, Clock, Keys, Server, free_port, serve_in_thread
 
 
 class _JwksHandler(BaseHTTPRequestHandler):
@@ -76,17 +74,8 @@ def fx_server(keys: Keys, jwks_url: str) -> Iterator[Server]:
         clock=clock,
     )
     app = create_app(config)
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not uv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the sandbox server did not start")
-        time.sleep(0.02)
-    yield Server(base, app.state.sandbox, clock, keys, jwks_url)
-    uv.should_exit = True
-    thread.join(10)
+    with serve_in_thread(app, port):
+        yield Server(base, app.state.sandbox, clock, keys, jwks_url)
 
 
 @pytest.fixture(name="http")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import uvicorn
 from joserfc import jwk
 
 from sandbox.runtime import Sandbox
@@ -63,3 +67,21 @@ class Server:
         seeded = self.sandbox.sites[site].patient(patient_id)
         assert seeded is not None
         return seeded.open_encounter_id
+
+
+@contextmanager
+def serve_in_thread(app: Any, port: int, *, timeout_s: float = 15.0) -> Iterator[None]:
+    """Serve an ASGI app with uvicorn in a daemon thread on 127.0.0.1:`port` until the block ends."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(10)
