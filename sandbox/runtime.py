@@ -26,6 +26,8 @@ class Site:
     auth: AuthState
     seed: SiteSeed
     hl7_inbox: list[dict[str, Any]] = field(default_factory=list)
+    #: (patient, flowsheet row, instant ms) of every reading filed through the API (Epic's duplicate check).
+    filed_readings: set[tuple[str, str, int]] = field(default_factory=set)
 
     @property
     def fhir_base(self) -> str:
