@@ -314,9 +314,9 @@ def _gaps(merged: list[_Row], win: Window, policy: OutcomePolicy, zone: str) -> 
         # The doc: an interval between consecutive readings, from t to t_next.
         if b.t - a.t >= long_gap:
             gaps.append(_interval(a.t, b.t, zone))
-    last_t = merged[-1].t
-    # Choice: with several readings at the last instant (several streams), the last reading's end is the latest.
-    last_end = max(r.t + r.w for r in merged if r.t == last_t)
+    # The data end where the coverage of the readings ends: the latest t + w of any reading (with several
+    # streams, an earlier reading of a 15-minute sensor may cover past the last reading of a 5-minute one).
+    last_end = max(r.t + r.w for r in merged)
     if win.end_ms - last_end >= long_gap:
         gaps.append(_interval(last_end, win.end_ms, zone))
     return gaps

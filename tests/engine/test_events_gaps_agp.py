@@ -73,6 +73,17 @@ def test_gaps_at_the_window_edges_are_listed() -> None:
     ]
 
 
+def test_the_tail_gap_starts_where_the_latest_reading_coverage_ends_in_any_stream() -> None:
+    # A Libre 2 (15-minute record) reading at 01:00 covers to 01:15; the last reading, a Dexcom G6 (5 min) at
+    # 01:08, covers only to 01:13. The data end at 01:15, so the tail gap runs 01:15-04:00 (165 minutes).
+    readings = series([100], start=T0 + 1 * HOUR, device="libre-2", stream="libre")
+    readings += series([100], start=T0 + 68 * MIN, device="dexcom-g6", stream="g6")
+    out = one(readings, spec=window(T0 + 1 * HOUR, T0 + 4 * HOUR))
+    assert out.document["gaps"] == [
+        {"start": "2024-03-01T01:15:00+00:00", "end": "2024-03-01T04:00:00+00:00", "minutes": 165.0}
+    ]
+
+
 def test_long_gap_threshold_is_inclusive_and_a_policy_setting() -> None:
     readings = series([100]) + series([100], start=T0 + 2 * HOUR)
     assert len(one(readings, spec=window(T0, T0 + 2 * HOUR + 5 * MIN)).document["gaps"]) == 1
