@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -171,8 +171,12 @@ class WritebackService:
         encounter: str | None = None,
         note_unit: str = "mg/dL",
         handle: str | None = None,
+        in_context_grace_s: float = 0.0,
     ) -> SignOffView:
-        """Sign exactly the reviewed plan (`digest`); refused if it changed since. Signing twice returns the first."""
+        """Sign exactly the reviewed plan (`digest`); refused if it changed since. Signing twice returns the first.
+
+        `in_context_grace_s`: the caller sends the writes itself with the clinician's token right away; workers
+        leave them alone that long (and send whatever is still queued after)."""
         if not signer.strip():
             raise PlanError("a sign-off needs the signer's identity (the launch has no fhirUser)")
         review = self.review(site, patient, days=days, encounter=encounter, note_unit=note_unit)
@@ -188,7 +192,8 @@ class WritebackService:
             raise PlanError(review.refusal)
         corrects = self._earlier_signoff(site, review)
         signoff_id = self._store_signoff(review, signer, handle, corrects)
-        self._enqueue(review, signoff_id, corrects_intents=self._intents_of(corrects) if corrects else {})
+        due = self._now() + timedelta(seconds=in_context_grace_s) if in_context_grace_s > 0 else None
+        self._enqueue(review, signoff_id, corrects_intents=self._intents_of(corrects) if corrects else {}, due_at=due)
         audit(self.store, "writeback.sign", outcome="allowed", site=site, actor=signer, handle=handle,
               signoff=signoff_id, version=review.version, writes=len(review.writes), deferred=review.deferred,
               digest=review.digest)  # fmt: skip
@@ -238,6 +243,7 @@ class WritebackService:
         *,
         corrects_intents: dict[tuple[str, tuple[str, ...]], int],
         state: str | None = None,
+        due_at: datetime | None = None,
     ) -> None:
         window = f"{review.window[0]}-{review.window[1]}"
         now = self._now()
@@ -254,7 +260,7 @@ class WritebackService:
                 self.store, site=review.site, patient_public_id=review.patient,
                 outcome_window_id=review.outcome_window_id, kind=write.kind, metrics=list(write.metrics),
                 window=window, version=review.version, payload=write.as_json(), now=now, state=state or "queued",
-                channel=write.channel, signoff_id=signoff_id,
+                channel=write.channel, signoff_id=signoff_id, due_at=due_at,
                 corrects_id=corrects_intents.get((write.kind, write.metrics)),
             )  # fmt: skip
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -49,6 +50,7 @@ from bff.audit import audit
 from bff.broker.broker import Broker, launch_token_source, scopes_allow_create
 from bff.broker.plan import PlanError
 from bff.capabilities import CapabilityError
+from bff.outbox import queue
 from bff.outbox.worker import OutboxWorker
 from bff.smart import LaunchContext
 from bff.store.models import OutcomeWindow, WriteIntent
@@ -245,8 +247,9 @@ async def sign(request: Request[Any, Any, Any], handle: str, patient: str) -> Re
         if correction:
             return ctx.writeback.sign_correction(p.site, public_id, digest=digest, signer=signer,
                                                  encounter=p.encounter, note_unit=note_unit, handle=handle)  # fmt: skip
+        grace = _in_context_grace(p)
         return ctx.writeback.sign(p.site, public_id, digest=digest, signer=signer, days=days, encounter=p.encounter,
-                                  note_unit=note_unit, handle=handle)  # fmt: skip
+                                  note_unit=note_unit, handle=handle, in_context_grace_s=grace)  # fmt: skip
 
     review_again = f"{p.base}chart/review?days={days}&unit={quote(note_unit)}" + ("&correction=1" if correction else "")
     try:
@@ -267,6 +270,9 @@ async def sign(request: Request[Any, Any, Any], handle: str, patient: str) -> Re
                    headers={"HX-Trigger": SIGNED_EVENT})  # fmt: skip
 
 
+#: How long the worker leaves a sign-off's writes to the clinician's in-context send (it ends as soon as that
+#: send is done; it only matters if the app process dies in between).
+IN_CONTEXT_GRACE_S = 30.0
 #: The FHIR types each kind of write creates (a transaction Bundle creates several: left to the worker).
 _CREATES = {"flowsheet": ("Observation",), "observations": ("Observation",), "note": ("DocumentReference",),
             "pdf": ("DocumentReference",)}  # fmt: skip
@@ -276,19 +282,28 @@ async def _send_in_context(ctx: AppContext, p: Patient, handle: str, view: SignO
     """When the clinician's own launch may create what was signed, send it now with their token (the EHR then
     shows the clinician as its author); otherwise, or for what fails, the outbox worker sends it with the app's
     system token. Never raises: the sign-off is stored either way."""
-    queued = [i for i in view.intents if i.state == "queued"]
-    if not queued or any(i.kind not in _CREATES for i in queued):
-        return view
-    types = sorted({t for i in queued for t in _CREATES[i.kind]})
-    if not scopes_allow_create(p.launch.scopes, types):
-        return view
-    worker = OutboxWorker(ctx.store, ctx.capabilities, Broker(ctx.http, launch_token_source(ctx.smart, handle)),
-                          writeback=ctx.writeback, redis_url=ctx.settings.redis_url)  # fmt: skip
+    queued = [i.id for i in view.intents if i.state == "queued"]
+    kinds = {i.kind for i in view.intents if i.state == "queued"}
+    types = sorted({t for kind in kinds for t in _CREATES.get(kind, ("Bundle",))})
     try:
-        await worker.send_in_context(p.site, [i.id for i in queued], worker.broker)
+        if queued and kinds <= set(_CREATES) and scopes_allow_create(p.launch.scopes, types):
+            broker = Broker(ctx.http, launch_token_source(ctx.smart, handle))
+            worker = OutboxWorker(ctx.store, ctx.capabilities, broker, writeback=ctx.writeback,
+                                  redis_url=ctx.settings.redis_url)  # fmt: skip
+            await worker.send_in_context(p.site, queued, broker)
     except Exception:  # the worker will send what is left; the clinician sees the badge move either way
         log.exception("sending a sign-off in context failed at site %s", p.site)
+    finally:  # what was not sent in context is the worker's at once
+        await _thread(lambda: queue.make_due(ctx.store, queued, datetime.now(UTC)))
     return await _thread(lambda: ctx.writeback.status(view.id))
+
+
+def _in_context_grace(p: Patient) -> float:
+    """Seconds the worker leaves a new sign-off's writes to the clinician's in-context send (0: no such send)."""
+    may = scopes_allow_create(p.launch.scopes, ["Observation"]) or scopes_allow_create(
+        p.launch.scopes, ["DocumentReference"]
+    )
+    return IN_CONTEXT_GRACE_S if may else 0.0
 
 
 # MARK: sign-offs

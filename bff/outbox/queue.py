@@ -82,8 +82,11 @@ def enqueue(
     channel: str = "fhir",
     signoff_id: int | None = None,
     corrects_id: int | None = None,
+    due_at: datetime | None = None,
 ) -> WriteIntent:
-    """Queue a write; the same idempotency key returns the existing intent (never a second one)."""
+    """Queue a write; the same idempotency key returns the existing intent (never a second one).
+
+    `due_at` (default now) is when a worker may first claim it: a grace for a clinician's in-context send."""
     if state not in ("queued", "deferred", "awaiting_signoff"):
         raise ValueError(f"a new write intent starts queued, deferred or awaiting_signoff, not {state!r}")
     if kind not in KINDS:
@@ -99,8 +102,8 @@ def enqueue(
             intent = WriteIntent(
                 idempotency_key=key, site_key=site, patient_public_id=patient_public_id,
                 outcome_window_id=outcome_window_id, kind=kind, payload=dict(payload), state=state,
-                attempts=0, next_attempt_at=now, created_at=now, updated_at=now, channel=channel,
-                signoff_id=signoff_id, corrects_id=corrects_id,
+                attempts=0, next_attempt_at=_utc(due_at) if due_at else now, created_at=now, updated_at=now,
+                channel=channel, signoff_id=signoff_id, corrects_id=corrects_id,
             )  # fmt: skip
             session.add(intent)
             session.flush()
@@ -137,8 +140,13 @@ def claim(
         .order_by(WriteIntent.id)
         .limit(limit)
     )
-    if only is not None:
-        due = due.where(WriteIntent.id.in_(list(only)))
+    if only is not None:  # named intents are claimed whenever they are queued (an in-context send's grace)
+        due = (
+            select(WriteIntent.id)
+            .where(WriteIntent.site_key == site, WriteIntent.state == "queued", WriteIntent.id.in_(list(only)))
+            .order_by(WriteIntent.id)
+            .limit(limit)
+        )
     with store.transaction() as session:
         if store.dialect == "postgresql":
             ids = list(session.scalars(due.with_for_update(skip_locked=True)))
@@ -250,6 +258,16 @@ def put_back(store: Store, intent_ids: list[int], now: datetime, *, state: str, 
             intent.lease_expires_at = None
             intent.next_attempt_at = _utc(at)
             _attempt(session, intent, now, state, detail=detail)
+
+
+def make_due(store: Store, intent_ids: Sequence[int], now: datetime) -> None:
+    """Queued intents become due now (an in-context send's grace ends early: the worker takes them)."""
+    with store.transaction() as session:
+        session.execute(
+            update(WriteIntent)
+            .where(WriteIntent.id.in_(list(intent_ids)), WriteIntent.state == "queued")
+            .values(next_attempt_at=_utc(now))
+        )
 
 
 def expire_leases(store: Store, site: str, now: datetime) -> list[int]:

@@ -109,11 +109,14 @@ def test_scopes_allow_create_reads_v1_and_v2_spellings() -> None:
 
 
 def test_a_sign_off_can_be_sent_in_context_at_once(rig: Rig) -> None:
-    signoff = sign(rig, "oracle-like")
-    ids = [i.id for i in rig.writeback.status(signoff).intents]
+    public = ingest_site(rig.store, rig.ehr, "oracle-like")["p1"]
+    review = rig.writeback.review("oracle-like", public)
+    view = rig.writeback.sign("oracle-like", public, digest=review.digest, signer=SIGNER, in_context_grace_s=30)
+    ids = [i.id for i in view.intents]
+    assert rig.run(rig.worker.run_site("oracle-like")).sent == 0  # the worker leaves them to the in-context send
     run = rig.run(rig.worker.send_in_context("oracle-like", ids, rig.broker))
     assert run.confirmed == len(ids)
-    assert rig.writeback.status(signoff).state == "confirmed"
+    assert rig.writeback.status(view.id).state == "confirmed"
     assert len(rig.ehr.created("oracle-like", "Observation")) == 8
 
 
