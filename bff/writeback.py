@@ -309,18 +309,11 @@ class WritebackService:
 
     def awaiting_signoff(self, site: str, patient: str) -> list[IntentView]:
         """Corrections held for a new sign-off (the clinician view asks for it)."""
-        with self.store.transaction() as session:
-            rows = session.scalars(
-                select(WriteIntent)
-                .where(WriteIntent.site_key == site, WriteIntent.patient_public_id == patient,
-                       WriteIntent.state == "awaiting_signoff")
-                .order_by(WriteIntent.id)
-            )  # fmt: skip
-            return [
-                IntentView(r.id, r.kind, r.state, "A correction with a clinically meaningful change: sign again",
-                           r.attempts, r.last_error, r.remote_id, r.corrects_id, r.outcome_window_id)
-                for r in rows
-            ]  # fmt: skip
+        return [
+            IntentView(r.id, r.kind, r.state, "A correction with a clinically meaningful change: sign again",
+                       r.attempts, r.last_error, r.remote_id, r.corrects_id, r.outcome_window_id)
+            for r in self._held(site, patient)
+        ]  # fmt: skip
 
     # --- deferred plans and corrections (called by the worker) -------------------------------------------------
 
@@ -468,16 +461,18 @@ class WritebackService:
                 )
             )  # fmt: skip
 
+    def held_record(self, site: str, patient: str) -> OutcomeRecord | None:
+        """The current version of the window whose corrections await a new signature (None when none do)."""
+        held = self._held(site, patient)
+        return None if not held else self.window_record(site, held[0].outcome_window_id)
+
     def review_correction(
         self, site: str, patient: str, *, encounter: str | None = None, note_unit: str = "mg/dL"
     ) -> Review | None:
         """The plan of the corrections held for a new signature: the held window's current version, planned
         under the matrix now and this launch's encounter and unit (None when nothing is held)."""
-        held = self._held(site, patient)
-        if not held:
-            return None
-        record = self.window_record(site, held[0].outcome_window_id)
-        return self.review_record(site, record, encounter=encounter, note_unit=note_unit)
+        record = self.held_record(site, patient)
+        return None if record is None else self.review_record(site, record, encounter=encounter, note_unit=note_unit)
 
     def sign_correction(
         self,

@@ -44,10 +44,11 @@ from app.web.common import (
     headers_for,
     launch_for,
     message,
+    require_csrf,
     wants_fragment,
 )
 from app.web.presenters import display_unit, summary_view
-from app.web.security import csrf_ok, csrf_token
+from app.web.security import csrf_token
 from bff.audit import audit
 from bff.capabilities import CapabilityService
 from bff.clinical import PatientOutcomesView
@@ -205,13 +206,7 @@ async def set_display_unit(request: Request[Any, Any, Any], handle: str, patient
     ctx = context_of(request)
     found = await launch_for(ctx, handle, patient)
     form = await request.form()
-    presented = request.headers.get("x-csrf-token") or form.get("csrf_token")
-    if not csrf_ok(ctx.secret, handle, presented if isinstance(presented, str) else None):
-        await anyio.to_thread.run_sync(
-            lambda: audit(ctx.store, "csrf.refused", outcome="refused", site=found.site_key, handle=handle,
-                          path="display-unit")
-        )  # fmt: skip
-        raise HTTPException(status_code=403, detail="the form is missing its CSRF token: reload the page")
+    await require_csrf(ctx, request, form, handle, found.site_key, "display-unit")
     chosen = form.get("unit")
     unit = check_unit(chosen if isinstance(chosen, str) else "?")
     return Redirect(f"/v/{handle}/patients/{patient}/?unit={quote(unit or '')}", status_code=303,

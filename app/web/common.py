@@ -12,7 +12,7 @@ from litestar.exceptions import HTTPException
 from litestar.plugins.htmx import HTMXRequest
 from litestar.response import Template
 
-from app.web.security import SECURITY_HEADERS, content_security_policy
+from app.web.security import SECURITY_HEADERS, content_security_policy, csrf_ok
 from bff.audit import audit
 from bff.capabilities import CapabilityError, CapabilityService
 from bff.clinical import PatientOutcomesView
@@ -134,3 +134,15 @@ def check_unit(unit: str | None) -> str | None:
     if unit not in ("mg/dL", "mmol/L"):
         raise HTTPException(status_code=400, detail="unit must be mg/dL or mmol/L")
     return unit
+
+
+async def require_csrf(ctx: AppContext, request: Request[Any, Any, Any], form: Any, handle: str, site: str,
+                       path: str) -> None:  # fmt: skip
+    """A launch's state-changing request carries its CSRF token (header for htmx, form field otherwise); a
+    missing or wrong one is audited and answered 403."""
+    presented = request.headers.get("x-csrf-token") or form.get("csrf_token")
+    if not csrf_ok(ctx.secret, handle, presented if isinstance(presented, str) else None):
+        await anyio.to_thread.run_sync(
+            lambda: audit(ctx.store, "csrf.refused", outcome="refused", site=site, handle=handle, path=path)
+        )
+        raise HTTPException(status_code=403, detail="the form is missing its CSRF token: reload the page")

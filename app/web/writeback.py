@@ -25,7 +25,6 @@ import anyio
 from litestar import Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.response import Redirect, Template
-from sqlalchemy import select
 
 from app.web.common import (
     AppContext,
@@ -34,6 +33,7 @@ from app.web.common import (
     context_of,
     headers_for,
     launch_for,
+    require_csrf,
     wants_fragment,
 )
 from app.web.presenters import (
@@ -45,7 +45,7 @@ from app.web.presenters import (
     signed_values,
     utc_text,
 )
-from app.web.security import csrf_ok, csrf_token
+from app.web.security import csrf_token
 from bff.audit import audit
 from bff.broker.broker import Broker, launch_token_source, scopes_allow_create
 from bff.broker.plan import PlanError
@@ -53,7 +53,6 @@ from bff.capabilities import CapabilityError
 from bff.outbox import queue
 from bff.outbox.worker import OutboxWorker
 from bff.smart import LaunchContext
-from bff.store.models import OutcomeWindow, WriteIntent
 from bff.store.outcomes import UnknownPatientError
 from bff.writeback import IntentView, Review, SignOffView, StaleReviewError
 from engine import ENGINE_VERSION
@@ -134,19 +133,6 @@ def _no_data(request: Request[Any, Any, Any], p: Patient) -> Template:
     return _refused(request, p, 404, "Nothing to send", text)
 
 
-def _correction_days(ctx: AppContext, p: Patient) -> int | None:
-    """The period of the window whose correction awaits a signature (days), if there is one."""
-    with ctx.store.transaction() as session:
-        row = session.execute(
-            select(OutcomeWindow.window_start_ms, OutcomeWindow.window_end_ms)
-            .join(WriteIntent, WriteIntent.outcome_window_id == OutcomeWindow.id)
-            .where(WriteIntent.site_key == p.site, WriteIntent.patient_public_id == p.public_id,
-                   WriteIntent.state == "awaiting_signoff")
-            .order_by(WriteIntent.id)
-        ).first()  # fmt: skip
-    return None if row is None else round((row[1] - row[0]) / 86_400_000)
-
-
 def _review_context(p: Patient, review: Review, days: int, note_unit: str, correction: bool) -> dict[str, Any]:
     content = review.content
     return {
@@ -179,21 +165,18 @@ async def review_panel(
     if p.public_id is None:
         return _no_data(request, p)
     public_id = p.public_id
-    if correction:
-        held: int | None = await _thread(lambda: _correction_days(ctx, p))
-        days = held or days
 
-    def build() -> tuple[Review, str]:
-        record = ctx.writeback.record(p.site, public_id, days)
+    def build() -> tuple[Review, str, int]:
+        # A correction: the held window's current version, whatever period the view shows.
+        held = ctx.writeback.held_record(p.site, public_id) if correction else None
+        shown = days if held is None else round((held.window_end_ms - held.window_start_ms) / 86_400_000)
+        record = held or ctx.writeback.record(p.site, public_id, shown)
         note_unit = display_unit(record.document, chosen)
-        if correction:  # the held window's current version, whatever period the view shows
-            review = ctx.writeback.review_correction(p.site, public_id, encounter=p.encounter, note_unit=note_unit)
-            if review is not None:
-                return review, note_unit
-        return ctx.writeback.review_record(p.site, record, encounter=p.encounter, note_unit=note_unit), note_unit
+        review = ctx.writeback.review_record(p.site, record, encounter=p.encounter, note_unit=note_unit)
+        return review, note_unit, shown
 
     try:
-        review, note_unit = await _thread(build)
+        review, note_unit, days = await _thread(build)
     except (ValueError, UnknownPatientError) as exc:
         if isinstance(exc, CapabilityError):
             return _refused(request, p, 503, "This site's settings cannot be used", str(exc))
@@ -215,11 +198,7 @@ async def sign(request: Request[Any, Any, Any], handle: str, patient: str) -> Re
     ctx = context_of(request)
     p = await _patient(ctx, handle, patient)
     form = await request.form()
-    presented = request.headers.get("x-csrf-token") or form.get("csrf_token")
-    if not csrf_ok(ctx.secret, handle, presented if isinstance(presented, str) else None):
-        await _thread(lambda: audit(ctx.store, "csrf.refused", outcome="refused", site=p.site, handle=handle,
-                                    path="chart/signoffs"))  # fmt: skip
-        raise HTTPException(status_code=403, detail="the form is missing its CSRF token: reload the page")
+    await require_csrf(ctx, request, form, handle, p.site, "chart/signoffs")
     digest = _form_text(form, "digest")
     try:
         days = check_days(int(_form_text(form, "days") or "14"))
