@@ -27,11 +27,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bff.audit import audit
+from bff.broker.plan import KINDS as PLAN_KINDS
 from bff.outbox.retry import Outcome
 from bff.store.db import Store
 from bff.store.models import WriteAttempt, WriteIntent
 
-KINDS = ("flowsheet", "observations", "note", "pdf", "bundle", "hl7v2", "plan")
+KINDS = (*PLAN_KINDS, "plan")  # a planned request, or a deferred sign-off to plan when the site allows
 STATES = ("awaiting_signoff", "deferred", "queued", "sending", "unknown", "confirmed", "failed", "cancelled")
 FINAL_STATES = frozenset({"confirmed", "failed", "cancelled", "expanded"})
 DEFAULT_LEASE_S = 120.0
