@@ -162,8 +162,8 @@ class OutboxWorker:
         while True:
             try:
                 return fn()
-            except (OperationalError, DBAPIError) as exc:
-                if not getattr(exc, "connection_invalidated", True) and not isinstance(exc, OperationalError):
+            except DBAPIError as exc:  # an outage (OperationalError, a dropped connection); other errors are bugs
+                if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
                     raise
                 log.warning("database unavailable during %s (%s): retrying in %.1f s", what, type(exc).__name__, delay)
                 await self._sleep(delay)
