@@ -136,6 +136,7 @@ def _reading(
         device=device,
         stream=transmitter or "",
         record_key=record_id,
+        sender="" if patient is None else patient.value,  # the Dexcom account the recordId belongs to
         locator=locator,
         payload=_compact(record) if keep_payload else "",
         extra=extra,

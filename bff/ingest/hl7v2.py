@@ -528,6 +528,7 @@ class Hl7v2Parser:
             yield FeedProblem(locator, str(exc), message.text, _context(cid, number, "message"), patient)
             return
         version = message.version
+        sender = f"{message.msh.field(3)}^{message.msh.field(4)}"  # MSH-3 ^ MSH-4, raw: the control id's issuer
         header = [message.msh]
         pid: Hl7Segment | None = None
         obr: Hl7Segment | None = None
@@ -578,6 +579,7 @@ class Hl7v2Parser:
                 device=device,
                 stream=stream,
                 record_key=f"{cid}|{set_id}",
+                sender=sender,
                 ambiguous=ambiguous,
                 locator=obx_locator,
                 payload=segment.text if self.keep_payload else "",

@@ -63,6 +63,7 @@ class FeedReading:
     device: str = ""  # device key of engine.devices ("" unknown)
     stream: str = ""  # device stream label (transmitter id, sensor serial); "" when the feed has none
     record_key: str = ""  # the feed's own id for the record (recordId, Observation id, ...); "" when none
+    sender: str = ""  # who issued `record_key` (HL7 v2: MSH-3^MSH-4; Dexcom: the account); "" = the site itself
     session_key: str = ""  # sensor session id when the feed has one
     session_start_ms: int | None = None
     ambiguous: bool = False  # the time came from an ambiguous local time (resolved by order)
@@ -128,6 +129,7 @@ def reading_to_json(reading: FeedReading) -> str:
             "device": reading.device,
             "stream": reading.stream,
             "record_key": reading.record_key,
+            "sender": reading.sender,
             "session_key": reading.session_key,
             "session_start_ms": reading.session_start_ms,
             "ambiguous": reading.ambiguous,
@@ -151,6 +153,7 @@ def reading_from_json(text: str) -> FeedReading:
         device=data["device"],
         stream=data["stream"],
         record_key=data["record_key"],
+        sender=data.get("sender", ""),
         session_key=data.get("session_key", ""),
         session_start_ms=data.get("session_start_ms"),
         ambiguous=bool(data.get("ambiguous", False)),

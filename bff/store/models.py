@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -62,6 +63,9 @@ class Patient(Base):
     public_id: Mapped[str] = mapped_column(String(128), unique=True)
     tz: Mapped[str] = mapped_column(String(64), default="UTC")  # IANA zone for days, night and the AGP
     created_at: Mapped[datetime] = mapped_column(Timestamp)
+    #: The site that first fed this patient: feeds of another site reach it only through an explicit, audited
+    #: link (`glucobridge patient link`). None for patients created before sites owned their patients.
+    site_key: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class PatientIdentifier(Base):
@@ -121,16 +125,24 @@ class IngestBatch(Base):
 class Reading(Base):
     """One glucose reading with its unit provenance. Never updated in value; never deleted.
 
-    `reading_key` is deterministic (128 bits of a SHA-256 of site, feed and the feed's record key, or of the
-    reading's identity), so re-ingesting an input adds nothing. A copy of the same reading from another feed is
-    kept too, marked `duplicate_of` the copy that the precedence rule keeps, with the reason.
+    `reading_key` is deterministic (128 bits of a SHA-256 of site, feed, sender, patient and the feed's record
+    key, or of the reading's identity), so re-ingesting an input adds nothing. A copy of the same reading from
+    another feed is kept too, marked `duplicate_of` the copy that the precedence rule keeps, with the reason.
 
     `session_id` and `batch_id` are written only by the ingest transaction that creates their rows, and carry
     no foreign-key constraint: on PostgreSQL each constraint check costs about a fifth of the insert time.
     """
 
     __tablename__ = "readings"
-    __table_args__ = (Index("ix_readings_stream_time", "patient_id", "stream_id", "observed_ms"),)
+    __table_args__ = (
+        Index("ix_readings_stream_time", "patient_id", "stream_id", "observed_ms"),
+        Index(
+            "ix_readings_record_hash",
+            "record_hash",
+            postgresql_where=text("record_hash IS NOT NULL"),
+            sqlite_where=text("record_hash IS NOT NULL"),
+        ),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     reading_key: Mapped[uuid.UUID] = mapped_column(Uuid(), unique=True)
     patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
@@ -147,6 +159,9 @@ class Reading(Base):
     source_feed: Mapped[str] = mapped_column(String(16))
     source_rank: Mapped[int] = mapped_column(SmallInteger)
     source_record_key: Mapped[str] = mapped_column(String(300), default="")
+    #: 64 bits of SHA-256 of site, feed, sender and the feed's record key (NULL without a record key): finds the
+    #: same record already filed for another patient (`bff.store.ingest`), which is quarantined, never merged.
+    record_hash: Mapped[int | None] = mapped_column(BigInteger)
     stream_label: Mapped[str] = mapped_column(String(128), default="")
     batch_id: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(Timestamp)
