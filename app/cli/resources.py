@@ -11,7 +11,7 @@ from typing import TextIO
 from app.cli.common import BadInputError, open_store, window_from
 from bff.ingest.hl7v2 import Hl7ParseError
 from bff.resources.fhir import outcome_bundle
-from bff.resources.load import observation_keys, outcome_record, record_artifacts
+from bff.resources.load import NoReadingsError, observation_keys, outcome_record, record_artifacts
 from bff.resources.note import outcome_note
 from bff.resources.oru import build_oru
 from bff.resources.record import IDENTIFIER_SYSTEM, OutcomeRecord
@@ -38,7 +38,7 @@ def _record(args: argparse.Namespace) -> OutcomeRecord:
         policy = OutcomePolicy(method=Method(args.method), targets=args.targets)
         return outcome_record(store, args.patient, window_from(args), policy, site=args.site,
                               mean_unit=args.mean_unit, tz=args.tz)  # fmt: skip
-    except (UnknownPatientError, ValueError) as exc:
+    except (UnknownPatientError, NoReadingsError, ValueError) as exc:
         raise BadInputError(str(exc)) from None
     finally:
         store.dispose()

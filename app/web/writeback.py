@@ -52,6 +52,7 @@ from bff.broker.plan import PlanError
 from bff.capabilities import CapabilityError
 from bff.outbox import queue
 from bff.outbox.worker import OutboxWorker
+from bff.resources.load import NoReadingsError
 from bff.smart import LaunchContext
 from bff.store.outcomes import UnknownPatientError
 from bff.writeback import IntentView, Review, SignOffView, StaleReviewError
@@ -177,9 +178,9 @@ async def review_panel(
 
     try:
         review, note_unit, days = await _thread(build)
-    except (ValueError, UnknownPatientError) as exc:
-        if isinstance(exc, CapabilityError):
-            return _refused(request, p, 503, "This site's settings cannot be used", str(exc))
+    except CapabilityError as exc:
+        return _refused(request, p, 503, "This site's settings cannot be used", str(exc))
+    except (NoReadingsError, UnknownPatientError):
         return _no_data(request, p)
     context = _review_context(p, review, days, note_unit, correction)
     return _render(request, p, "writeback/_review.html", context)
@@ -240,7 +241,7 @@ async def sign(request: Request[Any, Any, Any], handle: str, patient: str) -> Re
         return _refused(request, p, 503, "This site's settings cannot be used", str(exc))
     except PlanError as exc:
         return _refused(request, p, 422, "This cannot be sent to the chart", str(exc))
-    except (ValueError, UnknownPatientError):
+    except (NoReadingsError, UnknownPatientError):
         return _no_data(request, p)
     view = await _send_in_context(ctx, p, handle, view)
     if not wants_fragment(request):  # POST, redirect, GET

@@ -28,6 +28,10 @@ def _identifiers(session: Session, patient: Patient, site: str) -> tuple[str | N
     return reference, tuple(sorted(others))
 
 
+class NoReadingsError(LookupError):
+    """The patient is known but has no readings in the window: there is no outcome to show or send."""
+
+
 def outcome_record(
     store: Store,
     public_id: str,
@@ -42,7 +46,7 @@ def outcome_record(
     result = OutcomeService(store).compute(public_id, window, policy, tz=tz, save=True, include_traces=True)
     row = result.window
     if row is None:
-        raise ValueError(f"patient {public_id} has no readings, so there is no window to export")
+        raise NoReadingsError(f"patient {public_id} has no readings, so there is no window to export")
     ndjson = readings_ndjson(result.used)
     with store.transaction() as session:
         patient = session.scalar(select(Patient).where(Patient.public_id == public_id))

@@ -22,7 +22,9 @@ from typing import IO, Any
 
 import numpy as np
 import orjson
-from sqlalchemy import select, text, update
+from sqlalchemy import Table, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from bff.ingest.records import (
@@ -47,12 +49,19 @@ from bff.store.models import (
     SensorSession,
     Site,
 )
+from bff.store.patients import OWN_ISSUER
 from engine import DEVICES, UNKNOWN_DEVICE, GlucoseUnit, SensorFlag, device_profile, group_winners
 from engine.units import MMOL_L_TO_MG_DL
 
-#: Issuers that are global (a vendor's own user ids); every other issuer is scoped to the site.
-GLOBAL_ISSUERS = frozenset({"dexcom-user", "glucobridge"})
-QUARANTINE_PAYLOAD_LIMIT = 10 * 2**20
+#: A quarantined record's payload beyond this is cut (its SHA-256 covers the whole record); parsers refuse
+#: records this large before building them, so this bounds what a hostile input can make the store keep.
+QUARANTINE_PAYLOAD_LIMIT = 2**20
+#: A quarantine reason beyond this is cut: a reason says what to fix, it never carries the value itself.
+REASON_LIMIT = 1000
+#: A reading's feed details (`extra`, as JSON) beyond this make the reading a problem, not a huge row.
+EXTRA_LIMIT = 4096
+#: Problems are written in sets of this many (one statement each), so a file of bad records costs little.
+QUARANTINE_FLUSH = 2000
 #: The context of a quarantined reading that was parsed but failed a check (its payload is the reading's JSON).
 READING_CONTEXT = "glucobridge:reading"
 #: Margin around new readings when re-deciding duplicates: chains of near-copies longer than this are not real.
@@ -61,7 +70,7 @@ RECONCILE_MARGIN_MS = 60 * 60_000
 _COLUMNS = (
     "reading_key", "patient_id", "stream_id", "session_id", "observed_ms", "value_mg_dl", "value_original",
     "unit_original", "factor", "flag", "kind", "ambiguous_time", "source_feed", "source_rank",
-    "source_record_key", "stream_label", "batch_id", "received_at", "extra",
+    "source_record_key", "record_hash", "stream_label", "batch_id", "received_at", "extra",
 )  # fmt: skip
 
 
@@ -115,16 +124,31 @@ class _HashingReader(io.RawIOBase):
         return n
 
 
-def reading_key(site: str, feed: str, reading: FeedReading, patient_id: int) -> uuid.UUID:
-    """Deterministic: the feed's record key when it has one, else the reading's identity (patient, device, time).
+def reading_key(site: str, feed: str, reading: FeedReading, patient: str) -> uuid.UUID:
+    """Deterministic, and scoped by site, sender and patient: the feed's record key when it has one, else the
+    reading's identity (device, stream, time, unit). `patient` is the patient's public id (never a database id,
+    which differs between databases and after a rolled-back batch). Two senders that reuse a message control id,
+    or two patients whose rows carry the same `record_id`, never share a key.
 
     128 bits of SHA-256: collisions are out of reach at any realistic number of readings.
     """
     if reading.record_key:
-        basis = f"{site}|{feed}|{reading.record_key}"
+        basis = f"{site}|{feed}|{reading.sender}|{patient}|{reading.record_key}"
     else:
-        basis = f"{site}|{feed}|{patient_id}|{reading.device}|{reading.stream}|{reading.time_ms}|{reading.unit.label}"
+        basis = f"{site}|{feed}|{patient}|{reading.device}|{reading.stream}|{reading.time_ms}|{reading.unit.label}"
     return uuid.UUID(bytes=hashlib.sha256(basis.encode()).digest()[:16])
+
+
+def record_hash(site: str, feed: str, reading: FeedReading) -> int | None:
+    """The record's identity without the patient (64 bits of SHA-256, signed for BIGINT); None without a record key.
+
+    The same record (same sender, record key, time and value) arriving for a different patient than the one it
+    was filed for is a re-send for the wrong patient: it is quarantined, never filed twice.
+    """
+    if not reading.record_key:
+        return None
+    digest = hashlib.sha256(f"{site}|{feed}|{reading.sender}|{reading.record_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class Ingestor:
@@ -177,6 +201,16 @@ class Ingestor:
             return run.finish(content_sha256, {})
 
 
+@dataclass(slots=True)
+class _HeldProblem:
+    """A problem waiting to be written, and how often its record was seen in this batch."""
+
+    problem: FeedProblem
+    locator: str
+    reason: str
+    count: int = 1
+
+
 class _Run:
     """The state of one batch while its items stream through."""
 
@@ -211,6 +245,11 @@ class _Run:
         self.touched: dict[int, list[int]] = {}  # stream id -> [min ms, max ms] of readings added
         self.touched_patients: dict[int, list[int]] = {}
         self.staging_ready = False
+        self.held_problems: dict[str, _HeldProblem] = {}
+        # Readings the writer thread found to be another patient's record; quarantined by the reading thread.
+        self.refused: list[tuple[FeedReading, str]] = []
+        self.belongs: dict[int, bool] = {}  # patient id -> may be fed at this site
+        self.public_ids: dict[int, str] = {}  # patient id -> public id (what reading keys are built from)
         # Writes of chunk k run in a writer thread while chunk k+1 is parsed: the database works on the other
         # core. One connection serves both threads, so every use of it holds `lock`.
         self.lock = threading.Lock()
@@ -235,6 +274,7 @@ class _Run:
             if chunk:
                 self.write(chunk)
             self.drain()
+            self.flush_quarantine()
         finally:
             self.writer.shutdown(wait=True)  # never leave the writer using the connection during a rollback
 
@@ -243,48 +283,64 @@ class _Run:
         if self.pending is not None:
             pending, self.pending = self.pending, None
             pending.result()
+        refused, self.refused = self.refused, []
+        for reading, reason in refused:
+            self.report.received += 1  # it was counted as written; `problem` takes it back
+            self.problem(reading, reason)
 
     def quarantine(self, problem: FeedProblem) -> None:
+        """Keep the record with its reason. Problems are buffered and written a set at a time (`flush_quarantine`);
+        the same record seen again (same site, feed and content) counts on its existing row."""
         self.report.quarantined += 1
+        reason = problem.reason if len(problem.reason) <= REASON_LIMIT else problem.reason[: REASON_LIMIT - 1] + "…"
         if len(self.report.problems) < 5:
-            self.report.problems.append(f"{problem.locator}: {problem.reason}" if problem.locator else problem.reason)
-        payload = problem.payload
-        if len(payload) > QUARANTINE_PAYLOAD_LIMIT:
-            payload = payload[:QUARANTINE_PAYLOAD_LIMIT]
+            self.report.problems.append(f"{problem.locator}: {reason}" if problem.locator else reason)
         digest = hashlib.sha256((problem.context + "\n" + problem.payload).encode()).hexdigest()
-        with self.lock:
-            self._quarantine_row(problem, payload, digest)
-
-    def _quarantine_row(self, problem: FeedProblem, payload: str, digest: str) -> None:
-        existing = self.session.scalar(
-            select(QuarantineItem).where(
-                QuarantineItem.site_key == self.site,
-                QuarantineItem.feed == str(self.feed),
-                QuarantineItem.payload_sha256 == digest,
-            )
-        )
-        if existing is not None:
-            existing.last_seen = self.now
-            existing.seen_count += 1
-            existing.reason = problem.reason
-            existing.batch_id = self.batch.id
+        held = self.held_problems.get(digest)
+        if held is not None:
+            held.count += 1
+            held.locator, held.reason = problem.locator, reason
             return
-        self.session.add(
-            QuarantineItem(
-                site_key=self.site,
-                feed=str(self.feed),
-                batch_id=self.batch.id,
-                locator=problem.locator[:200],
-                reason=problem.reason,
-                payload=payload,
-                context=problem.context,
-                payload_sha256=digest,
-                patient_public_id=self.patient_public_id,
-                first_seen=self.now,
-                last_seen=self.now,
-                seen_count=1,
-            )
+        self.held_problems[digest] = _HeldProblem(problem, problem.locator, reason)
+        if len(self.held_problems) >= QUARANTINE_FLUSH:
+            self.flush_quarantine()
+
+    def flush_quarantine(self) -> None:
+        if not self.held_problems:
+            return
+        held, self.held_problems = self.held_problems, {}
+        rows = [
+            {
+                "site_key": self.site,
+                "feed": str(self.feed),
+                "batch_id": self.batch.id,
+                "locator": held_problem.locator[:200],
+                "reason": held_problem.reason,
+                "payload": held_problem.problem.payload[:QUARANTINE_PAYLOAD_LIMIT],
+                "context": held_problem.problem.context,
+                "payload_sha256": digest,
+                "patient_public_id": self.patient_public_id,
+                "first_seen": self.now,
+                "last_seen": self.now,
+                "seen_count": held_problem.count,
+            }
+            for digest, held_problem in held.items()
+        ]
+        table = QuarantineItem.__table__
+        assert isinstance(table, Table)
+        insert = pg_insert(table) if self.dialect == "postgresql" else sqlite_insert(table)
+        statement = insert.on_conflict_do_update(
+            index_elements=[table.c.site_key, table.c.feed, table.c.payload_sha256],
+            set_={
+                "last_seen": insert.excluded.last_seen,
+                "seen_count": table.c.seen_count + insert.excluded.seen_count,
+                "reason": insert.excluded.reason,
+                "locator": insert.excluded.locator,
+                "batch_id": insert.excluded.batch_id,
+            },
         )
+        with self.lock:
+            self.session.execute(statement, rows)
 
     def problem(self, reading: FeedReading, reason: str) -> None:
         """A parsed reading that failed a check: quarantined as JSON, so a retry needs no re-parse."""
@@ -300,9 +356,11 @@ class _Run:
     def write(self, chunk: list[FeedReading]) -> None:
         """Check, resolve and key a chunk of readings, then hand it to the writer. The common case stays cheap."""
         rows: list[tuple[Any, ...]] = []
+        keyed: dict[uuid.UUID, FeedReading] = {}
+        records: dict[tuple[int, int, float, str], int] = {}  # (record hash, time, value, unit) -> patient id
         tolerance = self.settings.future_tolerance_min * 60_000
         earliest, latest = EARLIEST_MS, self.now_ms + tolerance
-        feed, rank, batch_id, now = str(self.feed), int(self.feed.source), self.batch.id, self.now
+        site, feed, rank, batch_id, now = self.site, str(self.feed), int(self.feed.source), self.batch.id, self.now
         ranges = self.ranges
         for reading in chunk:
             unit, value, flag = reading.unit, reading.value, reading.flag
@@ -331,19 +389,30 @@ class _Run:
             if isinstance(patient_id, str):
                 self.problem(reading, patient_id)
                 continue
+            extra = reading.extra
+            details = orjson.dumps(extra if isinstance(extra, dict) else dict(extra)).decode() if extra else None
+            if details is not None and len(details) > EXTRA_LIMIT:
+                self.problem(reading, _too_large(len(details)))
+                continue
+            identity = record_hash(site, feed, reading)
+            if identity is not None:
+                mark = (identity, reading.time_ms, value, unit.label)
+                first = records.setdefault(mark, patient_id)
+                if first != patient_id:
+                    self.problem(reading, _other_patients_record(reading, "earlier in this input"))
+                    continue
             stream_id = self.streams.get((patient_id, reading.device)) or self.stream_for(patient_id, reading.device)
             session_id = self.session_for(stream_id, reading) if reading.session_key else None
-            key = reading_key(self.site, feed, reading, patient_id)
+            key = reading_key(site, feed, reading, self.public_ids[patient_id])
+            keyed[key] = reading
             factor = MMOL_L_TO_MG_DL if unit is GlucoseUnit.MMOL_L else 1.0
-            extra = reading.extra
             rows.append((
                 key, patient_id, stream_id, session_id, reading.time_ms, value * factor, value, unit.label, factor,
                 int(flag), "scan" if extra.get("record_type") == "scan" else "cgm", reading.ambiguous, feed, rank,
-                reading.record_key[:300], reading.stream[:128], batch_id, now,
-                orjson.dumps(extra if isinstance(extra, dict) else dict(extra)).decode() if extra else None,
+                reading.record_key[:300], identity, reading.stream[:128], batch_id, now, details,
             ))  # fmt: skip
         if rows:
-            self.insert(rows)
+            self.insert(rows, keyed)
 
     def patient_for(self, ref: PatientRef | None) -> int | str:
         """The patient's id, or the reason it cannot be known (then the reading goes to quarantine)."""
@@ -356,7 +425,39 @@ class _Run:
         return result
 
     def qualified(self, issuer: str) -> str:
-        return issuer if issuer in GLOBAL_ISSUERS else f"site:{self.site}:{issuer}"
+        """Every issuer is scoped to the site: one site's identifiers never resolve to another site's patient."""
+        return f"site:{self.site}:{issuer}"
+
+    def _new_patient(self, public_id: str) -> Patient:
+        patient = Patient(public_id=public_id, tz="UTC", created_at=self.now, site_key=self.site)
+        self.session.add(patient)
+        self.session.flush()
+        self.belongs[patient.id] = True
+        return patient
+
+    def _belongs_here(self, patient: Patient) -> bool:
+        """A patient may be fed at the site that first fed it, or at a site it was explicitly linked to."""
+        known = self.belongs.get(patient.id)
+        if known is None:
+            known = patient.site_key in (None, self.site) or (
+                self.session.scalar(
+                    select(PatientIdentifier.id).where(
+                        PatientIdentifier.patient_id == patient.id,
+                        PatientIdentifier.issuer == self.qualified(OWN_ISSUER),
+                        PatientIdentifier.value == patient.public_id,
+                    )
+                )
+                is not None
+            )
+            self.belongs[patient.id] = known
+        return known
+
+    def _elsewhere(self, patient: Patient) -> str:
+        return (
+            f"patient {patient.public_id} belongs to site {patient.site_key}, not {self.site}: one site's feed never "
+            f"reaches another site's patient; if this is the same person, link them first "
+            f"(glucobridge patient link {patient.public_id} --site {self.site})"
+        )
 
     def _resolve_patient(self, key: tuple[str, str] | None) -> int | str:
         session = self.session
@@ -364,23 +465,23 @@ class _Run:
         if self.patient_public_id:
             chosen = session.scalar(select(Patient).where(Patient.public_id == self.patient_public_id))
             if chosen is None:
-                chosen = Patient(public_id=self.patient_public_id, tz="UTC", created_at=self.now)
-                session.add(chosen)
-                session.flush()
+                chosen = self._new_patient(self.patient_public_id)
+            elif not self._belongs_here(chosen):
+                return self._elsewhere(chosen)
         if key is None:
             if chosen is None:
                 return "the input does not say which patient this is: give --patient"
-            return chosen.id
+            return self._known(chosen)
         issuer, value = key
-        if issuer == "glucobridge":  # glucobridge's own patient ids (the engine CSV's patient_id column)
+        if issuer == self.qualified(OWN_ISSUER):  # glucobridge's own patient ids (the engine CSV's patient_id column)
             if chosen is not None and chosen.public_id != value:
                 return f"the row is for patient {value}, not {chosen.public_id}: check --patient"
             own = session.scalar(select(Patient).where(Patient.public_id == value))
             if own is None:
-                own = Patient(public_id=value, tz="UTC", created_at=self.now)
-                session.add(own)
-                session.flush()
-            return own.id
+                own = self._new_patient(value)
+            elif not self._belongs_here(own):
+                return self._elsewhere(own)
+            return self._known(own)
         known = session.scalar(
             select(PatientIdentifier).where(PatientIdentifier.issuer == issuer, PatientIdentifier.value == value)
         )
@@ -391,22 +492,20 @@ class _Run:
                     f"identifier {issuer}|{value} belongs to patient {owner.public_id if owner else '?'}, "
                     f"not {chosen.public_id}: check --patient or the patient links"
                 )
-            return known.patient_id
+            owner = chosen if chosen is not None else session.get(Patient, known.patient_id)
+            assert owner is not None
+            return self._known(owner)
         if chosen is None:
-            chosen = Patient(public_id=f"{issuer}|{value}", tz="UTC", created_at=self.now)
-            session.add(chosen)
-            session.flush()
+            chosen = self._new_patient(f"{issuer}|{value}")
         session.add(
-            PatientIdentifier(
-                patient_id=chosen.id,
-                site_key=None if issuer in GLOBAL_ISSUERS else self.site,
-                issuer=issuer,
-                value=value,
-                created_at=self.now,
-            )
+            PatientIdentifier(patient_id=chosen.id, site_key=self.site, issuer=issuer, value=value, created_at=self.now)
         )
         session.flush()
-        return chosen.id
+        return self._known(chosen)
+
+    def _known(self, patient: Patient) -> int:
+        self.public_ids[patient.id] = patient.public_id
+        return patient.id
 
     def stream_for(self, patient_id: int, device: str) -> int:
         key = (patient_id, device)
@@ -466,18 +565,18 @@ class _Run:
             conn.exec_driver_sql("CREATE TEMP TABLE gb_staging AS SELECT * FROM readings WHERE 0")
         self.staging_ready = True
 
-    def insert(self, rows: list[tuple[Any, ...]]) -> None:
+    def insert(self, rows: list[tuple[Any, ...]], keyed: dict[uuid.UUID, FeedReading]) -> None:
         """Hand the chunk to the writer thread (after the previous chunk is written)."""
         self.drain()
-        self.pending = self.writer.submit(self._insert_locked, rows)
+        self.pending = self.writer.submit(self._insert_locked, rows, keyed)
 
-    def _insert_locked(self, rows: list[tuple[Any, ...]]) -> None:
+    def _insert_locked(self, rows: list[tuple[Any, ...]], keyed: dict[uuid.UUID, FeedReading]) -> None:
         with self.lock:
-            self._insert_now(rows)
+            self._insert_now(rows, keyed)
         if self.on_chunk is not None:
             self.on_chunk(self.report.added + self.report.already_present)
 
-    def _insert_now(self, rows: list[tuple[Any, ...]]) -> None:
+    def _insert_now(self, rows: list[tuple[Any, ...]], keyed: dict[uuid.UUID, FeedReading]) -> None:
         self._staging()
         conn = self.session.connection()
         cols = ", ".join(_COLUMNS)
@@ -486,6 +585,12 @@ class _Run:
             with raw.cursor().copy(f"COPY gb_staging ({cols}) FROM STDIN") as copy:  # type: ignore[union-attr]
                 for row in rows:
                     copy.write_row(row)
+        else:
+            marks = ", ".join("?" for _ in _COLUMNS)
+            as_text = [(row[0].hex, *row[1:]) for row in rows]  # SQLite stores UUIDs as 32 hex characters
+            conn.exec_driver_sql(f"INSERT INTO gb_staging ({cols}) VALUES ({marks})", as_text)
+        offered = len(rows) - self._refuse_other_patients_records(keyed)
+        if self.dialect == "postgresql":
             # What was added, summed up by the server: per stream, the span and the count.
             spans: Sequence[Any] = conn.exec_driver_sql(
                 f"WITH ins AS (INSERT INTO readings ({cols}) SELECT {cols} FROM gb_staging "
@@ -494,9 +599,6 @@ class _Run:
                 "GROUP BY patient_id, stream_id, kind"
             ).all()
         else:
-            marks = ", ".join("?" for _ in _COLUMNS)
-            as_text = [(row[0].hex, *row[1:]) for row in rows]  # SQLite stores UUIDs as 32 hex characters
-            conn.exec_driver_sql(f"INSERT INTO gb_staging ({cols}) VALUES ({marks})", as_text)
             inserted = conn.exec_driver_sql(
                 f"INSERT INTO readings ({cols}) SELECT {cols} FROM gb_staging WHERE true "
                 "ON CONFLICT (reading_key) DO NOTHING RETURNING patient_id, stream_id, kind, observed_ms"
@@ -504,8 +606,8 @@ class _Run:
             spans = _spans(inserted)
         added = sum(int(span[5]) for span in spans)
         self.report.added += added
-        self.report.already_present += len(rows) - added
-        if added < len(rows):
+        self.report.already_present += offered - added
+        if added < offered:
             self._conflicts()
         conn.exec_driver_sql("DELETE FROM gb_staging")
         for patient_id, stream_id, kind, lo, hi, _count in spans:
@@ -514,6 +616,30 @@ class _Run:
             for table, key in ((self.touched, int(stream_id)), (self.touched_patients, int(patient_id))):
                 span = table.setdefault(key, [int(lo), int(hi)])
                 span[0], span[1] = min(span[0], int(lo)), max(span[1], int(hi))
+
+    def _refuse_other_patients_records(self, keyed: dict[uuid.UUID, FeedReading]) -> int:
+        """Take out of the staged chunk every record already filed for another patient (same sender, record key,
+        time and value): a re-send for the wrong patient. They are quarantined (by the reading thread), never
+        filed twice. Returns how many were taken out."""
+        conn = self.session.connection()
+        found = conn.exec_driver_sql(
+            "SELECT s.reading_key, min(r.patient_id) FROM gb_staging s JOIN readings r "
+            "ON r.record_hash = s.record_hash AND r.observed_ms = s.observed_ms "
+            "AND r.value_original = s.value_original AND r.unit_original = s.unit_original "
+            "AND r.patient_id <> s.patient_id WHERE s.record_hash IS NOT NULL GROUP BY s.reading_key"
+        ).all()
+        if not found:
+            return 0
+        owners = dict(
+            conn.execute(
+                select(Patient.id, Patient.public_id).where(Patient.id.in_({int(row[1]) for row in found}))
+            ).all()
+        )
+        for staged_key, owner in found:
+            key = staged_key if isinstance(staged_key, uuid.UUID) else uuid.UUID(hex=str(staged_key))
+            self.refused.append((keyed[key], _other_patients_record(keyed[key], f"for patient {owners.get(owner)}")))
+            conn.execute(text("DELETE FROM gb_staging WHERE reading_key = :key"), {"key": staged_key})
+        return len(found)
 
     def _conflicts(self) -> None:
         found = self.session.execute(
@@ -637,6 +763,22 @@ class _Run:
             )
             stale += result.rowcount  # type: ignore[attr-defined]
         self.report.stale_windows = stale
+
+
+def _too_large(size: int) -> str:
+    return (
+        f"the record's details are {size:,} characters, over the limit of {EXTRA_LIMIT:,}: "
+        "a field of the record is far larger than a CGM feed sends"
+    )
+
+
+def _other_patients_record(reading: FeedReading, where: str) -> str:
+    sender = f"sender {reading.sender}, " if reading.sender else ""
+    return (
+        f"this record ({sender}record {reading.record_key[:80]}, same time and value) was already filed {where}, "
+        "a different patient: a re-send with the wrong patient, or a sender reusing record ids for the same "
+        "reading. Check the sender's patient identification, then retry or resolve this item"
+    )
 
 
 def _ensure_site(session: Session, site: str, now: datetime) -> None:

@@ -215,11 +215,14 @@ def test_a_postgresql_restart_mid_send_loses_and_doubles_nothing(ehr, proxy, tmp
                         "times": 1})  # fmt: skip
         signoff = sign(rig, "oracle-like")
 
+        injected = threading.Event()
+
         def restart_when_held() -> None:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 if any(e.action == "delay_after_commit" and e.forwarded for e in proxy.journal(writes=True)):
                     _restart_postgres(name)
+                    injected.set()
                     return
                 time.sleep(0.02)
 
@@ -227,6 +230,7 @@ def test_a_postgresql_restart_mid_send_loses_and_doubles_nothing(ehr, proxy, tmp
         restarter.start()
         rig.drain("oracle-like", timeout_s=60)
         restarter.join(30)
+        assert injected.is_set(), "the database fault was never injected: the held write never reached the EHR"
         confirmed_once(rig, proxy, "oracle-like", signoff)
     finally:
         rig.run(rig.http.aclose())
