@@ -69,6 +69,14 @@ def write_fhir_ndjson(path: Path, n: int) -> None:
             out.write(json.dumps(resource, separators=(",", ":")) + "\n")
 
 
+def write_bad_csv(path: Path, n: int) -> None:
+    """n engine-CSV rows that all go to quarantine (a value that is not a number), each a different record."""
+    with path.open("w", encoding="utf-8") as out:
+        out.write("patient_id,time,value,unit,device,record_id\n")
+        for i, moment, _value in _values(n):
+            out.write(f"bench-patient,{moment.strftime('%Y-%m-%dT%H:%M:%SZ')},n/a-{i},mg/dL,dexcom-g6,bad-{i}\n")
+
+
 class _Database:
     def __init__(self, kind: str, folder: Path) -> None:
         self.kind = kind
@@ -97,7 +105,7 @@ def _ingest(store: Store, feed: str, path: Path) -> tuple[dict[str, object], flo
     start = time.perf_counter()
     with path.open("rb") as handle:
         report = Ingestor(store).ingest(
-            parser_for(feed), handle, site="bench", source_name=path.name, patient="bench-patient"
+            parser_for(feed.removesuffix("-bad")), handle, site="bench", source_name=path.name, patient="bench-patient"
         )
     return report.as_dict(), time.perf_counter() - start
 
@@ -129,12 +137,15 @@ def one(kind: str, feed: str, path: str) -> None:
 def run(*, quick: bool = False) -> None:
     n = 100_000 if quick else 1_000_000
     print(f"\n## ingest: {n:,} readings per file, one transaction per file\n")
-    rows = []
+    rows: list[tuple[str, ...]] = []
+    quarantine: list[tuple[str, ...]] = []
     with tempfile.TemporaryDirectory(prefix="gb-bench-") as tmp:
         folder = Path(tmp)
-        files = {"dexcom": folder / "egvs.json", "fhir": folder / "observations.ndjson"}
+        files = {"dexcom": folder / "egvs.json", "fhir": folder / "observations.ndjson", "csv-bad": folder / "bad.csv"}
         write_dexcom(files["dexcom"], n)
         write_fhir_ndjson(files["fhir"], n)
+        bad = n // 5
+        write_bad_csv(files["csv-bad"], bad)
         for kind in ("sqlite", "postgresql"):
             for feed, path in files.items():
                 done = subprocess.run(
@@ -145,6 +156,14 @@ def run(*, quick: bool = False) -> None:
                     print(f"{kind} {feed}: failed\n{done.stderr[-2000:]}")
                     continue
                 m = json.loads(done.stdout.strip().splitlines()[-1])
+                if feed == "csv-bad":
+                    quarantine.append((
+                        kind, f"{bad:,}", f"{m['first']['quarantined']:,}", f"{m['first_s']:.1f} s",
+                        f"{bad / m['first_s']:,.0f}/s", f"{m['again']['quarantined']:,}",
+                        f"{bad / m['again_s']:,.0f}/s",
+                    ))  # fmt: skip
+                    print("  ".join(quarantine[-1]), flush=True)
+                    continue
                 rows.append((
                     kind, feed, f"{path.stat().st_size / 2**20:,.0f} MB", f"{m['first']['added']:,}",
                     f"{m['first_s']:.1f} s", f"{n / m['first_s']:,.0f}/s",
@@ -158,6 +177,9 @@ def run(*, quick: bool = False) -> None:
         "goal: >= 50,000 readings/s into PostgreSQL; re-ingest adds nothing. Each run is its own process, so the "
         "RSS growth is the ingest's own peak memory."
     )
+    print("\nquarantine: a file whose every record is bad (each kept with its reason; a re-run counts them again)\n")
+    print(table(quarantine, ("database", "records", "quarantined", "time", "rate", "again: seen", "rate")))
+    print("goal: >= 20,000 bad records/s")
 
 
 if __name__ == "__main__":

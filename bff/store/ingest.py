@@ -23,7 +23,6 @@ from typing import IO, Any
 import numpy as np
 import orjson
 from sqlalchemy import Table, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -71,6 +70,10 @@ _COLUMNS = (
     "reading_key", "patient_id", "stream_id", "session_id", "observed_ms", "value_mg_dl", "value_original",
     "unit_original", "factor", "flag", "kind", "ambiguous_time", "source_feed", "source_rank",
     "source_record_key", "record_hash", "stream_label", "batch_id", "received_at", "extra",
+)  # fmt: skip
+_QUARANTINE_COLUMNS = (
+    "site_key", "feed", "batch_id", "locator", "reason", "payload", "context", "payload_sha256", "patient_public_id",
+    "first_seen", "last_seen", "seen_count",
 )  # fmt: skip
 
 
@@ -246,6 +249,7 @@ class _Run:
         self.touched_patients: dict[int, list[int]] = {}
         self.staging_ready = False
         self.held_problems: dict[str, _HeldProblem] = {}
+        self.quarantine_staging_ready = False
         # Readings the writer thread found to be another patient's record; quarantined by the reading thread.
         self.refused: list[tuple[FeedReading, str]] = []
         self.belongs: dict[int, bool] = {}  # patient id -> may be fed at this site
@@ -326,21 +330,49 @@ class _Run:
             }
             for digest, held_problem in held.items()
         ]
-        table = QuarantineItem.__table__
-        assert isinstance(table, Table)
-        insert = pg_insert(table) if self.dialect == "postgresql" else sqlite_insert(table)
-        statement = insert.on_conflict_do_update(
-            index_elements=[table.c.site_key, table.c.feed, table.c.payload_sha256],
-            set_={
-                "last_seen": insert.excluded.last_seen,
-                "seen_count": table.c.seen_count + insert.excluded.seen_count,
-                "reason": insert.excluded.reason,
-                "locator": insert.excluded.locator,
-                "batch_id": insert.excluded.batch_id,
-            },
-        )
         with self.lock:
-            self.session.execute(statement, rows)
+            if self.dialect == "postgresql":
+                self._copy_quarantine(rows)
+                return
+            table = QuarantineItem.__table__
+            assert isinstance(table, Table)
+            insert = sqlite_insert(table)
+            self.session.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[table.c.site_key, table.c.feed, table.c.payload_sha256],
+                    set_={
+                        "last_seen": insert.excluded.last_seen,
+                        "seen_count": table.c.seen_count + insert.excluded.seen_count,
+                        "reason": insert.excluded.reason,
+                        "locator": insert.excluded.locator,
+                        "batch_id": insert.excluded.batch_id,
+                    },
+                ),
+                rows,
+            )
+
+    def _copy_quarantine(self, rows: list[dict[str, Any]]) -> None:
+        """PostgreSQL: COPY the problems into a staging table, then one upsert (a statement per row is 10x slower)."""
+        conn = self.session.connection()
+        cols = ", ".join(_QUARANTINE_COLUMNS)
+        if not self.quarantine_staging_ready:
+            conn.exec_driver_sql(
+                "CREATE TEMP TABLE IF NOT EXISTS gb_quarantine_staging (LIKE quarantine INCLUDING DEFAULTS) "
+                "ON COMMIT DROP"
+            )
+            conn.exec_driver_sql("ALTER TABLE gb_quarantine_staging DROP COLUMN IF EXISTS id")
+            self.quarantine_staging_ready = True
+        raw = conn.connection.driver_connection
+        with raw.cursor().copy(f"COPY gb_quarantine_staging ({cols}) FROM STDIN") as copy:  # type: ignore[union-attr]
+            for row in rows:
+                copy.write_row(tuple(row[c] for c in _QUARANTINE_COLUMNS))
+        conn.exec_driver_sql(
+            f"INSERT INTO quarantine ({cols}) SELECT {cols} FROM gb_quarantine_staging "
+            "ON CONFLICT (site_key, feed, payload_sha256) DO UPDATE SET last_seen = excluded.last_seen, "
+            "seen_count = quarantine.seen_count + excluded.seen_count, reason = excluded.reason, "
+            "locator = excluded.locator, batch_id = excluded.batch_id"
+        )
+        conn.exec_driver_sql("DELETE FROM gb_quarantine_staging")
 
     def problem(self, reading: FeedReading, reason: str) -> None:
         """A parsed reading that failed a check: quarantined as JSON, so a retry needs no re-parse."""
