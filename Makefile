@@ -3,16 +3,29 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
 
-.PHONY: setup static demo test lint typecheck unit bench clean
+.PHONY: setup static demo test lint typecheck unit bench lock audit clean
 
-$(STAMP): pyproject.toml
+# Every Python package comes from the lock, each checked against its SHA-256 (pip --require-hashes); the project
+# itself is installed without dependencies and without a build environment (setuptools and wheel are locked too).
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# After changing pyproject.toml's dependencies: resolve again, with hashes (needs PyPI). Commit the result.
+lock:
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	printf 'setuptools>=68\nwheel\n' | $(BIN)/uv pip compile pyproject.toml - --extra dev --universal \
+		--generate-hashes --python-version 3.11 --quiet -o $(LOCK)
+
+# Installed = locked, no unhashed pin, no yanked release, and known vulnerabilities (exit 3: could not be checked).
+audit: $(STAMP)
+	$(BIN)/python scripts/audit_deps.py
 
 # Third-party browser assets come from registries at build time (plotly's bundled file, htmx from npm).
 static: $(STAMP)
