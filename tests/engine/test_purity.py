@@ -11,6 +11,7 @@ ALLOWED = {
     "collections",
     "dataclasses",
     "datetime",
+    "decimal",
     "enum",
     "functools",
     "hashlib",
