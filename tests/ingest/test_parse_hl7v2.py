@@ -10,16 +10,9 @@ from typing import Any
 
 import pytest
 
-from bff.ingest import hl7v2
-from bff.ingest.hl7v2 import (
-    MLLP_END,
-    MLLP_START,
-    Hl7Encoding,
-    Hl7ParseError,
-    Hl7v2Parser,
-    iter_messages,
-    parse_message,
-)
+from bff.hl7 import MLLP_END, MLLP_START, Hl7Encoding, Hl7ParseError, iter_messages, parse_message
+from bff.hl7 import stream as hl7_stream
+from bff.ingest.hl7v2 import Hl7v2Parser
 from bff.ingest.records import Feed, FeedFormatError, FeedItem, FeedProblem, FeedReading, ParseOptions, PatientRef
 from engine import GlucoseUnit, SensorFlag
 
@@ -145,7 +138,7 @@ def test_iter_messages_across_chunk_boundaries(monkeypatch: pytest.MonkeyPatch) 
     whole = list(iter_messages(io.BytesIO(data)))
     assert len(whole) == 3
     for size in (1, 2, 3, 7, 64):
-        monkeypatch.setattr(hl7v2, "CHUNK", size)
+        monkeypatch.setattr(hl7_stream, "CHUNK", size)
         assert list(iter_messages(io.BytesIO(data))) == whole
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from bff.ingest.hl7v2 import MLLP_END, MLLP_START, Hl7Encoding, parse_message
-from bff.ingest.mllp import MllpListener, frame
+from bff.hl7 import MLLP_END, MLLP_START, Hl7Encoding, frame, parse_message
 from bff.ingest.records import ParseOptions
 from bff.store.db import Store
 from bff.store.ingest import Ingestor
+from bff.store.mllp import MllpListener
 from bff.store.models import QuarantineItem, Reading
 from tests.store.feeds import hl7_messages, readings
 
