@@ -198,8 +198,9 @@ class Hl7v2Parser:
 
     feed = Feed.HL7V2
 
-    def __init__(self, *, keep_payload: bool = True) -> None:
+    def __init__(self, *, keep_payload: bool = True, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.keep_payload = keep_payload
+        self.max_message_bytes = max_message_bytes
         self.messages = 0
         self.skipped: dict[str, int] = {}
 
@@ -207,7 +208,7 @@ class Hl7v2Parser:
         self.messages = 0
         self.skipped = {}
         resolver = _resolver(options)
-        for number, text in enumerate(iter_messages(stream), start=1):
+        for number, text in enumerate(iter_messages(stream, max_bytes=self.max_message_bytes), start=1):
             self.messages = number
             yield from self._message(text, number, resolver)
 
@@ -232,7 +233,7 @@ class Hl7v2Parser:
     ) -> Iterator[FeedItem]:
         locator = f"message {number}"
         if isinstance(text, OversizeMessage):
-            reason = f"the message is {text.size} bytes long (limit {MAX_MESSAGE_BYTES}): send it in parts"
+            reason = f"the message is {text.size} bytes long (limit {self.max_message_bytes}): send it in parts"
             yield FeedProblem(locator, reason, text, _context(control_id_guess(text), number, "message"))
             return
         try:
