@@ -20,7 +20,8 @@ Nothing else in glucobridge imports `hl7`. What python-hl7 does here, and where 
   UTF-8 bytes (Latin-1 when they are not UTF-8), where python-hl7 reads each byte as a code point.
 - **ACK** (`ack_skeleton`): `Message.create_ack` swaps MSH-3/4 with MSH-5/6, copies MSH-11/12 and MSA-2 from
   the message it is given. We give it a header re-written in the standard separators (`bff.hl7.ack`), so what it
-  copies is already escaped for the ACK.
+  copies is already escaped for the ACK. It stamps MSH-7 with `datetime.utcnow()` (deprecated from Python 3.12,
+  a DeprecationWarning there); we overwrite MSH-7 with our clock.
 
 python-hl7's own loggers write field text when it meets a sequence it cannot read; a filter below withholds the
 arguments of their records, so nothing of a message reaches a log even if a path above is missed.
@@ -62,10 +63,12 @@ for _module in (hl7.util, hl7.containers):
     logging.getLogger(_module.logger.name).addFilter(_WithheldArguments())
 
 
-def _container(field: str, component: str, repetition: str, escape: str, subcomponent: str) -> Node:
-    """An empty python-hl7 message with these separators (what its escape functions read them from)."""
+@lru_cache(maxsize=64)
+def _container(field: str, component: str, repetition: str, esc: str, subcomponent: str) -> Node:
+    """An empty python-hl7 message with these separators (what its escape functions read them from; never
+    changed, so one per set of separators is shared)."""
     separators = f"\r{field}{repetition}{component}{subcomponent or NO_SUBCOMPONENT}"
-    return hl7.Message(separators=separators, esc=escape or NO_ESCAPE)
+    return hl7.Message(separators=separators, esc=esc or NO_ESCAPE)
 
 
 #: A field split: its repetitions, each (as written, its components), each component (as written, its
@@ -86,17 +89,17 @@ def _text(node: Node) -> str:
     return node if isinstance(node, str) else str(node)
 
 
-def split_field(raw: str, field: str, component: str, repetition: str, escape: str, subcomponent: str) -> tuple[
+def split_field(raw: str, field: str, component: str, repetition: str, esc: str, subcomponent: str) -> tuple[
         Repetition, ...]:  # fmt: skip
     """A field (as written, not empty, of a message with these separators) split by python-hl7."""
     if len(raw) <= _CACHED_FIELD_CHARS:
-        return _split_cached(raw, field, component, repetition, escape, subcomponent)
-    return _split(raw, field, component, repetition, escape, subcomponent)
+        return _split_cached(raw, field, component, repetition, esc, subcomponent)
+    return _split(raw, field, component, repetition, esc, subcomponent)
 
 
-def _split(raw: str, field: str, component: str, repetition: str, escape: str, subcomponent: str) -> tuple[
+def _split(raw: str, field: str, component: str, repetition: str, esc: str, subcomponent: str) -> tuple[
         Repetition, ...]:  # fmt: skip
-    characters = f"{component}{repetition}{escape or NO_ESCAPE}{subcomponent or NO_SUBCOMPONENT}"
+    characters = f"{component}{repetition}{esc or NO_ESCAPE}{subcomponent or NO_SUBCOMPONENT}"
     # A bare MSH declares the separators; the field is the first of a Z segment, a separator after it so that
     # python-hl7's strip() of the message keeps the field's trailing spaces.
     node = hl7.parse(f"MSH{field}{characters}{field}\rZZZ{field}{raw}{field}")[1][1]
@@ -109,11 +112,11 @@ def _split(raw: str, field: str, component: str, repetition: str, escape: str, s
 _split_cached = lru_cache(maxsize=1024)(_split)
 
 
-def escape(value: str, field: str, component: str, repetition: str, escape: str, subcomponent: str) -> str:
+def escape(value: str, field: str, component: str, repetition: str, esc: str, subcomponent: str) -> str:
     """`value` escaped for a field with these separators (see the module docstring for what is ours)."""
-    if not escape:
+    if not esc:
         return value
-    container = _container(field, component, repetition, escape, subcomponent)
+    container = _container(field, component, repetition, esc, subcomponent)
     out: list[str] = []
     run: list[str] = []
     for ch in value:
@@ -123,31 +126,31 @@ def escape(value: str, field: str, component: str, repetition: str, escape: str,
         if run:
             out.append(hl7.util.escape(container, "".join(run), _ESCAPE_MAP))
             run = []
-        out.append(ch if ord(ch) >= 0xA0 else _hex(ch, escape))  # beyond ASCII: as is (UTF-8); controls: hex
+        out.append(ch if ord(ch) >= 0xA0 else _hex(ch, esc))  # beyond ASCII: as is (UTF-8); controls: hex
     if run:
         out.append(hl7.util.escape(container, "".join(run), _ESCAPE_MAP))
     return "".join(out)
 
 
-def _hex(ch: str, escape: str) -> str:
+def _hex(ch: str, esc: str) -> str:
     """A control character (C0, DEL or C1) as `\\Xhh\\` of its UTF-8 bytes."""
-    return f"{escape}X{ch.encode('utf-8').hex().upper()}{escape}"
+    return f"{esc}X{ch.encode('utf-8').hex().upper()}{esc}"
 
 
-def unescape(value: str, field: str, component: str, repetition: str, escape: str, subcomponent: str) -> str:
+def unescape(value: str, field: str, component: str, repetition: str, esc: str, subcomponent: str) -> str:
     """`value` with its escape sequences read (see the module docstring for which python-hl7 reads)."""
-    if not escape or escape not in value:
+    if not esc or esc not in value:
         return value
-    container = _container(field, component, repetition, escape, subcomponent)
+    container = _container(field, component, repetition, esc, subcomponent)
     out: list[str] = []
     i, n = 0, len(value)
     while i < n:
-        start = value.find(escape, i)
+        start = value.find(esc, i)
         if start < 0:
             out.append(value[i:])
             break
         out.append(value[i:start])
-        end = value.find(escape, start + 1)
+        end = value.find(esc, start + 1)
         if end < 0:  # unterminated: kept as written
             out.append(value[start:])
             break

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Final
 
 from bff.hl7 import _lib
-from bff.hl7.message import STANDARD, Hl7ParseError, Hl7Segment, parse_message
+from bff.hl7.message import STANDARD, UTF8_CHARSET, Hl7ParseError, Hl7Segment, parse_message
 
 ACK_CODES: Final = ("AA", "AE", "AR")
 MAX_ACK_TEXT: Final = 200
@@ -123,7 +123,11 @@ def build_ack(original: str, code: str, text: str, now: datetime) -> Ack:
     if header.version < "2.4":
         _lib.assign(ack, "MSH", 9, f"ACK^{header.trigger}")  # MSG.3 (message structure) came with 2.4
     _lib.assign(ack, "MSA", 3, ack_text(text))
-    return Ack(code, text, control_id, str(ack))
+    message = str(ack)
+    if not message.isascii():  # a name or a reason beyond ASCII: say the ACK is UTF-8, as our ORU^R01 does
+        _lib.assign(ack, "MSH", 18, UTF8_CHARSET)
+        message = str(ack)
+    return Ack(code, text, control_id, message)
 
 
 def emergency_ack(code: str, text: str, now: datetime) -> Ack:

@@ -12,11 +12,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from bff.hl7.message import STANDARD
+from bff.hl7.message import STANDARD, UTF8_CHARSET
 from bff.resources.record import OutcomeRecord
-
-#: MSH-18 for a message with text beyond ASCII.
-UTF8_CHARSET = "UNICODE UTF-8"
 
 # PID-5 is required by hl7apy in both versions (2.3: PID-5 1..1; STRICT 2.5.1 fails on an empty PID-5), but
 # glucobridge does not know the patient's name and must not invent one: a made-up name could be displayed or,

@@ -1,15 +1,17 @@
-"""One HL7 v2 message: its separators, its segments and their fields, split by python-hl7 (`bff.hl7._lib`).
+"""One HL7 v2 message: its separators, its segments and their fields; fields are split by python-hl7.
 
 `parse_message(text)` checks what python-hl7 does not (MSH-1 and MSH-2 are separators, every segment starts with
-a name, one MSH) and bounds what it would build (the number of segments and separators), then has python-hl7
-split the message. `Hl7Segment` reads that tree: `field(n)` as written, `component(n, c, r)` unescaped.
+a name, one MSH), bounds the message, and cuts it into segments (CR, LF or CRLF) and fields (MSH-1), as
+`hl7.parse` would. `Hl7Segment` has each field as written (`field(n)`); a field is split into repetitions,
+components and subcomponents by python-hl7 when it is read (`component(n, c, r)`, unescaped), not before: see
+`bff.hl7._lib` for why not the whole message at once.
 
 Limits (an input can be hostile or broken; a limit is a problem a person can read, never an exception):
 
 - `MAX_SEGMENTS` segments and `MAX_MESSAGE_SEPARATORS` separators in a message, `MAX_SEGMENT_SEPARATORS` in a
-  segment: python-hl7 makes an object of every part, so these bound its memory. An OBX over the segment limit is
-  kept unsplit with `problem` set (that OBX's problem, not the message's); any other segment over it makes the
-  message unreadable.
+  segment: every separator is an object once split, so these bound the memory a message can cost. An OBX over
+  the segment limit is kept unsplit with `problem` set (that OBX's problem, not the message's); any other
+  segment over it makes the message unreadable.
 - `MAX_FIELD_CHARS` characters in a field of MSH (checked here) or of a segment a reader uses (`oversize_field`).
 - `shown(text)` is how any text from a message appears in a reason: quoted, at most `SHOWN_CHARS` characters.
 """
@@ -27,6 +29,8 @@ MAX_SEGMENT_SEPARATORS: Final = 10_000
 MAX_MESSAGE_SEPARATORS: Final = 500_000
 MAX_FIELD_CHARS: Final = 64 * 1024
 SHOWN_CHARS: Final = 200
+#: MSH-18 (table 0211) of a message we write with text beyond ASCII; we send UTF-8.
+UTF8_CHARSET: Final = "UNICODE UTF-8"
 
 _SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}$")
 _LINE_BREAKS = re.compile(r"\r\n|\r|\n")
@@ -40,7 +44,7 @@ def shown(text: str, limit: int = SHOWN_CHARS) -> str:
     """`text` quoted for a reason or a log line, cut to `limit` characters (the length said when cut)."""
     if len(text) <= limit:
         return repr(text)
-    return f"{text[:limit]!r}… ({len(text)} characters)"
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,16 @@ def test_msa_3_is_one_line_of_at_most_200_characters_with_separators_escaped() -
     assert len(msa.component(3)) == 200
 
 
+def test_an_ack_with_text_beyond_ascii_declares_utf8() -> None:
+    original = "MSH|^~\\&|CGMHUB|Klinik Zürich|GB|SITE|2024||ORU^R01|U1|P|2.5.1\r"
+    ack = build_ack(original, "AE", "unknown unit 'mg/dℓ' in OBX-6", NOW)
+    parsed = parse_message(ack.message)
+    assert parsed.msh.field(6) == "Klinik Zürich"
+    assert parsed.msh.field(18) == "UNICODE UTF-8"
+    assert parse_message(build_ack(original.replace("ü", "u"), "AA", "ok", NOW).message).msh.field(18) == ""
+    strict_ack(ack.message)
+
+
 @pytest.mark.parametrize(
     ("original", "control_id"),
     [

@@ -63,13 +63,14 @@ def test_a_message_over_the_segment_or_separator_limits_is_refused_with_a_reason
         parse_message(MSH + "\r" + many)
     with pytest.raises(Hl7ParseError, match="MSH-3 is 70000 characters long"):
         parse_message(MSH.replace("|A|", "|" + "A" * 70_000 + "|"))
-    with pytest.raises(Hl7ParseError, match=r"MSH-2 encoding characters '\^\^\^\^\^\^\^\^\^\^\^\^\^\^\^\^\^\^\^\^'…"):
-        parse_message("MSH|" + "^" * 100)  # the reason quotes at most 20 characters of it
+    with pytest.raises(Hl7ParseError) as caught:
+        parse_message("MSH|" + "^" * 100)
+    assert str(caught.value).startswith(f"MSH-2 encoding characters {'^' * 20!r}... (100 characters)")
 
 
 def test_shown_cuts_long_input() -> None:
     assert shown("abc") == "'abc'"
-    assert shown("x" * 300) == f"{'x' * 200!r}… (300 characters)"
+    assert shown("x" * 300) == f"{'x' * 200!r}... (300 characters)"
 
 
 def test_a_huge_line_is_split_in_linear_time_and_refused_whole() -> None:

@@ -433,7 +433,7 @@ def test_nested_repetitions_under_the_limit_are_read() -> None:
 def test_input_quoted_in_reasons_is_cut_to_200_characters() -> None:
     (problem,) = parse_segments(MSH, PID, obx(value="x" * 5000))
     assert isinstance(problem, FeedProblem)
-    assert problem.reason == f"OBX-5 value {'x' * 200!r}… (5000 characters) is not a number"
+    assert problem.reason == f"OBX-5 value {'x' * 200!r}... (5000 characters) is not a number"
     (message,) = parse_segments(MSH.replace("2.5.1", "9" * 1000), PID)
     assert isinstance(message, FeedProblem)
     assert len(message.reason) < 300

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message as hl7apy_parse
 from sqlalchemy import func, select
 
+from app.cli import main
 from bff.hl7 import MLLP_END, MLLP_START, Hl7Encoding, frame, parse_message
 from bff.ingest.records import ParseOptions
 from bff.store.db import Store
@@ -132,12 +134,15 @@ def test_listen_mllp_command_serves_until_sigterm(tmp_path: Path) -> None:
         port = probe.getsockname()[1]
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'mllp.db'}"}
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "glucobridge"), "listen-mllp", "--port", str(port), "--site", "site-h"],
+        [str(Path(sys.executable).parent / "glucobridge"), "listen-mllp", "--port", str(port), "--site", "site-h",
+         "--idle-timeout", "30", "--max-connections", "5"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert process.stdout is not None
-        assert process.stdout.readline().startswith(f"listening for HL7 v2 (MLLP) on 127.0.0.1:{port}")
+        line = process.stdout.readline()
+        assert line.startswith(f"listening for HL7 v2 (MLLP) on 127.0.0.1:{port}")
+        assert "(idle timeout 30 s, at most 5 connections)" in line
         (message,) = hl7_messages(readings(4), per_message=4, control="CLI")
         assert msa(exchange(port, message)[0])[0] == "AA"
     finally:
@@ -145,6 +150,13 @@ def test_listen_mllp_command_serves_until_sigterm(tmp_path: Path) -> None:
         out, err = process.communicate(timeout=20)
     assert process.returncode == 0, err
     assert "stopped" in out
+
+
+def test_listen_mllp_refuses_limits_that_make_no_sense() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["listen-mllp", "--port", "0", "--site", "site-h", "--max-connections", "0"], out, err)
+    assert code != 0
+    assert err.getvalue() == "glucobridge: the connection cap must be at least 1, got 0\n"
 
 
 # --- whatever a message holds, it gets an ACK, and the connection serves the next one ---------------------
