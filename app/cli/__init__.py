@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     mllp.add_argument("--site", required=True)
     mllp.add_argument("--patient", help="glucobridge patient id, when the feed's PID cannot be linked")
     mllp.add_argument("--input-tz", help="the zone of OBX-14 times without an offset")
+    mllp.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
+                      help="close a connection after this long without data (default 60)")  # fmt: skip
+    mllp.add_argument("--max-connections", type=int, default=100,
+                      help="connections served at once; one more is closed at once (default 100)")  # fmt: skip
     mllp.set_defaults(handler=cmd_listen_mllp)
 
     quarantine = sub.add_parser("quarantine", help="records that could not be ingested, and why")

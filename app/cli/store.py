@@ -14,12 +14,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from app.cli.common import BadInputError, InfrastructureError, open_store
-from bff.ingest.mllp import MllpListener
+from bff.hl7 import MllpLimits
 from bff.ingest.records import Feed, FeedFormatError, FeedItem, ParseOptions, reading_from_json
 from bff.ingest.registry import parser_for
 from bff.settings import get_settings
 from bff.store.db import Store, make_engine, upgrade
 from bff.store.ingest import READING_CONTEXT, IngestError, Ingestor
+from bff.store.mllp import MllpListener
 from bff.store.models import Patient, QuarantineItem
 from bff.store.outcomes import OutcomeService
 from engine import EngineError
@@ -198,12 +199,17 @@ def cmd_db(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_listen_mllp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     options = _options(args)
+    try:
+        limits = MllpLimits(idle_timeout_s=args.idle_timeout, max_connections=args.max_connections)
+    except ValueError as exc:
+        raise BadInputError(str(exc)) from None
     store = open_store()
-    listener = MllpListener(Ingestor(store), site=args.site, options=options, patient=args.patient)
+    listener = MllpListener(Ingestor(store), site=args.site, options=options, patient=args.patient, limits=limits)
 
     async def serve() -> None:
         host, port = await listener.start(args.host, args.port)
-        out.write(f"listening for HL7 v2 (MLLP) on {host}:{port} for site {args.site}\n")
+        out.write(f"listening for HL7 v2 (MLLP) on {host}:{port} for site {args.site} (idle timeout "
+                  f"{limits.idle_timeout_s:g} s, at most {limits.max_connections} connections)\n")  # fmt: skip
         out.flush()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -24,7 +24,7 @@ import httpx
 from bff.broker.guard import check
 from bff.broker.plan import PlannedWrite
 from bff.capabilities import SiteCapabilities, Vendor
-from bff.resources.mllp_client import AckError, MllpClient, MllpConnectionError
+from bff.hl7 import AckError, MllpClient, MllpConnectionError
 
 FHIR_JSON = "application/fhir+json"
 ORACLE_SCOPES = (

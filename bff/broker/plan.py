@@ -33,9 +33,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from bff.capabilities import FhirVersion, SiteCapabilities, Vendor, WriteChannel, WriteMode
+from bff.hl7.oru import build_oru
 from bff.resources import fhir
 from bff.resources.note import outcome_note
-from bff.resources.oru import build_oru
 from bff.resources.record import IDENTIFIER_SYSTEM, OutcomeRecord
 from engine import isoformat_local
 

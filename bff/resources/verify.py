@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from bff.ingest.hl7v2 import parse_message
+from bff.hl7 import parse_message
+from bff.hl7.oru import GLUCOBRIDGE_SYSTEM
 from bff.resources.fhir import COMPUTATION_TYPE, RAW_DATA_TYPE, SHA256_SYSTEM, TIR_COMPONENTS, in_range_70_180, members
 from bff.resources.load import window_for_artifact
-from bff.resources.oru import GLUCOBRIDGE_SYSTEM
 from bff.resources.record import CODESYSTEM, OutcomeRecord
 from bff.resources.signing import SigningError, verify_jws
 from bff.store.db import Store

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bff.ingest import hl7v2
-from bff.ingest.hl7v2 import (
-    MLLP_END,
-    MLLP_START,
-    Hl7Encoding,
-    Hl7ParseError,
-    Hl7v2Parser,
-    iter_messages,
-    parse_message,
-)
+from bff.hl7 import MLLP_END, MLLP_START, Hl7Encoding, Hl7ParseError, iter_messages, parse_message
+from bff.hl7 import stream as hl7_stream
+from bff.ingest.hl7v2 import Hl7v2Parser
 from bff.ingest.records import Feed, FeedFormatError, FeedItem, FeedProblem, FeedReading, ParseOptions, PatientRef
 from engine import GlucoseUnit, SensorFlag
 
@@ -145,7 +139,7 @@ def test_iter_messages_across_chunk_boundaries(monkeypatch: pytest.MonkeyPatch) 
     whole = list(iter_messages(io.BytesIO(data)))
     assert len(whole) == 3
     for size in (1, 2, 3, 7, 64):
-        monkeypatch.setattr(hl7v2, "CHUNK", size)
+        monkeypatch.setattr(hl7_stream, "CHUNK", size)
         assert list(iter_messages(io.BytesIO(data))) == whole
 
 
@@ -375,3 +369,85 @@ def test_unknown_zone_is_a_format_error() -> None:
 
 def test_parser_protocol_attributes() -> None:
     assert Hl7v2Parser.feed is Feed.HL7V2
+
+
+# --- what is refused before a value is built from it ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("time", "year"),
+    [("00010101000000+1400", 1), ("99991231235959-1200", 9999), ("00010101000000", 1), ("18991231235959+0000", 1899),
+     ("22010101000000+0000", 2201)],
+)  # fmt: skip
+def test_obx_14_years_outside_1900_2200_are_the_obx_problem(time: str, year: int) -> None:
+    (problem,) = parse_segments(MSH, PID, obx(time=time))
+    assert isinstance(problem, FeedProblem)
+    assert problem.locator == "message 1 OBX 1"
+    assert problem.reason == (
+        f"OBX-14 {time!r} is in the year {year}, outside 1900-2200: a device clock that was never set, or a wrong "
+        "date format"
+    )
+    assert json.loads(problem.context)["scope"] == "obx"
+
+
+def test_the_first_and_last_plausible_years_are_read() -> None:
+    items = parse_segments(MSH, PID, obx(time="19000101000000+1400"), obx(time="22001231235959-1200"))
+    assert [i.time_ms for i in items if isinstance(i, FeedReading)] == [
+        utc("1899-12-31T10:00:00Z"),
+        utc("2201-01-01T11:59:59Z"),
+    ]  # the store refuses both (before 2000, in the future); the parser only refuses what is not a time
+
+
+def test_an_oversize_obx_value_is_that_obx_problem_with_a_short_reason() -> None:
+    huge = "1" * (10 * 2**20)  # as one MLLP message (parse_text); a file refuses a message this large whole
+    text = "\r".join([MSH, PID, obx(value=huge), obx(value="99")]) + "\r"
+    problem, reading = Hl7v2Parser().parse_text(text, NEW_YORK)
+    assert isinstance(problem, FeedProblem)
+    assert (problem.locator, problem.reason) == ("message 1 OBX 1", "OBX-5 is 10485760 characters long (limit 65536)")
+    assert isinstance(reading, FeedReading)
+    assert reading.value == 99.0
+
+
+def test_an_oversize_pid_field_is_the_message_problem() -> None:
+    (problem,) = parse_segments(MSH, "PID|1||MRN1^^^UCH^MR||" + "N" * 70_000, obx())
+    assert isinstance(problem, FeedProblem)
+    assert (problem.locator, problem.reason) == ("message 1", "PID-5 is 70000 characters long (limit 65536)")
+
+
+def test_an_obx_with_too_many_separators_is_that_obx_problem() -> None:
+    nested = obx(equipment="~".join(["SN^^dexcom-g6&x"] * 4000))
+    problem, reading = parse_segments(MSH, PID, nested, obx())
+    assert isinstance(problem, FeedProblem)
+    assert problem.locator == "message 1 OBX 1"
+    assert re.fullmatch(r"OBX has \d+ separators \(limit 10000\)", problem.reason)
+    assert isinstance(reading, FeedReading)
+
+
+def test_nested_repetitions_under_the_limit_are_read() -> None:
+    equipment = "~".join(["^^"] * 50 + ["SN7^^Dexcom G7"])
+    (reading,) = parse_segments(MSH, PID, obx(equipment=equipment))
+    assert isinstance(reading, FeedReading)
+    assert (reading.stream, reading.device) == ("", "")  # only the first ten repetitions are looked at
+
+
+def test_input_quoted_in_reasons_is_cut_to_200_characters() -> None:
+    (problem,) = parse_segments(MSH, PID, obx(value="x" * 5000))
+    assert isinstance(problem, FeedProblem)
+    assert problem.reason == f"OBX-5 value {'x' * 200!r}... (5000 characters) is not a number"
+    (message,) = parse_segments(MSH.replace("2.5.1", "9" * 1000), PID)
+    assert isinstance(message, FeedProblem)
+    assert len(message.reason) < 300
+
+
+def test_a_message_over_the_size_limit_in_a_file_is_refused_and_the_next_read() -> None:
+    big = "\r".join([MSH, PID, *[obx(value=str(100 + n)) for n in range(100)]]) + "\r"
+    small = "\r".join([MSH.replace("|C1|", "|C2|"), PID, obx()]) + "\r"
+    parser = Hl7v2Parser(max_message_bytes=4096)
+    problem, reading = parser.parse(io.BytesIO((big + small).encode()), NEW_YORK)
+    assert isinstance(problem, FeedProblem)
+    assert problem.locator == "message 1"
+    assert problem.reason == f"the message is {len(big)} bytes long (limit 4096): send it in parts"
+    assert problem.payload == big[: len(problem.payload)]  # its head, for a person to see
+    assert json.loads(problem.context)["message_control_id"] == "C1"
+    assert isinstance(reading, FeedReading)
+    assert reading.record_key == "C2|1"

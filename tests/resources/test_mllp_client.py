@@ -10,9 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bff.ingest.hl7v2 import MLLP_END, MLLP_START, Hl7Encoding, parse_message
-from bff.ingest.mllp import frame
-from bff.resources.mllp_client import (
+from bff.hl7 import MLLP_END, MLLP_START, Hl7Encoding, frame, parse_message
+from bff.hl7.client import (
     AckError,
     Attempt,
     DeliveryStatus,
@@ -21,7 +20,7 @@ from bff.resources.mllp_client import (
     deliver,
     parse_ack,
 )
-from bff.resources.oru import build_oru
+from bff.hl7.oru import build_oru
 from bff.store.db import Store
 from tests.resources.samples import sample_record
 from tests.store.test_mllp import Running

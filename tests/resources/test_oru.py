@@ -16,9 +16,8 @@ from hl7apy.core import Message
 from hl7apy.parser import parse_message as hl7apy_parse
 from hl7apy.v2_5_1.tables import TABLES
 
-from bff.ingest.hl7v2 import Hl7Message, Hl7v2Parser, parse_message
-from bff.ingest.records import FeedProblem, FeedReading, ParseOptions
-from bff.resources.oru import (
+from bff.hl7 import Hl7Message, parse_message
+from bff.hl7.oru import (
     GLUCOBRIDGE_SYSTEM,
     LOCAL_SYSTEM,
     OruMessage,
@@ -26,6 +25,8 @@ from bff.resources.oru import (
     filler_order_number,
     message_control_id,
 )
+from bff.ingest.hl7v2 import Hl7v2Parser
+from bff.ingest.records import FeedProblem, FeedReading, ParseOptions
 from bff.resources.record import OutcomeRecord
 from tests.resources.samples import sample_record
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import socket
@@ -13,13 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message as hl7apy_parse
 from sqlalchemy import func, select
 
-from bff.ingest.hl7v2 import MLLP_END, MLLP_START, Hl7Encoding, parse_message
-from bff.ingest.mllp import MllpListener, frame
+from app.cli import main
+from bff.hl7 import MLLP_END, MLLP_START, Hl7Encoding, frame, parse_message
 from bff.ingest.records import ParseOptions
 from bff.store.db import Store
 from bff.store.ingest import Ingestor
+from bff.store.mllp import MllpListener
 from bff.store.models import QuarantineItem, Reading
 from tests.store.feeds import hl7_messages, readings
 
@@ -130,12 +134,15 @@ def test_listen_mllp_command_serves_until_sigterm(tmp_path: Path) -> None:
         port = probe.getsockname()[1]
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'mllp.db'}"}
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "glucobridge"), "listen-mllp", "--port", str(port), "--site", "site-h"],
+        [str(Path(sys.executable).parent / "glucobridge"), "listen-mllp", "--port", str(port), "--site", "site-h",
+         "--idle-timeout", "30", "--max-connections", "5"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert process.stdout is not None
-        assert process.stdout.readline().startswith(f"listening for HL7 v2 (MLLP) on 127.0.0.1:{port}")
+        line = process.stdout.readline()
+        assert line.startswith(f"listening for HL7 v2 (MLLP) on 127.0.0.1:{port}")
+        assert "(idle timeout 30 s, at most 5 connections)" in line
         (message,) = hl7_messages(readings(4), per_message=4, control="CLI")
         assert msa(exchange(port, message)[0])[0] == "AA"
     finally:
@@ -143,3 +150,92 @@ def test_listen_mllp_command_serves_until_sigterm(tmp_path: Path) -> None:
         out, err = process.communicate(timeout=20)
     assert process.returncode == 0, err
     assert "stopped" in out
+
+
+def test_listen_mllp_refuses_limits_that_make_no_sense() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["listen-mllp", "--port", "0", "--site", "site-h", "--max-connections", "0"], out, err)
+    assert code != 0
+    assert err.getvalue() == "glucobridge: the connection cap must be at least 1, got 0\n"
+
+
+# --- whatever a message holds, it gets an ACK, and the connection serves the next one ---------------------
+
+
+def one_obx_message(control: str, obx14: str, *, obx1: str = "1") -> str:
+    return (
+        f"MSH|^~\\&|CGMHUB|HUB|GLUCOBRIDGE|SITE|20240301000000+0000||ORU^R01^ORU_R01|{control}|P|2.5.1\r"
+        "PID|1||MRN-Y^^^SITE^MR\r"
+        f"OBX|{obx1}|NM|99504-3^Glucose^LN||120|mg/dL|||||F|||{obx14}||||SN1^dexcom-g6\r"
+    )
+
+
+@pytest.mark.parametrize(("obx14", "year"), [("00010101000000+1400", 1), ("99991231235959-1200", 9999)])
+def test_year_1_or_9999_is_answered_ae_with_the_obx_quarantined_then_a_good_message_aa(
+    listening: Running, store: Store, obx14: str, year: int
+) -> None:
+    """Before: the time raised `ValueError: year 0 is out of range` and the connection closed without an ACK."""
+    poison = one_obx_message("Y1", obx14) + "OBX|2|NM|99504-3^Glucose^LN||130|mg/dL|||||F|||20240301120000+0000\r"
+    (first,) = hl7_messages(readings(3), per_message=3, control="GOOD")
+    acks = exchange(listening.port, poison, first)  # one connection
+    code, control_id, text = msa(acks[0])
+    assert (code, control_id) == ("AE", "Y1")
+    assert text.startswith(f"1 result(s) quarantined: message 1 OBX 1: OBX-14 '{obx14}' is in the year {year}")
+    assert msa(acks[1])[:2] == ("AA", "GOOD00000")
+    with store.transaction() as session:
+        (item,) = session.scalars(select(QuarantineItem)).all()
+        assert item.locator == "message 1 OBX 1"
+        assert "outside 1900-2200" in item.reason
+        assert session.scalar(select(func.count()).select_from(Reading)) == 1 + 3  # OBX 2 and the good message
+
+
+def test_an_unexpected_error_while_ingesting_is_answered_ae_then_the_next_message_aa(
+    listening: Running, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingestor = listening.listener.ingestor
+    real = ingestor.ingest_items
+    calls = []
+
+    def failing_once(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("a bug")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ingestor, "ingest_items", failing_once)
+    first, second = hl7_messages(readings(4), per_message=2, control="BUG")
+    acks = exchange(listening.port, first, second)
+    code, control_id, text = msa(acks[0])
+    assert (code, control_id) == ("AE", "BUG00000")
+    assert "internal error KeyError" in text
+    assert msa(acks[1])[:2] == ("AA", "BUG00001")
+    assert msa(exchange(listening.port, first)[0])[:2] == ("AA", "BUG00000")  # the resend is stored
+    with store.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Reading)) == 4
+
+
+def test_hash_field_separator_with_a_pipe_inside_msh_3_gives_a_well_formed_ack(
+    listening: Running, store: Store
+) -> None:
+    """`#` as field separator, so `|` is data in MSH-3 and MSH-10: the ACK is in `|^~\\&` with both escaped."""
+    message = (
+        "MSH#$~\\&#CGM|HUB$1.2.3$ISO#FAC#GLUCOBRIDGE#SITE#20240301000000+0000##ORU$R01$ORU_R01#HASH|1#P#2.5.1\r"
+        "PID#1##MRN-H$$$SITE$MR\r"
+        "OBX#1#NM#99504-3$Glucose$LN##120#mg/dL#####F###20240301120000+0000\r"
+    )
+    (ack,) = exchange(listening.port, message)
+    parsed = parse_message(ack)
+    msh = parsed.msh
+    assert parsed.encoding == Hl7Encoding()
+    assert len(msh.fields) == 13  # MSH-0..12: nothing shifted
+    assert msh.components(5) == ["CGM|HUB", "1.2.3", "ISO"]  # the sender's MSH-3, its `|` escaped
+    assert (msh.field(5), msh.field(6), msh.field(9)) == ("CGM\\F\\HUB^1.2.3^ISO", "FAC", "ACK^R01^ACK")
+    assert (msh.field(3), msh.field(4), msh.field(11), msh.field(12)) == ("GLUCOBRIDGE", "SITE", "P", "2.5.1")
+    assert msa(ack) == ("AA", "HASH\\F\\1", "1 reading(s) stored, 0 already present")
+    assert Hl7Encoding().unescape(msa(ack)[1]) == "HASH|1"
+    strict = hl7apy_parse(ack, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+    assert strict.validate() is True  # an independent reader agrees it is a well-formed 2.5.1 ACK
+    assert strict.msa.msa_1.value == "AA"
+    with store.transaction() as session:
+        reading = session.scalars(select(Reading)).one()
+        assert reading.source_record_key == "HASH|1|1"  # MSH-10 as read, unescaped

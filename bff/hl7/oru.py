@@ -28,7 +28,7 @@ Decisions (see also the comments where they are applied):
   correction (OBR-25/OBX-11 `C`) can be matched by the receiver with the result it replaces (HL7 matches
   corrections on the order numbers and OBX-3).
 - **Acknowledgment mode**: MSH-15/MSH-16 are left empty, which means original mode (AA/AE/AR), the mode
-  `bff.resources.mllp_client` and our own listener speak.
+  `bff.hl7.client` and our own listener speak.
 - **Insufficient window**: OBR-25/OBX-11 stay `F` (nothing better will follow, so it is not preliminary), an NTE
   after the OBR says "Insufficient data: <reasons>" and the same NTE follows every OBX, because flowsheet
   interfaces file OBX values one by one and keep only their own comments. OBX-8 (abnormal flags, table 0078) is
@@ -49,13 +49,13 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from types import MappingProxyType
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bff.ingest.hl7v2 import Hl7Encoding
+from bff.hl7.build import coded, esc_ft, message_text, msh, pid, ts, ts_ms
 from bff.resources.record import OutcomeRecord
 from engine.units import MMOL_L_TO_MG_DL
 
@@ -74,7 +74,6 @@ PDF_CODE = ("summary-pdf", "CGM summary report (PDF)", GLUCOBRIDGE_SYSTEM)
 ED_TYPE, ED_SUBTYPE, ED_ENCODING = "AP", "PDF", "Base64"
 MSH10_PREFIX = "GB"
 _MESSAGE_KEY = "hl7v2-oru"
-_ENCODING = Hl7Encoding()
 
 PERCENT = ("%", "percent", UCUM)
 MG_DL = ("mg/dL", "mg/dL", UCUM)
@@ -173,19 +172,17 @@ def build_oru(
     correction = record.is_correction
     status = "C" if correction else "F"
     zone = ZoneInfo(record.tz)
-    start = _ts_ms(record.window_start_ms, zone)
-    end = _ts_ms(record.window_end_ms, zone)
-    stamp = _ts(when if when is not None else record.created_at)
+    start = ts_ms(record.window_start_ms, zone)
+    end = ts_ms(record.window_end_ms, zone)
+    stamp = ts(when if when is not None else record.created_at)
     control_id = message_control_id(record)
     insufficient = None if record.sufficient else _insufficient_text(record)
 
     segments: list[list[str]] = []
     message_type = "ORU^R01^ORU_R01" if version != "2.3" else "ORU^R01"  # 2.3's MSH-9 (CM_MSG) has 2 components
-    msh = ["MSH", "^~\\&", _esc(sending[0]), _esc(sending[1]), _esc(receiving[0]), _esc(receiving[1]), stamp, "",
-           message_type, control_id, "P", version]  # fmt: skip
-    segments.append(msh)
-    segments.append(["PID", "1", "", _patient_identifier(record, mrn), "", _PLACEHOLDER_NAME])
-    obr = ["OBR", "1", "", f"{filler_order_number(record)}^{GLUCOBRIDGE_SYSTEM}", _ce(*PANEL), "", "", start, end]
+    segments.append(msh(sending, receiving, stamp, message_type, control_id, version))
+    segments.append(pid(record, mrn))
+    obr = ["OBR", "1", "", f"{filler_order_number(record)}^{GLUCOBRIDGE_SYSTEM}", coded(*PANEL), "", "", start, end]
     obr += [""] * 13 + [stamp, "", "", status]  # OBR-22 status change time, OBR-25 result status
     if version == "2.3":
         # OBR-27 quantity/timing is required in 2.3 (deprecated for TQ1 in 2.5): one service over the window.
@@ -200,8 +197,8 @@ def build_oru(
                 data: str) -> None:  # fmt: skip
         set_id = len(observations) + 1
         row = rows.get(key)
-        obx3 = _ce(row, code[1], LOCAL_SYSTEM, *code) if row else _ce(*code)  # the row id, our code as alternate
-        obx6 = _ce(*unit) if unit else ""
+        obx3 = coded(row, code[1], LOCAL_SYSTEM, *code) if row else coded(*code)  # the row id, ours as alternate
+        obx6 = coded(*unit) if unit else ""
         segments.append(["OBX", str(set_id), value_type, obx3, "", value, obx6, "", "", "", "", status, "", "", end])
         if insufficient is not None:
             segments.append(["NTE", "1", "L", insufficient])
@@ -214,38 +211,8 @@ def build_oru(
         data = base64.b64encode(pdf).decode("ascii")  # A-Z a-z 0-9 + / =: nothing to escape
         add_obx(PDF_KEY, "ED", PDF_CODE, f"^{ED_TYPE}^{ED_SUBTYPE}^{ED_ENCODING}^{data}", None, data)
 
-    if not all(field.isascii() for fields in segments for field in fields):
-        msh += ["", "", "", "", "", "UNICODE UTF-8"]  # MSH-18: beyond ASCII, the text is UTF-8 (table 0211)
-    text = "".join("|".join(_trim(fields)) + "\r" for fields in segments)
+    text = message_text(segments)  # MSH-18 says UTF-8 when the text goes beyond ASCII
     return OruMessage(text, control_id, version, MappingProxyType(observations), insufficient is None)
-
-
-# PID-5 is required by hl7apy in both versions (2.3: PID-5 1..1; STRICT 2.5.1 fails on an empty PID-5), but
-# glucobridge does not know the patient's name and must not invent one: a made-up name could be displayed or,
-# worse, used for patient matching, and the HL7 null `""` would tell the receiver to *delete* the name it has.
-# So PID-5 carries only the name type code (XPN-7, table 0200 "U" unspecified): present, but with no name in it.
-_PLACEHOLDER_NAME = "^^^^^^U"
-
-
-def _patient_identifier(record: OutcomeRecord, mrn: str | None) -> str:
-    """PID-3 (CX): `<id>^^^<assigning authority>^MR`; the authority from the identifier system when known."""
-    if mrn is not None:
-        if not mrn.strip():
-            raise ValueError("mrn is empty")
-        return f"{_esc(mrn.strip())}^^^^MR"
-    if not record.patient_identifiers:
-        # No site identifier known (e.g. data from glucobridge's own CSV): glucobridge's patient id, typed PI
-        # (patient internal identifier, table 0203) under the GLUCOBRIDGE authority, never passed off as an MRN.
-        return f"{_esc(record.patient_id)}^^^GLUCOBRIDGE^PI"
-    system, value = record.patient_identifiers[0]
-    if not value.strip():
-        raise ValueError("the record's first patient identifier is empty")
-    authority = ""
-    if system.startswith("urn:oid:"):
-        authority = f"&{_esc(system.removeprefix('urn:oid:'))}&ISO"
-    elif system:
-        authority = f"&{_esc(system)}&URI"
-    return f"{_esc(value.strip())}^^^{authority}^MR"
 
 
 def _values(record: OutcomeRecord) -> list[tuple[MetricCode, str]]:
@@ -298,41 +265,4 @@ def _format(value: float, decimals: int) -> str:
 def _insufficient_text(record: OutcomeRecord) -> str:
     sufficiency = record.document.get("sufficiency") or {}
     reasons = [str(r) for r in sufficiency.get("reasons") or [] if str(r).strip()]
-    return _esc_ft("Insufficient data: " + ("; ".join(reasons) if reasons else "not enough CGM data in the window"))
-
-
-def _ce(*components: str) -> str:
-    return "^".join(_esc(c) for c in components)
-
-
-def _esc(text: str) -> str:
-    """Text for a field or component: separators escaped, line breaks as spaces (ST has no line breaks)."""
-    return _ENCODING.escape_text(" ".join(text.splitlines()))
-
-
-def _esc_ft(text: str) -> str:
-    """Formatted text (FT, e.g. NTE-3): separators escaped, line breaks as \\.br\\."""
-    return "\\.br\\".join(_ENCODING.escape_text(line) for line in text.splitlines())
-
-
-def _ts(moment: datetime) -> str:
-    """HL7 TS/DTM to the second with its UTC offset; a naive datetime is taken as UTC."""
-    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    aware = aware.astimezone(UTC)
-    fraction = f".{aware.microsecond // 1000:03d}" if aware.microsecond // 1000 else ""
-    return aware.strftime("%Y%m%d%H%M%S") + fraction + "+0000"
-
-
-def _ts_ms(ms: int, zone: ZoneInfo) -> str:
-    """A window bound in the patient's local time with its offset, e.g. 20241027000000-0400."""
-    local = datetime.fromtimestamp(ms // 1000, tz=UTC).astimezone(zone)
-    fraction = f".{ms % 1000:03d}" if ms % 1000 else ""
-    return local.strftime("%Y%m%d%H%M%S") + fraction + local.strftime("%z")
-
-
-def _trim(fields: list[str]) -> list[str]:
-    """Fields without trailing empty ones."""
-    end = len(fields)
-    while end > 1 and not fields[end - 1]:
-        end -= 1
-    return fields[:end]
+    return esc_ft("Insufficient data: " + ("; ".join(reasons) if reasons else "not enough CGM data in the window"))

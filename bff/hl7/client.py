@@ -1,8 +1,12 @@
-"""An MLLP client for sending HL7 v2 messages (e.g. `bff.resources.oru.build_oru`) and the delivery policy.
+"""An MLLP client for sending HL7 v2 messages (e.g. `bff.hl7.oru.build_oru`) and the delivery policy.
 
 `MllpClient.send(message)` frames one message (0x0B … 0x1C 0x0D), sends it, reads one framed ACK and reads
-MSA-1/2/3 with our own parser (`bff.ingest.hl7v2.parse_message`). The connection is kept for the next message
-and closed after any error, so an ACK that arrives late can never be read as the answer to a later message.
+MSA-1/2/3 with `bff.hl7.ack.parse_ack`. The connection is kept for the next message and closed after any
+error, so an ACK that arrives late can never be read as the answer to a later message. The answer is read into
+a `bytearray` (no copy per read) and refused beyond `MAX_ACK` bytes.
+
+python-hl7's own client (`hl7.client.MLLPClient`) sends once and returns whatever one `recv` gives: no deadline,
+no reassembly of an ACK that arrives in pieces, no check that it is an ACK of this message, so it is not used.
 
 `deliver(client, message)` is the policy (original acknowledgment mode, HL7 table 0008):
 
@@ -27,14 +31,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from bff.ingest.hl7v2 import MLLP_END, MLLP_START, Hl7ParseError, parse_message
-from bff.ingest.mllp import Ack, frame
+from bff.hl7.ack import Ack, AckError, parse_ack
+from bff.hl7.message import Hl7ParseError, parse_message
+from bff.hl7.mllp import MLLP_END, MLLP_START, frame
+from bff.hl7.stream import decode
 
 MAX_ACK = 1 * 2**20
 CHUNK = 65536
-#: Enhanced-mode commit ACK codes read as their original-mode equivalent (a peer in enhanced mode still
-#: tells us whether to resend).
-_ACK_CODES = {"AA": "AA", "AE": "AE", "AR": "AR", "CA": "AA", "CE": "AE", "CR": "AR"}
 
 
 class MllpError(Exception):
@@ -43,14 +46,6 @@ class MllpError(Exception):
 
 class MllpConnectionError(MllpError):
     """No ACK: the connection could not be opened, broke, or the ACK did not come in time. Safe to resend."""
-
-
-class AckError(MllpError):
-    """An answer came but cannot be used: not an ACK we can read, or the ACK of another message."""
-
-    def __init__(self, message: str, ack_text: str = "") -> None:
-        super().__init__(message)
-        self.ack_text = ack_text
 
 
 class DeliveryStatus(StrEnum):
@@ -122,7 +117,7 @@ class MllpClient:
             ack = parse_ack(raw)
             if ack.control_id != control_id:
                 raise AckError(f"the ACK is for message {ack.control_id!r}, not {control_id!r} (MSA-2)", raw)
-        except MllpError:
+        except (MllpError, AckError):
             self.close()
             raise
         return ack
@@ -135,13 +130,13 @@ class MllpClient:
     def _read_frame(self, sock: socket.socket) -> str:
         """One framed message; bytes before the start byte are ignored. Within `timeout_s` in all."""
         deadline = time.monotonic() + self.timeout_s
-        buffer = b""
+        buffer = bytearray()
         while True:
             start = buffer.find(MLLP_START)
             if start >= 0:
                 end = buffer.find(MLLP_END, start)
                 if end >= 0:
-                    return buffer[start + 1 : end].decode("utf-8", errors="replace")
+                    return decode(bytes(buffer[start + 1 : end]))
             if len(buffer) > MAX_ACK:
                 raise AckError(f"no ACK frame in the first {MAX_ACK} bytes")
             remaining = deadline - time.monotonic()
@@ -152,28 +147,6 @@ class MllpClient:
             if not chunk:
                 raise MllpConnectionError("the connection was closed before the ACK")
             buffer += chunk
-
-
-def parse_ack(text: str) -> Ack:
-    """MSA-1 (code), MSA-2 (the acknowledged MSH-10) and MSA-3 plus any ERR text, read with our parser."""
-    try:
-        message = parse_message(text)
-    except Hl7ParseError as exc:
-        raise AckError(f"the answer is not an HL7 message: {exc}", text) from exc
-    msa = message.segment("MSA")
-    if msa is None:
-        raise AckError("the answer has no MSA segment", text)
-    code = _ACK_CODES.get(msa.component(1).strip().upper())
-    if code is None:
-        raise AckError(f"MSA-1 {msa.component(1)!r} is not an acknowledgment code (AA, AE, AR)", text)
-    parts = [message.encoding.unescape(msa.field(3)).strip()]
-    for err in message.segments_named("ERR"):
-        # 2.5+: ERR-8 user message, ERR-3 HL7 error code; 2.3/2.4: ERR-1 (error code and location).
-        eld = err.subcomponents(1, 4)  # 2.3 ERR-1.4 is a CE: code&text&system
-        detail = err.component(8) or err.component(3, 2) or err.component(3) or (eld[1] if len(eld) > 1 else "")
-        parts.append(detail.strip() or (eld[0].strip() if eld else ""))
-    text_out = "; ".join(dict.fromkeys(p for p in parts if p))
-    return Ack(code, text_out, msa.component(2).strip(), message.text)
 
 
 def deliver(
