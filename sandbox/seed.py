@@ -7,14 +7,18 @@ opaque "e…3", Oracle-like numbers, UUIDs elsewhere) and are derived by hashing
 the same on every start. Readings are generated once per person (sandbox.glucose) and shared by the sites;
 only their FHIR shape differs (flowsheet row + vital-signs on epic-like, laboratory elsewhere).
 
-| key | person | what it is for |
-| --- | --- | --- |
-| p1 | Avery Quinn | typical: Dexcom G6, mg/dL, America/Chicago |
-| p2 | Mateo Lindqvist | **mmol/L** (LOINC 105272-9): FreeStyle Libre 3, America/Toronto |
-| p3 | Harper Okafor | **DST**: Dexcom G7, America/New_York; the window always spans a DST change |
-| p4 | Rowan Delacroix | **no CGM data**: a patient with encounters only |
-| p5 | Sam Whitfield | poorly controlled, Dexcom G6, a sensor that failed early (30 h gap); **no open encounter** |
-| p6 | Jun Takahashi | tight control with lows: FreeStyle Libre 2 (15-min readings), America/Phoenix |
+| key | person | what it is for | glucose story |
+| --- | --- | --- | --- |
+| p1 | Avery Quinn | typical: Dexcom G6, mg/dL, America/Chicago | type 1 on a pump, typical |
+| p2 | Mateo Lindqvist | **mmol/L** (LOINC 105272-9): FreeStyle Libre 3, America/Toronto | type 2 on basal, controlled |
+| p3 | Harper Okafor | **DST**: Dexcom G7, America/New_York; the window spans a DST change | type 1, runs high |
+| p4 | Rowan Delacroix | **no CGM data**: a patient with encounters only | |
+| p5 | Sam Whitfield | Dexcom G6, a sensor that failed early (30 h gap); **no open encounter** | type 1, poor control |
+| p6 | Jun Takahashi | lows: FreeStyle Libre 2 (15-min readings), America/Phoenix | type 1, nocturnal lows |
+
+Each person's `TraceProfile` makes their story (sandbox.glucose); sandbox/README.md has the metrics the engine
+finds (tests/sandbox/test_glucose_realism.py checks them). Every Patient carries the person's IANA zone in
+PATIENT_TIME_ZONE_EXTENSION (its comment says why that is not the core tz-code).
 
 Each person's 90 days end at the local midnight that starts "today" (relative to the configured `now`), so the
 data look current. The DST person (p3) keeps that window when it contains a New York DST change; otherwise
@@ -59,6 +63,11 @@ OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-catego
 READING_ID_SYSTEM = "https://sandbox.glucobridge.example/cgm/record-id"
 DEVICE_SERIAL_SYSTEM = "https://sandbox.glucobridge.example/cgm/sensor-serial"
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
+#: The patient's home time zone (IANA, `valueCode`), so an app can read it from the EHR. A sandbox extension, not
+#: the core `http://hl7.org/fhir/StructureDefinition/tz-code`: that one's context is a date, dateTime or instant
+#: (R4; the extensions pack retires it for `.../timezone`, whose context adds only time and Meta), never Patient,
+#: and neither US Core nor the CGM IG defines a zone on Patient. Some EHRs put tz-code on Patient all the same.
+PATIENT_TIME_ZONE_EXTENSION = "https://sandbox.glucobridge.example/fhir/StructureDefinition/patient-time-zone"
 TEST_TAG = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HTEST", "display": "test data"}
 READING_CODES = {
     "mg/dL": ("99504-3", "Glucose [Mass/volume] in Interstitial fluid"),
@@ -505,6 +514,7 @@ def build_site(
                 "resourceType": "Patient",
                 "id": patient_id,
                 "meta": meta,
+                "extension": [{"url": PATIENT_TIME_ZONE_EXTENSION, "valueCode": person.zone}],
                 "active": True,
                 "identifier": [
                     {
