@@ -11,16 +11,18 @@ story puts them, sensor sessions and the device's quirks.
   - *Dawn rise.* From about 04:00 to its top at 07:00 local, with a size that varies from day to day.
   - *Meals.* Breakfast, lunch and dinner at the person's local clock times (±25 min; weekend breakfast 45–120
     min later; some skipped), and a few snacks. Each meal is a response `A (x/τ)² e^(2(1 − x/τ))`: it rises
-    over 30–60 min, peaks τ = 60–105 min after the meal, and is back within 2–4 h. The median rise is per meal
-    (breakfast and dinner are bigger than lunch), spread log-normally from meal to meal and from day to day.
+    over 30–60 min, peaks τ = 60–120 min after the meal (per person), and is back within 2–4 h. The median
+    rise is per meal (breakfast and dinner bigger than lunch), spread log-normally from meal to meal and day to
+    day.
   - *Bolus misses and corrections.* Some meals are bolused late, short or not at all: a rise 1.5–2.2 times
     as big and 1.5 times slower (at most 250 mg/dL), often followed by a correction bolus 2.5–4 h after the
     meal. A correction is dosed on the glucose seen and brings it down fast to 45–110 mg/dL, so now and then
     too far (the rollercoaster of type 1).
-  - *Exercise.* Dips of 30–70 mg/dL (per person) on weekday evenings or weekend mornings.
-  - *Lows.* Hypoglycaemia is placed by its nadir, not by a depth: at night (nadir 00:30–05:30 local, a slow
-    fall of 1–2.5 h, unnoticed in sleep, recovery with a small rebound) and in the day (a fall of 25–50 min,
-    treated, with the over-treatment's rebound). The nadir is 50–67 mg/dL (a share at 40–52, level 2).
+  - *Exercise.* Dips of 15–70 mg/dL (per person) on weekday evenings (17:00–19:00) or weekend mornings.
+  - *Lows.* Hypoglycaemia is placed by its nadir, not by a depth: at night (nadir 00:30–05:30 local, at most
+    one a night, a slow fall of 1.5–3 h unnoticed in sleep, recovery with a small rebound) and in the day (a
+    fall of 25–50 min, treated, with the over-treatment's rebound). The nadir is 50–67 mg/dL (a share at 40–52,
+    level 2).
   - *Sensor noise* (AR(1), 10 min), then soft bounds: below 50 mg/dL glucose bends towards 38, above 300
     towards 450, as real traces do; then a per-sensor calibration bias of ±6 %.
   Local time follows the person's zone through DST changes (offsets per hour from zoneinfo), so meals and
@@ -37,7 +39,7 @@ story puts them, sensor sessions and the device's quirks.
 
 Everything comes from the `numpy.random.Generator` passed in, in a fixed order, so a trace is reproducible bit
 for bit from (seed, person, window). No loop runs per reading: responses are summed with `numpy.bincount` and
-the AR(1) processes are cumulative sums in blocks (about 30 ms for a person's 90 days).
+the AR(1) processes are cumulative sums in blocks (about 15 ms for a person's 90 days).
 """
 
 from __future__ import annotations
