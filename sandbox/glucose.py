@@ -1,9 +1,32 @@
 """A deterministic CGM trace for one person: sensor sessions, warm-ups, gaps and glucose, built with numpy.
 
-simglucose is too slow to run at start-up (5–9 s per patient-day), so the seed uses this instead; it is the
-per-person cousin of `bench/synth.py` (same glucose model: level, meals, dips, AR(1) noise) with what a
-sandbox EHR needs on top:
+simglucose is too slow to run at start-up (5–9 s per patient-day), so the seed uses this instead. It is a
+cousin of `bench/synth.py` (level, meals, dips, AR(1) noise), with what a sandbox EHR needs on top: a day
+shaped like a real person's (the AGP of Battelino et al., Diabetes Care 2019;42:1593), lows where the person's
+story puts them, sensor sessions and the device's quirks.
 
+- **Glucose (mg/dL)**, on a 5-min grid, in the person's local time (`TraceProfile` holds each person's numbers):
+  - *Level.* An overnight level that differs from day to day (log-normal, AR(1) across days with φ ≈ 0.24)
+    times a slow wander within the day (log-normal AR(1), correlation time 2–3 h).
+  - *Dawn rise.* From about 04:00 to its top at 07:00 local, with a size that varies from day to day.
+  - *Meals.* Breakfast, lunch and dinner at the person's local clock times (±25 min; weekend breakfast 45–120
+    min later; some skipped), and a few snacks. Each meal is a response `A (x/τ)² e^(2(1 − x/τ))`: it rises
+    over 30–60 min, peaks τ = 60–120 min after the meal (per person), and is back within 2–4 h. The median
+    rise is per meal (breakfast and dinner bigger than lunch), spread log-normally from meal to meal and day to
+    day.
+  - *Bolus misses and corrections.* Some meals are bolused late, short or not at all: a rise 1.5–2.2 times
+    as big and 1.5 times slower (at most 250 mg/dL), often followed by a correction bolus 2.5–4 h after the
+    meal. A correction is dosed on the glucose seen and brings it down fast to 45–110 mg/dL, so now and then
+    too far (the rollercoaster of type 1).
+  - *Exercise.* Dips of 15–70 mg/dL (per person) on weekday evenings (17:00–19:00) or weekend mornings.
+  - *Lows.* Hypoglycaemia is placed by its nadir, not by a depth: at night (nadir 00:30–05:30 local, at most
+    one a night, a slow fall of 1.5–3 h unnoticed in sleep, recovery with a small rebound) and in the day (a
+    fall of 25–50 min, treated, with the over-treatment's rebound). The nadir is 50–67 mg/dL (a share at 40–52,
+    level 2).
+  - *Sensor noise* (AR(1), 10 min), then soft bounds: below 50 mg/dL glucose bends towards 38, above 300
+    towards 450, as real traces do; then a per-sensor calibration bias of ±6 %.
+  Local time follows the person's zone through DST changes (offsets per hour from zoneinfo), so meals and
+  nights stay at local clock times across a change.
 - **Sensor sessions.** A sensor lasts its labelled life (Dexcom G6/G7 10 days, FreeStyle Libre 2/3 14 days)
   and is replaced after a short, random delay (10 min to 4 h; now and then 8 to 30 h). Each session starts
   with the device's warm-up (engine.devices: G6 2 h, G7 30 min, Libre 1 h) without readings, and becomes its
@@ -11,15 +34,12 @@ sandbox EHR needs on top:
   there and the next starts 30 h later, a long gap.
 - **Readings** every nominal interval of the device (5 min; Libre 2 15 min) with ±2 s of jitter (whole
   seconds), and a few dropouts (15 min to 3 h, log-uniform) where the phone lost the sensor.
-- **Glucose (mg/dL).** A person's level with a smooth day-to-day drift, a dawn rise around 06:30 local, three
-  meal responses a day at about 07:30, 12:30 and 19:00 local (10 % skipped), hypoglycaemic dips and AR(1)
-  noise; then a per-sensor calibration bias of ±6 %. Local time follows the person's zone through DST changes
-  (offsets per hour from zoneinfo), so meals stay at local clock times across a change.
 - **Sensor range.** Values outside the device's reportable range are reported at the bound with a LOW/HIGH
   flag (FHIR: `valueQuantity.comparator` < or >). mmol/L values have one decimal (mg/dL ÷ 18.0156).
 
 Everything comes from the `numpy.random.Generator` passed in, in a fixed order, so a trace is reproducible bit
-for bit from (seed, person, window).
+for bit from (seed, person, window). No loop runs per reading: responses are summed with `numpy.bincount` and
+the AR(1) processes are cumulative sums in blocks (about 15 ms for a person's 90 days).
 """
 
 from __future__ import annotations
@@ -37,8 +57,13 @@ from engine.units import MMOL_L_TO_MG_DL
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
+_GRID_MIN = 5.0
 _GRID_MS = 5 * MINUTE_MS
-_MEAL_MINUTES = (450.0, 750.0, 1140.0)  # 07:30, 12:30, 19:00 local
+#: Drawn until x = 6 τ, where a response `(x/τ)² e^(2(1 − x/τ))` is below 0.2 % of its peak.
+_SPAN_TAU = 6.0
+_MAX_RISE_MG_DL = 250.0  # a meal's rise, however big the meal and however late the bolus
+_FLOOR_KNEE_MG_DL, _FLOOR_MG_DL = 50.0, 38.0
+_CEILING_KNEE_MG_DL, _CEILING_MG_DL = 300.0, 450.0
 FLAG_NONE, FLAG_LOW, FLAG_HIGH = 0, 1, 2
 
 #: Labelled sensor life in days, by engine device key.
@@ -48,16 +73,32 @@ MANUFACTURERS = {"dexcom": "Dexcom, Inc.", "libre": "Abbott Diabetes Care"}
 
 @dataclass(frozen=True, slots=True)
 class TraceProfile:
-    """A person's glucose behaviour (mg/dL, minutes)."""
+    """A person's glucose behaviour: mg/dL, minutes, local clock times as minutes after midnight.
 
-    level_mg_dl: float = 150.0
-    drift_sd_mg_dl: float = 12.0
-    dawn_mg_dl: float = 20.0
-    meal_mg_dl: float = 60.0
-    dips_per_day: float = 0.25
-    dip_depth_mg_dl: tuple[float, float] = (50.0, 110.0)
-    noise_sd_mg_dl: float = 12.0
-    noise_tau_min: float = 45.0
+    The defaults are a middling adult with type 1 diabetes on injections; `sandbox.seed` gives each person theirs.
+    """
+
+    level_mg_dl: float = 140.0  # the overnight (fasting) level of a median day
+    day_spread: float = 0.15  # log-SD of that level from day to day
+    wander_spread: float = 0.18  # log-SD of a slow wander within the day (stress, illness, absorption) ...
+    wander_tau_min: float = 150.0  # ... and its correlation time
+    dawn_mg_dl: float = 20.0  # the dawn rise at 07:00 on an average day
+    meal_minutes: tuple[float, float, float] = (450.0, 750.0, 1140.0)  # breakfast, lunch, dinner on weekdays
+    meal_jitter_min: float = 25.0  # day-to-day spread of those times
+    meal_skip: tuple[float, float, float] = (0.10, 0.08, 0.03)  # chance each meal is skipped
+    meal_mg_dl: tuple[float, float, float] = (70.0, 45.0, 75.0)  # median rise at the peak, per meal
+    meal_spread: float = 0.35  # log-SD of one meal's rise
+    meal_peak_min: tuple[float, float] = (60.0, 105.0)  # time from a meal to its peak (uniform)
+    missed_bolus: float = 0.05  # share of meals bolused late, short or not at all
+    correction: float = 0.7  # share of those followed by a correction bolus
+    snacks_per_day: float = 0.4  # afternoon or late-evening snacks, about half a lunch
+    exercise_per_week: float = 2.0
+    exercise_mg_dl: tuple[float, float] = (30.0, 70.0)  # an exercise dip (uniform)
+    night_lows_per_week: float = 0.3  # lows with the nadir at 00:30–05:30 local (at most one a night)
+    day_lows_per_week: float = 0.7  # lows with the nadir at 09:30–23:30 local
+    low_nadir_mg_dl: tuple[float, float] = (50.0, 67.0)  # a low's nadir (uniform) ...
+    deep_low_share: float = 0.2  # ... except this share, at 40–52 mg/dL (level 2)
+    noise_sd_mg_dl: float = 5.0  # sensor noise (besides each sensor's ±6 % bias)
     dropouts_per_day: float = 0.15
 
 
@@ -91,14 +132,18 @@ def utc_offsets_min(zone: str, times_ms: NDArray[np.int64]) -> NDArray[np.int32]
     """The UTC offset (minutes) of `zone` at each instant, looked up once per hour (zone changes fall on hours)."""
     if times_ms.size == 0:
         return np.zeros(0, dtype=np.int32)
-    tz = ZoneInfo(zone)
     hours = times_ms // HOUR_MS
-    first, last = int(hours.min()), int(hours.max())
-    table = np.empty(last - first + 1, dtype=np.int32)
+    first = int(hours.min())
+    return _hourly_offsets_min(zone, first, int(hours.max()))[hours - first]
+
+
+def _hourly_offsets_min(zone: str, first_hour: int, last_hour: int) -> NDArray[np.int32]:
+    tz = ZoneInfo(zone)
+    table = np.empty(last_hour - first_hour + 1, dtype=np.int32)
     for i in range(table.size):
-        offset = datetime.fromtimestamp((first + i) * 3600, tz).utcoffset()
+        offset = datetime.fromtimestamp((first_hour + i) * 3600, tz).utcoffset()
         table[i] = 0 if offset is None else int(offset.total_seconds()) // 60
-    return table[hours - first]
+    return table
 
 
 def _serial(rng: np.random.Generator, device: str) -> str:
@@ -126,66 +171,160 @@ def _sessions(
     return out
 
 
-def _bump(grid: NDArray[np.int64], out: NDArray[np.float64], at_ms: float, amplitude: float, tau_min: float) -> None:
-    """Add `A (x/τ) e^(1 − x/τ)` (peak A at x = τ after `at_ms`) to `out` on `grid`, in place."""
-    tau_ms = tau_min * MINUTE_MS
-    lo = int(np.searchsorted(grid, at_ms))
-    hi = int(np.searchsorted(grid, at_ms + 8.0 * tau_ms))
-    if hi <= lo:
-        return
-    x = (grid[lo:hi] - at_ms) / tau_ms
-    out[lo:hi] += amplitude * x * np.exp(1.0 - x)
+# MARK: glucose
+
+
+def ar1(rng: np.random.Generator, n: int, tau_steps: float) -> NDArray[np.float64]:
+    """A stationary AR(1) series of unit variance, `x[k] = φ x[k−1] + √(1 − φ²) ε[k]` with φ = e^(−1/τ).
+
+    Computed without a per-sample loop: within a block, `x[j] = φ^j (x₀ + Σ ε[i] φ^(−i))`, with blocks short
+    enough that φ^(−j) stays below e^250 (the rounding error then scales with x, not with φ^(−j)).
+    """
+    phi = float(np.exp(-1.0 / tau_steps))
+    eps = rng.standard_normal(n)
+    eps[1:] *= np.sqrt(1.0 - phi * phi)
+    out = np.empty(n)
+    block = max(1, int(250.0 * tau_steps))
+    carry = 0.0
+    for lo in range(0, n, block):
+        e = eps[lo : lo + block]
+        j = np.arange(e.size, dtype=np.float64)
+        grow = np.exp(j / tau_steps)  # φ^(−j)
+        out[lo : lo + e.size] = (np.cumsum(e * grow) + phi * carry) / grow
+        carry = float(out[lo + e.size - 1])
+    return out
+
+
+def _responses(
+    n: int, grid0_ms: int, at_ms: NDArray[np.float64], amplitude: NDArray[np.float64], peak_min: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """The sum of responses `A (x/τ)² e^(2(1 − x/τ))` starting at `at_ms` (peak A at τ = `peak_min`) on the grid."""
+    if at_ms.size == 0:
+        return np.zeros(n)
+    span = int(np.ceil(_SPAN_TAU * float(peak_min.max()) / _GRID_MIN)) + 1
+    k = np.ceil((at_ms - grid0_ms) / _GRID_MS).astype(np.int64)[:, None] + np.arange(span, dtype=np.int64)
+    x = ((k * _GRID_MS + grid0_ms) - at_ms[:, None]) / (peak_min[:, None] * MINUTE_MS)
+    shape = amplitude[:, None] * (x * x) * np.exp(2.0 * (1.0 - x))
+    inside = (k >= 0) & (k < n)
+    return np.bincount(k[inside], weights=shape[inside], minlength=n)
+
+
+def _grid_index(at_ms: NDArray[np.float64], grid0_ms: int, n: int) -> NDArray[np.int64]:
+    """The grid point nearest each instant (clipped to the grid)."""
+    return np.clip(np.rint((at_ms - grid0_ms) / _GRID_MS).astype(np.int64), 0, n - 1)
+
+
+def _soft_bounds(mg: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Bend glucose below 50 mg/dL towards 38 and above 300 towards 450 (smoothly: slope 1 at each knee)."""
+    low_room = _FLOOR_KNEE_MG_DL - _FLOOR_MG_DL
+    high_room = _CEILING_MG_DL - _CEILING_KNEE_MG_DL
+    out = mg.copy()
+    low = mg < _FLOOR_KNEE_MG_DL
+    out[low] = _FLOOR_MG_DL + low_room * np.exp((mg[low] - _FLOOR_KNEE_MG_DL) / low_room)
+    high = mg > _CEILING_KNEE_MG_DL
+    out[high] = _CEILING_MG_DL - high_room * np.exp(-(mg[high] - _CEILING_KNEE_MG_DL) / high_room)
+    return out
 
 
 def _glucose_mg_dl(
     rng: np.random.Generator, profile: TraceProfile, zone: str, start_ms: int, end_ms: int
 ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-    """(grid, glucose) every 5 min from a day before `start_ms` to `end_ms`."""
+    """(grid, glucose) every 5 min from a day before `start_ms` to `end_ms` (the day before lets the first
+    morning carry the previous evening's responses)."""
     grid = np.arange(start_ms - DAY_MS, end_ms + _GRID_MS, _GRID_MS, dtype=np.int64)
-    offset = utc_offsets_min(zone, grid).astype(np.int64)
-    local_ms = grid + offset * MINUTE_MS
-    tod_min = (local_ms % DAY_MS) / MINUTE_MS
+    n, grid0 = grid.size, int(grid[0])
+    # One table of hourly offsets for the grid and every event (events may fall a day either side).
+    first_hour = (grid0 - 2 * DAY_MS) // HOUR_MS
+    offsets = _hourly_offsets_min(zone, first_hour, (int(grid[-1]) + 2 * DAY_MS) // HOUR_MS).astype(np.int64)
+
+    def offset_ms(instant_ms: NDArray[np.int64]) -> NDArray[np.int64]:
+        return offsets[instant_ms // HOUR_MS - first_hour] * MINUTE_MS
+
+    local_ms = grid + offset_ms(grid)
     first_day = int(local_ms[0] // DAY_MS)
-    n_days = int(local_ms[-1] // DAY_MS) - first_day + 2
+    n_days = int(local_ms[-1] // DAY_MS) - first_day + 1
+    day_no = first_day + np.arange(n_days)  # local dates as days since 1970-01-01 (a Thursday)
+    weekend = (day_no + 3) % 7 >= 5
+    grid_day = local_ms // DAY_MS - first_day
+    tod_min = (local_ms % DAY_MS) / MINUTE_MS
 
-    # Level with a smooth day-to-day drift (daily values at local noon, interpolated).
-    noon_local = (first_day + np.arange(n_days)) * DAY_MS + DAY_MS // 2
-    drift = rng.normal(0.0, profile.drift_sd_mg_dl, size=n_days)
-    glucose = profile.level_mg_dl + np.interp(local_ms, noon_local, drift)
-    # Dawn rise around 06:30 local.
-    glucose += profile.dawn_mg_dl * np.exp(-0.5 * ((tod_min - 390.0) / 75.0) ** 2)
+    def utc(day: NDArray[np.int64], minute: NDArray[np.float64]) -> NDArray[np.float64]:
+        """The instant of local `minute` (after midnight) on local day `day` (index), through DST changes."""
+        local = (day_no[day] * DAY_MS).astype(np.float64) + minute * MINUTE_MS
+        guess = local.astype(np.int64) - offset_ms(local.astype(np.int64))
+        return local - offset_ms(guess)
 
-    # Meals at local clock times; the UTC instant uses the offset at that day's noon.
-    meal_at = rng.normal(0.0, 35.0, size=(n_days, len(_MEAL_MINUTES))) + np.array(_MEAL_MINUTES)
-    meal_amp = profile.meal_mg_dl * rng.uniform(0.5, 1.5, size=meal_at.shape)
-    meal_amp *= rng.random(meal_at.shape) >= 0.10
-    meal_tau = rng.uniform(35.0, 60.0, size=meal_at.shape)
-    noon_offset = utc_offsets_min(zone, noon_local.astype(np.int64)).astype(np.int64)
-    meals = np.zeros(grid.size)
-    for d in range(n_days):
-        day_utc = (first_day + d) * DAY_MS - int(noon_offset[d]) * MINUTE_MS
-        for m in range(meal_at.shape[1]):
-            if meal_amp[d, m] > 0:
-                _bump(grid, meals, day_utc + meal_at[d, m] * MINUTE_MS, meal_amp[d, m], meal_tau[d, m])
-    glucose += meals
+    every_day = np.arange(n_days)
 
-    # Hypoglycaemic dips.
-    n_dips = int(rng.poisson(profile.dips_per_day * (end_ms - start_ms) / DAY_MS))
-    dip_at = rng.uniform(start_ms, end_ms, size=n_dips)
-    dip_depth = rng.uniform(*profile.dip_depth_mg_dl, size=n_dips)
-    dip_tau = rng.uniform(15.0, 35.0, size=n_dips)
-    for at, depth, tau in zip(dip_at.tolist(), dip_depth.tolist(), dip_tau.tolist(), strict=True):
-        _bump(grid, glucose, at, -depth, tau)
+    # Level: day to day and a slow wander within the day, both log-normal (glucose is skewed: highs wander
+    # further than lows); the dawn rise.
+    slow = profile.day_spread * ar1(rng, n_days, 0.7)[grid_day]
+    slow += profile.wander_spread * ar1(rng, n, profile.wander_tau_min / _GRID_MIN)
+    glucose = profile.level_mg_dl * np.exp(slow)
+    dawn = profile.dawn_mg_dl * rng.uniform(0.4, 1.6, size=n_days)
+    glucose += dawn[grid_day] * np.exp(-0.5 * ((tod_min - 420.0) / 80.0) ** 2)
 
-    # AR(1) noise, stationary from the first grid point.
-    phi = float(np.exp(-5.0 / profile.noise_tau_min))
-    eps = rng.standard_normal(grid.size)
-    eps[1:] *= np.sqrt(1.0 - phi * phi)
-    noise = eps.tolist()
-    for k in range(1, len(noise)):
-        noise[k] += phi * noise[k - 1]
-    glucose += np.asarray(noise) * profile.noise_sd_mg_dl
-    return grid, glucose
+    # Meals at local clock times, with day-to-day appetite; bolus misses and their corrections.
+    shape = (n_days, 3)
+    meal_min = np.array(profile.meal_minutes) + rng.normal(0.0, profile.meal_jitter_min, size=shape)
+    meal_min[:, 0] += weekend * rng.uniform(45.0, 120.0, size=n_days)
+    eaten = rng.random(shape) >= np.array(profile.meal_skip)
+    appetite = np.exp(rng.normal(0.0, 0.15, size=n_days))[:, None]
+    rise = np.array(profile.meal_mg_dl) * appetite * np.exp(rng.normal(0.0, profile.meal_spread, size=shape))
+    peak = rng.uniform(*profile.meal_peak_min, size=shape)
+    missed = eaten & (rng.random(shape) < profile.missed_bolus)
+    rise[missed] *= rng.uniform(1.5, 2.2, size=int(missed.sum()))
+    rise = np.minimum(rise, _MAX_RISE_MG_DL)
+    peak[missed] *= 1.5
+    corrected = missed & (rng.random(shape) < profile.correction)
+    correction_after = rng.uniform(150.0, 240.0, size=shape)
+    correction_depth = rise * rng.uniform(0.5, 1.0, size=shape)
+    correction_peak = rng.uniform(60.0, 90.0, size=shape)
+    lands_at = rng.uniform(45.0, 110.0, size=shape)  # where the correction alone would bring glucose
+    meal_day = np.broadcast_to(every_day[:, None], shape)
+    at = utc(meal_day[eaten], meal_min[eaten])
+    glucose += _responses(n, grid0, at, rise[eaten], peak[eaten])
+    at = utc(meal_day[corrected], meal_min[corrected] + correction_after[corrected])
+    # A correction is dosed on the glucose seen: it takes off at most what lies above where it lands.
+    seen = glucose[_grid_index(at + correction_peak[corrected] * MINUTE_MS, grid0, n)]
+    depth = np.clip(seen - lands_at[corrected], 0.0, correction_depth[corrected])
+    glucose -= _responses(n, grid0, at, depth, correction_peak[corrected])
+
+    n_snacks = int(rng.poisson(profile.snacks_per_day * n_days))
+    snack_day = rng.integers(0, n_days, size=n_snacks)
+    snack_min = np.where(rng.random(n_snacks) < 0.5, 900.0, 1260.0) + rng.uniform(0.0, 90.0, size=n_snacks)
+    snack_rise = 0.5 * profile.meal_mg_dl[1] * np.exp(rng.normal(0.0, profile.meal_spread, size=n_snacks))
+    glucose += _responses(n, grid0, utc(snack_day, snack_min), snack_rise, rng.uniform(45.0, 75.0, size=n_snacks))
+
+    # Exercise: weekday evenings, weekend mornings.
+    active = rng.random(n_days) < profile.exercise_per_week / 7.0
+    ex_min = np.where(weekend, 540.0, 1020.0) + rng.uniform(0.0, 120.0, size=n_days)
+    ex_depth = rng.uniform(*profile.exercise_mg_dl, size=n_days)
+    ex_peak = rng.uniform(40.0, 70.0, size=n_days)
+    glucose -= _responses(n, grid0, utc(every_day[active], ex_min[active]), ex_depth[active], ex_peak[active])
+
+    # Lows, placed by their nadir: night (slow, long) and day (quick, treated), each with its rebound.
+    night_of = every_day[rng.random(n_days) < profile.night_lows_per_week / 7.0]  # at most one a night
+    n_day_lows = int(rng.poisson(profile.day_lows_per_week / 7.0 * n_days))
+    low_day = np.concatenate([night_of, rng.integers(0, n_days, size=n_day_lows)])
+    n_low = low_day.size
+    night = np.arange(n_low) < night_of.size
+    low_min = np.where(night, rng.uniform(30.0, 330.0, size=n_low), rng.uniform(570.0, 1410.0, size=n_low))
+    fall_min = np.where(night, rng.uniform(90.0, 180.0, size=n_low), rng.uniform(25.0, 50.0, size=n_low))
+    nadir = rng.uniform(*profile.low_nadir_mg_dl, size=n_low)
+    deep = rng.random(n_low) < profile.deep_low_share
+    nadir[deep] = rng.uniform(40.0, 52.0, size=int(deep.sum()))
+    rebound = np.where(night, rng.uniform(15.0, 60.0, size=n_low), rng.uniform(30.0, 90.0, size=n_low))
+    rebound *= rng.random(n_low) < np.where(night, 0.7, 0.9)
+    rebound_peak = rng.uniform(40.0, 70.0, size=n_low)
+    at = utc(low_day, low_min)
+    depth = np.maximum(glucose[_grid_index(at, grid0, n)] - nadir, 0.0)
+    glucose -= _responses(n, grid0, at - fall_min * MINUTE_MS, depth, fall_min)
+    glucose += _responses(n, grid0, at, rebound, rebound_peak)
+
+    # Sensor noise, then the body's soft bounds.
+    glucose += profile.noise_sd_mg_dl * ar1(rng, n, 10.0 / _GRID_MIN)
+    return grid, _soft_bounds(glucose)
 
 
 def cgm_trace(

@@ -1,6 +1,6 @@
 """The running sandbox: one `Site` per configured personality, each with its store and authorization server.
 
-`build_sandbox(config)` generates the readings once (sandbox.glucose, about 0.2 s for the six people), builds
+`build_sandbox(config)` generates the readings once (sandbox.glucose, about 0.1 s for the six people), builds
 each site's seed with its own ids (sandbox.seed), loads the stores and makes each site an RS256 signing key.
 """
 

@@ -7,14 +7,18 @@ opaque "e…3", Oracle-like numbers, UUIDs elsewhere) and are derived by hashing
 the same on every start. Readings are generated once per person (sandbox.glucose) and shared by the sites;
 only their FHIR shape differs (flowsheet row + vital-signs on epic-like, laboratory elsewhere).
 
-| key | person | what it is for |
-| --- | --- | --- |
-| p1 | Avery Quinn | typical: Dexcom G6, mg/dL, America/Chicago |
-| p2 | Mateo Lindqvist | **mmol/L** (LOINC 105272-9): FreeStyle Libre 3, America/Toronto |
-| p3 | Harper Okafor | **DST**: Dexcom G7, America/New_York; the window always spans a DST change |
-| p4 | Rowan Delacroix | **no CGM data**: a patient with encounters only |
-| p5 | Sam Whitfield | poorly controlled, Dexcom G6, a sensor that failed early (30 h gap); **no open encounter** |
-| p6 | Jun Takahashi | tight control with lows: FreeStyle Libre 2 (15-min readings), America/Phoenix |
+| key | person | what it is for | glucose story |
+| --- | --- | --- | --- |
+| p1 | Avery Quinn | typical: Dexcom G6, mg/dL, America/Chicago | type 1 on a pump, typical |
+| p2 | Mateo Lindqvist | **mmol/L** (LOINC 105272-9): FreeStyle Libre 3, America/Toronto | type 2 on basal, controlled |
+| p3 | Harper Okafor | **DST**: Dexcom G7, America/New_York; the window spans a DST change | type 1, runs high |
+| p4 | Rowan Delacroix | **no CGM data**: a patient with encounters only | |
+| p5 | Sam Whitfield | Dexcom G6, a sensor that failed early (30 h gap); **no open encounter** | type 1, poor control |
+| p6 | Jun Takahashi | lows: FreeStyle Libre 2 (15-min readings), America/Phoenix | type 1, nocturnal lows |
+
+Each person's `TraceProfile` makes their story (sandbox.glucose); sandbox/README.md has the metrics the engine
+finds (tests/sandbox/test_glucose_realism.py checks them). Every Patient carries the person's IANA zone in
+PATIENT_TIME_ZONE_EXTENSION (its comment says why that is not the core tz-code).
 
 Each person's 90 days end at the local midnight that starts "today" (relative to the configured `now`), so the
 data look current. The DST person (p3) keeps that window when it contains a New York DST change; otherwise
@@ -59,6 +63,11 @@ OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-catego
 READING_ID_SYSTEM = "https://sandbox.glucobridge.example/cgm/record-id"
 DEVICE_SERIAL_SYSTEM = "https://sandbox.glucobridge.example/cgm/sensor-serial"
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
+#: The patient's home time zone (IANA, `valueCode`), so an app can read it from the EHR. A sandbox extension, not
+#: the core `http://hl7.org/fhir/StructureDefinition/tz-code`: that one's context is a date, dateTime or instant
+#: (R4; the extensions pack retires it for `.../timezone`, whose context adds only time and Meta), never Patient,
+#: and neither US Core nor the CGM IG defines a zone on Patient. Some EHRs put tz-code on Patient all the same.
+PATIENT_TIME_ZONE_EXTENSION = "https://sandbox.glucobridge.example/fhir/StructureDefinition/patient-time-zone"
 TEST_TAG = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HTEST", "display": "test data"}
 READING_CODES = {
     "mg/dL": ("99504-3", "Glucose [Mass/volume] in Interstitial fluid"),
@@ -105,7 +114,23 @@ PEOPLE: tuple[Person, ...] = (
         "1986-04-12",
         "America/Chicago",
         "dexcom-g6",
-        about="typical control, Dexcom G6, mg/dL",
+        profile=TraceProfile(
+            level_mg_dl=120.0,
+            day_spread=0.15,
+            wander_spread=0.20,
+            wander_tau_min=180.0,
+            dawn_mg_dl=15.0,  # the pump's basal profile covers most of it
+            meal_mg_dl=(85.0, 55.0, 90.0),
+            meal_spread=0.45,
+            missed_bolus=0.08,
+            correction=0.85,
+            snacks_per_day=0.5,
+            exercise_per_week=2.5,
+            night_lows_per_week=0.7,
+            day_lows_per_week=2.0,
+            deep_low_share=0.15,
+        ),
+        about="type 1 on a pump, typical control; Dexcom G6, mg/dL",
     ),
     Person(
         "p2",
@@ -116,8 +141,27 @@ PEOPLE: tuple[Person, ...] = (
         "America/Toronto",
         "libre-3",
         unit="mmol/L",
-        profile=TraceProfile(level_mg_dl=140.0, meal_mg_dl=55.0),
-        about="mmol/L readings (LOINC 105272-9), FreeStyle Libre 3",
+        profile=TraceProfile(
+            level_mg_dl=120.0,
+            day_spread=0.09,
+            wander_spread=0.10,
+            wander_tau_min=180.0,
+            dawn_mg_dl=10.0,
+            meal_minutes=(420.0, 720.0, 1080.0),
+            meal_mg_dl=(75.0, 50.0, 80.0),  # no mealtime insulin: slower rises
+            meal_spread=0.35,
+            meal_peak_min=(75.0, 120.0),
+            missed_bolus=0.0,
+            correction=0.0,
+            snacks_per_day=0.6,
+            exercise_per_week=3.0,
+            exercise_mg_dl=(15.0, 35.0),
+            night_lows_per_week=0.1,
+            day_lows_per_week=0.1,
+            deep_low_share=0.0,
+            noise_sd_mg_dl=4.0,
+        ),
+        about="type 2 on basal insulin, well controlled; mmol/L readings (LOINC 105272-9), FreeStyle Libre 3",
     ),
     Person(
         "p3",
@@ -127,9 +171,22 @@ PEOPLE: tuple[Person, ...] = (
         "1994-01-22",
         "America/New_York",
         "dexcom-g7",
-        profile=TraceProfile(level_mg_dl=160.0),
+        profile=TraceProfile(
+            level_mg_dl=135.0,
+            day_spread=0.17,
+            wander_spread=0.20,
+            wander_tau_min=180.0,
+            dawn_mg_dl=30.0,
+            meal_mg_dl=(95.0, 65.0, 100.0),
+            meal_spread=0.4,
+            missed_bolus=0.15,
+            correction=0.7,
+            exercise_per_week=1.5,
+            night_lows_per_week=0.7,
+            day_lows_per_week=1.5,
+        ),
         dst_window=True,
-        about="window spans a DST change (America/New_York), Dexcom G7",
+        about="type 1 on injections, above target; window spans a DST change (America/New_York), Dexcom G7",
     ),
     Person("p4", "Rowan", "Delacroix", "male", "1962-06-05", "America/Denver", None, about="no CGM data"),
     Person(
@@ -140,10 +197,27 @@ PEOPLE: tuple[Person, ...] = (
         "1979-11-17",
         "America/Los_Angeles",
         "dexcom-g6",
-        profile=TraceProfile(level_mg_dl=205.0, meal_mg_dl=110.0, dips_per_day=0.1, noise_sd_mg_dl=18.0),
+        profile=TraceProfile(
+            level_mg_dl=155.0,
+            day_spread=0.16,
+            wander_spread=0.30,
+            wander_tau_min=180.0,
+            dawn_mg_dl=35.0,
+            meal_jitter_min=45.0,
+            meal_skip=(0.35, 0.15, 0.05),
+            meal_mg_dl=(130.0, 95.0, 150.0),
+            meal_spread=0.55,
+            missed_bolus=0.35,
+            correction=0.7,
+            snacks_per_day=0.8,
+            exercise_per_week=0.5,
+            night_lows_per_week=0.8,
+            day_lows_per_week=2.0,
+            noise_sd_mg_dl=6.0,
+        ),
         open_encounter=False,
         failed_sensor_day=52,
-        about="poor control, a failed sensor (30 h gap), no open encounter",
+        about="type 1, poor control (missed boluses, corrections); a failed sensor (30 h gap), no open encounter",
     ),
     Person(
         "p6",
@@ -153,8 +227,22 @@ PEOPLE: tuple[Person, ...] = (
         "2001-03-08",
         "America/Phoenix",
         "libre-2",
-        profile=TraceProfile(level_mg_dl=118.0, meal_mg_dl=45.0, dips_per_day=0.9, dip_depth_mg_dl=(45.0, 85.0)),
-        about="tight control with lows, FreeStyle Libre 2 (15-min readings)",
+        profile=TraceProfile(
+            level_mg_dl=105.0,
+            day_spread=0.12,
+            wander_spread=0.14,
+            wander_tau_min=150.0,
+            meal_minutes=(510.0, 780.0, 1170.0),
+            meal_mg_dl=(85.0, 55.0, 90.0),
+            meal_spread=0.45,
+            correction=0.9,
+            exercise_per_week=2.0,
+            exercise_mg_dl=(25.0, 55.0),
+            night_lows_per_week=5.5,  # basal too strong at night
+            day_lows_per_week=1.0,
+            deep_low_share=0.1,
+        ),
+        about="type 1 on injections, tight control with nocturnal lows; FreeStyle Libre 2 (15-min readings)",
     ),
 )
 
@@ -426,6 +514,7 @@ def build_site(
                 "resourceType": "Patient",
                 "id": patient_id,
                 "meta": meta,
+                "extension": [{"url": PATIENT_TIME_ZONE_EXTENSION, "valueCode": person.zone}],
                 "active": True,
                 "identifier": [
                     {

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from sandbox.seed import READING_ID_SYSTEM
+from sandbox.seed import PATIENT_TIME_ZONE_EXTENSION, READING_ID_SYSTEM
 from tests.sandbox.flows import assertion, backend_token, bearer, launch_token
 from tests.sandbox.support import Server
 
@@ -104,6 +104,17 @@ def test_search_paging_and_code_date_filters(http: httpx.Client, server: Server)
     ).json()
     assert none["total"] == 0
     assert "entry" not in none
+
+
+def test_patients_are_served_with_their_time_zone(http: httpx.Client, server: Server) -> None:
+    """Each site serves every Patient with the person's IANA zone in the sandbox's time zone extension."""
+    for site, state in server.sandbox.sites.items():
+        headers = system_token(http, server, site, "system/Patient.rs")
+        bundle = http.get(f"/sites/{site}/fhir/Patient", params={"_count": 50}, headers=headers).json()
+        served = {e["resource"]["id"]: e["resource"] for e in bundle["entry"]}
+        for seeded in state.seed.patients:
+            zones = [x for x in served[seeded.patient_id]["extension"] if x["url"] == PATIENT_TIME_ZONE_EXTENSION]
+            assert zones == [{"url": PATIENT_TIME_ZONE_EXTENSION, "valueCode": seeded.person.zone}], site
 
 
 def test_search_identifier_category_sort_and_read(http: httpx.Client, server: Server) -> None:

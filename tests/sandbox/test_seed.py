@@ -1,5 +1,6 @@
 """Seed data: 90 days ending yesterday, sensor sessions with warm-up gaps, the mmol/DST/empty patients,
-reproducibility, per-site ids, and an export that our own FHIR ingestion reads without a problem."""
+reproducibility, per-site ids, each Patient's time zone, and an export that our own FHIR ingestion reads without a
+problem. Whether the glucose looks like real patients' is test_glucose_realism.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from engine import GlucoseUnit
 from sandbox.__main__ import main as sandbox_main
 from sandbox.glucose import DAY_MS, HOUR_MS, Trace, dst_changes_ms
 from sandbox.personalities import PERSONALITIES
-from sandbox.seed import PEOPLE, Person, build_site, traces_for, window_for
+from sandbox.seed import PATIENT_TIME_ZONE_EXTENSION, PEOPLE, Person, build_site, traces_for, window_for
 from tests.sandbox.support import NOW
 
 HOUR = 3_600_000
@@ -128,6 +129,24 @@ def test_empty_patient_and_per_site_identity(traces: dict[str, Trace]) -> None:
     assert e["valueQuantity"] == o["valueQuantity"]
     assert e["category"][0]["coding"][0]["code"] == "vital-signs"
     assert o["category"][0]["coding"][0]["code"] == "laboratory"
+
+
+def test_each_patient_carries_its_time_zone(traces: dict[str, Trace]) -> None:
+    """Every site's Patient resources carry the person's IANA zone, so an app can read it from the EHR.
+
+    A sandbox extension (PATIENT_TIME_ZONE_EXTENSION): the core tz-code's context is a date, dateTime or instant,
+    not Patient, and neither US Core nor the CGM IG defines a zone on Patient.
+    """
+    for site, personality in PERSONALITIES.items():
+        seed = build_site(site, personality, traces, NOW)
+        patients = {r["id"]: r for r in seed.resources if r["resourceType"] == "Patient"}
+        assert len(patients) == len(PEOPLE), site
+        for seeded in seed.patients:
+            extensions = patients[seeded.patient_id]["extension"]
+            zones = [e["valueCode"] for e in extensions if e["url"] == PATIENT_TIME_ZONE_EXTENSION]
+            assert zones == [seeded.person.zone], (site, seeded.person.key)
+            ZoneInfo(zones[0])  # a real IANA name
+    assert person("p3").zone == "America/New_York"
 
 
 def test_export_seed_reads_back_through_our_fhir_ingestion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
