@@ -17,7 +17,11 @@ GENERIC_RANGE_MG_DL = (20.0, 600.0)
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+    """The instant as ISO 8601; one outside what a datetime holds (years 1–9999) as its raw milliseconds."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return f"{ms} ms since 1970"
 
 
 def check_time(reading: FeedReading, now_ms: int, future_tolerance_ms: int) -> str | None:

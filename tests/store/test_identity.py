@@ -230,3 +230,20 @@ def test_the_same_bad_record_twice_is_one_quarantine_row_seen_twice(store: Store
     with store.transaction() as session:
         (item,) = session.scalars(select(QuarantineItem)).all()
         assert item.seen_count == 2
+
+
+def test_an_instant_outside_any_calendar_is_quarantined_with_its_raw_value(store: Store) -> None:
+    """A feed that hands the store an instant beyond year 9999 (or before year 1) gets a reason, not a crash."""
+    far = FeedReading(
+        patient=PatientRef("mrn", "M1"), time_ms=10**15, value=120.0, unit=GlucoseUnit.MG_DL, record_key="far"
+    )
+    before = FeedReading(
+        patient=PatientRef("mrn", "M1"), time_ms=-(10**15), value=120.0, unit=GlucoseUnit.MG_DL, record_key="old"
+    )
+    report = Ingestor(store, clock=lambda: NOW).ingest_items(
+        [far, before], site="site-a", feed=Feed.HL7V2, source_name="t"
+    )
+    assert (report.added, report.quarantined) == (0, 2)
+    reasons = quarantine_reasons(store)
+    assert any("1000000000000000 ms since 1970" in r and "in the future" in r for r in reasons)
+    assert any("-1000000000000000 ms since 1970" in r and "before 2000" in r for r in reasons)
