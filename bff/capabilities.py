@@ -5,6 +5,7 @@ checked: unknown keys, wrong types and wrong values are errors naming the file, 
 
     version = 1                          # required: the file's own version number (bump it on every change)
     vendor = "epic"                      # epic | oracle | generic | cgm-ig-receiver (see [fhir] cgm_ig_receiver)
+    time_zone = "America/Chicago"        # IANA zone of the site's patients when nothing more specific is known
 
     [fhir]
     version = "R4"                       # R4 | R5
@@ -19,7 +20,8 @@ checked: unknown keys, wrong types and wrong values are errors naming the file, 
     encounter_policy = "launch"          # launch | open_visit_lookup | hl7_creates | none
     pdf_path = "none"                    # cerner_docref | hl7_ed | hl7_mdm | none
     flowsheet_system = "urn:oid:…"       # the code system of the site's flowsheet row ids (Epic: an OID per site)
-    [write.flowsheet_rows]               # metric -> flowsheet row id
+    glucose_unit = "mg/dL"               # the unit glucose concentrations are filed in: mg/dL | mmol/L
+    [write.flowsheet_rows]               # metric (a key of engine.catalogue with a code) -> flowsheet row id
     tir = "3040100123"
 
     [hl7v2]                              # needed when write.channel = "hl7v2"
@@ -75,12 +77,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
 
 from bff.audit import audit
 from bff.store.db import Store
 from bff.store.models import AuditEvent, SiteOverride
+from engine.catalogue import CATALOGUE, MG_DL, MMOL_L
 
 
 class CapabilityError(ValueError):
@@ -150,6 +154,7 @@ class WriteCaps:
     pdf_path: str = "none"
     flowsheet_rows: Mapping[str, str] = field(default_factory=dict)
     flowsheet_system: str = ""
+    glucose_unit: str = "mg/dL"
 
     @property
     def writes(self) -> bool:
@@ -207,6 +212,7 @@ class SiteCapabilities:
     filter: FilterCaps
     corrections: CorrectionCaps = CorrectionCaps()
     iss: str = ""  # the [smart] iss, when the file has one
+    time_zone: str = ""  # the IANA zone of the site's patients when nothing more specific is known ("" none)
 
     def allows_iss(self, iss: str) -> bool:
         wanted = iss.strip().rstrip("/")
@@ -295,7 +301,7 @@ class _Table:
 
 
 _TABLES = ("fhir", "write", "hl7v2", "bulk", "rate_limit", "token", "launch", "filter", "corrections")
-_TOP = frozenset({"version", "vendor", "smart", *_TABLES})
+_TOP = frozenset({"version", "vendor", "time_zone", "smart", *_TABLES})
 
 
 def parse_capabilities(key: str, data: Mapping[str, Any], *, source: str = "") -> SiteCapabilities:
@@ -309,6 +315,11 @@ def parse_capabilities(key: str, data: Mapping[str, Any], *, source: str = "") -
     version = data.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CapabilityError(f"{where}: top-level version must be a whole number >= 1, got {version!r}")
+    time_zone = data.get("time_zone", "")
+    if not isinstance(time_zone, str) or (time_zone and not _is_zone(time_zone)):
+        raise CapabilityError(
+            f'{where}: top-level time_zone must be an IANA time zone such as "America/Chicago", got {time_zone!r}'
+        )
     vendor_raw = data.get("vendor", "generic")
     if vendor_raw not in {v.value for v in Vendor}:
         raise CapabilityError(
@@ -340,8 +351,14 @@ def parse_capabilities(key: str, data: Mapping[str, Any], *, source: str = "") -
         pdf_path=t.choice("pdf_path", "none", PDF_PATHS),
         flowsheet_rows=t.strings("flowsheet_rows", _METRIC),
         flowsheet_system=t.text("flowsheet_system", ""),
+        glucose_unit=t.choice("glucose_unit", MG_DL, (MG_DL, MMOL_L)),
     )
     t.done()
+    for name in write.flowsheet_rows:
+        if name not in CATALOGUE or CATALOGUE[name].code() is None:
+            fileable = ", ".join(m.key for m in CATALOGUE.values() if m.code() is not None)
+            raise CapabilityError(f"{where}: [write.flowsheet_rows] {name!r} is not a metric that can be filed "
+                                  f"(one of: {fileable})")  # fmt: skip
 
     t = _Table(where, "hl7v2", data.get("hl7v2"))
     hl7v2 = Hl7v2Caps(
@@ -404,7 +421,16 @@ def parse_capabilities(key: str, data: Mapping[str, Any], *, source: str = "") -
     return SiteCapabilities(
         key=key, version=version, vendor=vendor, fhir=fhir, write=write, hl7v2=hl7v2, bulk=bulk, rate_limit=rate,
         expected_token_lifetime_s=lifetime, launch=launch, filter=filt, corrections=corrections, iss=iss,
+        time_zone=time_zone,
     )  # fmt: skip
+
+
+def _is_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return "/" in name or name == "UTC"
 
 
 def _check_consistency(where: str, write: WriteCaps, hl7v2: Hl7v2Caps, vendor: Vendor) -> None:
@@ -486,11 +512,13 @@ def as_dict(caps: SiteCapabilities) -> dict[str, Any]:
     return {
         "version": caps.version,
         "vendor": caps.vendor.value,
+        "time_zone": caps.time_zone,
         "fhir": {"version": caps.fhir.version.value, "iss_allow": list(caps.fhir.iss_allow),
                  "cgm_ig_receiver": caps.fhir.cgm_ig_receiver},
         "write": {"mode": w.mode.value, "channel": w.channel.value, "observation_category": w.observation_category,
                   "note_type": w.note_type, "encounter_policy": w.encounter_policy, "pdf_path": w.pdf_path,
-                  "flowsheet_rows": dict(w.flowsheet_rows), "flowsheet_system": w.flowsheet_system},
+                  "flowsheet_rows": dict(w.flowsheet_rows), "flowsheet_system": w.flowsheet_system,
+                  "glucose_unit": w.glucose_unit},
         "hl7v2": {"host": caps.hl7v2.host, "port": caps.hl7v2.port, "version": caps.hl7v2.version,
                   "sending_facility": caps.hl7v2.sending_facility,
                   "receiving_application": caps.hl7v2.receiving_application,

@@ -136,6 +136,7 @@ class WritebackService:
         content = signed_content(record)
         content["encounter"] = encounter
         content["note_unit"] = note_unit
+        content["glucose_unit"] = caps.write.glucose_unit
         writes: list[PlannedWrite] = []
         refusal = None
         if caps.write.writes:

@@ -225,6 +225,13 @@ SUMMARY_PANEL = _loinc("107931-8", "CGM summary panel")
 TIMES_IN_RANGES_PANEL = _loinc("106793-3", "Times in glucose ranges")
 READING_MG_DL = _loinc("99504-3", "Glucose [Mass/volume] in Interstitial fluid")
 READING_MMOL_L = _loinc("105272-9", "Glucose [Moles/volume] in Interstitial fluid")
+#: The LOINC code of a CGM sensor reading -> the unit it carries.
+READING_UNITS: Mapping[str, str] = {READING_MG_DL.code: MG_DL, READING_MMOL_L.code: MMOL_L}
+#: Every LOINC code of an outcome (a metric or a panel): an Observation with one is a summary, not a reading.
+SUMMARY_CODES = frozenset(
+    {c.code for m in METRICS for c in m.codes.values() if c.system == LOINC}
+    | {SUMMARY_PANEL.code, TIMES_IN_RANGES_PANEL.code}
+)
 #: The IG profiles of the panels and of the readings.
 SUMMARY_PROFILE = f"{IG_PROFILES}/cgm-summary"
 TIMES_IN_RANGES_PROFILE = f"{IG_PROFILES}/cgm-summary-times-in-ranges"
@@ -278,6 +285,26 @@ def text(metric: Metric, value: Decimal | None, unit: str = MG_DL) -> str:
         return "—"
     label = metric.unit(unit).label
     return f"{value} {label}".rstrip()
+
+
+def shown(metric: Metric, metrics: Mapping[str, Any], unit: str = MG_DL, none: str = "—") -> str:
+    """The value as the view, the note and the PDF show it: the filed decimal with its unit, except a share of
+    time above 0 that files as 0.0, which reads "<0.1 %" (a clinician must see that there was some)."""
+    value = filed(metric, metrics, unit)
+    if value is None:
+        return none
+    if metric.kind is Kind.PERCENT and value == 0 and (canonical(metric, metrics) or 0) > 0:
+        return "<0.1 %"
+    return text(metric, value, unit)
+
+
+def percent_text(value: float | None, none: str = "—") -> str:
+    """A percentage that is not a catalogue metric (a target set's own band): one decimal, half up, once."""
+    finite = _finite(value)
+    if finite is None:
+        return none
+    rounded = _quantize(finite, 1)
+    return "<0.1 %" if rounded == 0 and finite > 0 else f"{rounded} %"
 
 
 def as_json_number(value: Decimal) -> int | float:

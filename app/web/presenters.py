@@ -7,14 +7,16 @@ without plotly's Python objects so a view renders in milliseconds.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bff.broker.plan import METRICS, PlannedWrite, note_bytes
-from bff.resources.fhir import in_range_70_180
+from bff.broker.plan import SIGNED, PlannedWrite, note_bytes
+from engine.catalogue import CATALOGUE, MMOL_L, Kind, Metric, filed, shown, text
 from engine.units import MMOL_L_TO_MG_DL
 
 BAND_COLOURS = {
@@ -35,11 +37,11 @@ class Band:
     colour: str
     goal: str
 
+    text: str = ""  # the value as shown (engine.catalogue.shown)
+
     @property
     def display(self) -> str:
-        if self.pct > 0 and self.pct < 0.05:
-            return "<0.1 %"
-        return f"{self.pct:.1f} %"
+        return self.text
 
 
 @dataclass(frozen=True)
@@ -69,12 +71,6 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _glucose(mg: float | None, unit: str) -> str:
-    if mg is None:
-        return "—"
-    return f"{mg / MMOL_L_TO_MG_DL:.1f} mmol/L" if unit == "mmol/L" else f"{mg:.0f} mg/dL"
-
-
 def display_unit(document: Mapping[str, Any], preferred: str | None) -> str:
     """The site's or clinician's choice, else the unit most of the patient's readings came in."""
     if preferred in ("mg/dL", "mmol/L"):
@@ -83,22 +79,43 @@ def display_unit(document: Mapping[str, Any], preferred: str | None) -> str:
     return "mmol/L" if units.get("readings_mmol_l", 0) > units.get("readings_mg_dl", 0) else "mg/dL"
 
 
-def bands(metrics: Mapping[str, Any], unit: str) -> list[Band]:
-    in_range = in_range_70_180(metrics)
-    mm = unit == "mmol/L"
-    rows = [
-        ("very_high", "Very high", ">13.9" if mm else ">250", _num(metrics.get("time_above_250_pct")), "<5 %"),
-        ("high", "High", "10.1–13.9" if mm else "181–250", _num(metrics.get("time_181_250_pct")), ""),
-        ("in_range", "In range", "3.9–10.0" if mm else "70–180", in_range, ">70 %"),
-        ("low", "Low", "3.0–3.8" if mm else "54–69", _num(metrics.get("time_54_69_pct")), ""),
-        ("very_low", "Very low", "<3.0" if mm else "<54", _num(metrics.get("time_below_54_pct")), "<1 %"),
-    ]
-    return [Band(k, label, f"{r} {unit}", pct or 0.0, BAND_COLOURS[k], goal) for k, label, r, pct, goal in rows]
+#: The five bands top to bottom: (view key, catalogue key, range in mg/dL, in mmol/L).
+BAND_ROWS = (
+    ("very_high", "tar_l2", ">250", ">13.9"),
+    ("high", "tar_l1", "181–250", "10.1–13.9"),
+    ("in_range", "tir", "70–180", "3.9–10.0"),
+    ("low", "tbr_l1", "54–69", "3.0–3.8"),
+    ("very_low", "tbr_l2", "<54", "<3.0"),
+)
 
 
-def _pct(value: Any, digits: int = 1) -> str:
-    number = _num(value)
-    return "—" if number is None else f"{number:.{digits}f} %"
+def bands(metrics: Mapping[str, Any], unit: str, goals: Mapping[str, str] | None = None) -> list[Band]:
+    """The five consensus bands with the values as filed (rounded once) and the target set's goals."""
+    goals = goals or {}
+    out = []
+    for key, metric_key, mg, mmol in BAND_ROWS:
+        m = CATALOGUE[metric_key]
+        value = filed(m, metrics)
+        out.append(Band(key, m.short, f"{mmol if unit == 'mmol/L' else mg} {unit}",
+                        float(value) if value is not None else 0.0, BAND_COLOURS[key], goals.get(metric_key, ""),
+                        shown(m, metrics)))  # fmt: skip
+    return out
+
+
+def band_goals(document: Mapping[str, Any]) -> dict[str, str]:
+    """The goals of the document's target set on the five bands (standard: >70 % in range, <1 % very low …)."""
+    targets = document.get("targets") or {}
+    standard = list(targets.get("range_mg_dl", (70, 180))) == [70, 180]
+    by_source = {"time_above_250_pct": "tar_l2", "time_181_250_pct": "tar_l1", "time_54_69_pct": "tbr_l1",
+                 "time_below_54_pct": "tbr_l2"}  # fmt: skip
+    if standard:
+        by_source["time_in_range_pct"] = "tir"
+    out = {}
+    for goal in targets.get("goals", ()):
+        key = by_source.get(str(goal.get("metric")))
+        if key is not None:
+            out[key] = f"{goal.get('op')}{float(goal.get('value', 0)):g} %"
+    return out
 
 
 def agp_figure(agp: Mapping[str, Any], unit: str) -> dict[str, Any] | None:
@@ -175,14 +192,14 @@ def summary_view(document: Mapping[str, Any], days: int, unit: str) -> SummaryVi
         "each reading's own unit"
     )
     excluded = {k: v for k, v in document.get("excluded", {}).items() if v}
-    mean_goal = "<154 mg/dL" if unit == "mg/dL" else "<8.6 mmol/L"
-    events = f"{metrics.get('hypo_events_l1', 0)} (<70) · {metrics.get('hypo_events_l2', 0)} (<54)"
+    low1, low2 = ("3.9", "3.0") if unit == "mmol/L" else ("70", "54")
+    events = (f"{shown(CATALOGUE['hypo_events_l1'], metrics, none='0')} (<{low1}) · "
+              f"{shown(CATALOGUE['hypo_events_l2'], metrics, none='0')} (<{low2})")  # fmt: skip
+    wear = filed(CATALOGUE["days_of_wear"], metrics)
     tiles = [
-        Tile("Mean glucose", _glucose(_num(metrics.get("mean_mg_dl")), unit), mean_goal),
-        Tile("GMI", _pct(metrics.get("gmi_pct")), "<7 %"),
-        Tile("Glucose variability (CV)", _pct(metrics.get("cv_pct")), "≤36 %"),
-        Tile("Time CGM active", _pct(metrics.get("sensor_active_pct")), "≥70 %"),
-        Tile("Days of wear", f"{metrics.get('days_of_wear', 0)} of {days}"),
+        *(Tile(CATALOGUE[k].short, shown(CATALOGUE[k], metrics, unit), CATALOGUE[k].goal_text(unit))
+          for k in ("mean_glucose", "gmi", "cv", "sensor_active")),
+        Tile(CATALOGUE["days_of_wear"].short, f"{wear if wear is not None else 0} of {days}"),
         Tile("Hypoglycaemia events", events),
     ]  # fmt: skip
     agp = document.get("agp", {})
@@ -192,7 +209,7 @@ def summary_view(document: Mapping[str, Any], days: int, unit: str) -> SummaryVi
         sufficient=bool(metrics.get("sufficient")),
         reasons=list(document.get("sufficiency", {}).get("reasons", [])),
         window_text=window_text,
-        bands=bands(metrics, unit),
+        bands=bands(metrics, unit, band_goals(document)),
         tiles=tiles,
         unit=unit,
         unit_note=unit_note,
@@ -205,8 +222,6 @@ def summary_view(document: Mapping[str, Any], days: int, unit: str) -> SummaryVi
 # MARK: write-back review
 
 
-METRIC_ORDER = ("tir", "tbr_l1", "tbr_l2", "tar_l1", "tar_l2", "mean_glucose", "gmi", "cv", "days_of_wear",
-                "sensor_active")  # fmt: skip
 MODE_LABELS = {
     "read_only": "nothing (read-only)",
     "flowsheet_only": "flowsheet rows only",
@@ -247,33 +262,42 @@ class ReviewItem:
     count: int = 1  # how many requests (flowsheet rows and single Observations are shown as one table)
 
 
-def _number(value: float, unit: str) -> str:
-    if unit == "mg/dL":
-        return f"{value:.0f} mg/dL"
-    if unit == "d":
-        return f"{value:g} days"
-    return f"{value:.1f} {unit}"
-
-
-def signed_values(values: Mapping[str, Any]) -> list[Tile]:
-    """The clinical values a sign-off carries, labelled as the EHR will show them."""
+def signed_values(content: Mapping[str, Any], unit: str) -> list[Tile]:
+    """What the clinician signs: each filed value as the EHR will receive it (the same decimal string). A
+    concentration viewed in another unit than the site files shows both, labelled."""
+    values = content.get("values", {})
+    mmol = content.get("values_mmol_l", {})
+    filing_unit = content.get("glucose_unit", "mg/dL")
     out = []
-    for key in METRIC_ORDER:
-        metric = METRICS.get(key)
-        if metric is None or key not in values:
+    for key in SIGNED:
+        if key not in values:
             continue
-        number = _num(values[key])
-        out.append(Tile(metric.display, "—" if number is None else _number(number, metric.unit)))
+        m = CATALOGUE[key]
+        if m.kind is Kind.CONCENTRATION:
+            as_filed = _signed_text(m, mmol.get(key) if filing_unit == MMOL_L else values.get(key), filing_unit)
+            if unit != filing_unit:
+                viewed = _signed_text(m, mmol.get(key) if unit == MMOL_L else values.get(key), unit)
+                out.append(Tile(m.name, viewed, f"filed as {as_filed}"))
+                continue
+            out.append(Tile(m.name, as_filed))
+            continue
+        out.append(Tile(m.name, _signed_text(m, values.get(key), "mg/dL")))
     return out
 
 
+def _signed_text(m: Metric, value: str | None, unit: str) -> str:
+    return text(m, None if value is None else Decimal(value), unit)
+
+
 def _quantity(resource: Mapping[str, Any]) -> str:
+    """The value exactly as the request carries it (its JSON text) with its unit."""
     quantity = resource.get("valueQuantity") or {}
-    value = _num(quantity.get("value"))
-    if value is None:
+    value = quantity.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return "—"
     unit = str(quantity.get("unit") or quantity.get("code") or "")
-    return _number(value, unit) if unit else f"{value:g}"
+    shown_unit = {"d": "days", "{events}": "events", "{score}": ""}.get(unit, unit)
+    return f"{json.dumps(value)} {shown_unit}".rstrip()
 
 
 def _observation_row(resource: Mapping[str, Any], *, flowsheet: bool) -> ReviewRow:

@@ -143,7 +143,7 @@ def _review_context(p: Patient, review: Review, days: int, note_unit: str, corre
         "correction": correction,
         "window_text": local_window(review.window, review.tz),
         "mode_label": MODE_LABELS.get(review.mode, review.mode),
-        "values": signed_values(content.get("values", {})),
+        "values": signed_values(content, note_unit),
         "sufficient": bool(content.get("sufficient", True)),
         "items": review_items(review.writes),
         "signer": p.launch.fhir_user,

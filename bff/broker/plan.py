@@ -25,11 +25,13 @@ the PDF (when `pdf_path` says how). When FHIR and HL7 v2 could both carry an ite
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 from bff.capabilities import FhirVersion, SiteCapabilities, Vendor, WriteChannel, WriteMode
@@ -38,8 +40,21 @@ from bff.resources import fhir
 from bff.resources.note import outcome_note
 from bff.resources.record import IDENTIFIER_SYSTEM, OutcomeRecord
 from engine import isoformat_local
+from engine.catalogue import (
+    CATALOGUE,
+    METRICS,
+    MG_DL,
+    MMOL_L,
+    UCUM,
+    Code,
+    Kind,
+    Metric,
+    as_json_number,
+    filed,
+    metric,
+    text,
+)
 
-LOINC = "http://loinc.org"
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 KINDS = ("flowsheet", "observations", "note", "pdf", "bundle", "hl7v2")
 
@@ -48,46 +63,12 @@ class PlanError(ValueError):
     """The outcome cannot be written at this site as it stands; the message says what a person can do."""
 
 
-@dataclass(frozen=True, slots=True)
-class Metric:
-    """A metric a site can map to a flowsheet row or receive as a single Observation."""
-
-    key: str
-    loinc: str
-    display: str
-    unit: str
-    ucum: str
-    value: Callable[[Mapping[str, Any]], float | None]
-
-
-def _field(name: str) -> Callable[[Mapping[str, Any]], float | None]:
-    def get(metrics: Mapping[str, Any]) -> float | None:
-        value = metrics.get(name)
-        return None if value is None else float(value)
-
-    return get
-
-
-#: The metrics a flowsheet row or a single Observation can carry (keys of `[write.flowsheet_rows]`).
-METRICS: dict[str, Metric] = {
-    m.key: m
-    for m in (
-        Metric("tir", "97510-2", "Time in range 70-180 mg/dL", "%", "%", fhir.in_range_70_180),
-        Metric("tbr_l1", "104641-6", "Time below range 54-69 mg/dL", "%", "%", _field("time_54_69_pct")),
-        Metric("tbr_l2", "104642-4", "Time below range <54 mg/dL", "%", "%", _field("time_below_54_pct")),
-        Metric("tar_l1", "104640-8", "Time above range 181-250 mg/dL", "%", "%", _field("time_181_250_pct")),
-        Metric("tar_l2", "104639-0", "Time above range >250 mg/dL", "%", "%", _field("time_above_250_pct")),
-        Metric("mean_glucose", "97507-8", "Mean glucose", "mg/dL", "mg/dL", _field("mean_mg_dl")),
-        Metric("gmi", "97506-0", "Glucose management indicator", "%", "%", _field("gmi_pct")),
-        Metric("cv", "104638-2", "Coefficient of variation of glucose", "%", "%", _field("cv_pct")),
-        Metric("days_of_wear", "104636-6", "Days of CGM wear", "d", "d", _field("days_of_wear")),
-        Metric("sensor_active", "104637-4", "Percentage of time CGM active", "%", "%", _field("sensor_active_pct")),
-    )
-}
 #: What a CGM IG data receiver accepts in a submission (POST only).
 SUBMISSION_TYPES = frozenset({"Observation", "DiagnosticReport", "Device", "DocumentReference", "Provenance"})
-#: The single Observations an Oracle-style site receives (one create each).
+#: The single Observations an Oracle-style site receives (one create each; keys of engine.catalogue).
 SINGLE_OBSERVATIONS = ("tir", "tbr_l1", "tbr_l2", "tar_l1", "tar_l2", "mean_glucose", "gmi", "cv")
+#: What a sign-off records of the outcome: every metric that can be filed, as its filed decimal string.
+SIGNED = tuple(m.key for m in METRICS if m.code() is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +127,12 @@ def plan_digest(writes: list[PlannedWrite], content: Mapping[str, Any]) -> str:
 
 
 def signed_content(record: OutcomeRecord) -> dict[str, Any]:
-    """The clinical content of a sign-off (what a deferred write will carry whatever the site's format then)."""
+    """The clinical content of a sign-off (what a deferred write will carry whatever the site's format then).
+
+    `values` are the filed decimal strings (engine.catalogue: rounded once), concentrations in mg/dL;
+    `values_mmol_l` the concentrations in mmol/L, rounded once from the same canonical value (never from mg/dL).
+    """
     m = record.metrics
-    values = {key: metric.value(m) for key, metric in METRICS.items()}
     return {
         "patient": record.patient_id,
         "window": [record.window_start_ms, record.window_end_ms],
@@ -158,8 +142,15 @@ def signed_content(record: OutcomeRecord) -> dict[str, Any]:
         "policy_hash": record.policy_hash,
         "engine_version": record.engine_version,
         "sufficient": record.sufficient,
-        "values": {k: (None if v is None else round(v, 4)) for k, v in values.items()},
+        "values": {key: _text(filed(metric(key), m)) for key in SIGNED},
+        "values_mmol_l": {
+            key: _text(filed(metric(key), m, MMOL_L)) for key in SIGNED if metric(key).kind is Kind.CONCENTRATION
+        },
     }
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
@@ -195,10 +186,6 @@ def _encounter(caps: SiteCapabilities, context: WriteContext) -> str | None:
     return context.encounter
 
 
-def _format(value: float, unit: str) -> str:
-    return f"{value:.1f} {unit}" if unit != "mg/dL" else f"{value:.0f} mg/dL"
-
-
 def _fhir_version(caps: SiteCapabilities) -> Literal["R4", "R5"]:
     return "R5" if caps.fhir.version is FhirVersion.R5 else "R4"
 
@@ -207,11 +194,25 @@ def _category(code: str) -> list[dict[str, Any]]:
     return [{"coding": [{"system": OBS_CATEGORY, "code": code}]}]
 
 
-def _value(record: OutcomeRecord, metric: Metric) -> float:
-    value = metric.value(record.metrics)
-    if value is None:
-        raise PlanError(f"{metric.display} has no value in this window (too few readings): it cannot be filed")
-    return round(value, 2)
+def _unit(caps: SiteCapabilities, metric: Metric) -> str:
+    """The unit a metric is filed in at this site (concentrations: the site's glucose unit)."""
+    return caps.write.glucose_unit if metric.kind is Kind.CONCENTRATION else MG_DL
+
+
+def _filed(record: OutcomeRecord, metric: Metric, unit: str) -> Decimal | None:
+    return filed(metric, record.metrics, unit)
+
+
+def _quantity(metric: Metric, value: Decimal, unit: str) -> dict[str, Any]:
+    u = metric.unit(unit)
+    return {"value": as_json_number(value), "unit": u.label, "system": UCUM, "code": u.ucum}
+
+
+def _code(metric: Metric, unit: str) -> Code:
+    code = metric.code(unit)
+    if code is None:
+        raise PlanError(f"{metric.name} has no code to file it under")
+    return code
 
 
 # --- Epic: flowsheet rows --------------------------------------------------------------------------------------
@@ -228,24 +229,28 @@ def _flowsheet(caps: SiteCapabilities, record: OutcomeRecord, context: WriteCont
     instant = _instant(record)
     out: list[PlannedWrite] = []
     for key, row in sorted(caps.write.flowsheet_rows.items()):
-        metric = METRICS.get(key)
-        if metric is None:
+        if key not in CATALOGUE:
             raise PlanError(f"site {caps.key} maps {key!r} to a flowsheet row, but glucobridge has no such metric")
-        value = _value(record, metric)
+        m = CATALOGUE[key]
+        unit = _unit(caps, m)
+        value = _filed(record, m, unit)
+        if value is None:
+            raise PlanError(f"{m.name} has no value in this window (too few readings): it cannot be filed")
+        code = _code(m, unit)
         body: dict[str, Any] = {
             "resourceType": "Observation",
             "status": "final",
             "category": _category("vital-signs"),
             "code": {
                 "coding": [
-                    {"system": system, "code": row, "display": metric.display},
-                    {"system": LOINC, "code": metric.loinc, "display": metric.display},
+                    {"system": system, "code": row, "display": m.name},
+                    {"system": code.system, "code": code.code, "display": code.display},
                 ],
-                "text": metric.display,
+                "text": m.name,
             },
             "subject": {"reference": patient},
             "effectiveDateTime": instant,
-            "valueQuantity": {"value": value, "unit": metric.unit, "system": fhir.UCUM, "code": metric.ucum},
+            "valueQuantity": _quantity(m, value, unit),
         }
         if encounter:
             body["encounter"] = {"reference": encounter}
@@ -254,7 +259,7 @@ def _flowsheet(caps: SiteCapabilities, record: OutcomeRecord, context: WriteCont
         out.append(
             PlannedWrite(
                 kind="flowsheet", channel="fhir", method="POST", path="Observation", metrics=(key,),
-                summary=f"Flowsheet row {row} ({metric.display}): {_format(value, metric.unit)}", body=body,
+                summary=f"Flowsheet row {row} ({m.name}): {text(m, value, unit)}", body=body,
                 readback={"type": "Observation",
                           "params": {"patient": patient, "code": f"{system}|{row}", "date": f"eq{instant}"}},
                 category="vital-signs",
@@ -272,30 +277,29 @@ def _single_observations(caps: SiteCapabilities, record: OutcomeRecord) -> list[
     category = caps.write.observation_category
     out: list[PlannedWrite] = []
     for key in SINGLE_OBSERVATIONS:
-        metric = METRICS[key]
-        value = metric.value(record.metrics)
+        m = CATALOGUE[key]
+        unit = _unit(caps, m)
+        value = _filed(record, m, unit)
         if value is None:
             continue
-        value = round(value, 2)
+        code = _code(m, unit)
         body = {
             "resourceType": "Observation",
             "identifier": [{"system": IDENTIFIER_SYSTEM, "value": record.identifier_value(key)}],
             "status": "corrected" if record.is_correction else "final",
             "category": _category(category),
-            "code": {"coding": [{"system": LOINC, "code": metric.loinc, "display": metric.display}],
-                     "text": metric.display},
+            "code": {"coding": [{"system": code.system, "code": code.code, "display": code.display}], "text": m.name},
             "subject": {"reference": patient},
             "effectiveDateTime": instant,
-            "valueQuantity": {"value": value, "unit": metric.unit, "system": fhir.UCUM, "code": metric.ucum},
+            "valueQuantity": _quantity(m, value, unit),
         }  # fmt: skip
         out.append(
             PlannedWrite(
                 kind="observations", channel="fhir", method="POST", path="Observation", metrics=(key,),
-                summary=f"Observation {metric.display} (LOINC {metric.loinc}, {category}): "
-                f"{_format(value, metric.unit)}",
+                summary=f"Observation {m.name} (LOINC {code.code}, {category}): {text(m, value, unit)}",
                 body=body,
                 readback={"type": "Observation",
-                          "params": {"patient": patient, "code": f"{LOINC}|{metric.loinc}", "date": f"eq{instant}"}},
+                          "params": {"patient": patient, "code": f"{code.system}|{code.code}", "date": f"eq{instant}"}},
                 category=category,
             )
         )  # fmt: skip
@@ -358,20 +362,21 @@ def _bundle(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext
         if resource["resourceType"] == "Observation":
             resource["category"] = _category(caps.write.observation_category)
     summary_id = record.identifier_value("summary")
-    tir = fhir.in_range_70_180(record.metrics)
+    tir = CATALOGUE["tir"]
+    in_range = filed(tir, record.metrics)
     readback = {"type": "Observation", "params": {"identifier": f"{IDENTIFIER_SYSTEM}|{summary_id}"}}
-    text = f"{len(bundle['entry'])} resources: CGM summary panel, {len(fhir.members(record))} results"
-    text += f" (time in range {tir:.1f} %)" if tir is not None else ""
-    text += ", device, raw readings and Provenance"
+    what = f"{len(bundle['entry'])} resources: CGM summary panel, {len(fhir.members(record))} results"
+    what += f" (time in range {text(tir, in_range)})" if in_range is not None else ""
+    what += ", device, raw readings and Provenance"
     if receiver:
         return PlannedWrite(
             kind="bundle", channel="fhir", method="POST", path="$submit-cgm-bundle", metrics=("summary",),
-            summary=f"CGM data submission ($submit-cgm-bundle): {text}", body=fhir.submit_parameters(bundle),
+            summary=f"CGM data submission ($submit-cgm-bundle): {what}", body=fhir.submit_parameters(bundle),
             readback=readback, category=caps.write.observation_category,
         )  # fmt: skip
     return PlannedWrite(
         kind="bundle", channel="fhir", method="POST", path="", metrics=("summary",),
-        summary=f"Transaction of {text}", body=bundle, readback=readback,
+        summary=f"Transaction of {what}", body=bundle, readback=readback,
         category=caps.write.observation_category,
     )  # fmt: skip
 
@@ -381,8 +386,8 @@ def _bundle(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext
 
 def _note(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> PlannedWrite:
     patient = _patient(record)
-    text = outcome_note(record, unit=context.note_unit)
-    body = fhir.document_reference(record, text.encode(), "text/plain", version=_fhir_version(caps))
+    note = outcome_note(record, unit=context.note_unit)
+    body = fhir.document_reference(record, note.encode(), "text/plain", version=_fhir_version(caps))
     body["subject"] = {"reference": patient}
     body["docStatus"] = "final"
     if caps.write.note_type:
@@ -391,10 +396,10 @@ def _note(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) 
     encounter = _encounter(caps, context)
     if encounter:
         body.setdefault("context", {})["encounter"] = [{"reference": encounter}]
-    first_line = text.splitlines()[0] if text else ""
+    first_line = note.splitlines()[0] if note else ""
     return PlannedWrite(
         kind="note", channel="fhir", method="POST", path="DocumentReference", metrics=("note",),
-        summary=f"Note (text/plain, {len(text.splitlines())} lines): {first_line}", body=body,
+        summary=f"Note (text/plain, {len(note.splitlines())} lines): {first_line}", body=body,
         readback={"type": "DocumentReference",
                   "params": {"identifier": f"{IDENTIFIER_SYSTEM}|{record.identifier_value('note_document')}"}},
     )  # fmt: skip
@@ -446,7 +451,12 @@ def _results(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContex
 
 
 def plan_writes(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> list[PlannedWrite]:
-    """Every request this outcome becomes at this site under its current capabilities ([] when read-only)."""
+    """Every request this outcome becomes at this site under its current capabilities ([] when read-only).
+
+    Concentrations are filed in the site's glucose unit (`[write] glucose_unit`), whatever unit the record was
+    built for."""
+    if record.mean_unit != caps.write.glucose_unit:
+        record = dataclasses.replace(record, mean_unit=caps.write.glucose_unit)
     mode = caps.write.mode
     if mode is WriteMode.READ_ONLY:
         return []
@@ -486,7 +496,6 @@ def note_bytes(write: PlannedWrite) -> bytes | None:
 
 __all__ = [
     "KINDS",
-    "METRICS",
     "PlanError",
     "PlannedWrite",
     "WriteContext",

@@ -20,10 +20,11 @@ Decisions (see also the comments where they are applied):
 - **MSH-10** is `GB` + the first 18 hex digits of `record.idempotency_key("hl7v2-oru")` (20 characters): the same
   record always gives the same MSH-10 (whatever the version, PDF or row ids: it is the same logical message), so a
   resend after a lost ACK or an AE fix is recognisable; a correction is a new version, so its MSH-10 differs.
-- **Values**: OBX-5 is a string with a fixed number of decimals (2 for percentages and mmol/L, 1 for mg/dL and
-  GRI, 0 for days and event counts), rounded half up. 97510-2 is the consensus 70–180 mg/dL band (100 − below 70 −
-  above 180), like the FHIR side, even when the policy's targets use another range. Null metrics are left out.
-- **Row ids**: `row_ids[metric key]` becomes OBX-3 `<row id>^<display>^L^<our code>^<display>^<our system>`.
+- **Values**: OBX-5 is the metric's filed decimal from `engine.catalogue` (rounded once, half up, from the
+  canonical value: whole mg/dL, one decimal for percentages, mmol/L and GRI, whole days and event counts), the
+  same string the clinician reviewed. 97510-2 is the consensus 70–180 mg/dL band (100 − below 70 − above 180),
+  like the FHIR side, even when the policy's targets use another range. Null metrics are left out.
+- **Row ids**: `row_ids[catalogue key]` becomes OBX-3 `<row id>^<display>^L^<our code>^<display>^<our system>`.
 - **OBR-3** (filler order number) does *not* include the version: it names the outcome window, so that a
   correction (OBR-25/OBX-11 `C`) can be matched by the receiver with the result it replaces (HL7 matches
   corrections on the order numbers and OBX-3).
@@ -46,18 +47,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
 from types import MappingProxyType
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from bff.hl7.build import coded, esc_ft, message_text, msh, pid, ts, ts_ms
 from bff.resources.record import OutcomeRecord
-from engine.units import MMOL_L_TO_MG_DL
+from engine.catalogue import SUMMARY_PANEL, filed, metric
 
 #: OBX-3/OBR-4 coding system of glucobridge's own codes (the FHIR side uses `record.CODESYSTEM` for the same codes).
 GLUCOBRIDGE_SYSTEM = "GLUCOBRIDGE"
@@ -66,8 +64,8 @@ UCUM = "UCUM"
 #: Coding system of a site's own code (a flowsheet row id), HL7 table 0396 "L" (local general code).
 LOCAL_SYSTEM = "L"
 VERSIONS = ("2.5.1", "2.3")
-PANEL = ("107931-8", "CGM summary panel", LOINC)
-#: The `row_ids` key of the PDF OBX (the metric keys are those of `record.metrics`).
+PANEL = (SUMMARY_PANEL.code, SUMMARY_PANEL.display, SUMMARY_PANEL.hl7_system)
+#: The `row_ids` key of the PDF OBX (the metric keys are those of engine.catalogue).
 PDF_KEY = "pdf"
 PDF_CODE = ("summary-pdf", "CGM summary report (PDF)", GLUCOBRIDGE_SYSTEM)
 #: ED type of data (HL7 table 0191, 2.3 to 2.6) and subtype for a PDF.
@@ -75,43 +73,9 @@ ED_TYPE, ED_SUBTYPE, ED_ENCODING = "AP", "PDF", "Base64"
 MSH10_PREFIX = "GB"
 _MESSAGE_KEY = "hl7v2-oru"
 
-PERCENT = ("%", "percent", UCUM)
-MG_DL = ("mg/dL", "mg/dL", UCUM)
-MMOL_L = ("mmol/L", "mmol/L", UCUM)
-DAYS = ("d", "day", UCUM)
-EVENTS = ("{events}", "events", UCUM)
-SCORE = ("{score}", "score", UCUM)
-
-
-@dataclass(frozen=True, slots=True)
-class MetricCode:
-    """How one metric of `record.metrics` becomes an OBX: its code, unit and number of decimals."""
-
-    key: str
-    code: str
-    display: str
-    system: str
-    unit: tuple[str, str, str] | None
-    decimals: int
-
-
-#: The OBX order: the times in ranges (as in the IG's TIR panel), then the other summary measures, then ours.
-METRICS: tuple[MetricCode, ...] = (
-    MetricCode("time_below_54_pct", "104642-4", "Time in very low range <54 mg/dL", LOINC, PERCENT, 2),
-    MetricCode("time_54_69_pct", "104641-6", "Time in low range 54-69 mg/dL", LOINC, PERCENT, 2),
-    MetricCode("time_in_range_pct", "97510-2", "Time in range 70-180 mg/dL", LOINC, PERCENT, 2),  # _in_range_70_180
-    MetricCode("time_181_250_pct", "104640-8", "Time in high range 181-250 mg/dL", LOINC, PERCENT, 2),
-    MetricCode("time_above_250_pct", "104639-0", "Time in very high range >250 mg/dL", LOINC, PERCENT, 2),
-    MetricCode("mean_mg_dl", "97507-8", "Mean glucose", LOINC, MG_DL, 1),  # 105273-7 in mmol/L, see _mean
-    MetricCode("gmi_pct", "97506-0", "Glucose management indicator", LOINC, PERCENT, 2),
-    MetricCode("cv_pct", "104638-2", "Coefficient of variation of glucose", LOINC, PERCENT, 2),
-    MetricCode("sensor_active_pct", "104637-4", "Percentage of time CGM active", LOINC, PERCENT, 2),
-    MetricCode("days_of_wear", "104636-6", "Days of CGM wear", LOINC, DAYS, 0),
-    MetricCode("gri", "gri", "Glycemia Risk Index", GLUCOBRIDGE_SYSTEM, SCORE, 1),
-    MetricCode("hypo_events_l1", "hypo-events-l1", "Level 1 hypoglycemia events", GLUCOBRIDGE_SYSTEM, EVENTS, 0),
-    MetricCode("hypo_events_l2", "hypo-events-l2", "Level 2 hypoglycemia events", GLUCOBRIDGE_SYSTEM, EVENTS, 0),
-)
-MEAN_MMOL_L = MetricCode("mean_mg_dl", "105273-7", "Mean glucose", LOINC, MMOL_L, 2)
+#: The OBX order (catalogue keys): the times in ranges (as in the IG's TIR panel), the other summary measures, ours.
+ORDER = ("tbr_l2", "tbr_l1", "tir", "tar_l1", "tar_l2", "mean_glucose", "gmi", "cv", "sensor_active", "days_of_wear",
+         "gri", "hypo_events_l1", "hypo_events_l2")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +125,7 @@ def build_oru(
 ) -> OruMessage:
     """The ORU^R01 of one outcome window (see the module docstring for the layout and the decisions).
 
-    `row_ids` maps a metric key of `record.metrics` (or `PDF_KEY`) to the site's flowsheet row id, which then
+    `row_ids` maps a catalogue metric key (or `PDF_KEY`) to the site's flowsheet row id, which then
     becomes OBX-3 (coding system `L`, the LOINC or glucobridge code kept as the alternate identifier).
     `mrn` overrides the first of `record.patient_identifiers` for PID-3. Raises ValueError for an unknown version
     or when there is no MRN.
@@ -205,8 +169,8 @@ def build_oru(
         observations[key] = OruObservation(set_id, value_type, row or code[0], LOCAL_SYSTEM if row else code[2],
                                            data, unit[0] if unit else "")  # fmt: skip
 
-    for metric, value in _values(record):
-        add_obx(metric.key, "NM", (metric.code, metric.display, metric.system), value, metric.unit, value)
+    for key, code, unit, value in _values(record):
+        add_obx(key, "NM", code, value, unit, value)
     if pdf is not None:
         data = base64.b64encode(pdf).decode("ascii")  # A-Z a-z 0-9 + / =: nothing to escape
         add_obx(PDF_KEY, "ED", PDF_CODE, f"^{ED_TYPE}^{ED_SUBTYPE}^{ED_ENCODING}^{data}", None, data)
@@ -215,51 +179,19 @@ def build_oru(
     return OruMessage(text, control_id, version, MappingProxyType(observations), insufficient is None)
 
 
-def _values(record: OutcomeRecord) -> list[tuple[MetricCode, str]]:
-    """(metric, OBX-5) for each metric with a value; null (no data) and non-finite values are left out."""
-    out: list[tuple[MetricCode, str]] = []
-    metrics = record.metrics
-    for listed in METRICS:
-        metric, number = listed, _number(metrics.get(listed.key))
-        if listed.key == "time_in_range_pct":
-            number = _in_range_70_180(metrics)
-        elif listed.key == "mean_mg_dl":
-            metric, number = _mean(record, number)
-        if number is None:
+def _values(record: OutcomeRecord) -> list[tuple[str, tuple[str, str, str], tuple[str, str, str], str]]:
+    """(key, OBX-3, OBX-6, OBX-5) for each metric with a value, OBX-5 the catalogue's filed decimal (rounded once);
+    null (no data) and non-finite values are left out. Concentrations in `record.mean_unit`."""
+    out = []
+    for key in ORDER:
+        m = metric(key)
+        value = filed(m, record.metrics, record.mean_unit)
+        code = m.code(record.mean_unit)
+        if value is None or code is None:
             continue
-        out.append((metric, _format(number, metric.decimals)))
+        unit = m.unit(record.mean_unit)
+        out.append((key, (code.code, code.display, code.hl7_system), (unit.ucum, unit.hl7_text, UCUM), str(value)))
     return out
-
-
-def _in_range_70_180(metrics: Mapping[str, Any]) -> float | None:
-    """LOINC 97510-2 is the consensus 70–180 mg/dL band, whatever range the policy's targets use (the engine's
-    `time_in_range_pct` is against the targets); same formula as `bff.resources.fhir.in_range_70_180`."""
-    below, above = _number(metrics.get("time_below_70_pct")), _number(metrics.get("time_above_180_pct"))
-    if below is None or above is None:
-        return None
-    return max(0.0, 100.0 - below - above)
-
-
-def _mean(record: OutcomeRecord, number: float | None) -> tuple[MetricCode, float | None]:
-    """The mean glucose in the site's unit: 97507-8 in mg/dL or 105273-7 in mmol/L."""
-    if record.mean_unit.lower() != "mmol/l":
-        return METRICS[5], number
-    factor = _number(record.document.get("units", {}).get("mmol_l_to_mg_dl")) or MMOL_L_TO_MG_DL
-    return MEAN_MMOL_L, None if number is None else number / factor
-
-
-def _number(raw: Any) -> float | None:
-    if raw is None or isinstance(raw, bool) or not isinstance(raw, int | float):
-        return None
-    value = float(raw)
-    return value if math.isfinite(value) else None
-
-
-def _format(value: float, decimals: int) -> str:
-    """A fixed number of decimals, rounded half up from the shortest repr (65.005 -> "65.01", 14 -> "14")."""
-    quantum = Decimal(1).scaleb(-decimals)
-    text = format(Decimal(repr(value)).quantize(quantum, rounding=ROUND_HALF_UP), "f")
-    return "0" if decimals == 0 and text in ("-0", "0") else text
 
 
 def _insufficient_text(record: OutcomeRecord) -> str:

@@ -44,10 +44,11 @@ from bff.ingest.records import (
     ParseOptions,
     PatientRef,
 )
-from engine import EngineError, GlucoseUnit, SensorFlag
+from engine import EngineError, GlucoseUnit, SensorFlag, parse_unit
+from engine.catalogue import READING_UNITS
 
 VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1")
-READING_CODES = {"99504-3": GlucoseUnit.MG_DL, "105272-9": GlucoseUnit.MMOL_L}
+READING_CODES = {code: parse_unit(unit) for code, unit in READING_UNITS.items()}
 RESULT_STATUSES = ("F", "C", "P")
 #: The years an OBX-14 may name; the store refuses times before 2000 or in the future on its own.
 YEARS = range(1900, 2201)

@@ -28,17 +28,27 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Literal
 
 from bff.resources.record import CODESYSTEM, IDENTIFIER_SYSTEM, OutcomeRecord, idempotency_key
 from engine import device_profile, isoformat_local
-from engine.units import MMOL_L_TO_MG_DL
+from engine.catalogue import (
+    IG_PROFILES,
+    SUMMARY_PANEL,
+    SUMMARY_PROFILE,
+    TIMES_IN_RANGES_PANEL,
+    TIMES_IN_RANGES_PROFILE,
+    UCUM,
+    Metric,
+    as_json_number,
+    filed,
+    metric,
+)
 
 FhirVersion = Literal["R4", "R5"]
-LOINC = "http://loinc.org"
-UCUM = "http://unitsofmeasure.org"
-IG = "http://hl7.org/fhir/uv/cgm/StructureDefinition"
+IG = IG_PROFILES
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 SHA256_SYSTEM = "https://glucobridge.example/fhir/NamingSystem/sha256"
 POLICY_URI = "https://glucobridge.example/fhir/outcome-policy/"
@@ -47,87 +57,49 @@ PATIENT_SYSTEM = "https://glucobridge.example/fhir/NamingSystem/patient"
 DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 COMPUTATION_TYPE = "application/vnd.glucobridge.computation+json"
 
-#: The five Times in Ranges components: (slice, LOINC, metric key or a derived 70–180 band).
+#: The five Times in Ranges components: (the IG's slice, catalogue key), very low to very high.
 TIR_COMPONENTS = (
-    ("timeInVeryLow", "104642-4", "time_below_54_pct"),
-    ("timeInLow", "104641-6", "time_54_69_pct"),
-    ("timeInTarget", "97510-2", "in_70_180"),
-    ("timeInHigh", "104640-8", "time_181_250_pct"),
-    ("timeInVeryHigh", "104639-0", "time_above_250_pct"),
+    ("timeInVeryLow", "tbr_l2"),
+    ("timeInLow", "tbr_l1"),
+    ("timeInTarget", "tir"),
+    ("timeInHigh", "tar_l1"),
+    ("timeInVeryHigh", "tar_l2"),
 )
+#: The aggregated Observations of the summary panel, in order (catalogue keys; "times_in_ranges" is the panel).
+MEMBERS = ("mean_glucose", "times_in_ranges", "gmi", "cv", "days_of_wear", "sensor_active", "gri",
+           "hypo_events_l1", "hypo_events_l2")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Member:
-    """One aggregated Observation: its key (for identifiers), code, profile and value."""
+    """One aggregated Observation: its key (for identifiers), code, profile and value (the filed decimal)."""
 
     key: str
     system: str
     code: str
     display: str
     profile: str | None
-    value: float | int | None
+    value: Decimal | None
     unit: str
     ucum: str
 
 
-def _pct(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def in_range_70_180(metrics: Mapping[str, Any]) -> float | None:
-    """The consensus 70–180 mg/dL band: `time_in_range_pct` unless the target set moved the range."""
-    below, above = metrics.get("time_below_70_pct"), metrics.get("time_above_180_pct")
-    if below is None or above is None:
-        return None
-    return 100.0 - float(below) - float(above)
-
-
 def members(record: OutcomeRecord) -> list[Member]:
     """The aggregated Observations; units' display text follows the IG's fixed patterns ("mg/dl", "mmol/l")."""
-    m = record.metrics
-    mean = m.get("mean_mg_dl")
-    if record.mean_unit == "mmol/L":
-        mean_member = Member(
-            "mean_glucose",
-            LOINC,
-            "105273-7",
-            "Mean glucose [Moles/volume]",
-            f"{IG}/cgm-summary-mean-glucose-moles-per-volume",
-            None if mean is None else float(mean) / MMOL_L_TO_MG_DL,
-            "mmol/l",
-            "mmol/L",
-        )
-    else:
-        mean_member = Member(
-            "mean_glucose",
-            LOINC,
-            "97507-8",
-            "Mean glucose [Mass/volume]",
-            f"{IG}/cgm-summary-mean-glucose-mass-per-volume",
-            _pct(mean),
-            "mg/dl",
-            "mg/dL",
-        )
-    return [
-        mean_member,
-        Member("times_in_ranges", LOINC, "106793-3", "Times in glucose ranges", f"{IG}/cgm-summary-times-in-ranges",
-               None, "%", "%"),
-        Member("gmi", LOINC, "97506-0", "Glucose management indicator", f"{IG}/cgm-summary-gmi",
-               _pct(m.get("gmi_pct")), "%", "%"),
-        Member("cv", LOINC, "104638-2", "Coefficient of variation of glucose",
-               f"{IG}/cgm-summary-coefficient-of-variation", _pct(m.get("cv_pct")), "%", "%"),
-        Member("days_of_wear", LOINC, "104636-6", "Days of CGM wear", f"{IG}/cgm-summary-days-of-wear",
-               m.get("days_of_wear"), "days", "d"),
-        Member("sensor_active", LOINC, "104637-4", "Percentage of time CGM active",
-               f"{IG}/cgm-summary-sensor-active-percentage", _pct(m.get("sensor_active_pct")), "%", "%"),
-        Member("gri", CODESYSTEM, "gri", "Glycemia Risk Index (Klonoff 2022)", None, _pct(m.get("gri")), "{score}",
-               "{score}"),
-        Member("hypo_events_l1", CODESYSTEM, "hypo-events-l1", "Level 1 hypoglycaemia events (<70 mg/dL, >=15 min)",
-               None, m.get("hypo_events_l1"), "{events}", "{events}"),
-        Member("hypo_events_l2", CODESYSTEM, "hypo-events-l2", "Level 2 hypoglycaemia events (<54 mg/dL, >=15 min)",
-               None, m.get("hypo_events_l2"), "{events}", "{events}"),
-    ]  # fmt: skip
+    out = []
+    for key in MEMBERS:
+        if key == "times_in_ranges":
+            panel = TIMES_IN_RANGES_PANEL
+            out.append(Member(key, panel.system, panel.code, panel.display, TIMES_IN_RANGES_PROFILE, None, "%", "%"))
+            continue
+        m = metric(key)
+        code = m.code(record.mean_unit)
+        assert code is not None
+        unit = m.unit(record.mean_unit)
+        value = filed(m, record.metrics, record.mean_unit)
+        out.append(Member(key, code.system, code.code, code.display, m.profile(record.mean_unit), value,
+                          unit.fhir_text, unit.ucum))  # fmt: skip
+    return out
 
 
 def _uuid(record: OutcomeRecord, key: str) -> str:
@@ -175,8 +147,8 @@ def _method(record: OutcomeRecord) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _quantity(value: float | int, unit: str, ucum: str) -> dict[str, Any]:
-    return {"value": value, "unit": unit, "system": UCUM, "code": ucum}
+def _quantity(value: Decimal, unit: str, ucum: str) -> dict[str, Any]:
+    return {"value": as_json_number(value), "unit": unit, "system": UCUM, "code": ucum}
 
 
 def _insufficient(record: OutcomeRecord) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
@@ -214,11 +186,21 @@ def _observation_base(record: OutcomeRecord, key: str, profile: str | None) -> d
     return resource
 
 
-def _band(metrics: Mapping[str, Any], key: str) -> float:
-    value = in_range_70_180(metrics) if key == "in_70_180" else metrics[key]
+def _band(metrics: Mapping[str, Any], key: str) -> Decimal:
+    value = filed(metric(key), metrics)
     if value is None:
         raise ValueError(f"{key} is missing: the window has no readings")
-    return float(value)
+    return value
+
+
+def _coding(m: Metric) -> dict[str, str]:
+    code = m.code()
+    assert code is not None
+    return {"system": code.system, "code": code.code}
+
+
+def _panel_coding() -> dict[str, str]:
+    return {"system": SUMMARY_PANEL.system, "code": SUMMARY_PANEL.code, "display": SUMMARY_PANEL.display}
 
 
 def observations(record: OutcomeRecord) -> dict[str, dict[str, Any]]:
@@ -232,10 +214,10 @@ def observations(record: OutcomeRecord) -> dict[str, dict[str, Any]]:
         if member.key == "times_in_ranges":
             resource["component"] = [
                 {
-                    "code": {"coding": [{"system": LOINC, "code": code}]},
+                    "code": {"coding": [_coding(metric(key))]},
                     "valueQuantity": _quantity(_band(record.metrics, key), "%", "%"),
                 }
-                for _slice, code, key in TIR_COMPONENTS
+                for _slice, key in TIR_COMPONENTS
             ]  # fmt: skip
         elif member.value is None:
             resource["dataAbsentReason"] = {
@@ -247,8 +229,8 @@ def observations(record: OutcomeRecord) -> dict[str, dict[str, Any]]:
         else:
             resource["valueQuantity"] = _quantity(member.value, member.unit, member.ucum)
         out[member.key] = resource
-    summary = _observation_base(record, "summary", f"{IG}/cgm-summary")
-    summary["code"] = {"coding": [{"system": LOINC, "code": "107931-8", "display": "CGM summary panel"}]}
+    summary = _observation_base(record, "summary", SUMMARY_PROFILE)
+    summary["code"] = {"coding": [_panel_coding()]}
     summary["hasMember"] = [{"reference": _uuid(record, key)} for key in out]
     return {"summary": summary, **out}
 
@@ -364,7 +346,7 @@ def diagnostic_report(record: OutcomeRecord, pdf: bytes) -> dict[str, Any]:
         "identifier": [_identifier(record, "pdf_report")],
         "status": "corrected" if record.is_correction else "final",
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB"}]}],
-        "code": {"coding": [{"system": LOINC, "code": "107931-8", "display": "CGM summary panel"}]},
+        "code": {"coding": [_panel_coding()]},
         "subject": _subject(record),
         "effectivePeriod": _period(record),
         "issued": record.recorded.isoformat().replace("+00:00", "Z"),
@@ -380,14 +362,15 @@ def document_reference(
     record: OutcomeRecord, data: bytes, content_type: str, *, version: FhirVersion = "R4", key: str = ""
 ) -> dict[str, Any]:
     """A clinical document for sites that file documents: the PDF AGP report (Oracle Health) or the text note
-    (Epic accepts text/plain only). LOINC 107931-8 as type; the window as period; a correction `replaces` v(n-1)."""
+    (Epic accepts text/plain only). The CGM summary panel's LOINC as type; the window as period; a correction
+    `replaces` v(n-1)."""
     key = key or ("pdf_document" if content_type == "application/pdf" else "note_document")
     title = "CGM summary (AGP report)" if content_type == "application/pdf" else "CGM summary note"
     resource: dict[str, Any] = {
         "resourceType": "DocumentReference",
         "identifier": [_identifier(record, key)],
         "status": "current",
-        "type": {"coding": [{"system": LOINC, "code": "107931-8", "display": "CGM summary panel"}]},
+        "type": {"coding": [_panel_coding()]},
         "category": [{"coding": [{"system": "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category",
                                   "code": "clinical-note"}]}],
         "subject": _subject(record),

@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bff.resources.record import OutcomeRecord
+from engine.catalogue import CATALOGUE, percent_text, shown
 from engine.units import MMOL_L_TO_MG_DL
 
 __all__ = [
@@ -37,16 +38,12 @@ WIDTH = 80
 TITLE = "CGM summary (glucobridge)"
 #: The line an insufficient window's note leads with (ASCII: "--" for the dash).
 INSUFFICIENT_HEADLINE = "INSUFFICIENT DATA -- not a complete picture:"
-CV_STABLE_PCT = 36.0
 
 
 def format_pct(value: float | None) -> str:
-    """A percentage for display: 1 decimal, "<0.1 %" for a value above 0 that would round to 0.0."""
-    if value is None:
-        return "n/a"
-    if 0.0 < value < 0.05:
-        return "<0.1 %"
-    return f"{value:.1f} %"
+    """A percentage for display: 1 decimal rounded half up once (engine.catalogue), "<0.1 %" for a value above 0
+    that would round to 0.0."""
+    return percent_text(value, none="n/a")
 
 
 def conversion(record: OutcomeRecord) -> float:
@@ -61,13 +58,10 @@ def check_unit(unit: str) -> str:
     return unit
 
 
-def format_glucose(mg_dl: float | None, unit: str, factor: float = MMOL_L_TO_MG_DL) -> str:
-    """A glucose value from mg/dL: whole mg/dL, or mmol/L with 1 decimal."""
-    if mg_dl is None:
-        return "n/a"
-    if check_unit(unit) == "mg/dL":
-        return f"{mg_dl:.0f} mg/dL"
-    return f"{mg_dl / factor:.1f} mmol/L"
+def format_glucose(mg_dl: float | None, unit: str) -> str:
+    """A glucose value from mg/dL as the catalogue files the mean: whole mg/dL, or mmol/L with 1 decimal, each
+    rounded once from the mg/dL value."""
+    return shown(CATALOGUE["mean_glucose"], {"mean_mg_dl": mg_dl}, check_unit(unit), none="n/a")
 
 
 def _local(ms: int, zone: ZoneInfo) -> datetime:
@@ -206,7 +200,6 @@ def _ascii(text: str) -> str:
 def outcome_note(record: OutcomeRecord, *, unit: str = "mg/dL") -> str:
     """The note for one outcome window, in `unit` ("mg/dL" or "mmol/L") for glucose values; ends with a newline."""
     check_unit(unit)
-    factor = conversion(record)
     m = record.metrics
     lines: list[str] = [TITLE, "=" * len(TITLE)]
 
@@ -231,7 +224,7 @@ def outcome_note(record: OutcomeRecord, *, unit: str = "mg/dL") -> str:
     )
 
     lines += ["", *_tir_lines(record, unit)]
-    lines += ["", *_glucose_lines(record, unit, factor)]
+    lines += ["", *_glucose_lines(record, unit)]
 
     lines += ["", "--"]
     lines += _wrap(
@@ -263,17 +256,19 @@ def _tir_lines(record: OutcomeRecord, unit: str) -> list[str]:
     return out
 
 
-def _glucose_lines(record: OutcomeRecord, unit: str, factor: float) -> list[str]:
+def _glucose_lines(record: OutcomeRecord, unit: str) -> list[str]:
     m = record.metrics
     mean, gmi, cv = _num(m.get("mean_mg_dl")), _num(m.get("gmi_pct")), _num(m.get("cv_pct"))
-    cv_status = "n/a" if cv is None else ("met" if cv <= CV_STABLE_PCT else "NOT MET")
+    cv_goal = CATALOGUE["cv"].goal
+    assert cv_goal is not None
+    cv_status = "n/a" if cv is None else ("met" if cv_goal.met(cv) else "NOT MET")
     lvl1, lvl2 = ("70 mg/dL", "54 mg/dL") if unit == "mg/dL" else ("3.9 mmol/L", "3.0 mmol/L")
     minutes = policy_number(record, "hypo_min_minutes", 15)
     return [
         "Glucose",
-        f"  {'Mean glucose':<20}{format_glucose(mean, unit, factor)}",
+        f"  {'Mean glucose':<20}{format_glucose(mean, unit)}",
         f"  {'GMI':<20}{format_pct(gmi)}",
-        f"  {'CV (variability)':<20}{format_pct(cv)}   (stable <= {CV_STABLE_PCT:g} %: {cv_status})",
+        f"  {'CV (variability)':<20}{format_pct(cv)}   (stable {cv_goal.comparator} {cv_goal.value:g} %: {cv_status})",
         f"  Hypoglycaemia events (each >= {minutes:g} min)",
         f"    {'level 1, below ' + lvl1:<28}{_count(m.get('hypo_events_l1'))}",
         f"    {'level 2, below ' + lvl2:<28}{_count(m.get('hypo_events_l2'))}",

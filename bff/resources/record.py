@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-#: glucobridge's own CodeSystem (published in docs/codesystem-glucobridge.md).
-CODESYSTEM = "https://glucobridge.example/fhir/CodeSystem/glucobridge"
+from engine.catalogue import GLUCOBRIDGE_CODES
+
+#: glucobridge's own CodeSystem (published in docs/codesystem-glucobridge.md; the catalogue's code system).
+CODESYSTEM = GLUCOBRIDGE_CODES
 #: Business identifiers of the resources glucobridge writes.
 IDENTIFIER_SYSTEM = "https://glucobridge.example/fhir/NamingSystem/outcome-resource"
 

@@ -28,7 +28,6 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 
 from bff.resources.note import (
-    CV_STABLE_PCT,
     bands,
     check_unit,
     conversion,
@@ -41,6 +40,7 @@ from bff.resources.note import (
     target_range,
 )
 from bff.resources.record import OutcomeRecord
+from engine.catalogue import CATALOGUE
 
 __all__ = ["BAND_COLORS", "MAX_DAILY_PANELS", "agp_report_pdf"]
 
@@ -269,16 +269,18 @@ class _Page:
         mean, cv = _num(m.get("mean_mg_dl")), _num(m.get("cv_pct"))
         name = target_name(r)
         lo, hi = target_range(r)
-        cv_goal = f"goal <= {CV_STABLE_PCT:g} %"
+        goal = CATALOGUE["cv"].goal
+        assert goal is not None
+        cv_goal = f"goal {CATALOGUE['cv'].goal_text()}"
         if cv is not None:
-            cv_goal += " (met)" if cv <= CV_STABLE_PCT else " (NOT met)"
+            cv_goal += " (met)" if goal.met(cv) else " (NOT met)"
         l1, l2 = m.get("hypo_events_l1"), m.get("hypo_events_l2")
         minutes = policy_number(r, "hypo_min_minutes", 15)
         rows: list[tuple[str, str, str]] = [
             ("Test period", f"{days:g} days", ""),  # the dates are in the header
             ("% time CGM is active", format_pct(_num(m.get("sensor_active_pct"))), ""),
             ("Days with CGM data", str(m.get("days_of_wear", "n/a")), f"{m.get('readings_used', 'n/a')} readings"),
-            ("Average glucose", format_glucose(mean, self.unit, self.factor), ""),
+            ("Average glucose", format_glucose(mean, self.unit), ""),
             ("Glucose Management Indicator (GMI)", format_pct(_num(m.get("gmi_pct"))), ""),
             ("Glucose variability (CV)", format_pct(cv), cv_goal),
             (
@@ -536,7 +538,7 @@ class _Page:
                 ax.add_patch(Rectangle((x0, bottom), w, seg, facecolor=BAND_COLORS[color], lw=0))
             bottom += seg
         mean = _num(day.get("mean_mg_dl"))
-        mean_text = format_glucose(mean, self.unit, self.factor).replace(" ", "\n", 1)
+        mean_text = format_glucose(mean, self.unit).replace(" ", "\n", 1)
         ax.text(0.64, 0.68, mean_text, ha="center", va="center", fontsize=7.5, fontweight="bold", color=INK,
                 linespacing=1.1)  # fmt: skip
         ax.text(0.64, 0.22, f"TIR\n{format_pct(values[2])}", ha="center", va="center", fontsize=6.5,

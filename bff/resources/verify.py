@@ -16,25 +16,23 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
 
 from bff.hl7 import parse_message
 from bff.hl7.oru import GLUCOBRIDGE_SYSTEM
-from bff.resources.fhir import COMPUTATION_TYPE, RAW_DATA_TYPE, SHA256_SYSTEM, TIR_COMPONENTS, in_range_70_180, members
+from bff.resources.fhir import COMPUTATION_TYPE, RAW_DATA_TYPE, SHA256_SYSTEM
 from bff.resources.load import window_for_artifact
-from bff.resources.record import CODESYSTEM, OutcomeRecord
+from bff.resources.record import CODESYSTEM
 from bff.resources.signing import SigningError, verify_jws
 from bff.store.db import Store
 from bff.store.models import OutcomeWindow, Patient
 from bff.store.outcomes import OutcomeService, readings_ndjson
 from engine import ENGINE_VERSION, NO_TIME, OutcomePolicy, ReadingTable, WindowSpec, compute_cohort
+from engine.catalogue import LOINC, METRICS, MG_DL, filed
 from engine.report import build_report
-from engine.units import MMOL_L_TO_MG_DL
-
-REL_TOL = 1e-9
 
 
 @dataclass
@@ -103,30 +101,24 @@ def recompute(ndjson: bytes, computation: Mapping[str, Any]) -> dict[str, Any]:
     return dict(build_report(result).patients[0].document)
 
 
-def expected_values(document: Mapping[str, Any], computation: Mapping[str, Any], ndjson: bytes) -> dict[str, float]:
-    """Recomputed value per exported code (`system|code`), the same mapping the exporters use."""
-    record = OutcomeRecord(
-        site="", patient_id=str(computation["patient_id"]), window_start_ms=computation["window"]["start_ms"],
-        window_end_ms=computation["window"]["end_ms"], tz=computation["tz"], version=int(computation["version"]),
-        engine_version=ENGINE_VERSION, policy=computation["policy"], policy_hash=computation["policy_hash"],
-        method=computation["policy"]["method"], document=document, readings_ndjson=ndjson,
-        input_digest=hashlib.sha256(ndjson).hexdigest(), created_at=datetime.now(UTC),
-        mean_unit=computation.get("mean_unit", "mg/dL"),
-    )  # fmt: skip
-    out: dict[str, float] = {}
-    for member in members(record):
-        if member.value is not None:
-            out[f"{member.system}|{member.code}"] = float(member.value)
+def expected_values(document: Mapping[str, Any]) -> dict[str, Decimal]:
+    """The filed decimal of every metric code (`system|code`, both glucose units), recomputed: what an export of
+    this window carries if it follows from its readings (engine.catalogue: the same one rounding as the exporters)."""
     metrics = document["metrics"]
-    for _slice, code, key in TIR_COMPONENTS:
-        value = in_range_70_180(metrics) if key == "in_70_180" else metrics.get(key)
-        if value is not None:
-            out[f"http://loinc.org|{code}"] = float(value)
+    out: dict[str, Decimal] = {}
+    for m in METRICS:
+        for slot, code in m.codes.items():
+            value = filed(m, metrics, slot or MG_DL)
+            if value is not None:
+                out[f"{code.system}|{code.code}"] = value
     return out
 
 
-def _same(a: float, b: float, abs_tol: float = 0.0) -> bool:
-    return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=max(abs_tol, 1e-12))
+def exported_text(found: Any) -> str | None:
+    """An exported number as the decimal string it carries (a JSON number's own text); None when not a number."""
+    if isinstance(found, bool) or not isinstance(found, int | float) or not math.isfinite(found):
+        return None
+    return json.dumps(found)
 
 
 def _codes(concept: Mapping[str, Any]) -> list[str]:
@@ -185,7 +177,7 @@ def verify_bundle(bundle: Mapping[str, Any]) -> VerifyReport:
     if not provenance or observation_urls - {t.get("reference") for t in provenance[0].get("target", [])}:
         report.problems.append("not every aggregated Observation is a target of the Provenance")
     document = recompute(ndjson, computation)
-    expected = expected_values(document, computation, ndjson)
+    expected = expected_values(document)
     for resource in resources:
         if resource.get("resourceType") != "Observation":
             continue
@@ -193,21 +185,19 @@ def verify_bundle(bundle: Mapping[str, Any]) -> VerifyReport:
     return report
 
 
-def _check(report: VerifyReport, code: str, expected: float, found: Any, abs_tol: float = 0.0) -> None:
-    ok = isinstance(found, int | float) and not isinstance(found, bool) and _same(float(found), expected, abs_tol)
-    report.checks.append(Check(code, expected, found, ok))
+def _check(report: VerifyReport, code: str, expected: Decimal, found: str | None) -> None:
+    """Exact: the exported decimal string must be the recomputed filed decimal, character for character."""
+    report.checks.append(Check(code, str(expected), found, found == str(expected)))
 
 
-def _compare_observation(
-    resource: Mapping[str, Any], expected: Mapping[str, float], report: VerifyReport, abs_tol: float = 0.0
-) -> None:
+def _compare_observation(resource: Mapping[str, Any], expected: Mapping[str, Decimal], report: VerifyReport) -> None:
     for code in _codes(resource.get("code", {})):
         if "valueQuantity" in resource and code in expected:
-            _check(report, code, expected[code], resource["valueQuantity"].get("value"), abs_tol)
+            _check(report, code, expected[code], exported_text(resource["valueQuantity"].get("value")))
     for component in resource.get("component", []):
         for code in _codes(component.get("code", {})):
             if code in expected:
-                _check(report, code, expected[code], component.get("valueQuantity", {}).get("value"), abs_tol)
+                _check(report, code, expected[code], exported_text(component.get("valueQuantity", {}).get("value")))
 
 
 def verify_signature(bundle: Mapping[str, Any], public_pem: bytes, report: VerifyReport) -> None:
@@ -254,7 +244,7 @@ def verify_file_content(text: str) -> tuple[str, Any]:
 
 def _store_expected(
     store: Store, window_id: int, report: VerifyReport
-) -> tuple[dict[str, float], OutcomeWindow] | None:
+) -> tuple[dict[str, Decimal], OutcomeWindow] | None:
     """Recompute the stored window from the store's readings; check they are still the readings it recorded."""
     with store.transaction() as session:
         row = session.get(OutcomeWindow, window_id)
@@ -284,12 +274,7 @@ def _store_expected(
         "mean_unit": "mg/dL",
     }  # fmt: skip
     document = recompute(ndjson, computation)
-    expected = expected_values(document, computation, ndjson)
-    # The mmol/L mean, whichever unit the artefact used.
-    mean = document["metrics"].get("mean_mg_dl")
-    if mean is not None:
-        expected["http://loinc.org|105273-7"] = float(mean) / MMOL_L_TO_MG_DL
-    return expected, row
+    return expected_values(document), row
 
 
 def _zoned(table: ReadingTable, zone: str) -> ReadingTable:
@@ -308,7 +293,7 @@ def verify_observation_in_store(store: Store, observation: Mapping[str, Any]) ->
     return report
 
 
-ORU_SYSTEMS = {"LN": "http://loinc.org", "LOINC": "http://loinc.org", GLUCOBRIDGE_SYSTEM: CODESYSTEM}
+ORU_SYSTEMS = {"LN": LOINC, "LOINC": LOINC, GLUCOBRIDGE_SYSTEM: CODESYSTEM}
 
 
 def verify_oru_in_store(store: Store, text: str) -> VerifyReport:
@@ -330,10 +315,5 @@ def verify_oru_in_store(store: Store, text: str) -> VerifyReport:
         if key is None:
             report.problems.append(f"OBX {obx.field(1)} has a code glucobridge does not export: {obx.field(3)}")
             continue
-        decimals = len(obx.field(5).partition(".")[2])
-        try:
-            value: Any = float(obx.field(5))
-        except ValueError:
-            value = obx.field(5)
-        _check(report, key, expected[key], value, abs_tol=0.5 * 10**-decimals + 1e-12)
+        _check(report, key, expected[key], obx.field(5))
     return report

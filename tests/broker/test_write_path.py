@@ -155,16 +155,19 @@ def test_hl7_only_site_without_a_listener_retries_without_losing_the_write(rig: 
 
 def test_the_epic_like_row_map_files_each_metric_on_the_row_built_for_it() -> None:
     """sites/epic-like.toml maps metrics to the sandbox's rows; each row's LOINC is the metric's (IG slices)."""
-    from bff.broker.plan import METRICS  # noqa: PLC0415
     from bff.capabilities import load_file, parse_capabilities  # noqa: PLC0415
+    from engine.catalogue import CATALOGUE  # noqa: PLC0415
     from sandbox.personalities import FLOWSHEET_ROWS  # noqa: PLC0415
     from tests.broker.conftest import ROOT  # noqa: PLC0415
 
     caps = parse_capabilities("epic-like", load_file(ROOT / "sites" / "epic-like.toml"))
     rows = {row.row_id: row for row in FLOWSHEET_ROWS}
     for metric, row_id in caps.write.flowsheet_rows.items():
-        assert rows[row_id].loinc == METRICS[metric].loinc, (metric, row_id, rows[row_id].name)
-    assert METRICS["tbr_l2"].loinc == "104642-4"  # very low, <54 mg/dL (the IG's timeInVeryLow)
+        code = CATALOGUE[metric].code()
+        assert code is not None
+        assert rows[row_id].loinc == code.code, (metric, row_id, rows[row_id].name)
+    assert CATALOGUE["tbr_l2"].code() == CATALOGUE["tbr_l2"].codes[""]
+    assert CATALOGUE["tbr_l2"].codes[""].code == "104642-4"  # very low, <54 mg/dL (the IG's timeInVeryLow)
 
 
 def test_a_slow_site_is_claimed_no_faster_than_its_rate_allows_within_a_lease(rig: Rig) -> None:

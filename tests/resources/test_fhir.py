@@ -176,14 +176,19 @@ def test_tir_components_are_the_consensus_bands_and_sum_to_100() -> None:
         "104640-8",
         "104639-0",
     ]
-    assert sum(values) == pytest.approx(100.0, abs=1e-9)
-    assert values[2] == sample_record().metrics["time_in_range_pct"]
+    # Each band is filed rounded once to one decimal: their sum is 100 within 5 × 0.05.
+    assert sum(values) == pytest.approx(100.0, abs=0.25)
+    assert sample_record().metrics["time_in_range_pct"] == pytest.approx(61.20030423878634)
+    assert values[2] == 61.2  # 61.2003… rounded half up to one decimal, once
+    assert json.dumps(values[2]) == "61.2"
 
 
 def test_mean_glucose_in_the_sites_unit() -> None:
     mmol = by_code(outcome_bundle(sample_record(mean_unit="mmol/L")), "105273-7")
     assert mmol["valueQuantity"]["code"] == "mmol/L"
-    assert mmol["valueQuantity"]["value"] == pytest.approx(sample_record().metrics["mean_mg_dl"] / 18.0156)
+    # 161.46 mg/dL ÷ 18.0156 = 8.9625… mmol/L, filed with one decimal (rounded once from the mg/dL value): 9.0.
+    assert sample_record().metrics["mean_mg_dl"] / 18.0156 == pytest.approx(8.962471617386377)
+    assert json.dumps(mmol["valueQuantity"]["value"]) == "9.0"
 
 
 # MARK: verify

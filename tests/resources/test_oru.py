@@ -8,6 +8,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import pytest
@@ -33,16 +34,16 @@ from tests.resources.samples import sample_record
 VERSIONS = ("2.5.1", "2.3")
 TINY_PDF = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"  # small enough for hl7apy STRICT (see below)
 NUMBER = re.compile(r"-?\d+(\.\d+)?")
-EXPECTED_CODES = {
-    "time_below_54_pct": "104642-4",
-    "time_54_69_pct": "104641-6",
-    "time_in_range_pct": "97510-2",
-    "time_181_250_pct": "104640-8",
-    "time_above_250_pct": "104639-0",
-    "mean_mg_dl": "97507-8",
-    "gmi_pct": "97506-0",
-    "cv_pct": "104638-2",
-    "sensor_active_pct": "104637-4",
+EXPECTED_CODES = {  # catalogue key -> OBX-3 code
+    "tbr_l2": "104642-4",
+    "tbr_l1": "104641-6",
+    "tir": "97510-2",
+    "tar_l1": "104640-8",
+    "tar_l2": "104639-0",
+    "mean_glucose": "97507-8",
+    "gmi": "97506-0",
+    "cv": "104638-2",
+    "sensor_active": "104637-4",
     "days_of_wear": "104636-6",
     "gri": "gri",
     "hypo_events_l1": "hypo-events-l1",
@@ -153,7 +154,8 @@ def test_the_extra_checks_catch_what_strict_validation_misses() -> None:
     lines = text.split("\r")
     bad_status = text.replace("|||||F|||", "|||||Q|||", 1)
     bad_type = text.replace("OBX|1|NM|", "OBX|1|ZZ|", 1)
-    not_numeric = text.replace("||0.80|", "||abc|", 1)
+    first_value = parse_message(text).segments_named("OBX")[0].field(5)
+    not_numeric = text.replace(f"||{first_value}|", "||abc|", 1)
     obr_after = "\r".join([lines[0], lines[1], *lines[3:-1], lines[2], ""])
     for mutated, expected in ((bad_status, "OBX-11 'Q'"), (bad_type, "OBX-2 'ZZ'"), (not_numeric, "not a number"),
                               (obr_after, "before any OBR")):  # fmt: skip
@@ -196,19 +198,21 @@ def test_content_2_5_1() -> None:
         assert segment.field(14) == "20241110000000-0500"
         assert segment.field(8) == ""
     m = record.metrics
-    assert by_code["97510-2"].field(5) == "61.20"
+    # The catalogue's decimals, each rounded half up once from the engine's value (shown beside each).
+    assert by_code["97510-2"].field(5) == "61.2"  # 61.2003…
     assert by_code["97510-2"].field(6) == "%^percent^UCUM"
-    assert by_code["104642-4"].field(5) == f"{m['time_below_54_pct']:.2f}" == "0.80"
-    assert by_code["104641-6"].field(5) == "1.57"
-    assert by_code["104640-8"].field(5) == "32.21"
-    assert by_code["104639-0"].field(5) == "4.22"
-    assert by_code["97507-8"].field(5) == "161.5"
+    assert m["time_below_54_pct"] == pytest.approx(0.80377, abs=1e-5)
+    assert by_code["104642-4"].field(5) == "0.8"  # 0.8038
+    assert by_code["104641-6"].field(5) == "1.6"  # 1.5658
+    assert by_code["104640-8"].field(5) == "32.2"  # 32.2134
+    assert by_code["104639-0"].field(5) == "4.2"  # 4.2167
+    assert by_code["97507-8"].field(5) == "161"  # 161.4643 mg/dL: whole mg/dL
     assert by_code["97507-8"].field(6) == "mg/dL^mg/dL^UCUM"
-    assert by_code["97506-0"].field(5) == "7.17"
-    assert by_code["104638-2"].field(5) == "32.57"
-    assert by_code["104637-4"].field(5) == "96.23"
+    assert by_code["97506-0"].field(5) == "7.2"  # 7.1722
+    assert by_code["104638-2"].field(5) == "32.6"  # 32.5657
+    assert by_code["104637-4"].field(5) == "96.2"  # 96.2334
     assert (by_code["104636-6"].field(5), by_code["104636-6"].field(6)) == ("14", "d^day^UCUM")
-    assert by_code["gri"].field(3) == f"gri^Glycemia Risk Index^{GLUCOBRIDGE_SYSTEM}"
+    assert by_code["gri"].field(3) == f"gri^Glycemia Risk Index (Klonoff 2022)^{GLUCOBRIDGE_SYSTEM}"
     assert by_code["gri"].field(5) == "38.7"
     assert (by_code["hypo-events-l1"].field(5), by_code["hypo-events-l2"].field(5)) == ("7", "3")
     assert all(s.component(3, 3) in ("LN", GLUCOBRIDGE_SYSTEM) for s in message.segments_named("OBX"))
@@ -233,7 +237,9 @@ def test_tir_is_the_70_180_band_whatever_the_targets() -> None:
     record = with_metrics(sample_record(), time_in_range_pct=80.0)  # as if the targets were another range
     message = parse_message(build_oru(record).text)
     m = record.metrics
-    assert obx(message)["97510-2"].field(5) == f"{100 - m['time_below_70_pct'] - m['time_above_180_pct']:.2f}"
+    exact = Decimal(100) - Decimal(repr(m["time_below_70_pct"])) - Decimal(repr(m["time_above_180_pct"]))
+    expected = exact.quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)  # one decimal, half up, once
+    assert obx(message)["97510-2"].field(5) == str(expected)
 
 
 def test_correction() -> None:
@@ -293,16 +299,19 @@ def test_null_metrics_are_left_out() -> None:
     assert extra_problems(built.text) == []
     codes = set(obx(parse_message(built.text)))
     assert codes == set(EXPECTED_CODES.values()) - {"gri", "97507-8", "104638-2", "97510-2"}
-    assert set(built.observations) == set(EXPECTED_CODES) - {"gri", "mean_mg_dl", "cv_pct", "time_in_range_pct"}
+    assert set(built.observations) == set(EXPECTED_CODES) - {"gri", "mean_glucose", "cv", "tir"}
     assert [o.set_id for o in built.observations.values()] == list(range(1, len(codes) + 1))
 
 
-def test_percentages_keep_two_decimals_rounded_half_up() -> None:
-    record = with_metrics(sample_record(), time_below_54_pct=0.125, time_above_250_pct=5.0, gmi_pct=7.005)
+def test_percentages_keep_one_decimal_rounded_half_up_once() -> None:
+    # 0.15 → 0.2 (half up on the decimal, not banker's 0.2/binary 0.1499…); 5.0 → "5.0"; 7.05 → 7.1; 32.4468 → 32.4
+    record = with_metrics(sample_record(), time_below_54_pct=0.15, time_above_250_pct=5.0, gmi_pct=7.05,
+                          time_181_250_pct=32.4468)  # fmt: skip
     by_code = obx(parse_message(build_oru(record).text))
-    assert by_code["104642-4"].field(5) == "0.13"
-    assert by_code["104639-0"].field(5) == "5.00"
-    assert by_code["97506-0"].field(5) == "7.01"
+    assert by_code["104642-4"].field(5) == "0.2"
+    assert by_code["104639-0"].field(5) == "5.0"
+    assert by_code["97506-0"].field(5) == "7.1"
+    assert by_code["104640-8"].field(5) == "32.4"
 
 
 def test_mean_in_mmol_l() -> None:
@@ -312,12 +321,13 @@ def test_mean_in_mmol_l() -> None:
     assert "97507-8" not in by_code
     mean = by_code["105273-7"]
     assert mean.field(6) == "mmol/L^mmol/L^UCUM"
-    assert mean.field(5) == f"{record.metrics['mean_mg_dl'] / 18.0156:.2f}" == "8.96"
-    assert built.observations["mean_mg_dl"].code == "105273-7"
+    # 161.4643 mg/dL ÷ 18.0156 = 8.9625 mmol/L → one decimal, half up, once: 9.0
+    assert mean.field(5) == "9.0"
+    assert built.observations["mean_glucose"].code == "105273-7"
 
 
 def test_row_ids_replace_the_code_and_keep_ours_as_alternate() -> None:
-    built = build_oru(sample_record(), row_ids={"time_in_range_pct": "3040101", "gri": "77|1", "pdf": "R9"},
+    built = build_oru(sample_record(), row_ids={"tir": "3040101", "gri": "77|1", "pdf": "R9"},
                       pdf=TINY_PDF)  # fmt: skip
     strict(built.text)
     message = parse_message(built.text)
@@ -328,9 +338,9 @@ def test_row_ids_replace_the_code_and_keep_ours_as_alternate() -> None:
     assert by_code["77|1"].component(3, 4) == "gri"  # unescaped by our parser
     assert "77\\F\\1^" in by_code["77|1"].field(3)
     assert by_code["R9"].field(2) == "ED"
-    assert built.observations["time_in_range_pct"].code == "3040101"
-    assert built.observations["time_in_range_pct"].system == LOCAL_SYSTEM
-    assert built.observations["cv_pct"].system == "LN"
+    assert built.observations["tir"].code == "3040101"
+    assert built.observations["tir"].system == LOCAL_SYSTEM
+    assert built.observations["cv"].system == "LN"
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -32,6 +32,8 @@ from bff.settings import Settings
 from bff.smart.backend import BackendAuth
 from bff.store.db import Store
 from bff.store.models import SignOff, WriteAttempt, WriteIntent
+from engine.catalogue import CATALOGUE
+from engine.catalogue import filed as filed_value
 from tests.web.conftest import Flow, audit_events, cli_outcomes, launched, patients
 from tests.web.test_browser import ARGS, CHROMIUM, open_in_chart, shot
 
@@ -289,8 +291,10 @@ def test_a_sign_off_at_the_epic_like_site_ends_confirmed_in_the_flowsheet(stack:
     assert tir["encounter"]["reference"].startswith("Encounter/")
     metrics = cli_outcomes(stack, public_id("epic-like", patient))["metrics"]
     assert isinstance(metrics, dict)
-    expected_tir = 100.0 - metrics["time_below_70_pct"] - metrics["time_above_180_pct"]
-    assert tir["valueQuantity"]["value"] == pytest.approx(expected_tir, abs=0.01)
+    expected_tir = filed_value(CATALOGUE["tir"], metrics)  # 100 − below 70 − above 180, one decimal, rounded once
+    assert expected_tir is not None
+    assert json.dumps(tir["valueQuantity"]["value"]) == str(expected_tir)  # the same decimal string as reviewed
+    assert f"{expected_tir} %" in review(flow).text  # and the review showed exactly that
 
     again = flow.app.post(flow.view_url + "chart/signoffs", data=form, headers=HX)  # a double click
     assert signoff_id(again.text) == signoff_id(signed.text)
