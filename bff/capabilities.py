@@ -78,6 +78,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from bff.actors import ReservedActorError, check_actor
 from bff.audit import audit
 from bff.store.db import Store
 from bff.store.models import AuditEvent, SiteOverride
@@ -516,6 +517,15 @@ class _Cached:
     data: dict[str, Any]
 
 
+def _check_who(who: str, reason: str) -> None:
+    if not who.strip() or not reason.strip():
+        raise CapabilityError("a change needs who made it and why")
+    try:
+        check_actor(who)
+    except ReservedActorError as exc:
+        raise CapabilityError(str(exc)) from None
+
+
 class CapabilityService:
     """Effective matrices: files (re-read when their mtime changes) plus overrides (read on every call)."""
 
@@ -554,9 +564,9 @@ class CapabilityService:
         return effective(site, self.file_data(site), self.overrides(site), source=str(self.path(site)))
 
     def set(self, site: str, path: str, value: Any, *, who: str, reason: str) -> SiteCapabilities:
-        """Validate the matrix with the change, then store and audit it (old and new value)."""
-        if not who.strip() or not reason.strip():
-            raise CapabilityError("a change needs who made it and why")
+        """Validate the matrix with the change, then store and audit it (old and new value). `who` is a person's
+        name, or a SystemActor (the worker's degradation); a person may not use a reserved name."""
+        _check_who(who, reason)
         check_path(path)
         data = self.file_data(site)
         current = self.overrides(site)
@@ -582,8 +592,7 @@ class CapabilityService:
 
     def clear(self, site: str, path: str, *, who: str, reason: str) -> SiteCapabilities:
         """Drop an override (the file's value applies again), if the matrix is still valid without it."""
-        if not who.strip() or not reason.strip():
-            raise CapabilityError("a change needs who made it and why")
+        _check_who(who, reason)
         current = self.overrides(site)
         if path not in current:
             raise CapabilityError(f"site {site}: {path} is not overridden")
