@@ -80,6 +80,7 @@ from sqlalchemy import select
 
 from bff.actors import ReservedActorError, check_actor
 from bff.audit import audit
+from bff.smart.sites import normalise_iss
 from bff.store.db import Store
 from bff.store.models import AuditEvent, SiteOverride
 
@@ -210,8 +211,8 @@ class SiteCapabilities:
     iss: str = ""  # the [smart] iss, when the file has one
 
     def allows_iss(self, iss: str) -> bool:
-        wanted = iss.strip().rstrip("/")
-        return wanted in {i.rstrip("/") for i in (self.iss, *self.fhir.iss_allow) if i}
+        """Exactly, as `bff.smart.sites.SiteRegistry.for_iss` (after the same `normalise_iss`)."""
+        return normalise_iss(iss) in {i for i in (self.iss, *self.fhir.iss_allow) if i}
 
     def shows_patient(self, patient_id: str, department: str | None = None) -> bool:
         """Site filtering: whether the app may show this patient (empty lists restrict nothing)."""
@@ -317,7 +318,7 @@ def parse_capabilities(key: str, data: Mapping[str, Any], *, source: str = "") -
         )
     smart = data.get("smart", {})
     iss = smart.get("iss", "") if isinstance(smart, Mapping) else ""
-    iss = iss.strip().rstrip("/") if isinstance(iss, str) else ""
+    iss = normalise_iss(iss) if isinstance(iss, str) else ""
 
     t = _Table(where, "fhir", data.get("fhir"))
     fhir = FhirCaps(
