@@ -31,7 +31,8 @@ from pathlib import Path
 import httpx
 from joserfc.jwk import ECKey
 
-from bff.settings import ROOT
+from bff.files import private_dir, write_private
+from bff.settings import ROOT, VAR
 
 SITES = ("epic-like", "oracle-like", "read-only")
 
@@ -42,11 +43,9 @@ def _bin(name: str) -> str:
 
 def backend_key(directory: Path) -> tuple[Path, str]:
     """The demo's Backend Services key (ES384 on P-384) in `directory`, made on first use; (PEM file, kid)."""
-    path = directory / "backend-es384.pem"
+    path = private_dir(directory, tighten=directory == VAR) / "backend-es384.pem"
     if not path.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(ECKey.generate_key("P-384", private=True).as_pem(private=True))
-        path.chmod(0o600)
+        write_private(path, ECKey.generate_key("P-384", private=True).as_pem(private=True))
     return path, "demo-" + ECKey.import_key(path.read_bytes()).thumbprint()[:16]
 
 
@@ -166,7 +165,7 @@ class DemoStack:
 
 
 def main() -> int:
-    stack = DemoStack(key_dir=ROOT / "var")
+    stack = DemoStack(key_dir=VAR)
     print("starting the sandbox EHR, loading its CGM data through the ingestion path, starting the app and the "
           "outbox worker ...", flush=True)  # fmt: skip
     stack.start(quiet=True)

@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from bff.files import private_dir, write_private
+
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATABASE_URL = f"sqlite:///{ROOT / 'var' / 'glucobridge.db'}"
+VAR = ROOT / "var"  # the app's own files (secrets, the default database): 0700
+DEFAULT_DATABASE_URL = f"sqlite:///{VAR / 'glucobridge.db'}"
 
 
 class SettingsError(ValueError):
@@ -82,11 +85,9 @@ class Settings:
         """The app secret: APP_SECRET_KEY, else a random key kept in var/app-secret.key (shared by local workers)."""
         if self.secret_key:
             return self.secret_key.encode()
-        path = ROOT / "var" / "app-secret.key"
+        path = private_dir(VAR, tighten=True) / "app-secret.key"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(base64.urlsafe_b64encode(os.urandom(32)))
-            path.chmod(0o600)
+            write_private(path, base64.urlsafe_b64encode(os.urandom(32)))  # False: another process made it first
         return path.read_bytes().strip()
 
 
