@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -49,6 +50,7 @@ from app.web.common import (
 )
 from app.web.presenters import display_unit, summary_view
 from app.web.security import csrf_token
+from bff.admin import AdminAccounts, AdminSessions, LockoutPolicy
 from bff.audit import audit
 from bff.capabilities import CapabilityService
 from bff.clinical import PatientOutcomesView
@@ -280,7 +282,13 @@ def create_app(
     ctx = AppContext(settings=settings, store=store, smart=smart, http=http, backend=backend,
                      view=PatientOutcomesView(store), capabilities=capabilities,
                      writeback=WritebackService(store, capabilities), secret=settings.secret(),
-                     any_site_frame_ancestors=origins, banners={})  # fmt: skip
+                     any_site_frame_ancestors=origins, banners={},
+                     admin_accounts=AdminAccounts(store, LockoutPolicy.from_settings(settings)),
+                     admin_sessions=AdminSessions(store, idle=timedelta(minutes=settings.admin_session_idle_min))
+                     )  # fmt: skip
+
+    async def start(app: Litestar) -> None:
+        ctx.password_work = anyio.CapacityLimiter(2)  # made in the app's event loop
 
     async def close_http(app: Litestar) -> None:
         await http.aclose()
@@ -288,7 +296,7 @@ def create_app(
     return Litestar(
         route_handlers=[
             launch, standalone, callback, launch_home, patient_view, patient_summary, set_display_unit, agp_api,
-            jwks, healthz, *writeback.ROUTES, admin.router,
+            jwks, healthz, *writeback.ROUTES, admin.router, admin.sign_in,
             create_static_files_router(path="/static", directories=[STATIC]),
         ],
         template_config=TemplateConfig(
@@ -297,6 +305,7 @@ def create_app(
         plugins=[HTMXPlugin()],
         state=State({"ctx": ctx}),
         exception_handlers={HTTPException: _not_found_or_forbidden},
+        on_startup=[start],
         on_shutdown=[close_http],
         debug=debug,
     )  # fmt: skip

@@ -63,9 +63,7 @@ def test_file_change_is_picked_up_at_run_time(store: Store, sites_dir: Path) -> 
 
 
 @pytest.mark.parametrize("name", ["outbox-worker", "Outbox-Worker", "  outbox-worker ", "OUTBOX-WORKER"])
-def test_a_person_cannot_change_the_matrix_as_a_reserved_system_actor(
-    store: Store, sites_dir: Path, name: str
-) -> None:
+def test_a_person_cannot_change_the_matrix_as_a_reserved_system_actor(store: Store, sites_dir: Path, name: str) -> None:
     """Only the worker, holding SystemActor.OUTBOX_WORKER, is recorded as outbox-worker (table row 12)."""
     service = CapabilityService(store, sites_dir)
     with pytest.raises(CapabilityError, match="reserved"):
