@@ -1,5 +1,5 @@
-"""Security for a page that lives in someone else's frame: CSP per site, CSRF without cookies;
-who the client is and whether it came over HTTPS.
+"""Security for a page that lives in someone else's frame: CSP per site, CSRF without cookies; headers on
+every response; who the client is and whether it came over HTTPS.
 
 The clinician pages never set a cookie: an embedded browser may block third-party cookies, and the app must
 still work there. The launch handle in the URL names the launch (one per tab); the CSRF token is an HMAC of that
@@ -8,9 +8,13 @@ handle with the app secret, rendered into the page and sent back in a header (ht
 The /admin pages (integration engineers, never framed) have named accounts and a first-party session cookie
 (`app/web/admin.py`, `bff/admin/`), whose CSRF token is random per session.
 
-A request came over HTTPS when its own scheme is https, or when it came from a trusted proxy
-(`APP_TRUSTED_PROXIES`) whose `X-Forwarded-Proto` says https; the client's address is then the right-most
-`X-Forwarded-For` entry that is not a trusted proxy. Headers from anybody else are ignored.
+`security_headers` is the app's `before_send` hook: every response, whatever produced it (a page, JSON, a
+static file, a 404 from the router, an unexpected 500), gets `X-Content-Type-Options: nosniff`, a
+`Referrer-Policy` and a `Content-Security-Policy` (a restrictive one where the handler set none), and
+`Strict-Transport-Security` when the request came over HTTPS. A request came over HTTPS when its own scheme is
+https, or when it came from a trusted proxy (`APP_TRUSTED_PROXIES`) whose `X-Forwarded-Proto` says https; the
+client's address is then the right-most `X-Forwarded-For` entry that is not a trusted proxy. Headers from
+anybody else are ignored.
 """
 
 from __future__ import annotations
@@ -22,9 +26,14 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from litestar.types import Scope
+from litestar.datastructures import MutableScopeHeaders
+from litestar.types import Message, Scope
 
 from bff.settings import IpNetwork
+
+HSTS = "max-age=63072000; includeSubDomains"
+#: For responses whose handler set no policy (JSON, static files, errors the router answers): nothing may run.
+DEFAULT_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
 
 def csrf_token(secret: bytes, handle: str) -> str:
@@ -97,3 +106,21 @@ def over_https(scope: Scope | Any, proxies: Sequence[IpNetwork]) -> bool:
         return True
     proto = _header(scope, b"x-forwarded-proto")
     return bool(proto) and _trusted(_peer(scope), proxies) and (proto or "").split(",")[-1].strip() == "https"
+
+
+def security_headers(proxies: Sequence[IpNetwork]) -> Any:
+    """The app's before_send hook (module docstring)."""
+
+    async def hook(message: Message, scope: Scope) -> None:
+        if message["type"] != "http.response.start":
+            return
+        headers = MutableScopeHeaders.from_message(message)
+        headers["X-Content-Type-Options"] = "nosniff"
+        if "referrer-policy" not in headers:
+            headers["Referrer-Policy"] = "no-referrer"
+        if "content-security-policy" not in headers:
+            headers["Content-Security-Policy"] = DEFAULT_CSP
+        if over_https(scope, proxies):
+            headers["Strict-Transport-Security"] = HSTS
+
+    return hook

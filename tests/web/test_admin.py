@@ -115,6 +115,15 @@ def test_admin_needs_a_named_account_and_is_never_framed(stack: DemoStack) -> No
     assert ("admin.login", "allowed", {}) in audit_events(stack)
 
 
+def test_a_huge_write_id_is_a_404_with_the_security_headers(stack: DemoStack, admin: httpx.Client) -> None:
+    """Table row 14: the id reached SQLite, which cannot bind it (500, no headers, not logged)."""
+    for path in (f"/admin/sites/{SITE}/intents/999999999999999999999999", f"/admin/sites/{SITE}/intents/-5"):
+        response = admin.get(path)
+        assert response.status_code == 404
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+
 def test_sessions_and_the_lockout_hold_across_app_processes(stack: DemoStack, store: Store) -> None:
     """A second app process on the same store: a session opened in one works in the other, and 20 wrong passwords
     spread over both lock the account (once)."""
