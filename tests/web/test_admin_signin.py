@@ -7,7 +7,6 @@ and in tests/admin/test_accounts.py.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
 
@@ -22,30 +21,26 @@ from bff.capabilities import CapabilityService
 from bff.settings import Settings, SettingsError
 from bff.store.db import Store
 from bff.store.models import AuditEvent
+from tests.web.conftest import IN_PROCESS
 
 BASE = "http://testserver.local"
 PASSWORD = "correct horse battery"
 SITE = "hl7-only"
 pytestmark = [
     pytest.mark.usefixtures("cheap_hashes"),
-    pytest.mark.filterwarnings("ignore::litestar.exceptions.LitestarDeprecationWarning"),  # see test_hardening.py
-    pytest.mark.filterwarnings("ignore:Deprecated 'query' parameter:DeprecationWarning"),
+    *IN_PROCESS,
 ]
 
 
 @pytest.fixture(name="store")
-def fx_store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(Settings(database_url=f"sqlite:///{tmp_path / 'store.db'}", secret_key="s" * 32))
-    AdminAccounts(store).add("i.engineer", PASSWORD, by="test")
-    try:
-        yield store
-    finally:
-        store.dispose()
+def fx_store(local_store: Store, cheap_hashes: None) -> Store:
+    AdminAccounts(local_store).add("i.engineer", PASSWORD, by="test")
+    return local_store
 
 
 @pytest.fixture(name="app")
-def fx_app(store: Store) -> Litestar:
-    return create_app(store.settings, store=store)
+def fx_app(store: Store, local_app: Litestar) -> Litestar:
+    return local_app
 
 
 def sign_in(client: TestClient[Litestar], name: str = "i.engineer", password: str = PASSWORD) -> int:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,32 +17,23 @@ from sqlalchemy import func, select
 
 from app.web.app import create_app
 from app.web.security import HSTS, client_address, over_https
-from bff.settings import Settings
 from bff.smart import SiteRegistry
 from bff.store.db import Store
 from bff.store.models import AuditEvent
+from tests.web.conftest import IN_PROCESS
 
 BASE = "http://testserver.local"
-# Litestar 2.25 deprecates the parameter styles the app's handlers use (FromQuery/FromPath and QueryParameter do
-# not exist in 2.18, the oldest version pyproject allows); the app in a subprocess never turns that into an error.
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::litestar.exceptions.LitestarDeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:Deprecated 'query' parameter:DeprecationWarning"),
-]
+pytestmark = IN_PROCESS
 
 
 @pytest.fixture(name="store")
-def fx_store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(Settings(database_url=f"sqlite:///{tmp_path / 'store.db'}", secret_key="s" * 32))
-    try:
-        yield store
-    finally:
-        store.dispose()
+def fx_store(local_store: Store) -> Store:
+    return local_store
 
 
 @pytest.fixture(name="app")
-def fx_app(store: Store) -> Litestar:
-    return create_app(store.settings, store=store)
+def fx_app(local_app: Litestar) -> Litestar:
+    return local_app
 
 
 def audit_rows(store: Store) -> list[AuditEvent]:
