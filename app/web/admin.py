@@ -37,8 +37,8 @@ from litestar.exceptions import HTTPException
 from litestar.response import Redirect, Template
 from sqlalchemy import or_, select
 
-from app.web.common import AppContext, context_of, headers_for
-from app.web.security import client_address, over_https
+from app.web.common import AppContext, client_of, context_of, headers_for
+from app.web.security import over_https
 from bff.actors import SystemActor
 from bff.admin import ActiveSession, SignIn
 from bff.audit import audit
@@ -129,7 +129,7 @@ async def login(request: Request[Any, Any, Any]) -> Response[Any]:
     ctx = context_of(request)
     form = await request.form()
     name, password, target = (str(form.get(k) or "") for k in ("name", "password", "next"))
-    client = client_address(request.scope, ctx.settings.trusted_proxies)
+    client = client_of(request)
     result = await anyio.to_thread.run_sync(lambda: ctx.admin_accounts.sign_in(name, password, client),
                                             limiter=ctx.password_work)  # fmt: skip
     if result.outcome is SignIn.THROTTLED:
@@ -373,7 +373,7 @@ async def _form(request: Request[Any, Any, Any], where: str, key: str | None) ->
     fields = {k: v.strip() for k, v in form.items() if isinstance(v, str)}
     user = _user(request)
     if not _session(request).csrf_ok(fields.get("csrf_token")):
-        client = client_address(request.scope, ctx.settings.trusted_proxies)
+        client = client_of(request)
         await _thread(lambda: audit(ctx.store, "csrf.refused", outcome="refused", site=key, actor=user, path=where,
                                     client=client))  # fmt: skip
         raise HTTPException(status_code=403, detail="the form is missing its CSRF token: reload the page")

@@ -50,6 +50,7 @@ from app.web.common import (
     AppContext,
     check_days,
     check_unit,
+    client_of,
     context_of,
     headers_for,
     launch_for,
@@ -58,7 +59,7 @@ from app.web.common import (
     wants_fragment,
 )
 from app.web.presenters import display_unit, summary_view
-from app.web.security import client_address, csrf_token, security_headers
+from app.web.security import csrf_token, security_headers
 from bff.admin import AdminAccounts, AdminSessions, LockoutPolicy
 from bff.audit import audit_counted
 from bff.capabilities import CapabilityService
@@ -106,13 +107,9 @@ async def standalone(request: Request[Any, Any, Any], iss: str = "") -> Response
     return await _begin(request, iss, None, standalone=True)
 
 
-def _client(request: Request[Any, Any, Any]) -> str:
-    return client_address(request.scope, context_of(request).settings.trusted_proxies)
-
-
 async def _noise(request: Request[Any, Any, Any], event: str, **detail: Any) -> None:
     """A refusal anybody can cause without signing in: audited counted (per client and minute)."""
-    ctx, client = context_of(request), _client(request)
+    ctx, client = context_of(request), client_of(request)
     await anyio.to_thread.run_sync(lambda: audit_counted(ctx.store, event, outcome="refused", client=client, **detail))
 
 

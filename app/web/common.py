@@ -12,7 +12,7 @@ from litestar.exceptions import HTTPException
 from litestar.plugins.htmx import HTMXRequest
 from litestar.response import Template
 
-from app.web.security import SECURITY_HEADERS, content_security_policy, csrf_ok
+from app.web.security import SECURITY_HEADERS, client_address, content_security_policy, csrf_ok
 from bff.admin import AdminAccounts, AdminSessions
 from bff.audit import audit
 from bff.capabilities import CapabilityError, CapabilityService
@@ -49,6 +49,11 @@ class AppContext:
 def context_of(request: Request[Any, Any, Any]) -> AppContext:
     context: AppContext = request.app.state.ctx
     return context
+
+
+def client_of(request: Request[Any, Any, Any]) -> str:
+    """The client's IP address (behind the proxies the settings trust)."""
+    return client_address(request.scope, context_of(request).settings.trusted_proxies)
 
 
 def headers_for(frame_ancestors: tuple[str, ...]) -> dict[str, str]:
