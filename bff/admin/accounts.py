@@ -159,8 +159,7 @@ class AdminAccounts:
         now = self._clock()
         name = name.strip().lower()[:64]
         window = self._window(now)
-        waited = self._client_failures(client, window)
-        if waited >= self.policy.client_failures:
+        if self._client_failures(client, window) >= self.policy.client_failures:
             audit_counted(self.store, "admin.login", outcome="refused", actor=name, client=client, now=now,
                           reason="client throttled")  # fmt: skip
             retry = math.ceil((window + self.policy.lock - now).total_seconds())
