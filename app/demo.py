@@ -10,8 +10,8 @@ Write-back: a Backend Services key (ES384, P-384) is made at start when there is
 the stack's work directory otherwise) and given to the app (`SMART_BACKEND_KEY_FILE`/`KID`), which serves its
 public half at /.well-known/jwks.json, where the sandbox's `glucobridge-backend` client reads it
 (`--backend-jwks-url`). One `glucobridge outbox work` process with the same environment sends what clinicians
-sign (its log: `outbox-worker.log` in the work directory). `/admin` takes any user name and the
-`ADMIN_PASSWORD` printed at start.
+sign (its log: `outbox-worker.log` in the work directory). `/admin` has one named account, made at start with
+`glucobridge admin add-user` and a generated password; both are printed.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from pathlib import Path
 import httpx
 from joserfc.jwk import ECKey
 
-from bff.settings import ROOT
+from bff.files import private_dir, write_private
+from bff.settings import ROOT, VAR
 
 SITES = ("epic-like", "oracle-like", "read-only")
 
@@ -42,11 +43,9 @@ def _bin(name: str) -> str:
 
 def backend_key(directory: Path) -> tuple[Path, str]:
     """The demo's Backend Services key (ES384 on P-384) in `directory`, made on first use; (PEM file, kid)."""
-    path = directory / "backend-es384.pem"
+    path = private_dir(directory, tighten=directory == VAR) / "backend-es384.pem"
     if not path.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(ECKey.generate_key("P-384", private=True).as_pem(private=True))
-        path.chmod(0o600)
+        write_private(path, ECKey.generate_key("P-384", private=True).as_pem(private=True))
     return path, "demo-" + ECKey.import_key(path.read_bytes()).thumbprint()[:16]
 
 
@@ -82,7 +81,8 @@ class DemoStack:
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    admin_user: str = "demo.engineer"
+    admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     key_dir: Path | None = None  # where the Backend Services key is kept (default: the work directory)
     worker: bool = True  # run `glucobridge outbox work`
 
@@ -110,7 +110,6 @@ class DemoStack:
             "SMART_BACKEND_KEY_FILE": str(key_file),
             "SMART_BACKEND_KID": kid,
             "SMART_BACKEND_ALG": "ES384",
-            "ADMIN_PASSWORD": self.admin_password,
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -126,6 +125,7 @@ class DemoStack:
         ))  # fmt: skip
         wait_http(f"{self.ehr_url}/ehr/", self.processes[-1])
         self.load_data()
+        self.add_admin()
         self.processes.append(subprocess.Popen(
             [_bin("glucobridge"), "serve", "--host", "127.0.0.1", "--port", str(self.app_port),
              "--workers", str(self.app_workers)],
@@ -143,6 +143,12 @@ class DemoStack:
                                        stderr=subprocess.STDOUT, text=True)  # fmt: skip
         self.processes.append(process)
         return process
+
+    def add_admin(self) -> None:
+        """The demo's named /admin account, through the CLI (the password on standard input, never an argument)."""
+        subprocess.run([_bin("glucobridge"), "admin", "add-user", self.admin_user, "--password-file", "-"],
+                       input=self.admin_password + "\n", cwd=ROOT, env=self.env, check=True, capture_output=True,
+                       text=True)  # fmt: skip
 
     def load_data(self, sites: Sequence[str] = SITES) -> None:
         """Each site's CGM Observations, exported by the sandbox, through `glucobridge ingest --feed fhir`."""
@@ -166,13 +172,13 @@ class DemoStack:
 
 
 def main() -> int:
-    stack = DemoStack(key_dir=ROOT / "var")
+    stack = DemoStack(key_dir=VAR)
     print("starting the sandbox EHR, loading its CGM data through the ingestion path, starting the app and the "
           "outbox worker ...", flush=True)  # fmt: skip
     stack.start(quiet=True)
     print(f"\n  EHR shell:  {stack.ehr_url}/ehr/   (choose a site and a patient: the app opens in the chart)")
     print(f"  App:        {stack.app_url}   (store: {stack.env['DATABASE_URL']})")
-    print(f"  Admin:      {stack.app_url}/admin/   (any user name, password {stack.admin_password})")
+    print(f"  Admin:      {stack.app_url}/admin/   (user {stack.admin_user}, password {stack.admin_password})")
     print(f"  Worker log: {stack.workdir / 'outbox-worker.log'}")
     print("\nCtrl-C stops them all.", flush=True)
     try:

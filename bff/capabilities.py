@@ -81,7 +81,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
 
+from bff.actors import ReservedActorError, check_actor
 from bff.audit import audit
+from bff.smart.sites import normalise_iss
 from bff.store.db import Store
 from bff.store.models import AuditEvent, SiteOverride
 from engine.catalogue import CATALOGUE, MG_DL, MMOL_L
@@ -215,8 +217,8 @@ class SiteCapabilities:
     time_zone: str = ""  # the IANA zone of the site's patients when nothing more specific is known ("" none)
 
     def allows_iss(self, iss: str) -> bool:
-        wanted = iss.strip().rstrip("/")
-        return wanted in {i.rstrip("/") for i in (self.iss, *self.fhir.iss_allow) if i}
+        """Exactly, as `bff.smart.sites.SiteRegistry.for_iss` (after the same `normalise_iss`)."""
+        return normalise_iss(iss) in {i for i in (self.iss, *self.fhir.iss_allow) if i}
 
     def shows_patient(self, patient_id: str, department: str | None = None) -> bool:
         """Site filtering: whether the app may show this patient (empty lists restrict nothing)."""
@@ -327,7 +329,7 @@ def parse_capabilities(key: str, data: Mapping[str, Any], *, source: str = "") -
         )
     smart = data.get("smart", {})
     iss = smart.get("iss", "") if isinstance(smart, Mapping) else ""
-    iss = iss.strip().rstrip("/") if isinstance(iss, str) else ""
+    iss = normalise_iss(iss) if isinstance(iss, str) else ""
 
     t = _Table(where, "fhir", data.get("fhir"))
     fhir = FhirCaps(
@@ -544,6 +546,15 @@ class _Cached:
     data: dict[str, Any]
 
 
+def _check_who(who: str, reason: str) -> None:
+    if not who.strip() or not reason.strip():
+        raise CapabilityError("a change needs who made it and why")
+    try:
+        check_actor(who)
+    except ReservedActorError as exc:
+        raise CapabilityError(str(exc)) from None
+
+
 class CapabilityService:
     """Effective matrices: files (re-read when their mtime changes) plus overrides (read on every call)."""
 
@@ -582,9 +593,9 @@ class CapabilityService:
         return effective(site, self.file_data(site), self.overrides(site), source=str(self.path(site)))
 
     def set(self, site: str, path: str, value: Any, *, who: str, reason: str) -> SiteCapabilities:
-        """Validate the matrix with the change, then store and audit it (old and new value)."""
-        if not who.strip() or not reason.strip():
-            raise CapabilityError("a change needs who made it and why")
+        """Validate the matrix with the change, then store and audit it (old and new value). `who` is a person's
+        name, or a SystemActor (the worker's degradation); a person may not use a reserved name."""
+        _check_who(who, reason)
         check_path(path)
         data = self.file_data(site)
         current = self.overrides(site)
@@ -610,8 +621,7 @@ class CapabilityService:
 
     def clear(self, site: str, path: str, *, who: str, reason: str) -> SiteCapabilities:
         """Drop an override (the file's value applies again), if the matrix is still valid without it."""
-        if not who.strip() or not reason.strip():
-            raise CapabilityError("a change needs who made it and why")
+        _check_who(who, reason)
         current = self.overrides(site)
         if path not in current:
             raise CapabilityError(f"site {site}: {path} is not overridden")

@@ -10,20 +10,31 @@
 | `APP_PUBLIC_URL` | `http://127.0.0.1:8000` | where the clinician app is reached (redirect URI, JWKS URL) |
 | `APP_SECRET_KEY` | `var/app-secret.key` (made on first use) | secret for CSRF tokens and EHR tokens at rest |
 | `SITES_DIR` | `sites/` | one TOML file per EHR site (allow-listed `iss`, client id, framing origins) |
-| `ADMIN_PASSWORD` | unset | HTTP Basic password of `/admin` (the user name is the audited actor); unset: 503 |
+| `APP_TRUSTED_PROXIES` | unset | reverse proxies (IPs or networks, comma-separated) whose `X-Forwarded-*` is believed |
+| `ADMIN_LOCKOUT_FAILURES` | `20` | wrong passwords in a row that lock an `/admin` account |
+| `ADMIN_LOCKOUT_MIN` | `15` | how long a lock lasts; also the window of `ADMIN_CLIENT_FAILURES` |
+| `ADMIN_CLIENT_FAILURES` | `50` | failed `/admin` sign-ins per address and `ADMIN_LOCKOUT_MIN` before it must wait |
+| `ADMIN_SESSION_IDLE_MIN` | `30` | an `/admin` session ends this long after its last request (12 h at most) |
+
+`/admin` has named accounts only (`glucobridge admin add-user NAME`). The shared `ADMIN_PASSWORD` of earlier
+versions is gone: setting it is an error, so that nobody believes it still guards the pages.
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from bff.files import private_dir, write_private
+
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATABASE_URL = f"sqlite:///{ROOT / 'var' / 'glucobridge.db'}"
+VAR = ROOT / "var"  # the app's own files (secrets, the default database): 0700
+DEFAULT_DATABASE_URL = f"sqlite:///{VAR / 'glucobridge.db'}"
 
 
 class SettingsError(ValueError):
@@ -48,6 +59,29 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
 
 
+def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(environ, name, default)
+    if value < 1:
+        raise SettingsError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(name: str, raw: str) -> tuple[IpNetwork, ...]:
+    """Comma-separated addresses or networks (`10.0.0.5`, `10.0.0.0/8`, `::1`)."""
+    networks = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(f"{name}: {item!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -58,10 +92,19 @@ class Settings:
     public_url: str = "http://127.0.0.1:8000"
     secret_key: str | None = None
     sites_dir: str = str(ROOT / "sites")
-    admin_password: str | None = field(default=None, repr=False)
+    trusted_proxies: tuple[IpNetwork, ...] = ()
+    admin_lockout_failures: int = 20
+    admin_lockout_min: int = 15
+    admin_client_failures: int = 50
+    admin_session_idle_min: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        if environ.get("ADMIN_PASSWORD"):
+            raise SettingsError(
+                "ADMIN_PASSWORD is no longer used: /admin has named accounts. Unset it, then create yours with "
+                "`glucobridge admin add-user NAME`"
+            )
         return cls(
             database_url=normalise_database_url(environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
             redis_url=environ.get("REDIS_URL") or None,
@@ -71,7 +114,11 @@ class Settings:
             public_url=(environ.get("APP_PUBLIC_URL") or "http://127.0.0.1:8000").rstrip("/"),
             secret_key=environ.get("APP_SECRET_KEY") or None,
             sites_dir=environ.get("SITES_DIR") or str(ROOT / "sites"),
-            admin_password=environ.get("ADMIN_PASSWORD") or None,
+            trusted_proxies=parse_networks("APP_TRUSTED_PROXIES", environ.get("APP_TRUSTED_PROXIES", "")),
+            admin_lockout_failures=_positive(environ, "ADMIN_LOCKOUT_FAILURES", 20),
+            admin_lockout_min=_positive(environ, "ADMIN_LOCKOUT_MIN", 15),
+            admin_client_failures=_positive(environ, "ADMIN_CLIENT_FAILURES", 50),
+            admin_session_idle_min=_positive(environ, "ADMIN_SESSION_IDLE_MIN", 30),
         )
 
     @property
@@ -82,11 +129,9 @@ class Settings:
         """The app secret: APP_SECRET_KEY, else a random key kept in var/app-secret.key (shared by local workers)."""
         if self.secret_key:
             return self.secret_key.encode()
-        path = ROOT / "var" / "app-secret.key"
+        path = private_dir(VAR, tighten=True) / "app-secret.key"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(base64.urlsafe_b64encode(os.urandom(32)))
-            path.chmod(0o600)
+            write_private(path, base64.urlsafe_b64encode(os.urandom(32)))  # False: another process made it first
         return path.read_bytes().strip()
 
 

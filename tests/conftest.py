@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from bff.admin import passwords
 from bff.settings import Settings
 from bff.store.db import Store, make_engine, upgrade
 
@@ -98,3 +99,14 @@ def fx_sqlite_store(tmp_path: Path) -> Iterator[Store]:
         yield store
     finally:
         store.dispose()
+
+
+@pytest.fixture(name="cheap_hashes")
+def fx_cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Cheaper scrypt for tests that sign in many times (as Django's tests swap in a fast hasher). The parameters
+    are stored in each hash, so the code under test is the same; tests/admin/test_passwords.py uses the real ones."""
+    monkeypatch.setattr(passwords, "LOG2_N", 10)
+    monkeypatch.setattr(passwords, "P", 1)
+    passwords._dummy_hash.cache_clear()
+    yield
+    passwords._dummy_hash.cache_clear()

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from app.cli.admin import add_parser as add_admin_parser
 from app.cli.common import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, BadInputError, InfrastructureError
 from app.cli.outbox import add_parser as add_outbox_parser
 from app.cli.outcomes import cmd_demo, cmd_outcomes
@@ -27,6 +28,7 @@ from app.cli.store import (
     cmd_serve,
 )
 from bff.ingest.records import Feed
+from bff.settings import SettingsError
 from engine import Method
 from engine.policy import TARGET_SETS
 
@@ -127,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_site_parser(sub)
     add_outbox_parser(sub)
+    add_admin_parser(sub)
     return parser
 
 
@@ -136,7 +139,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     args = build_parser().parse_args(argv)
     try:
         code: int = args.handler(args, out, err)
-    except BadInputError as exc:
+    except (BadInputError, SettingsError) as exc:
         err.write(f"glucobridge: {exc}\n")
         return EXIT_BAD_INPUT
     except InfrastructureError as exc:

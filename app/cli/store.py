@@ -232,6 +232,8 @@ def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """The clinician web app (uvicorn; the app factory reads its settings from the environment)."""
     import uvicorn  # noqa: PLC0415 - only this command needs the web stack; the others start faster without it
 
+    # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-* from 127.0.0.1; the app decides whom to
+    # believe (APP_TRUSTED_PROXIES, app.web.security), for the client's address and for HTTPS alike.
     uvicorn.run("app.web.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level="warning", access_log=False)  # fmt: skip
+                log_level="warning", access_log=False, proxy_headers=False)  # fmt: skip
     return 0

@@ -1,5 +1,8 @@
 """Admin pages for integration engineers: each site's effective capability matrix and its write queue.
 
+    GET  /admin/login                              the sign-in form (name and password of a named account)
+    POST /admin/login                              sign in: a new session (cookie) with its own CSRF token
+    POST /admin/logout                             sign out (CSRF)
     GET  /admin/                                   sites: vendor, file and effective write mode (and who degraded
                                                    it, when, why), queue depth by state
     GET  /admin/sites/{key}                        the effective matrix (table and JSON), overrides with who and
@@ -10,9 +13,12 @@
     POST /admin/sites/{key}/capabilities           set or clear an override (path, JSON value, reason; audited):
                                                    how a degraded site is switched back
 
-HTTP Basic against `ADMIN_PASSWORD` (constant-time compare); the Basic user name is the actor recorded in the
-audit trail. Without `ADMIN_PASSWORD` every /admin request answers 503 saying how to enable the pages. POSTs
-carry a CSRF token (HMAC of "admin|<user>" with the app secret). The pages are never framed, and show no patient
+Named accounts only (`glucobridge admin add-user NAME`; `bff/admin/`): the account's name is the actor recorded
+in the audit trail, and no account may carry a reserved system actor's name (`bff/actors.py`). Sign-in follows
+the lockout rules of `bff.admin.accounts` (20 wrong passwords lock an account for 15 minutes; a client with too
+many failures waits; failures are audited counted, a lockout once). The session lives in the store; the
+browser holds a random token in a cookie (HttpOnly, SameSite=Strict, Path=/admin, Secure over HTTPS). Every POST
+carries the session's CSRF token (random, made at sign-in). The pages are never framed, and show no patient
 identifiers.
 """
 
@@ -23,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import anyio
 from litestar import Request, Response, Router, get, post
@@ -30,17 +37,18 @@ from litestar.exceptions import HTTPException
 from litestar.response import Redirect, Template
 from sqlalchemy import or_, select
 
-from app.web.common import AppContext, context_of, headers_for
-from app.web.security import admin_csrf_ok, admin_csrf_token, basic_credentials, password_ok
+from app.web.common import AppContext, client_of, context_of, headers_for
+from app.web.security import over_https
+from bff.actors import SystemActor
+from bff.admin import ActiveSession, SignIn
 from bff.audit import audit
 from bff.capabilities import CapabilityError, as_dict, lookup
 from bff.outbox import queue
-from bff.outbox.worker import ACTOR as WORKER_ACTOR
 from bff.store.models import AuditEvent, SiteOverride, WriteAttempt, WriteIntent
 from engine import ENGINE_VERSION
 
 T = TypeVar("T")
-REALM = 'Basic realm="glucobridge admin", charset="UTF-8"'
+COOKIE = "gb_admin"
 ATTENTION = ("failed", "unknown")
 WAITING = ("awaiting_signoff", "deferred", "queued", "sending")
 RETRYABLE = frozenset({"failed", "unknown"})
@@ -62,30 +70,96 @@ async def _thread(fn: Callable[[], T]) -> T:
     return await anyio.to_thread.run_sync(fn)
 
 
-# MARK: authentication
+# MARK: signing in
 
 
 async def require_admin(request: Request[Any, Any, Any]) -> Response[Any] | None:
-    """before_request of /admin: 503 when not configured, 401 without the right password; else the user."""
+    """before_request of /admin (but the sign-in form): the session behind the cookie, else to the sign-in form
+    (GET) or 401 (POST)."""
     ctx = context_of(request)
-    expected = ctx.settings.admin_password
-    if not expected:
-        return _page("errors/message.html", 503, title="Admin pages are disabled", kind="info",
-                     message="Set ADMIN_PASSWORD in the app's environment and restart it to enable /admin "
-                             "(HTTP Basic: any user name, which is recorded as the actor of each change).")  # fmt: skip
-    credentials = basic_credentials(request.headers.get("authorization"))
-    if credentials is None or not password_ok(expected, credentials[1]):
-        if credentials is not None:
-            user = credentials[0][:100]
-            await _thread(lambda: audit(ctx.store, "admin.login", outcome="refused", actor=user))
-        return _page("errors/message.html", 401, headers={"WWW-Authenticate": REALM}, title="Sign in", kind="error",
-                     message="The admin pages need the admin user name and password.")  # fmt: skip
-    request.state.admin_user = credentials[0]
+    token = request.cookies.get(COOKIE)
+    active = await _thread(lambda: ctx.admin_sessions.resolve(token)) if token else None
+    if active is None:
+        if request.method == "GET":
+            return Redirect(f"/admin/login?next={quote(request.url.path)}", status_code=303, headers=admin_headers())
+        return _page("errors/message.html", 401, title="Sign in", kind="error",
+                     message="Your admin session has ended: sign in again.")  # fmt: skip
+    request.state.admin = active
     return None
 
 
+def _session(request: Request[Any, Any, Any]) -> ActiveSession:
+    active: ActiveSession = request.state.admin
+    return active
+
+
 def _user(request: Request[Any, Any, Any]) -> str:
-    return str(request.state.admin_user)
+    return _session(request).user
+
+
+def _next(target: str) -> str:
+    """Where to go after signing in: an /admin page of this app, nothing else (no open redirect)."""
+    ok = target.startswith("/admin/") and "//" not in target and "\\" not in target and target.isprintable()
+    return target if ok else "/admin/"
+
+
+def _login_page(status: int = 200, *, target: str = "/admin/", account: str = "", error: str = "",
+                no_accounts: bool = False, headers: Mapping[str, str] | None = None) -> Template:  # fmt: skip
+    return _page("admin/login.html", status, headers=headers, title="Sign in", user=None, next=_next(target),
+                 account=account, error=error, no_accounts=no_accounts)  # fmt: skip
+
+
+@get("/login")
+async def login_form(request: Request[Any, Any, Any]) -> Response[Any]:
+    ctx = context_of(request)
+    next_ = request.query_params.get("next") or "/admin/"
+    token = request.cookies.get(COOKIE)
+    if token and await _thread(lambda: ctx.admin_sessions.resolve(token)) is not None:
+        return Redirect(_next(next_), status_code=303, headers=admin_headers())
+    no_accounts = not await _thread(ctx.admin_accounts.any_enabled)
+    return _login_page(target=next_, no_accounts=no_accounts)
+
+
+FAILED = ("The name or the password is wrong, or the account is disabled or locked for a while after too many "
+          "wrong passwords.")  # fmt: skip
+
+
+@post("/login")
+async def login(request: Request[Any, Any, Any]) -> Response[Any]:
+    ctx = context_of(request)
+    form = await request.form()
+    name, password, target = (str(form.get(k) or "") for k in ("name", "password", "next"))
+    client = client_of(request)
+    result = await anyio.to_thread.run_sync(lambda: ctx.admin_accounts.sign_in(name, password, client),
+                                            limiter=ctx.password_work)  # fmt: skip
+    if result.outcome is SignIn.THROTTLED:
+        return _login_page(429, target=target, account=name, headers={"Retry-After": str(result.retry_after_s)},
+                           error=f"Too many failed sign-ins from your address: try again in "
+                                 f"{(result.retry_after_s + 59) // 60} min.")  # fmt: skip
+    if result.outcome is not SignIn.OK or result.user_id is None:
+        return _login_page(401, target=target, account=name, error=FAILED)
+    user_id, old = result.user_id, request.cookies.get(COOKIE)
+
+    def open_session() -> str:
+        ctx.admin_sessions.close(old)  # whatever session the browser had ends: a new one, a new CSRF token
+        return ctx.admin_sessions.open(user_id).token
+
+    token = await _thread(open_session)
+    response = Redirect(_next(target), status_code=303, headers=admin_headers())
+    response.set_cookie(COOKIE, token, path="/admin", httponly=True, samesite="strict",
+                        secure=over_https(request.scope, ctx.settings.trusted_proxies))  # fmt: skip
+    return response
+
+
+@post("/logout")
+async def logout(request: Request[Any, Any, Any]) -> Response[Any]:
+    ctx = context_of(request)
+    await _form(request, "admin/logout", None)
+    token = request.cookies.get(COOKIE)
+    await _thread(lambda: ctx.admin_sessions.close(token))
+    response = Redirect("/admin/login", status_code=303, headers=admin_headers())
+    response.delete_cookie(COOKIE, path="/admin")
+    return response
 
 
 # MARK: what the pages show
@@ -150,7 +224,7 @@ def _site_row(ctx: AppContext, site: str) -> SiteRow:
     row.vendor, row.mode, row.channel = caps.vendor.value, caps.write.mode.value, caps.write.channel.value
     row.file_mode = str(file_mode or "read_only")
     for override in _overrides(ctx, site):
-        if override.path == "write.mode" and override.who == WORKER_ACTOR:
+        if override.path == "write.mode" and override.who == SystemActor.OUTBOX_WORKER:
             row.degraded = Degradation(override.set_at, override.reason)
     return row
 
@@ -236,10 +310,8 @@ def _site_page(
     request: Request[Any, Any, Any], key: str, detail: dict[str, Any], *, notice: str = "", error: str = "",
     status: int = 200, form: Mapping[str, str] | None = None,
 ) -> Template:  # fmt: skip
-    ctx = context_of(request)
-    user = _user(request)
-    return _page("admin/site.html", status, user=user, key=key, csrf=admin_csrf_token(ctx.secret, user), notice=notice,
-                 error=error, form=form or {}, utc=_utc, **detail)  # fmt: skip
+    return _page("admin/site.html", status, user=_user(request), key=key, csrf=_session(request).csrf_token,
+                 notice=notice, error=error, form=form or {}, utc=_utc, **detail)  # fmt: skip
 
 
 # MARK: pages
@@ -249,7 +321,8 @@ def _site_page(
 async def admin_index(request: Request[Any, Any, Any]) -> Template:
     ctx = context_of(request)
     rows = await _thread(lambda: [_site_row(ctx, site) for site in ctx.capabilities.sites()])
-    return _page("admin/index.html", user=_user(request), sites=rows, states=queue.STATES, utc=_utc)
+    return _page("admin/index.html", user=_user(request), csrf=_session(request).csrf_token, sites=rows,
+                 states=queue.STATES, utc=_utc)  # fmt: skip
 
 
 DONE = {
@@ -286,22 +359,23 @@ async def admin_intent(request: Request[Any, Any, Any], key: str, intent_id: int
     found = await _thread(load)
     if found is None:
         raise HTTPException(status_code=404, detail=f"no write {intent_id} at site {key}")
-    user = _user(request)
-    return _page("admin/intent.html", user=user, csrf=admin_csrf_token(ctx.secret, user), key=key, intent=found[0],
-                 attempts=found[1], utc=_utc)  # fmt: skip
+    return _page("admin/intent.html", user=_user(request), csrf=_session(request).csrf_token, key=key,
+                 intent=found[0], attempts=found[1], utc=_utc)  # fmt: skip
 
 
 # MARK: actions
 
 
-async def _form(request: Request[Any, Any, Any], where: str, key: str) -> dict[str, str]:
-    """The posted form, after its CSRF token was checked (403, audited)."""
+async def _form(request: Request[Any, Any, Any], where: str, key: str | None) -> dict[str, str]:
+    """The posted form, after its CSRF token was checked against the session's (403, audited)."""
     ctx = context_of(request)
     form = await request.form()
     fields = {k: v.strip() for k, v in form.items() if isinstance(v, str)}
     user = _user(request)
-    if not admin_csrf_ok(ctx.secret, user, fields.get("csrf_token")):
-        await _thread(lambda: audit(ctx.store, "csrf.refused", outcome="refused", site=key, actor=user, path=where))
+    if not _session(request).csrf_ok(fields.get("csrf_token")):
+        client = client_of(request)
+        await _thread(lambda: audit(ctx.store, "csrf.refused", outcome="refused", site=key, actor=user, path=where,
+                                    client=client))  # fmt: skip
         raise HTTPException(status_code=403, detail="the form is missing its CSRF token: reload the page")
     return fields
 
@@ -389,6 +463,7 @@ async def admin_capability(request: Request[Any, Any, Any], key: str) -> Respons
 
 router = Router(
     path="/admin",
-    route_handlers=[admin_index, admin_site, admin_intent, admin_retry, admin_cancel, admin_capability],
+    route_handlers=[admin_index, admin_site, admin_intent, admin_retry, admin_cancel, admin_capability, logout],
     before_request=require_admin,
 )
+sign_in = Router(path="/admin", route_handlers=[login_form, login])

@@ -12,7 +12,13 @@
 
 Every patient-scoped request is checked against its launch: another patient is a 403, audited. Tokens stay in
 the BFF; the browser holds only the launch handle in the URL (one per tab), so two patients in two tabs never mix
-and nothing depends on cookies.
+and nothing depends on cookies. Refused launches and callbacks (anybody can send them) are audited counted per
+client and minute (`bff.audit.audit_counted`), so a flood cannot fill the audit table.
+
+Every response, whatever produced it, carries the security headers (`app.web.security.security_headers`, the
+app's before_send hook; HSTS over HTTPS). Row ids in paths are positive 64-bit integers: any other number names no
+row and is a 404 (`ids_in_range`, an app-wide guard). An unexpected error is logged without PHI (its type, the
+route's template and the code's frames; not its message, not the URL) and answered with a 500 page.
 """
 
 from __future__ import annotations
@@ -20,14 +26,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import traceback
+from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import anyio
 import httpx
 from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.handlers import BaseRouteHandler
 from litestar.params import Parameter
 from litestar.plugins.htmx import HTMXPlugin, HTMXRequest
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -40,6 +50,7 @@ from app.web.common import (
     AppContext,
     check_days,
     check_unit,
+    client_of,
     context_of,
     headers_for,
     launch_for,
@@ -48,8 +59,9 @@ from app.web.common import (
     wants_fragment,
 )
 from app.web.presenters import display_unit, summary_view
-from app.web.security import csrf_token
-from bff.audit import audit
+from app.web.security import csrf_token, security_headers
+from bff.admin import AdminAccounts, AdminSessions, LockoutPolicy
+from bff.audit import audit_counted
 from bff.capabilities import CapabilityService
 from bff.clinical import PatientOutcomesView
 from bff.ehr_read import patient_banner
@@ -87,20 +99,27 @@ def _static_url(path: str) -> str:
 
 @get("/launch")
 async def launch(request: Request[Any, Any, Any], iss: str = "", launch: str = "") -> Response[Any]:
-    ctx = context_of(request)
-    return await _begin(ctx, iss, launch or None, standalone=False)
+    return await _begin(request, iss, launch or None, standalone=False)
 
 
 @get("/standalone")
 async def standalone(request: Request[Any, Any, Any], iss: str = "") -> Response[Any]:
-    return await _begin(context_of(request), iss, None, standalone=True)
+    return await _begin(request, iss, None, standalone=True)
 
 
-async def _begin(ctx: AppContext, iss: str, launch_id: str | None, *, standalone: bool) -> Response[Any]:
+async def _noise(request: Request[Any, Any, Any], event: str, **detail: Any) -> None:
+    """A refusal anybody can cause without signing in: audited counted (per client and minute)."""
+    ctx, client = context_of(request), client_of(request)
+    await anyio.to_thread.run_sync(lambda: audit_counted(ctx.store, event, outcome="refused", client=client, **detail))
+
+
+async def _begin(request: Request[Any, Any, Any], iss: str, launch_id: str | None, *, standalone: bool
+                 ) -> Response[Any]:  # fmt: skip
+    ctx = context_of(request)
     try:
         redirect = await ctx.smart.begin(iss, launch_id, standalone=standalone)
     except IssNotAllowedError:
-        await anyio.to_thread.run_sync(lambda: audit(ctx.store, "launch.iss_not_allowed", outcome="refused", iss=iss))
+        await _noise(request, "launch.iss_not_allowed", iss=iss)
         return message(ctx, 403, "This EHR is not allowed", "The launching server is not on this app's allow-list.",
                        "error")  # fmt: skip
     except LaunchRequestError as exc:
@@ -123,13 +142,12 @@ async def callback(
 ) -> Response[Any]:
     ctx = context_of(request)
     if error:
-        await anyio.to_thread.run_sync(lambda: audit(ctx.store, "launch.denied", outcome="refused", error=error))
+        await _noise(request, "launch.denied", error=error)
         return message(ctx, 400, "Sign-in did not complete", error_description or error, "error")
     try:
         done = await ctx.smart.complete(oauth_state, code)
     except SmartError as exc:
-        reason = type(exc).__name__
-        await anyio.to_thread.run_sync(lambda: audit(ctx.store, "launch.refused", outcome="refused", reason=reason))
+        await _noise(request, "launch.refused", reason=type(exc).__name__)
         return message(ctx, 400, "This launch cannot be completed", str(exc), "error")
     if not done.patient:
         return Redirect(f"/v/{done.handle}/", status_code=303, headers=headers_for(done.frame_ancestors))
@@ -243,13 +261,40 @@ def healthz() -> dict[str, str]:
     return {"status": "ok", "engine_version": ENGINE_VERSION}
 
 
+def _is_admin(request: Request[Any, Any, Any]) -> bool:
+    return request.url.path == "/admin" or request.url.path.startswith("/admin/")
+
+
 def _not_found_or_forbidden(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     """The reason as a page (as a fragment for htmx, which swaps it in place); /admin is never framed."""
     kind = "error" if exc.status_code >= 400 else "info"
     title = {403: "Not allowed", 404: "Not found", 400: "Cannot show this"}.get(exc.status_code, "Something went wrong")
-    admin = request.url.path == "/admin" or request.url.path.startswith("/admin/")
-    return message(context_of(request), exc.status_code, title, str(exc.detail), kind, () if admin else None,
-                   fragment=wants_fragment(request), headers=dict(exc.headers or {}))  # fmt: skip
+    return message(context_of(request), exc.status_code, title, str(exc.detail), kind,
+                   () if _is_admin(request) else None, fragment=wants_fragment(request),
+                   headers=dict(exc.headers or {}))  # fmt: skip
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """A bug or a failed service: logged without PHI (the exception's type, the route's template, the frames; never
+    its message or the URL, which may name a patient or hold a launch handle), and a 500 page."""
+    frames = "; ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
+                       for f in traceback.extract_tb(exc.__traceback__)[-10:])  # fmt: skip
+    log.error("unexpected %s in %s %s [%s]", type(exc).__name__, request.method,
+              request.scope.get("path_template", "?"), frames)  # fmt: skip
+    return message(context_of(request), 500, "Something went wrong",
+                   "The app could not answer this request. The error has been logged; try again.", "error",
+                   () if _is_admin(request) else None, fragment=wants_fragment(request))  # fmt: skip
+
+
+MAX_ID = 2**63 - 1  # BIGINT
+
+
+def ids_in_range(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """An app-wide guard: a whole number in a path is a row id, 1 … 2^63-1; any other names no row (404), instead
+    of reaching the database (SQLite cannot even bind it)."""
+    for value in connection.path_params.values():
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 < value <= MAX_ID:
+            raise NotFoundException(detail="no such record")
 
 
 def _engine_callback(engine: JinjaTemplateEngine) -> None:
@@ -280,7 +325,13 @@ def create_app(
     ctx = AppContext(settings=settings, store=store, smart=smart, http=http, backend=backend,
                      view=PatientOutcomesView(store), capabilities=capabilities,
                      writeback=WritebackService(store, capabilities), secret=settings.secret(),
-                     any_site_frame_ancestors=origins, banners={})  # fmt: skip
+                     any_site_frame_ancestors=origins, banners={},
+                     admin_accounts=AdminAccounts(store, LockoutPolicy.from_settings(settings)),
+                     admin_sessions=AdminSessions(store, idle=timedelta(minutes=settings.admin_session_idle_min))
+                     )  # fmt: skip
+
+    async def start(app: Litestar) -> None:
+        ctx.password_work = anyio.CapacityLimiter(2)  # made in the app's event loop
 
     async def close_http(app: Litestar) -> None:
         await http.aclose()
@@ -288,7 +339,7 @@ def create_app(
     return Litestar(
         route_handlers=[
             launch, standalone, callback, launch_home, patient_view, patient_summary, set_display_unit, agp_api,
-            jwks, healthz, *writeback.ROUTES, admin.router,
+            jwks, healthz, *writeback.ROUTES, admin.router, admin.sign_in,
             create_static_files_router(path="/static", directories=[STATIC]),
         ],
         template_config=TemplateConfig(
@@ -296,7 +347,10 @@ def create_app(
         ),
         plugins=[HTMXPlugin()],
         state=State({"ctx": ctx}),
-        exception_handlers={HTTPException: _not_found_or_forbidden},
+        guards=[ids_in_range],
+        before_send=[security_headers(settings.trusted_proxies)],
+        exception_handlers={HTTPException: _not_found_or_forbidden, Exception: _unexpected},
+        on_startup=[start],
         on_shutdown=[close_http],
         debug=debug,
     )  # fmt: skip

@@ -12,7 +12,8 @@ from litestar.exceptions import HTTPException
 from litestar.plugins.htmx import HTMXRequest
 from litestar.response import Template
 
-from app.web.security import SECURITY_HEADERS, content_security_policy, csrf_ok
+from app.web.security import SECURITY_HEADERS, client_address, content_security_policy, csrf_ok
+from bff.admin import AdminAccounts, AdminSessions
 from bff.audit import audit
 from bff.capabilities import CapabilityError, CapabilityService
 from bff.clinical import PatientOutcomesView
@@ -40,11 +41,19 @@ class AppContext:
     secret: bytes
     any_site_frame_ancestors: tuple[str, ...]  # every configured EHR origin, for pages outside a known launch
     banners: dict[str, dict[str, str] | None]
+    admin_accounts: AdminAccounts
+    admin_sessions: AdminSessions
+    password_work: anyio.CapacityLimiter | None = None  # password checks at once (scrypt: CPU and 16 MiB each)
 
 
 def context_of(request: Request[Any, Any, Any]) -> AppContext:
     context: AppContext = request.app.state.ctx
     return context
+
+
+def client_of(request: Request[Any, Any, Any]) -> str:
+    """The client's IP address (behind the proxies the settings trust)."""
+    return client_address(request.scope, context_of(request).settings.trusted_proxies)
 
 
 def headers_for(frame_ancestors: tuple[str, ...]) -> dict[str, str]:

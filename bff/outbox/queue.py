@@ -26,6 +26,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bff.actors import is_reserved
 from bff.audit import audit
 from bff.broker.plan import KINDS as PLAN_KINDS
 from bff.outbox.retry import Outcome
@@ -330,6 +331,8 @@ def _by_person(
 ) -> WriteIntent:
     if not who.strip() or not reason.strip():
         raise TransitionError("a person's retry or cancel needs who and why")
+    if is_reserved(who):
+        raise TransitionError(f"{who.strip()!r} is reserved for glucobridge's own automatic changes")
     now = _utc(now)
     with store.transaction() as session:
         intent = session.scalars(select(WriteIntent).where(WriteIntent.id == intent_id).with_for_update()).one_or_none()

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from bff.actors import SystemActor
 from bff.audit import audit
 from bff.broker.broker import Broker, SendResult
 from bff.broker.guard import WriteRefusedError
@@ -48,7 +49,7 @@ from bff.writeback import WritebackService
 
 log = logging.getLogger("glucobridge.outbox")
 T = TypeVar("T")
-ACTOR = "outbox-worker"
+ACTOR = SystemActor.OUTBOX_WORKER
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from joserfc.jwk import KeySet
 from bff.smart.clock import Clock, utc_now
 from bff.smart.errors import DiscoveryError, IdTokenError
 from bff.smart.locks import KeyedLocks
-from bff.smart.sites import normalise_iss
+from bff.smart.sites import fhir_base
 
 WELL_KNOWN = "/.well-known/smart-configuration"
 DEFAULT_TTL_S = 3600.0
@@ -117,7 +117,7 @@ class Discovery:
 
     async def configuration(self, iss: str) -> SmartConfiguration:
         """The validated configuration of `iss` (from the cache while it is younger than the TTL)."""
-        iss = normalise_iss(iss)
+        iss = fhir_base(iss)
         cached = self._configs.get(iss)
         if cached is not None and self._clock() - cached.fetched_at < self._ttl:
             return cached
@@ -146,7 +146,7 @@ class Discovery:
 
     def forget(self, iss: str) -> None:
         """Drop the cached configuration of `iss` (the next call fetches it again)."""
-        self._configs.pop(normalise_iss(iss), None)
+        self._configs.pop(fhir_base(iss), None)
 
     async def _get_json(self, url: str, what: str, error: Callable[[str], Exception]) -> Any:
         try:

@@ -7,7 +7,7 @@ here; unknown keys inside `[smart]` are an error, so that a typo does not silent
     vendor = "epic"                                   # epic | oracle | generic
 
     [smart]
-    iss = "https://ehr.example.org/api/FHIR/R4"       # compared exactly, after dropping a trailing slash
+    iss = "https://ehr.example.org/api/FHIR/R4"       # the launch's iss must be exactly this (see normalise_iss)
     client_id = "0f7c..."
     redirect_uri = "https://cgm.example.org/callback" # optional when the loader is given a default
     scopes = ["launch", "openid", "fhirUser", "patient/Patient.read", "patient/Observation.read"]
@@ -36,8 +36,19 @@ _SMART_KEYS = frozenset({"iss", "client_id", "redirect_uri", "scopes", "frame_an
 
 
 def normalise_iss(iss: str) -> str:
-    """The form in which an `iss` is compared: exactly as given, less trailing slashes."""
-    return iss.strip().rstrip("/")
+    """The only normalisation an `iss` gets before it is compared with a site's: surrounding whitespace is dropped.
+
+    The comparison is then exact, character for character: a trailing slash, the case of the scheme or host, a
+    default port or a percent-encoding all count. An EHR that launches with `https://ehr.example/fhir/` is refused
+    by a site whose file says `https://ehr.example/fhir` (and the other way round): the file must hold exactly
+    what the EHR sends."""
+    return iss.strip()
+
+
+def fhir_base(iss: str) -> str:
+    """The FHIR base URL named by an `iss`, without a trailing slash, for building URLs (`{base}/metadata`) and
+    caching what they answer. Never for deciding whether a launch is allowed: that is `SiteRegistry.for_iss`."""
+    return normalise_iss(iss).rstrip("/")
 
 
 def _is_local(host: str | None) -> bool:
@@ -147,18 +158,20 @@ def site_from_mapping(
 
 
 class SiteRegistry:
-    """The allow-list: sites by `iss` (exact after dropping a trailing slash) and by key."""
+    """The allow-list: sites by `iss` (exact, after `normalise_iss`) and by key."""
 
     def __init__(self, sites: Iterable[SmartSite]) -> None:
         self._by_key: dict[str, SmartSite] = {}
         self._by_iss: dict[str, SmartSite] = {}
+        bases: dict[str, SmartSite] = {}
         for site in sites:
             if site.key in self._by_key:
                 raise SmartConfigError(f"two sites have the key {site.key!r}")
-            if site.iss in self._by_iss:
-                raise SmartConfigError(f"sites {self._by_iss[site.iss].key} and {site.key} have the same iss")
+            if fhir_base(site.iss) in bases:  # the same server, perhaps spelled with and without a trailing slash
+                raise SmartConfigError(f"sites {bases[fhir_base(site.iss)].key} and {site.key} have the same iss")
             self._by_key[site.key] = site
             self._by_iss[site.iss] = site
+            bases[fhir_base(site.iss)] = site
 
     @classmethod
     def from_toml_files(cls, paths: Sequence[Path], *, default_redirect_uri: str | None = None) -> SiteRegistry:
@@ -181,7 +194,7 @@ class SiteRegistry:
         return cls.from_toml_files(paths, default_redirect_uri=default_redirect_uri)
 
     def for_iss(self, iss: str) -> SmartSite:
-        """The site launching from `iss`; IssNotAllowedError when it is not on the allow-list."""
+        """The site launching from `iss`; IssNotAllowedError when it is not on the allow-list (exactly)."""
         site = self._by_iss.get(normalise_iss(iss)) if iss else None
         if site is None:
             raise IssNotAllowedError(iss)
@@ -197,4 +210,4 @@ class SiteRegistry:
         return len(self._by_key)
 
 
-__all__ = ["SiteRegistry", "SmartSite", "normalise_iss", "site_from_mapping"]
+__all__ = ["SiteRegistry", "SmartSite", "fhir_base", "normalise_iss", "site_from_mapping"]

@@ -20,7 +20,7 @@ from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
 
 from bff.smart.errors import IdTokenError, TokenEndpointError
-from bff.smart.sites import normalise_iss
+from bff.smart.sites import fhir_base
 
 # Asymmetric only: never `none`, never HMAC with a key the server chose.
 ID_TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
@@ -199,7 +199,7 @@ def validate_id_token(
     moment = now.timestamp()
 
     issuer = claims.get("iss")
-    if not isinstance(issuer, str) or normalise_iss(issuer) not in {normalise_iss(i) for i in issuers}:
+    if not isinstance(issuer, str) or fhir_base(issuer) not in {fhir_base(i) for i in issuers}:
         raise IdTokenError("the id_token was issued by another issuer")
     audience = claims.get("aud")
     audiences = [audience] if isinstance(audience, str) else audience if isinstance(audience, list) else []

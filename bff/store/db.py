@@ -15,10 +15,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from bff.settings import ROOT, Settings
+from bff.files import private_dir, private_sqlite
+from bff.settings import ROOT, VAR, Settings
 
 MIGRATIONS = ROOT / "migrations"
 
@@ -29,7 +30,11 @@ class SchemaError(RuntimeError):
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        database = make_url(url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            path = Path(database).absolute()
+            private_dir(path.parent, tighten=path.parent == VAR)
+            private_sqlite(path)  # it holds PHI: 0600, and so are the -wal/-shm files SQLite makes beside it
         engine = create_engine(url, **kwargs)
 
         @event.listens_for(engine, "connect")

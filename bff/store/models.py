@@ -260,7 +260,10 @@ class OutcomeArtifact(Base):
 class AuditEvent(Base):
     """A security-relevant event (a refused launch, a request for another patient, a missing CSRF token, ...).
 
-    Kept in the database, never in the logs: `detail` may name a patient, the logs must not.
+    Kept in the database, never in the logs: `detail` may name a patient, the logs must not. Events that may come
+    in floods (wrong passwords, unauthenticated launch noise) are counted (`bff.audit.audit_counted`): identical
+    ones within a minute share one row, named by `bucket`, whose `count` goes up and `last_at` moves on; every
+    other event is a row of its own (`count` 1, no `bucket`).
     """
 
     __tablename__ = "audit_events"
@@ -272,6 +275,10 @@ class AuditEvent(Base):
     actor: Mapped[str | None] = mapped_column(String(200))
     launch: Mapped[str | None] = mapped_column(String(64))  # a hash of the launch handle, never the handle
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    client: Mapped[str | None] = mapped_column(String(64))  # the client's IP address, where it matters
+    count: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    last_at: Mapped[datetime | None] = mapped_column(Timestamp)  # a counted row: its latest occurrence
+    bucket: Mapped[str | None] = mapped_column(String(64), unique=True)  # a counted row: digest of what it counts
 
 
 class SiteOverride(Base):
@@ -361,3 +368,47 @@ class WriteAttempt(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     status_code: Mapped[int | None] = mapped_column(Integer)
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class AdminUser(Base):
+    """A named account of the /admin pages (`bff.admin`): there is no shared password.
+
+    `password_hash` is scrypt with a per-user salt (`bff.admin.passwords`). `failed_count` counts wrong passwords
+    in a row; reaching the lockout threshold sets `locked_until` (and starts the count again). A disabled account
+    cannot sign in; its sessions are gone.
+    """
+
+    __tablename__ = "admin_users"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    password_changed_at: Mapped[datetime] = mapped_column(Timestamp)
+    disabled_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    failed_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    locked_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_login_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class AdminSession(Base):
+    """A signed-in /admin browser: named by the SHA-256 of its cookie (the cookie itself is never stored), with
+    its own CSRF token. It ends after `idle` without a request, at `expires_at`, at sign-out, or when its account
+    is disabled or its password reset. Nothing about patients is kept here."""
+
+    __tablename__ = "admin_sessions"
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("admin_users.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    last_seen_at: Mapped[datetime] = mapped_column(Timestamp)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+
+
+class AdminLoginFailures(Base):
+    """Failed /admin sign-ins per client address and fixed time window: the per-client throttle, shared by every
+    app process."""
+
+    __tablename__ = "admin_login_failures"
+    client: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)

@@ -41,7 +41,8 @@ def test_every_repository_site_file_is_a_valid_matrix_and_still_a_valid_smart_si
     assert caps["hl7-only"].write.channel is WriteChannel.HL7V2
     assert caps["hl7-only"].hl7v2.port == 2575
     assert caps["cgm-receiver"].vendor is Vendor.CGM_IG_RECEIVER
-    assert caps["epic-like"].allows_iss("http://localhost:8081/sites/epic-like/fhir/")
+    assert caps["epic-like"].allows_iss("http://localhost:8081/sites/epic-like/fhir")
+    assert not caps["epic-like"].allows_iss("http://localhost:8081/sites/epic-like/fhir/")  # exact, as the launch
     registry = SiteRegistry.from_toml_files(paths, default_redirect_uri="http://127.0.0.1:8000/callback")
     assert len(registry) == 5
 

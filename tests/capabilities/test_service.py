@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bff.actors import SystemActor
 from bff.capabilities import CapabilityError, CapabilityService, WriteMode
 from bff.store.db import Store
 
@@ -59,3 +60,16 @@ def test_file_change_is_picked_up_at_run_time(store: Store, sites_dir: Path) -> 
     caps = service.get("read-only")
     assert caps.bulk.available is True
     assert caps.bulk.group_ids == ("g1",)
+
+
+@pytest.mark.parametrize("name", ["outbox-worker", "Outbox-Worker", "  outbox-worker ", "OUTBOX-WORKER"])
+def test_a_person_cannot_change_the_matrix_as_a_reserved_system_actor(store: Store, sites_dir: Path, name: str) -> None:
+    """Only the worker, holding SystemActor.OUTBOX_WORKER, is recorded as outbox-worker (table row 12)."""
+    service = CapabilityService(store, sites_dir)
+    with pytest.raises(CapabilityError, match="reserved"):
+        service.set("epic-like", "write.mode", "read_only", who=name, reason="forged degradation")
+    assert service.overrides("epic-like") == {}
+    service.set("epic-like", "write.mode", "read_only", who=SystemActor.OUTBOX_WORKER, reason="EHR answered 403")
+    with pytest.raises(CapabilityError, match="reserved"):
+        service.clear("epic-like", "write.mode", who=name, reason="undo as the worker")
+    assert [(e.actor, e.outcome) for e in service.history("epic-like")] == [("outbox-worker", "allowed")]

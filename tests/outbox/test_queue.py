@@ -10,6 +10,7 @@ import pytest
 from bff.outbox.queue import (
     TransitionError,
     attempts_of,
+    cancel_by_person,
     claim,
     counts_by_state,
     defer,
@@ -17,6 +18,7 @@ from bff.outbox.queue import (
     idempotency_key,
     record,
     release,
+    retry_by_person,
 )
 from bff.outbox.retry import Outcome
 from bff.store.db import Store
@@ -161,3 +163,16 @@ def test_concurrent_claims_never_share_an_intent(store: Store) -> None:
     assert not set(got[0]) & set(got[1])
     assert len(got[0]) + len(got[1]) == total
     assert counts_by_state(store, "a")["sending"] == total
+
+
+def test_a_person_cannot_retry_or_cancel_as_a_reserved_system_actor(store: Store) -> None:
+    intent = put(store, make_window(store), 1)
+    claim(store, "a", NOW, 10)
+    record(store, intent.id, Outcome.FAILED, now=NOW, status_code=400, detail="bad")
+    before = len(attempts_of(store, intent.id))
+    for act in (retry_by_person, cancel_by_person):
+        with pytest.raises(TransitionError, match="reserved"):
+            act(store, intent.id, NOW, who="Outbox-Worker", reason="as the worker")
+    with store.transaction() as session:
+        assert session.get(WriteIntent, intent.id).state == "failed"  # type: ignore[union-attr]
+    assert len(attempts_of(store, intent.id)) == before

@@ -43,14 +43,14 @@ def test_sites_load_from_toml_files_named_by_key(tmp_path: Path) -> None:
     write(tmp_path, "notes.txt", "not a site")
     registry = SiteRegistry.from_toml_dir(tmp_path, default_redirect_uri="https://cgm.example/callback")
     assert len(registry) == 2
-    epic = registry.for_iss("https://fhir.hospital-a.example/interconnect/api/FHIR/R4")
+    epic = registry.for_iss("https://fhir.hospital-a.example/interconnect/api/FHIR/R4/")  # as its file says
     assert epic.key == "hospital-a"
-    assert epic.iss == "https://fhir.hospital-a.example/interconnect/api/FHIR/R4"
+    assert epic.iss == "https://fhir.hospital-a.example/interconnect/api/FHIR/R4/"
     assert epic.redirect_uri == "https://cgm.example/callback"
     assert epic.expected_token_lifetime_s == 3600
     assert epic.frame_ancestors == ("https://hyperdrive.hospital-a.example",)
     assert epic.extra == {"writeback": {"mode": "flowsheet_only"}}
-    oracle = registry.for_iss("https://fhir-ehr.example/r4/tenant-b/")
+    oracle = registry.for_iss("https://fhir-ehr.example/r4/tenant-b")
     assert (oracle.key, oracle.vendor, oracle.expected_token_lifetime_s) == ("hospital-b", "oracle", 570)
     assert oracle.redirect_uri == "https://cgm.example/site-b/callback"
     assert registry.get("hospital-b") is oracle
@@ -103,7 +103,29 @@ def test_localhost_may_use_http_for_the_sandbox_ehr() -> None:
         redirect_uri="http://localhost:8000/callback",
         frame_ancestors=("http://localhost:8081",),
     )
-    assert SiteRegistry([site]).for_iss("http://127.0.0.1:8081/fhir/") is site
+    assert SiteRegistry([site]).for_iss("http://127.0.0.1:8081/fhir") is site
+
+
+def test_iss_is_compared_exactly_a_trailing_slash_counts(tmp_path: Path) -> None:
+    """docs/smart.md: only surrounding whitespace is dropped; a trailing slash is accepted only where the site's
+    file has it."""
+    write(tmp_path, "hospital-a.toml", EPIC)  # the file has a trailing slash
+    write(tmp_path, "hospital-b.toml", ORACLE)  # this one has none
+    registry = SiteRegistry.from_toml_dir(tmp_path, default_redirect_uri="https://cgm.example/callback")
+    assert registry.for_iss("https://fhir-ehr.example/r4/tenant-b").key == "hospital-b"
+    assert registry.for_iss(" https://fhir-ehr.example/r4/tenant-b\n").key == "hospital-b"  # the normalisation
+    assert registry.for_iss("https://fhir.hospital-a.example/interconnect/api/FHIR/R4/").key == "hospital-a"
+    for wrong in (
+        "https://fhir-ehr.example/r4/tenant-b/",
+        "https://fhir-ehr.example/r4/tenant-b//",
+        "https://fhir.hospital-a.example/interconnect/api/FHIR/R4",
+        "HTTPS://fhir-ehr.example/r4/tenant-b",
+        "https://FHIR-EHR.example/r4/tenant-b",
+        "https://fhir-ehr.example:443/r4/tenant-b",
+        "https://fhir-ehr.example/r4/tenant%2Db",
+    ):
+        with pytest.raises(IssNotAllowedError):
+            registry.for_iss(wrong)
 
 
 def test_launch_scopes_for_ehr_and_standalone_launches() -> None:

@@ -1,4 +1,5 @@
-"""The sandbox EHR and the app as real processes (the demo stack), shared by the web and browser tests."""
+"""The sandbox EHR and the app as real processes (the demo stack), shared by the web and browser tests; and the
+app in this process around a fresh SQLite store (`local_store`, `IN_PROCESS`), for what needs no EHR."""
 
 from __future__ import annotations
 
@@ -14,13 +15,37 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from litestar import Litestar
 
 from app.demo import DemoStack, free_port
+from app.web.app import create_app
 from bff.audit import recent
 from bff.settings import Settings
 from bff.store.db import Store
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+# The app in this process: Litestar 2.25 deprecates the parameter styles the app's handlers use (FromQuery/FromPath
+# and QueryParameter do not exist in 2.18, the oldest version pyproject allows), and pytest turns warnings into
+# errors; the app in a subprocess never does.
+IN_PROCESS = [
+    pytest.mark.filterwarnings("ignore::litestar.exceptions.LitestarDeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:Deprecated 'query' parameter:DeprecationWarning"),
+]
+
+
+@pytest.fixture(name="local_store")
+def fx_local_store(tmp_path: Path) -> Iterator[Store]:
+    """A fresh embedded store for an app in this process."""
+    store = Store(Settings(database_url=f"sqlite:///{tmp_path / 'store.db'}", secret_key="s" * 32))
+    try:
+        yield store
+    finally:
+        store.dispose()
+
+
+@pytest.fixture(name="local_app")
+def fx_local_app(local_store: Store) -> Litestar:
+    return create_app(local_store.settings, store=local_store)
 
 
 @pytest.fixture(scope="session", name="stack")

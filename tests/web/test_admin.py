@@ -1,4 +1,4 @@
-"""The admin pages over real HTTP (the demo stack, ADMIN_PASSWORD set) and in-process without a password.
+"""The admin pages over real HTTP: the demo stack, whose named account `demo.engineer` signs in with the form.
 
 Changes are made at the hl7-only site, which no other web test uses, and undone at the end of each test.
 """
@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from html import unescape
 from pathlib import Path
@@ -18,18 +19,26 @@ import pytest
 from sqlalchemy import select
 
 from app.demo import DemoStack, free_port, wait_http
+from bff.actors import SystemActor
 from bff.capabilities import CapabilityService
 from bff.clinical import PatientOutcomesView
 from bff.outbox import queue
 from bff.settings import Settings
 from bff.store.db import Store
-from bff.store.models import WriteIntent
+from bff.store.models import AuditEvent, WriteIntent
 from bff.store.outcomes import OutcomeService
 from engine import WindowSpec
 from tests.web.conftest import audit_events, patients
 
 SITE = "hl7-only"
-USER = "i.engineer"
+
+
+@contextmanager
+def signed_in(base: str, user: str, password: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base, timeout=30) as client:
+        response = client.post("/admin/login", data={"name": user, "password": password})
+        assert response.status_code == 303, response.text
+        yield client
 
 
 @pytest.fixture(name="store")
@@ -43,11 +52,10 @@ def fx_store(stack: DemoStack) -> Iterator[Store]:
 
 @pytest.fixture(name="admin")
 def fx_admin(stack: DemoStack, store: Store) -> Iterator[httpx.Client]:
-    client = httpx.Client(base_url=stack.app_url, auth=(USER, stack.admin_password), timeout=30)
     try:
-        yield client
+        with signed_in(stack.app_url, stack.admin_user, stack.admin_password) as client:
+            yield client
     finally:
-        client.close()
         capabilities = CapabilityService(store, stack.env["SITES_DIR"])
         for path in capabilities.overrides(SITE):  # leave the site as its file says
             capabilities.clear(SITE, path, who="test", reason="clean up")
@@ -85,39 +93,66 @@ def state(store: Store, intent_id: int) -> str:
 # MARK: access
 
 
-def test_admin_needs_the_password_and_is_never_framed(stack: DemoStack) -> None:
+def test_admin_needs_a_named_account_and_is_never_framed(stack: DemoStack) -> None:
     anonymous = httpx.get(f"{stack.app_url}/admin/")
-    assert anonymous.status_code == 401
-    assert anonymous.headers["www-authenticate"].startswith('Basic realm="glucobridge admin"')
+    assert anonymous.status_code == 303
+    assert anonymous.headers["location"].startswith("/admin/login")
     assert "frame-ancestors 'none'" in anonymous.headers["content-security-policy"]
-    wrong = httpx.get(f"{stack.app_url}/admin/sites/{SITE}", auth=(USER, "not-the-password"))
+    form = httpx.get(f"{stack.app_url}/admin/login")
+    assert form.headers["x-frame-options"] == "DENY"
+    assert httpx.get(f"{stack.app_url}/admin/", auth=(stack.admin_user, stack.admin_password)).status_code == 303
+    wrong = httpx.post(f"{stack.app_url}/admin/login", data={"name": stack.admin_user, "password": "not it"})
     assert wrong.status_code == 401
-    assert ("admin.login", "refused", {}) in audit_events(stack)
-    right = httpx.get(f"{stack.app_url}/admin/", auth=(USER, stack.admin_password))
-    assert right.status_code == 200
-    assert "frame-ancestors 'none'" in right.headers["content-security-policy"]
-    assert right.headers["x-frame-options"] == "DENY"
-    assert "set-cookie" not in right.headers
+    assert ("admin.login", "refused", {"reason": "wrong password"}) in audit_events(stack)
+    with signed_in(stack.app_url, stack.admin_user, stack.admin_password) as client:
+        assert "gb_admin" in client.cookies
+        right = client.get("/admin/")
+        assert right.status_code == 200
+        assert "frame-ancestors 'none'" in right.headers["content-security-policy"]
+        assert right.headers["x-frame-options"] == "DENY"
+        assert right.headers["x-content-type-options"] == "nosniff"
+        assert "set-cookie" not in right.headers
+    assert ("admin.login", "allowed", {}) in audit_events(stack)
 
 
-def test_admin_answers_503_when_no_password_is_set(stack: DemoStack) -> None:
-    """A second app process on the same store, without ADMIN_PASSWORD."""
+def test_a_huge_write_id_is_a_404_with_the_security_headers(stack: DemoStack, admin: httpx.Client) -> None:
+    """Table row 14: the id reached SQLite, which cannot bind it (500, no headers, not logged)."""
+    for path in (f"/admin/sites/{SITE}/intents/999999999999999999999999", f"/admin/sites/{SITE}/intents/-5"):
+        response = admin.get(path)
+        assert response.status_code == 404
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+
+def test_sessions_and_the_lockout_hold_across_app_processes(stack: DemoStack, store: Store) -> None:
+    """A second app process on the same store: a session opened in one works in the other, and 20 wrong passwords
+    spread over both lock the account (once)."""
+    password = "a long enough password"
+    glucobridge = str(Path(sys.executable).parent / "glucobridge")
+    subprocess.run([glucobridge, "admin", "add-user", "lock.target", "--password-file", "-"], input=password,
+                   env=stack.env, check=True, capture_output=True, text=True)  # fmt: skip
     port = free_port()
-    env = {k: v for k, v in stack.env.items() if k != "ADMIN_PASSWORD"}
-    app = subprocess.Popen([str(Path(sys.executable).parent / "glucobridge"), "serve", "--port", str(port)], env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    other = subprocess.Popen([glucobridge, "serve", "--port", str(port)], env=stack.env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_http(f"{base}/healthz", app)
-        for path in ("/admin/", f"/admin/sites/{SITE}"):
-            response = httpx.get(base + path, auth=(USER, "anything"))
-            assert response.status_code == 503
-            assert "Set ADMIN_PASSWORD" in response.text
-            assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
-        assert httpx.post(f"{base}/admin/sites/{SITE}/capabilities", data={"path": "write.mode"}).status_code == 503
+        second = f"http://127.0.0.1:{port}"
+        wait_http(f"{second}/healthz", other)
+        with signed_in(stack.app_url, stack.admin_user, stack.admin_password) as client:
+            cookie = client.cookies["gb_admin"]
+        assert httpx.get(f"{second}/admin/", cookies={"gb_admin": cookie}).status_code == 200
+        for attempt in range(20):
+            base = (stack.app_url, second)[attempt % 2]
+            wrong = httpx.post(f"{base}/admin/login", data={"name": "lock.target", "password": f"guess {attempt}"})
+            assert wrong.status_code == 401
+        for base in (stack.app_url, second):
+            refused = httpx.post(f"{base}/admin/login", data={"name": "lock.target", "password": password})
+            assert refused.status_code == 401
     finally:
-        app.terminate()
-        app.wait(timeout=15)
+        other.terminate()
+        other.wait(timeout=15)
+    with store.transaction() as session:
+        lockouts = session.scalars(select(AuditEvent).where(AuditEvent.event == "admin.lockout")).all()
+    assert [(e.actor, e.outcome) for e in lockouts] == [("lock.target", "locked")]
 
 
 # MARK: pages
@@ -186,7 +221,7 @@ def test_a_degraded_site_is_shown_and_switched_back_with_the_form(
 ) -> None:
     capabilities = CapabilityService(store, stack.env["SITES_DIR"])
     reason = "the EHR answered 403 to a hl7v2 write: it no longer allows writes"
-    capabilities.set(SITE, "write.mode", "read_only", who="outbox-worker", reason=reason)  # as the worker does
+    capabilities.set(SITE, "write.mode", "read_only", who=SystemActor.OUTBOX_WORKER, reason=reason)  # as the worker
     index = admin.get("/admin/").text
     assert "degraded by outbox-worker at " in index
     assert reason in index
@@ -217,4 +252,4 @@ def test_a_degraded_site_is_shown_and_switched_back_with_the_form(
     events = [(e, o, d) for e, o, d in audit_events(stack) if e.startswith("site.capability")]
     assert ("site.capability.set", "allowed") in [(e, o) for e, o, d in events if d.get("reason") == "go-live freeze"]
     actors = {row.actor for row in capabilities.history(SITE) if row.detail.get("reason") == "go-live freeze"}
-    assert actors == {USER}  # the Basic user name is the actor
+    assert actors == {stack.admin_user}  # the account's name is the actor

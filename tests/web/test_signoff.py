@@ -453,3 +453,14 @@ def test_a_correction_that_needs_a_new_signature_is_reviewed_and_signed(stack: D
         for path in strict:
             capabilities.clear(site, path, who="test", reason="clean up")
         store.dispose()
+
+
+def test_a_huge_sign_off_id_is_a_404_with_the_security_headers(stack: DemoStack) -> None:
+    """Issue 10, table row 14: `…/signoffs/999999999999999999999999` was a 500 without headers, not logged."""
+    flow = launched(stack, "epic-like", patients(stack, "epic-like")[0])
+    for number in ("999999999999999999999999", "9223372036854775808", "-1"):
+        for suffix in ("", "/status"):
+            response = flow.app.get(flow.view_url + f"chart/signoffs/{number}{suffix}")
+            assert response.status_code == 404
+            assert response.headers["x-content-type-options"] == "nosniff"
+            assert "frame-ancestors" in response.headers["content-security-policy"]
