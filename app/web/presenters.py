@@ -51,6 +51,33 @@ class Tile:
     goal: str = ""
 
 
+#: How a patient's zone is known, in words for the view (bff.store.patients.ZONE_SOURCES).
+ZONE_SOURCE_WORDS = {
+    "ehr": "from the EHR",
+    "feed": "given by the feed",
+    "cli": "set by an integration engineer",
+    "site": "the site's default zone",
+    "inferred": "inferred from the readings' UTC offsets",
+    "unknown": "not known: days and the AGP are in UTC",
+}
+
+
+@dataclass(frozen=True)
+class ZoneView:
+    """The zone the outcome's days and AGP are in, and how it is known."""
+
+    name: str
+    source: str = "unknown"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({ZONE_SOURCE_WORDS.get(self.source, self.source)})"
+
+    @property
+    def known(self) -> bool:
+        return self.source != "unknown"
+
+
 @dataclass(frozen=True)
 class SummaryView:
     days: int
@@ -65,6 +92,7 @@ class SummaryView:
     agp_figure: dict[str, Any] | None
     daily_figure: dict[str, Any] | None
     excluded_text: str
+    zone: ZoneView = ZoneView("UTC")
 
 
 def _num(value: Any) -> float | None:
@@ -177,7 +205,7 @@ def daily_figure(days: Sequence[Mapping[str, Any]], unit: str) -> dict[str, Any]
     }  # fmt: skip
 
 
-def summary_view(document: Mapping[str, Any], days: int, unit: str) -> SummaryView:
+def summary_view(document: Mapping[str, Any], days: int, unit: str, zone: ZoneView | None = None) -> SummaryView:
     metrics = document.get("metrics", {})
     used = int(metrics.get("readings_used") or 0)
     window = document.get("window")
@@ -216,6 +244,7 @@ def summary_view(document: Mapping[str, Any], days: int, unit: str) -> SummaryVi
         agp_figure=agp_figure(agp, unit) if used else None,
         daily_figure=daily_figure(agp.get("days", []), unit) if used else None,
         excluded_text=", ".join(f"{k.replace('_', ' ')} {v}" for k, v in excluded.items()) or "none",
+        zone=zone or ZoneView(str(document.get("tz") or "UTC")),
     )
 
 
