@@ -67,6 +67,8 @@ class FeedReading:
     session_key: str = ""  # sensor session id when the feed has one
     session_start_ms: int | None = None
     ambiguous: bool = False  # the time came from an ambiguous local time (resolved by order)
+    utc_offset_min: int | None = None  # the UTC offset the feed wrote the time with (None: UTC "Z" or no offset)
+    zone: str = ""  # the patient's IANA zone when the feed states it (an engine CSV `tz` column)
     locator: str = ""  # where in the input: "line 12", "entry 3", "message 5 OBX 2"
     payload: str = ""  # the raw record, kept for audit
     extra: Mapping[str, str] = field(default_factory=dict)  # feed details kept as given (displayTime, trend, ...)
@@ -133,6 +135,8 @@ def reading_to_json(reading: FeedReading) -> str:
             "session_key": reading.session_key,
             "session_start_ms": reading.session_start_ms,
             "ambiguous": reading.ambiguous,
+            "utc_offset_min": reading.utc_offset_min,
+            "zone": reading.zone,
             "locator": reading.locator,
             "raw": reading.payload,
             "extra": dict(reading.extra),
@@ -157,6 +161,8 @@ def reading_from_json(text: str) -> FeedReading:
         session_key=data.get("session_key", ""),
         session_start_ms=data.get("session_start_ms"),
         ambiguous=bool(data.get("ambiguous", False)),
+        utc_offset_min=data.get("utc_offset_min"),
+        zone=str(data.get("zone", "")),
         locator=data.get("locator", ""),
         payload=data.get("raw", ""),
         extra=data.get("extra", {}),

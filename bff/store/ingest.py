@@ -37,6 +37,7 @@ from bff.ingest.records import (
     reading_to_json,
 )
 from bff.ingest.validate import EARLIEST_MS, check_time, check_value, reportable_range
+from bff.store import zones
 from bff.store.db import Store
 from bff.store.models import (
     DeviceStream,
@@ -98,6 +99,7 @@ class IngestReport:
     skipped: dict[str, int] = field(default_factory=dict)
     stale_windows: int = 0
     reconciled: int = 0
+    zones: list[str] = field(default_factory=list)  # zone changes this input caused ("zone changed from … to …")
     problems: list[str] = field(default_factory=list)  # the first few quarantine reasons, for the caller
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,7 +107,7 @@ class IngestReport:
             "batch_id": self.batch_id, "site": self.site, "feed": self.feed, "received": self.received,
             "added": self.added, "already_present": self.already_present, "conflicts": self.conflicts,
             "quarantined": self.quarantined, "skipped": self.skipped, "stale_windows": self.stale_windows,
-            "duplicates_reconciled": self.reconciled, "first_problems": self.problems,
+            "duplicates_reconciled": self.reconciled, "zone_changes": len(self.zones), "first_problems": self.problems,
         }  # fmt: skip
 
 
@@ -177,12 +179,16 @@ class Ingestor:
         source_name: str,
         patient: str | None = None,
         options: ParseOptions | None = None,
+        site_zone: str | None = None,
     ) -> IngestReport:
+        """`site_zone`: the site's default zone (sites/NAME.toml `time_zone`) for patients nothing else places;
+        `options.input_tz`, when given, is the feed's own statement of its patients' zone."""
         options = options or ParseOptions()
         reader = _HashingReader(stream)
         items = parser.parse(io.BufferedReader(reader, buffer_size=1 << 16), options)
         with self.store.transaction() as session:
-            run = _Run(self, session, site=site, feed=parser.feed, source_name=source_name, patient=patient)
+            run = _Run(self, session, site=site, feed=parser.feed, source_name=source_name, patient=patient,
+                       site_zone=site_zone, feed_zone=options.input_tz)  # fmt: skip
             run.consume(items)
             skipped = getattr(parser, "skipped", None)
             return run.finish(reader.sha.hexdigest(), dict(skipped) if isinstance(skipped, dict) else {})
@@ -196,10 +202,13 @@ class Ingestor:
         source_name: str,
         patient: str | None = None,
         content_sha256: str = "",
+        site_zone: str | None = None,
+        feed_zone: str | None = None,
     ) -> IngestReport:
         """Ingest already-parsed items (an MLLP message, a quarantine retry) as one batch."""
         with self.store.transaction() as session:
-            run = _Run(self, session, site=site, feed=feed, source_name=source_name, patient=patient)
+            run = _Run(self, session, site=site, feed=feed, source_name=source_name, patient=patient,
+                       site_zone=site_zone, feed_zone=feed_zone)  # fmt: skip
             run.consume(items)
             return run.finish(content_sha256, {})
 
@@ -218,7 +227,16 @@ class _Run:
     """The state of one batch while its items stream through."""
 
     def __init__(
-        self, owner: Ingestor, session: Session, *, site: str, feed: Feed, source_name: str, patient: str | None
+        self,
+        owner: Ingestor,
+        session: Session,
+        *,
+        site: str,
+        feed: Feed,
+        source_name: str,
+        patient: str | None,
+        site_zone: str | None = None,
+        feed_zone: str | None = None,
     ) -> None:
         self.session = session
         self.on_chunk = owner.on_chunk
@@ -254,6 +272,10 @@ class _Run:
         self.refused: list[tuple[FeedReading, str]] = []
         self.belongs: dict[int, bool] = {}  # patient id -> may be fed at this site
         self.public_ids: dict[int, str] = {}  # patient id -> public id (what reading keys are built from)
+        self.site_zone = site_zone or None
+        self.feed_zone = feed_zone or None
+        self.offsets: dict[int, dict[str, list[int]]] = {}  # patient id -> {offset minutes: [first ms, last ms]}
+        self.stated_zones: dict[int, str] = {}  # patient id -> the zone the feed states
         # Writes of chunk k run in a writer thread while chunk k+1 is parsed: the database works on the other
         # core. One connection serves both threads, so every use of it holds `lock`.
         self.lock = threading.Lock()
@@ -426,6 +448,15 @@ class _Run:
             if details is not None and len(details) > EXTRA_LIMIT:
                 self.problem(reading, _too_large(len(details)))
                 continue
+            if reading.utc_offset_min is not None:
+                spans = self.offsets.setdefault(patient_id, {})
+                span = spans.setdefault(str(reading.utc_offset_min), [reading.time_ms, reading.time_ms])
+                if reading.time_ms < span[0]:
+                    span[0] = reading.time_ms
+                elif reading.time_ms > span[1]:
+                    span[1] = reading.time_ms
+            if reading.zone:
+                self.stated_zones[patient_id] = reading.zone
             identity = record_hash(site, feed, reading)
             if identity is not None:
                 mark = (identity, reading.time_ms, value, unit.label)
@@ -461,7 +492,7 @@ class _Run:
         return f"site:{self.site}:{issuer}"
 
     def _new_patient(self, public_id: str) -> Patient:
-        patient = Patient(public_id=public_id, tz="UTC", created_at=self.now, site_key=self.site)
+        patient = Patient(public_id=public_id, tz="UTC", tz_source="unknown", created_at=self.now, site_key=self.site)
         self.session.add(patient)
         self.session.flush()
         self.belongs[patient.id] = True
@@ -692,6 +723,7 @@ class _Run:
         session = self.session
         self.reconcile()
         self.mark_stale()
+        self.place()
         batch = self.batch
         batch.content_sha256 = content_sha256
         batch.finished_at = self.now
@@ -778,6 +810,27 @@ class _Run:
             )
             self.report.reconciled += len(changes)
 
+    def place(self) -> None:
+        """Give each patient of this input the zone that what is now known points to (bff.store.zones)."""
+        patients = set(self.touched_patients) | set(self.offsets) | set(self.stated_zones)
+        for patient_id in sorted(patients):
+            patient = self.session.get(Patient, patient_id)
+            if patient is None:
+                continue
+            evidence = self.offsets.get(patient_id, {})
+            stated = self.stated_zones.get(patient_id) or self.feed_zone
+            zone = zones.resolve(
+                patient,
+                explicit=(stated, "feed") if stated else None,
+                site_zone=self.site_zone,
+                evidence=evidence,
+            )
+            if evidence:
+                patient.tz_evidence = zones.merge_evidence(patient.tz_evidence, evidence)
+            change = zones.apply(self.session, patient, zone, self.now)
+            if change:
+                self.report.zones.append(change)
+
     def mark_stale(self) -> None:
         if not self.touched_patients:
             return
@@ -791,7 +844,7 @@ class _Run:
                     OutcomeWindow.window_start_ms <= hi,
                     OutcomeWindow.window_end_ms > lo,
                 )
-                .values(status="stale", stale_since=self.now)
+                .values(status="stale", stale_since=self.now, stale_reason="readings arrived for its window")
             )
             stale += result.rowcount  # type: ignore[attr-defined]
         self.report.stale_windows = stale

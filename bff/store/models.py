@@ -66,6 +66,14 @@ class Patient(Base):
     #: The site that first fed this patient: feeds of another site reach it only through an explicit, audited
     #: link (`glucobridge patient link`). None for patients created before sites owned their patients.
     site_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: How `tz` is known (bff.store.zones): cli | ehr | feed | site | inferred | unknown (then tz is UTC, loudly).
+    tz_source: Mapped[str] = mapped_column(String(16), default="unknown", server_default="unknown")
+    #: The readings' own UTC offsets seen so far: {"<minutes>": [first ms, last ms]} (what inference reads).
+    tz_evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: As the EHR or the feed names the patient (for the chart artefacts); None until one has.
+    name: Mapped[str | None] = mapped_column(String(200))
+    birth_date: Mapped[str | None] = mapped_column(String(10))
+    mrn: Mapped[str | None] = mapped_column(String(64))
 
 
 class PatientIdentifier(Base):
@@ -238,6 +246,9 @@ class OutcomeWindow(Base):
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("outcome_windows.id"))
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     stale_since: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: Why it went stale ("readings arrived …", "zone changed from … to …"), and why this version exists.
+    stale_reason: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 class OutcomeArtifact(Base):
@@ -350,6 +361,7 @@ class SignOff(Base):
     outcome_window_id: Mapped[int] = mapped_column(ForeignKey("outcome_windows.id"), index=True)
     outcome_version: Mapped[int] = mapped_column(Integer)
     signer: Mapped[str] = mapped_column(String(300))  # the launch's fhirUser (e.g. Practitioner/123)
+    signer_name: Mapped[str | None] = mapped_column(String(300))  # as the fhirUser resource names them ("…, MD")
     signed_at: Mapped[datetime] = mapped_column(Timestamp)
     launch_ref: Mapped[str | None] = mapped_column(String(64))  # a digest of the launch handle, never the handle
     write_mode: Mapped[str] = mapped_column(String(16))  # the site's effective mode when signed

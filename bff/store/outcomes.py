@@ -227,7 +227,12 @@ class OutcomeService:
             OutcomeWindow.window_end_ms == end_ms, OutcomeWindow.policy_hash == policy.policy_hash,
         )  # fmt: skip
         latest = session.scalar(select(OutcomeWindow).where(*same_window).order_by(OutcomeWindow.version.desc()))
-        if latest is not None and latest.input_digest == input_digest and latest.engine_version == ENGINE_VERSION:
+        same = latest is not None and (latest.input_digest, latest.engine_version, latest.tz) == (
+            input_digest,
+            ENGINE_VERSION,
+            zone,
+        )
+        if latest is not None and same:
             if latest.status != "current":
                 latest.status = "current"
                 latest.stale_since = None
@@ -243,6 +248,7 @@ class OutcomeService:
             document=json.loads(json.dumps(document)), input_digest=input_digest, readings_used=len(used),
             version=1 if latest is None else latest.version + 1, status="current",
             supersedes_id=None if latest is None else latest.id, created_at=now,
+            reason=_why(latest, input_digest, zone),
         )  # fmt: skip
         if latest is not None:
             for earlier in session.scalars(
@@ -264,11 +270,24 @@ class OutcomeService:
                 .order_by(OutcomeWindow.id)
             ).all()  # fmt: skip
         results = []
-        for _id, public_id, start_ms, end_ms, policy, zone in stale:
-            results.append(
-                self.compute(public_id, WindowSpec(start=start_ms, end=end_ms), policy_from_dict(policy), tz=zone)
-            )
+        for _id, public_id, start_ms, end_ms, policy, _zone in stale:
+            # The patient's zone as it is now (a zone change is what made some of these stale).
+            results.append(self.compute(public_id, WindowSpec(start=start_ms, end=end_ms), policy_from_dict(policy)))
         return results
+
+
+def _why(latest: OutcomeWindow | None, input_digest: str, zone: str) -> str:
+    """Why a new version of a window exists, in words (kept on the version)."""
+    if latest is None:
+        return "first computation of this window"
+    reasons = []
+    if latest.tz != zone:
+        reasons.append(f"zone changed from {latest.tz} to {zone}")
+    if latest.input_digest != input_digest:
+        reasons.append("its readings changed (readings arrived or were reconciled)")
+    if latest.engine_version != ENGINE_VERSION:
+        reasons.append(f"engine {latest.engine_version} → {ENGINE_VERSION}")
+    return "; ".join(reasons) or (latest.stale_reason or "recomputed")
 
 
 def policy_from_dict(data: dict[str, Any]) -> OutcomePolicy:
