@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bff.broker.plan import SIGNED, PlannedWrite, note_bytes
+from bff.resources.record import ZONE_WORDS
 from engine.catalogue import CATALOGUE, MMOL_L, Kind, Metric, filed, shown, text
 from engine.units import MMOL_L_TO_MG_DL
 
@@ -51,17 +52,6 @@ class Tile:
     goal: str = ""
 
 
-#: How a patient's zone is known, in words for the view (bff.store.patients.ZONE_SOURCES).
-ZONE_SOURCE_WORDS = {
-    "ehr": "from the EHR",
-    "feed": "given by the feed",
-    "cli": "set by an integration engineer",
-    "site": "the site's default zone",
-    "inferred": "inferred from the readings' UTC offsets",
-    "unknown": "not known: days and the AGP are in UTC",
-}
-
-
 @dataclass(frozen=True)
 class ZoneView:
     """The zone the outcome's days and AGP are in, and how it is known."""
@@ -71,7 +61,7 @@ class ZoneView:
 
     @property
     def label(self) -> str:
-        return f"{self.name} ({ZONE_SOURCE_WORDS.get(self.source, self.source)})"
+        return f"{self.name} ({ZONE_WORDS.get(self.source, self.source)})"
 
     @property
     def known(self) -> bool:

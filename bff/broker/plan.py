@@ -462,6 +462,11 @@ def plan_writes(caps: SiteCapabilities, record: OutcomeRecord, context: WriteCon
         return []
     if not record.metrics.get("readings_used"):
         raise PlanError("no readings were used in this window: there is nothing to file")
+    if record.tz_source == "unknown":
+        raise PlanError(
+            "the patient's time zone is not known, so the days and the AGP would be in UTC: set the site's "
+            "time_zone (sites/*.toml) or the patient's zone (glucobridge patient set … --tz), then review again"
+        )
     if caps.write.channel is WriteChannel.HL7V2:
         if mode is WriteMode.NOTES_ONLY:
             raise PlanError(f"site {caps.key} takes notes only, and notes over HL7 v2 (MDM) are not built yet")

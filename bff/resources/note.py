@@ -204,8 +204,9 @@ def outcome_note(record: OutcomeRecord, *, unit: str = "mg/dL") -> str:
     lines: list[str] = [TITLE, "=" * len(TITLE)]
 
     first, last, days = local_window(record)
-    lines += _wrap(_ascii(f"Patient:   {record.patient_id}"), " " * 11, "")
-    lines += _wrap(_ascii(f"Period:    {first} to {last} ({days:g} days, local time {record.tz})"), " " * 11, "")
+    lines += _wrap(_ascii(f"Patient:   {record.patient_text}"), " " * 11, "")
+    lines += _wrap(_ascii(f"Period:    {first} to {last} ({days:g} days)"), " " * 11, "")
+    lines += _wrap(_ascii(f"Time zone: {record.zone_text}"), " " * 11, "")
     if record.prior is not None:
         lines.append(f"Status:    CORRECTION of version {record.prior.version} (this is version {record.version})")
     if record.sufficient:

@@ -20,6 +20,17 @@ CODESYSTEM = GLUCOBRIDGE_CODES
 IDENTIFIER_SYSTEM = "https://glucobridge.example/fhir/NamingSystem/outcome-resource"
 
 
+#: How a zone is known, in words (bff.store.zones).
+ZONE_WORDS = {
+    "cli": "set by an integration engineer",
+    "ehr": "from the EHR",
+    "feed": "stated by the feed",
+    "site": "the site's default",
+    "inferred": "inferred from the readings' UTC offsets",
+    "unknown": "NOT KNOWN: days and times are UTC",
+}
+
+
 def idempotency_key(site: str, patient_id: str, metric: str, start_ms: int, end_ms: int, version: int) -> str:
     basis = f"{site}|{patient_id}|{metric}|{start_ms}|{end_ms}|v{version}"
     return hashlib.sha256(basis.encode()).hexdigest()[:32]
@@ -61,12 +72,33 @@ class OutcomeRecord:
     device_key: str = ""  # the CGM model of the readings used (the main one)
     mean_unit: str = "mg/dL"  # the site's preference for the mean glucose Observation
     organization: str = "glucobridge"
+    tz_source: str = "unknown"  # how the zone is known (bff.store.zones): cli | ehr | feed | site | inferred | unknown
+    patient_name: str | None = None  # as the EHR or the feed names the patient
+    birth_date: str | None = None  # YYYY-MM-DD
+    mrn: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         actual = hashlib.sha256(self.readings_ndjson).hexdigest()
         if actual != self.input_digest:
             raise ValueError(f"readings_ndjson has SHA-256 {actual}, the record says {self.input_digest}")
+
+    @property
+    def zone_text(self) -> str:
+        """The zone with how it is known, for a clinician: "America/Chicago (from the EHR)"."""
+        return f"{self.tz} ({ZONE_WORDS.get(self.tz_source, self.tz_source)})"
+
+    @property
+    def patient_text(self) -> str:
+        """The patient as the chart names them: "Avery Quinn, born 1968-04-02, MRN 884422" (or glucobridge's id)."""
+        if not self.patient_name:
+            return f"glucobridge patient {self.patient_id} (name not known)"
+        parts = [self.patient_name]
+        if self.birth_date:
+            parts.append(f"born {self.birth_date}")
+        if self.mrn:
+            parts.append(f"MRN {self.mrn}")
+        return ", ".join(parts)
 
     @property
     def metrics(self) -> Mapping[str, Any]:

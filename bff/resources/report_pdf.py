@@ -209,7 +209,7 @@ class _Page:
         self.text(
             self.LEFT,
             y - 0.027,
-            f"Patient {r.patient_id}    {first} to {last} ({days:g} days)    Time zone {r.tz}",
+            f"{r.patient_text}    {first} to {last} ({days:g} days)    Time zone {r.zone_text}",
             fontsize=9,
             va="top",
         )

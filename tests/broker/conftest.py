@@ -21,7 +21,7 @@ from joserfc import jwk
 
 from bff.broker.broker import Broker, backend_token_source
 from bff.broker.plan import PlannedWrite
-from bff.capabilities import CapabilityService, SiteCapabilities
+from bff.capabilities import CapabilityService, SiteCapabilities, load_file, parse_capabilities
 from bff.ingest.registry import parser_for
 from bff.outbox.worker import OutboxWorker, WorkerConfig
 from bff.smart.backend import BackendAuth
@@ -116,7 +116,10 @@ def ingest_site(store: Store, ehr: Ehr, site: str, people: tuple[str, ...] = ("p
         if block.patient_id in wanted
         for o in block.observations()
     ]
-    Ingestor(store).ingest(parser_for("fhir"), io.BytesIO(b"\n".join(lines)), site=site, source_name=f"{site}.ndjson")
+    zone = parse_capabilities(site, load_file(ROOT / "sites" / f"{site}.toml")).time_zone
+    Ingestor(store).ingest(
+        parser_for("fhir"), io.BytesIO(b"\n".join(lines)), site=site, source_name=f"{site}.ndjson", site_zone=zone
+    )
     from bff.clinical import PatientOutcomesView  # noqa: PLC0415
 
     view = PatientOutcomesView(store)

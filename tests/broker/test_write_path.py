@@ -179,3 +179,18 @@ def test_a_slow_site_is_claimed_no_faster_than_its_rate_allows_within_a_lease(ri
     states = [i.state for i in rig.writeback.status(signoff).intents]
     assert states.count("confirmed") == 1
     assert states.count("queued") == len(states) - 1
+
+
+def test_a_patient_whose_zone_is_unknown_is_not_filed_until_it_is(ehr, store, sites_dir) -> None:  # type: ignore[no-untyped-def]
+    """Never a silent UTC: the plan refuses, saying how to set the zone; the site's zone makes it fileable."""
+    import dataclasses  # noqa: PLC0415
+
+    from bff.broker.plan import PlanError, WriteContext, plan_writes  # noqa: PLC0415
+    from bff.capabilities import CapabilityService  # noqa: PLC0415
+    from tests.resources.samples import sample_record  # noqa: PLC0415
+
+    caps = CapabilityService(store, sites_dir).get("oracle-like")
+    unknown = dataclasses.replace(sample_record(), tz_source="unknown", patient_reference="Patient/1")
+    with pytest.raises(PlanError, match="time zone is not known"):
+        plan_writes(caps, unknown, WriteContext())
+    assert plan_writes(caps, dataclasses.replace(unknown, tz_source="site"), WriteContext())

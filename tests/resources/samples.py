@@ -49,5 +49,5 @@ def sample_record(
         input_digest=hashlib.sha256(ndjson).hexdigest(), created_at=datetime(2024, 11, 10, 12, 0, tzinfo=UTC),
         prior=PriorVersion(1, "0" * 64) if corrected else None, patient_reference="Patient/demo-001",
         patient_identifiers=(("urn:oid:1.2.840.114350.1.13.99", "MRN123456"),), device_key="dexcom-g6",
-        mean_unit=mean_unit,
+        mean_unit=mean_unit, tz_source="ehr", patient_name="Dana Demo", birth_date="1971-05-04", mrn="MRN123456",
     )  # fmt: skip

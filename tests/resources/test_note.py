@@ -108,8 +108,9 @@ def test_sample_note_exact_lines() -> None:
     expected = [
         "CGM summary (glucobridge)",
         "=========================",
-        "Patient:   demo-001",
-        "Period:    2024-10-27 to 2024-11-09 (14 days, local time America/New_York)",
+        "Patient:   Dana Demo, born 1971-05-04, MRN MRN123456",
+        "Period:    2024-10-27 to 2024-11-09 (14 days)",
+        "Time zone: America/New_York (from the EHR)",
         "Data:      sufficient (>= 14 days, sensor active >= 70 %)",
         f"Wear:      14 of 14 days with data, sensor active {pct(m['sensor_active_pct'])}, "
         f"{m['readings_used']} readings",
@@ -195,7 +196,8 @@ def test_insufficient_note_says_so_with_reasons() -> None:
     assert lines[i - 1] == "*" * 80
     assert lines[i + 1] == "  - window of 7 days is shorter than 14 days"
     assert lines[i + 2] == "  Interpret the numbers below with caution."
-    assert "Period:    2024-11-03 to 2024-11-09 (7 days, local time America/New_York)" in lines
+    assert "Period:    2024-11-03 to 2024-11-09 (7 days)" in lines
+    assert "Time zone: America/New_York (from the EHR)" in lines
     assert not any(line.startswith("Data:      sufficient") for line in lines)
 
 

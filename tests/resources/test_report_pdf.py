@@ -81,7 +81,8 @@ def test_contents_of_the_sufficient_report(sufficient_pdf: bytes) -> None:
     text = page_text(sufficient_pdf)
     for expected in (
         "AGP Report: Continuous Glucose Monitoring",
-        "Patient demo-001",
+        "Dana Demo, born 1971-05-04, MRN MRN123456",
+        "Time zone America/New_York (from the EHR)",
         "2024-10-27 to 2024-11-09 (14 days)",
         "America/New_York",
         "Version 1",
@@ -115,7 +116,7 @@ def test_insufficient_report_says_so(insufficient_pdf: bytes) -> None:
     text = page_text(insufficient_pdf)
     assert "INSUFFICIENT DATA - not a complete picture" in text
     assert "window of 7 days is shorter than 14 days" in text
-    assert "demo-001" in text
+    assert "Dana Demo, born 1971-05-04" in text
     assert "2024-11-03 to 2024-11-09 (7 days)" in text
     assert agp_report_pdf(sample_record(days=7)) == insufficient_pdf
 
