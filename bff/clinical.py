@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 
+from bff.store import zones
 from bff.store.db import Store
 from bff.store.models import Patient, PatientIdentifier
 from bff.store.outcomes import OutcomeService, UnknownPatientError
@@ -28,6 +30,29 @@ class PatientOutcomesView:
                 .where(PatientIdentifier.issuer == f"site:{site}:fhir", PatientIdentifier.value == reference)
             ).first()
         return None if row is None else str(row[0])
+
+    def remember(self, site: str, fhir_patient: str, demographics: dict[str, str]) -> str | None:
+        """Keep what the EHR says of the patient (name, birth date, MRN: for the chart artefacts) and its zone (a
+        zone the EHR states is explicit: source "ehr"). Returns the zone change it caused, if any."""
+        public_id = self.public_id(site, fhir_patient)
+        if public_id is None:
+            return None
+        with self.store.transaction() as session:
+            patient = session.scalar(select(Patient).where(Patient.public_id == public_id))
+            if patient is None:
+                return None
+            patient.name = (demographics.get("name") or patient.name or "")[:200] or None
+            patient.birth_date = (demographics.get("birth_date") or patient.birth_date or "")[:10] or None
+            patient.mrn = (demographics.get("mrn") or patient.mrn or "")[:64] or None
+            stated = demographics.get("time_zone")
+            if not stated:
+                return None
+            return zones.apply(session, patient, zones.resolve(patient, explicit=(stated, "ehr")), datetime.now(UTC))
+
+    def zone(self, public_id: str) -> zones.Zone:
+        with self.store.transaction() as session:
+            patient = session.scalar(select(Patient).where(Patient.public_id == public_id))
+            return zones.Zone("UTC", "unknown") if patient is None else zones.Zone(patient.tz, patient.tz_source)
 
     def document(self, public_id: str, days: int) -> dict[str, Any] | None:
         try:

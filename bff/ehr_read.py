@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 
@@ -29,6 +30,76 @@ def _mrn(patient: dict[str, Any]) -> str:
     return ""
 
 
+#: Extensions a Patient resource may carry its IANA time zone in (FHIR core `tz-code`, the extensions pack's
+#: `timezone`); EHRs that state a patient's zone use one of these.
+ZONE_EXTENSIONS = (
+    "http://hl7.org/fhir/StructureDefinition/tz-code",
+    "http://hl7.org/fhir/StructureDefinition/timezone",
+)
+
+
+def patient_zone(patient: dict[str, Any]) -> str | None:
+    """The patient's IANA zone when the Patient resource states one (and it is a real zone); else None."""
+    for extension in patient.get("extension") or []:
+        if isinstance(extension, dict) and extension.get("url") in ZONE_EXTENSIONS:
+            value = extension.get("valueCode") or extension.get("valueString")
+            if isinstance(value, str) and _is_zone(value):
+                return value
+    return None
+
+
+def _is_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return "/" in name
+
+
+def person_display(resource: dict[str, Any]) -> str | None:
+    """A Practitioner (or Person) as a clinician is named in a chart: "Dana Smith, MD" (prefix dropped, suffixes
+    and qualification codes kept); None when the resource names nobody."""
+    names = [n for n in resource.get("name") or [] if isinstance(n, dict)]
+    official = next((n for n in names if n.get("use") == "official"), names[0] if names else None)
+    if official is None:
+        return None
+    text = official.get("text")
+    core = str(text) if text else " ".join([*(official.get("given") or []), official.get("family") or ""]).strip()
+    if not core:
+        return None
+    credentials = [str(x) for x in official.get("suffix") or [] if x]
+    for qualification in resource.get("qualification") or []:
+        code = (qualification or {}).get("code") or {}
+        label = next((c.get("code") for c in code.get("coding") or [] if c.get("code")), None) or code.get("text")
+        if label and str(label) not in credentials and str(label) not in core:
+            credentials.append(str(label))
+    return ", ".join([core, *credentials]) if credentials else core
+
+
+async def fhir_user_display(smart: SmartClient, http: httpx.AsyncClient, handle: str) -> str | None:
+    """The launch's fhirUser as the EHR names them, read with the clinician's token; None when it cannot be read
+    (then the sign-off records the fhirUser reference only)."""
+    try:
+        context = await smart.launch(handle)
+        if not context.fhir_user:
+            return None
+        token = await smart.access_token(handle)
+        reference = context.fhir_user
+        url = reference if reference.startswith("http") else f"{context.iss.rstrip('/')}/{reference}"
+        response = await http.get(url, headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"})
+    except (SmartError, httpx.HTTPError) as exc:
+        log.warning("fhirUser unavailable: %s", type(exc).__name__)
+        return None
+    if response.status_code != 200:
+        log.warning("fhirUser unavailable: HTTP %s", response.status_code)
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return person_display(body) if isinstance(body, dict) else None
+
+
 async def patient_banner(smart: SmartClient, http: httpx.AsyncClient, handle: str) -> dict[str, str] | None:
     """Name, birth date, sex and MRN for the banner the EHR asked the app to show; None when it cannot be read."""
     try:
@@ -52,4 +123,5 @@ async def patient_banner(smart: SmartClient, http: httpx.AsyncClient, handle: st
         "birth_date": str(patient.get("birthDate", "")),
         "gender": str(patient.get("gender", "")),
         "mrn": _mrn(patient),
+        "time_zone": patient_zone(patient) or "",
     }

@@ -80,6 +80,7 @@ class SignOffView:
     signer: str
     signed_at: datetime
     version: int
+    signer_name: str | None
     write_mode: str
     plan_digest: str
     intents: tuple[IntentView, ...]
@@ -125,23 +126,33 @@ class WritebackService:
     def record(self, site: str, patient: str, days: int) -> OutcomeRecord:
         return outcome_record(self.store, patient, WindowSpec(days=days), site=site)
 
-    def _context(self, caps: SiteCapabilities, record: OutcomeRecord, encounter: str | None, unit: str) -> WriteContext:
+    def _context(
+        self, caps: SiteCapabilities, record: OutcomeRecord, encounter: str | None, unit: str, signer: str | None
+    ) -> WriteContext:
         pdf = self._pdf(record) if pdf_wanted(caps) else None
-        return WriteContext(encounter=encounter, note_unit=unit, pdf=pdf)
+        return WriteContext(encounter=encounter, note_unit=unit, pdf=pdf, signer=signer)
 
     def review_record(
-        self, site: str, record: OutcomeRecord, *, encounter: str | None = None, note_unit: str = "mg/dL"
+        self,
+        site: str,
+        record: OutcomeRecord,
+        *,
+        encounter: str | None = None,
+        note_unit: str = "mg/dL",
+        signer_name: str | None = None,
     ) -> Review:
+        """What would be written, for the clinician `signer_name` (as the EHR names them; in the note)."""
         caps = self.capabilities.get(site)
         content = signed_content(record)
         content["encounter"] = encounter
         content["note_unit"] = note_unit
         content["glucose_unit"] = caps.write.glucose_unit
+        content["signer_name"] = signer_name
         writes: list[PlannedWrite] = []
         refusal = None
         if caps.write.writes:
             try:
-                writes = plan_writes(caps, record, self._context(caps, record, encounter, note_unit))
+                writes = plan_writes(caps, record, self._context(caps, record, encounter, note_unit, signer_name))
             except PlanError as exc:
                 refusal = str(exc)
         window_id = int(record.extra["outcome_window_id"])
@@ -157,9 +168,18 @@ class WritebackService:
         )  # fmt: skip
 
     def review(
-        self, site: str, patient: str, *, days: int = 14, encounter: str | None = None, note_unit: str = "mg/dL"
+        self,
+        site: str,
+        patient: str,
+        *,
+        days: int = 14,
+        encounter: str | None = None,
+        note_unit: str = "mg/dL",
+        signer_name: str | None = None,
     ) -> Review:
-        return self.review_record(site, self.record(site, patient, days), encounter=encounter, note_unit=note_unit)
+        return self.review_record(
+            site, self.record(site, patient, days), encounter=encounter, note_unit=note_unit, signer_name=signer_name
+        )
 
     def sign(
         self,
@@ -173,6 +193,7 @@ class WritebackService:
         note_unit: str = "mg/dL",
         handle: str | None = None,
         in_context_grace_s: float = 0.0,
+        signer_name: str | None = None,
     ) -> SignOffView:
         """Sign exactly the reviewed plan (`digest`); refused if it changed since. Signing twice returns the first.
 
@@ -180,7 +201,9 @@ class WritebackService:
         leave them alone that long (and send whatever is still queued after)."""
         if not signer.strip():
             raise PlanError("a sign-off needs the signer's identity (the launch has no fhirUser)")
-        review = self.review(site, patient, days=days, encounter=encounter, note_unit=note_unit)
+        review = self.review(
+            site, patient, days=days, encounter=encounter, note_unit=note_unit, signer_name=signer_name
+        )
         if review.already_signed is not None:
             return self.status(review.already_signed)
         if review.digest != digest:
@@ -221,6 +244,7 @@ class WritebackService:
             row = SignOff(
                 site_key=review.site, patient_public_id=review.patient, outcome_window_id=review.outcome_window_id,
                 outcome_version=review.version, signer=signer, signed_at=self._now(), launch_ref=launch_ref(handle),
+                signer_name=review.content.get("signer_name"),
                 write_mode=review.mode, plan_digest=review.digest, corrects_signoff_id=corrects,
                 plan={"content": review.content, "writes": [w.as_json() for w in review.writes]},
             )  # fmt: skip
@@ -291,6 +315,7 @@ class WritebackService:
             )  # fmt: skip
             return SignOffView(
                 id=signoff.id, site=signoff.site_key, patient=signoff.patient_public_id, signer=signoff.signer,
+                signer_name=signoff.signer_name,
                 signed_at=signoff.signed_at, version=signoff.outcome_version, write_mode=signoff.write_mode,
                 plan_digest=signoff.plan_digest, intents=views, queue_position=position,
                 corrects_signoff_id=signoff.corrects_signoff_id,
@@ -355,7 +380,8 @@ class WritebackService:
                 new_state = "awaiting_signoff"
             record = dataclasses.replace(record, prior=None)  # the EHR never had an earlier version
             review = self.review_record(caps.key, record, encounter=content.get("encounter"),
-                                        note_unit=content.get("note_unit", "mg/dL"))  # fmt: skip
+                                        note_unit=content.get("note_unit", "mg/dL"),
+                                        signer_name=content.get("signer_name"))  # fmt: skip
             if review.refusal:
                 self._finish_plan(plan.id, "failed", f"cannot be written at {caps.key}: {review.refusal}")
                 continue
@@ -410,7 +436,8 @@ class WritebackService:
             resign = needs_new_signoff(caps, old_values, new_values)
             content = plan["content"]
             review = self.review_record(site, record, encounter=content.get("encounter"),
-                                        note_unit=content.get("note_unit", "mg/dL"))  # fmt: skip
+                                        note_unit=content.get("note_unit", "mg/dL"),
+                                        signer_name=content.get("signer_name"))  # fmt: skip
             if review.refusal:
                 audit(self.store, "writeback.correction", outcome="refused", site=site, signoff=signoff_id,
                       reason=review.refusal)  # fmt: skip
@@ -468,12 +495,20 @@ class WritebackService:
         return None if not held else self.window_record(site, held[0].outcome_window_id)
 
     def review_correction(
-        self, site: str, patient: str, *, encounter: str | None = None, note_unit: str = "mg/dL"
+        self,
+        site: str,
+        patient: str,
+        *,
+        encounter: str | None = None,
+        note_unit: str = "mg/dL",
+        signer_name: str | None = None,
     ) -> Review | None:
         """The plan of the corrections held for a new signature: the held window's current version, planned
         under the matrix now and this launch's encounter and unit (None when nothing is held)."""
         record = self.held_record(site, patient)
-        return None if record is None else self.review_record(site, record, encounter=encounter, note_unit=note_unit)
+        if record is None:
+            return None
+        return self.review_record(site, record, encounter=encounter, note_unit=note_unit, signer_name=signer_name)
 
     def sign_correction(
         self,
@@ -485,6 +520,7 @@ class WritebackService:
         encounter: str | None = None,
         note_unit: str = "mg/dL",
         handle: str | None = None,
+        signer_name: str | None = None,
     ) -> SignOffView:
         """A new sign-off for the corrections held `awaiting_signoff`; exactly the reviewed plan is sent under it.
 
@@ -492,7 +528,9 @@ class WritebackService:
         request with no held counterpart is queued anew, a held one with no reviewed counterpart is cancelled."""
         if not signer.strip():
             raise PlanError("a sign-off needs the signer's identity (the launch has no fhirUser)")
-        review = self.review_correction(site, patient, encounter=encounter, note_unit=note_unit)
+        review = self.review_correction(
+            site, patient, encounter=encounter, note_unit=note_unit, signer_name=signer_name
+        )
         if review is None:
             raise PlanError("no correction is waiting for a signature for this patient")
         if review.digest != digest:

@@ -77,6 +77,7 @@ class WriteContext:
 
     encounter: str | None = None  # "Encounter/123"
     note_unit: str = "mg/dL"
+    signer: str | None = None  # the clinician as the EHR names them ("Dana Smith, MD"), shown in the note
     pdf: bytes | None = None  # the AGP report, when the site takes one
 
 
@@ -386,7 +387,7 @@ def _bundle(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext
 
 def _note(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> PlannedWrite:
     patient = _patient(record)
-    note = outcome_note(record, unit=context.note_unit)
+    note = outcome_note(record, unit=context.note_unit, signer=context.signer)
     body = fhir.document_reference(record, note.encode(), "text/plain", version=_fhir_version(caps))
     body["subject"] = {"reference": patient}
     body["docStatus"] = "final"

@@ -197,8 +197,9 @@ def _ascii(text: str) -> str:
     return replaced.encode("ascii", "replace").decode("ascii")
 
 
-def outcome_note(record: OutcomeRecord, *, unit: str = "mg/dL") -> str:
-    """The note for one outcome window, in `unit` ("mg/dL" or "mmol/L") for glucose values; ends with a newline."""
+def outcome_note(record: OutcomeRecord, *, unit: str = "mg/dL", signer: str | None = None) -> str:
+    """The note for one outcome window, in `unit` ("mg/dL" or "mmol/L") for glucose values; ends with a newline.
+    `signer`: the clinician who reviews and signs it, as the EHR names them."""
     check_unit(unit)
     m = record.metrics
     lines: list[str] = [TITLE, "=" * len(TITLE)]
@@ -207,6 +208,8 @@ def outcome_note(record: OutcomeRecord, *, unit: str = "mg/dL") -> str:
     lines += _wrap(_ascii(f"Patient:   {record.patient_text}"), " " * 11, "")
     lines += _wrap(_ascii(f"Period:    {first} to {last} ({days:g} days)"), " " * 11, "")
     lines += _wrap(_ascii(f"Time zone: {record.zone_text}"), " " * 11, "")
+    if signer:
+        lines += _wrap(_ascii(f"Signed:    reviewed and signed by {signer}"), " " * 11, "")
     if record.prior is not None:
         lines.append(f"Status:    CORRECTION of version {record.prior.version} (this is version {record.version})")
     if record.sufficient:

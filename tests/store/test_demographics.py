@@ -1,0 +1,54 @@
+"""What the EHR says of a patient and of the signer: kept for the chart artefacts, and the patient's zone (ehr)."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+from bff.clinical import PatientOutcomesView
+from bff.ehr_read import patient_zone, person_display
+from bff.ingest.registry import parser_for
+from bff.store.db import Store
+from bff.store.ingest import Ingestor
+from tests.store.feeds import fhir_ndjson, readings
+
+
+def test_a_practitioner_is_named_with_credentials() -> None:
+    resource = {
+        "resourceType": "Practitioner",
+        "name": [{"use": "official", "prefix": ["Dr."], "given": ["Dana", "J."], "family": "Smith", "suffix": ["MD"]}],
+        "qualification": [{"code": {"coding": [{"code": "MD"}]}}, {"code": {"text": "CDCES"}}],
+    }
+    assert person_display(resource) == "Dana J. Smith, MD, CDCES"
+    assert person_display({"name": [{"text": "Jun Takahashi, RN"}]}) == "Jun Takahashi, RN"
+    assert person_display({"resourceType": "Practitioner"}) is None
+
+
+def test_a_zone_is_read_only_from_a_known_extension_and_a_real_zone() -> None:
+    ext = "http://hl7.org/fhir/StructureDefinition/tz-code"
+    assert patient_zone({"extension": [{"url": ext, "valueCode": "America/Chicago"}]}) == "America/Chicago"
+    assert patient_zone({"extension": [{"url": ext, "valueCode": "Mars/Olympus"}]}) is None
+    assert patient_zone({"extension": [{"url": "urn:other", "valueCode": "America/Chicago"}]}) is None
+    assert patient_zone({}) is None
+
+
+def test_the_ehrs_zone_is_explicit_and_its_names_are_kept(store: Store) -> None:
+    Ingestor(store, clock=lambda: datetime(2024, 3, 20, tzinfo=UTC)).ingest(
+        parser_for("fhir"), io.BytesIO(fhir_ndjson(readings(24))), site="site-a", source_name="t",
+        site_zone="America/Denver",
+    )  # fmt: skip
+    view = PatientOutcomesView(store)
+    public = view.public_id("site-a", "Patient/fhir-1")
+    assert public is not None
+    assert view.zone(public).source in ("site", "inferred")
+    change = view.remember(
+        "site-a", "Patient/fhir-1",
+        {"name": "Avery Quinn", "birth_date": "1968-04-02", "mrn": "884422", "time_zone": "America/Chicago"},
+    )  # fmt: skip
+    assert change is not None
+    assert change.endswith("to America/Chicago (ehr)")
+    assert (view.zone(public).name, view.zone(public).source) == ("America/Chicago", "ehr")
+    # The site's default never overrides what the EHR said.
+    Ingestor(store).ingest(parser_for("fhir"), io.BytesIO(fhir_ndjson(readings(24))), site="site-a",
+                           source_name="t2", site_zone="America/Denver")  # fmt: skip
+    assert view.zone(public).source == "ehr"
