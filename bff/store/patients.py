@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
+from bff.store import zones
 from bff.store.db import Store
 from bff.store.models import AuditEvent, Patient, PatientIdentifier, Site
 
@@ -68,3 +69,26 @@ def link_patient(store: Store, public_id: str, site: str, *, who: str, reason: s
             )
         )  # fmt: skip
         return PatientLink(public_id, site, patient.site_key, created=True)
+
+
+def set_zone(store: Store, public_id: str, zone: str, *, who: str, reason: str) -> str | None:
+    """A person sets the patient's zone (source "cli", which nothing automatic overrides). Audited; returns the
+    change ("zone changed from … to …"; the patient's current outcome windows are stale with it), or None."""
+    if not who.strip() or not reason.strip():
+        raise PatientLinkError("setting a zone needs who sets it and why (--who, --reason)")
+    if not zones.is_zone(zone):
+        raise PatientLinkError(f"{zone!r} is not an IANA time zone such as America/Chicago")
+    now = datetime.now(UTC)
+    with store.transaction() as session:
+        patient = session.scalar(select(Patient).where(Patient.public_id == public_id))
+        if patient is None:
+            raise PatientLinkError(f"no patient {public_id!r} in the store")
+        before = f"{patient.tz} ({patient.tz_source})"
+        change = zones.apply(session, patient, zones.Zone(zone, "cli"), now)
+        session.add(
+            AuditEvent(
+                at=now, event="patient.zone", outcome="allowed", site_key=patient.site_key, actor=who[:200],
+                detail={"patient": public_id, "from": before, "to": f"{zone} (cli)", "reason": reason},
+            )
+        )  # fmt: skip
+        return change

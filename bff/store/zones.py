@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -57,6 +57,17 @@ class Zone:
     @property
     def known(self) -> bool:
         return self.source != "unknown"
+
+
+def is_zone(name: str) -> bool:
+    """An IANA zone name (Region/City, or UTC) that this machine's zone database knows."""
+    if name != "UTC" and "/" not in name:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def rank(source: str) -> int:
