@@ -527,7 +527,10 @@ class FhirParser:
             patient = _subject(resource, index)
         except _RecordError as exc:
             patient, subject_error = None, exc
-        stream, device_key, device_ref = _device(resource, index)
+        try:
+            stream, device_key, device_ref = _device(resource, index)
+        except _RecordError as exc:
+            (stream, device_key, device_ref), subject_error = ("", "", ""), subject_error or exc
         try:
             code, summary, codes = _reading_code(resource)
             if code is None:
