@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TextIO
 
 from app.cli.common import BadInputError, open_store, window_from
-from bff.ingest.engine_csv import CsvFormatError, parse_engine_csv
+from bff.ingest.engine_csv import CsvFormatError, read_engine_csv
 from bff.store.outcomes import OutcomeService, UnknownPatientError
 from engine import EngineError, Method, OutcomePolicy, OutcomeReport, ReadingTable, compute_outcomes
 from engine.timezones import check_zone
@@ -18,16 +18,16 @@ DEMO_FILE = Path(__file__).resolve().parents[2] / "data" / "demo" / "patient-14d
 
 def read_csv_table(path: str, args: argparse.Namespace, err: TextIO) -> ReadingTable:
     try:
-        handle = sys.stdin if path == "-" else open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
+        handle = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     except OSError as exc:
         raise BadInputError(f"cannot read {path}: {exc.strerror}") from None
     with handle:
         try:
-            parsed = parse_engine_csv(handle, input_tz=args.input_tz)
+            parsed = read_engine_csv(handle, input_tz=args.input_tz)
         except CsvFormatError as exc:
             raise BadInputError(str(exc)) from None
-        except UnicodeDecodeError:
-            raise BadInputError(f"{path} is not UTF-8 text") from None
+        except OSError as exc:
+            raise BadInputError(f"cannot read {path}: {exc.strerror}") from None
     if parsed.errors:
         if not args.skip_invalid:
             raise BadInputError(str(parsed.errors[0]))

@@ -126,7 +126,8 @@ class CsvRecords:
                     self._taken, self._size = [], 0
                     if record is not None:
                         yield record
-                return
+                if not self._pushed:  # lines given back after the reader reached the end are read again
+                    return
             except _OverrunError:
                 reason = f"{_UNBALANCED} (past {MAX_RECORD_LINES} lines or {MAX_RECORD_BYTES:,} characters)"
                 yield self._first_line_only(reason)
