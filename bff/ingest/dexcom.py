@@ -103,7 +103,8 @@ def _reading(
         record_id = record.get("recordId")
         if not isinstance(record_id, str) or not record_id.strip():
             raise _RecordError("recordId missing")
-        _check_length("recordId", record_id, MAX_KEY_CHARS)
+        if len(record_id) > MAX_KEY_CHARS:
+            _check_length("recordId", record_id, MAX_KEY_CHARS)
         time_ms, offset = _time_ms(record)
         unit_text = record.get("unit")
         unit = _UNITS.get(unit_text.strip().lower()) if isinstance(unit_text, str) else None
@@ -123,7 +124,7 @@ def _reading(
         transmitter = record.get("transmitterId")
         if transmitter is not None and not isinstance(transmitter, str):
             raise _RecordError(f"transmitterId {shorten(transmitter)} is not a string")
-        if transmitter:
+        if transmitter and len(transmitter) > MAX_KEY_CHARS:
             _check_length("transmitterId", transmitter, MAX_KEY_CHARS)
         generation = record.get("transmitterGeneration")
         device = GENERATIONS.get(generation.lower(), "") if isinstance(generation, str) else ""
@@ -131,8 +132,9 @@ def _reading(
         for name in _EXTRA_FIELDS:
             given = record.get(name)
             if given is not None:
-                extra[name] = _text(given)
-                _check_length(name, extra[name], MAX_TEXT_CHARS)
+                text = extra[name] = _text(given)
+                if len(text) > MAX_TEXT_CHARS:
+                    _check_length(name, text, MAX_TEXT_CHARS)
         if status == "unknown":
             extra["status"] = "unknown"
     except _RecordError as bad:

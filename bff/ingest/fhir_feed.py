@@ -108,6 +108,11 @@ RESOURCE_TYPES = frozenset(
     SubstanceSpecification
     """.split()  # noqa: SIM905 - 180 names read better as words than as a list literal
 )
+#: The elements of a Bundle (R4, R4B, R5); `_x` (a primitive's extensions) are accepted too.
+BUNDLE_ELEMENTS = frozenset(
+    {"resourceType", "id", "meta", "implicitRules", "language", "identifier", "type", "timestamp", "total", "link",
+     "entry", "signature", "issues"}
+)  # fmt: skip
 RESULT_STATUSES = frozenset({"final", "amended", "corrected", "preliminary"})
 _STATUS_HELP = "expected final, amended, corrected or preliminary"
 _UNITS = {"mg/dl": GlucoseUnit.MG_DL, "mmol/l": GlucoseUnit.MMOL_L}
@@ -547,6 +552,7 @@ class FhirParser:
                 raise _RecordError(f"status {shorten(status)} is not a result ({_STATUS_HELP})")
             value, unit, flag = _quantity(resource, code)
             time_ms, given_time = _time_ms(resource)
+            record_key = _record_key(resource)
             if subject_error is not None:
                 raise subject_error
         except _RecordError as bad:
@@ -564,7 +570,7 @@ class FhirParser:
             flag=flag,
             device=device_key,
             stream=stream,
-            record_key=_record_key(resource),
+            record_key=record_key,
             locator=locator,
             payload=payload,
             extra={"status": status, "effectiveDateTime": given_time},
@@ -600,6 +606,7 @@ class FhirParser:
     def _bundle(self, source: IO[bytes], index: _Index) -> Iterator[FeedItem]:
         context = _compact({"format": "bundle"})
         resource_type: Any = None
+        unknown = ""
         started = False
         number = 0
         try:
@@ -620,6 +627,11 @@ class FhirParser:
                             yield item
                 elif event is LIST_START:
                     started = True
+                elif isinstance(event, TopField) and event.name not in BUNDLE_ELEMENTS and event.name[:1] != "_":
+                    # A Bundle holds only these: a damaged `entry` must not read as an empty Bundle.
+                    unknown = unknown or event.name
+                    if resource_type == "Bundle":
+                        raise _unknown_element(unknown)
                 elif isinstance(event, TopField) and event.name == "resourceType" and not started:
                     resource_type = event.value
                     if resource_type != "Bundle":
@@ -634,6 +646,13 @@ class FhirParser:
             raise FeedFormatError(f"not a FHIR Bundle: {detail}") from None
         if not started and resource_type != "Bundle":
             raise FeedFormatError("not a FHIR Bundle or NDJSON of resources: no resourceType 'Bundle'")
+        if unknown:
+            raise _unknown_element(unknown)
+
+
+def _unknown_element(name: str) -> FeedFormatError:
+    elements = ", ".join(sorted(BUNDLE_ELEMENTS))
+    return FeedFormatError(f"not a FHIR Bundle: unknown element {shorten(name, 40)} (a Bundle has {elements})")
 
 
 class _Prefixed(io.RawIOBase):

@@ -16,6 +16,7 @@ opens, and a `JsonItem` per element. Whole-input failures raise `JsonInputError`
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Final
@@ -284,27 +285,80 @@ def stream_list(
         chunk = stream.read(chunk_size)
         data = pending + chunk if pending else chunk
         final = not chunk
-        start = 0
+        end = len(data) if final else _held_back(data)
+        start = 0  # data[:start] is sent; offset counts the input's bytes before data[start]
         while True:
             try:
-                _, used = decode(data[start:] if start else data, "strict", final)
+                _, used = decode(data[start:end], "strict", final)
+                bad_at, bad_end = -1, -1
             except UnicodeDecodeError as bad:
-                at = start + bad.start
-                yield from send(data[start:at])
-                reason = byte_problem(data, at, offset - start)
+                used, bad_at, bad_end = bad.start, start + bad.start, start + bad.end
+            escape = _bad_escape(data, start, start + used)
+            if escape >= 0:  # an unpaired surrogate escape: the tokeniser would fail on it, or read it as "?"
+                yield from send(data[start:escape])
+                offset += escape - start
+                reason = f"a string holds an unpaired surrogate escape ({data[escape : escape + 6].decode()}): not text"
                 if not builder.in_list:
-                    raise JsonInputError(reason, kind="encoding") from None
+                    raise JsonInputError(reason, kind="encoding")
                 builder.mark(reason)
-                yield from send(_REPLACEMENT)
-                offset += bad.end
-                start += bad.end
+                yield from send(b"\\ufffd")
+                offset += 6
+                start = escape + 6
                 continue
             yield from send(data[start : start + used])
             offset += used
-            pending = data[start + used :]
-            break
+            start += used
+            if bad_at < 0:
+                break
+            reason = byte_problem(data, bad_at, offset - bad_at)
+            if not builder.in_list:
+                raise JsonInputError(reason, kind="encoding")
+            builder.mark(reason)
+            yield from send(_REPLACEMENT)
+            offset += bad_end - bad_at
+            start = bad_end
+        pending = data[start:]
         if final:
             break
         if not builder.started and offset > prelude_limit:
             raise JsonInputError(f"no '{list_key}' list in the first {prelude_limit:,} bytes", kind="shape")
     yield from send(None)
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LOW_ESCAPE = re.compile(rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+#: Bytes kept back at a chunk's end so that an escape pair (12 bytes) is never cut.
+_TAIL = 12
+
+
+def _held_back(data: bytes) -> int:
+    """Where to stop sending a chunk: before its last bytes, and so that no escape or escape pair (12 bytes) and no
+    run of backslashes before one is cut (the run tells an escape from an escaped backslash)."""
+    end = max(len(data) - _TAIL, 0)
+    floor = max(end - 4096, 0)  # thousands of backslashes are garbage: an escape's parity may be misread there
+    while end > floor:
+        backslash = data.rfind(b"\\", max(end - _TAIL + 1, 0), end)
+        if backslash < 0:
+            break
+        end = backslash
+    return end
+
+
+def _bad_escape(data: bytes, start: int, end: int) -> int:
+    """The position of the first surrogate escape in data[start:end] that is not half of a pair, or -1."""
+    position = start
+    while (found := _SURROGATE_ESCAPE.search(data, position, min(end + _TAIL, len(data)))) is not None:
+        at = found.start()
+        if at >= end:
+            return -1
+        backslashes = 0
+        while at - backslashes - 1 >= 0 and data[at - backslashes - 1] == 0x5C:
+            backslashes += 1
+        if backslashes % 2:  # "\\\\ud800": an escaped backslash, then text
+            position = at + 1
+            continue
+        if data[at + 3] in b"89abAB" and _LOW_ESCAPE.match(data, at + 6):
+            position = at + 12  # a pair: one character
+            continue
+        return at
+    return -1
