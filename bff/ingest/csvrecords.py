@@ -6,11 +6,14 @@ record comes with its first and last line and its exact text, and every failure 
 
 - a line whose bytes are not UTF-8 makes its record a problem that names the byte and its offset; the line is
   kept as Latin-1 text, so the payload holds every byte as it was (and a Windows-1252 export reads right);
-- a line over `MAX_RECORD_BYTES`, a NUL character, a field over the `csv` module's limit: the record is a problem;
-- a quoted field that runs over line ends is one record when the record has the header's number of fields and
-  none of the lines inside the field is a whole record on its own; otherwise the quote is unbalanced: the
-  record's first line is a problem and reading starts again on the line after it. The same when the field runs
-  over `MAX_RECORD_LINES` lines or `MAX_RECORD_BYTES` characters (so nothing grows without bound);
+- a line over `MAX_RECORD_BYTES`, a NUL character, a field over `FIELD_LIMIT` (the csv module's own default):
+  the record is a problem. (The csv module's limit is raised so that it never stops a record half read: a
+  huge field then spoils one record, not the lines after it.);
+- a quoted field that runs over line ends is one record when the record has the header's number of fields, no
+  line inside the field is a whole record on its own, and the last line holds the closing quote; otherwise the
+  quote is unbalanced: the record's first line is a problem and reading starts again on the line after it. The
+  same when the field runs over `MAX_RECORD_LINES` lines or `MAX_RECORD_BYTES` characters (nothing grows
+  without bound);
 - a record with another number of fields than the header is a problem (when the width is known).
 
 Blank lines (and lines of empty fields) are no records and are passed over.
@@ -27,6 +30,12 @@ from typing import IO
 
 from bff.ingest.bounds import MAX_RECORD_BYTES, MAX_RECORD_LINES, byte_problem, cut, read_lines
 
+#: The longest field (characters): the csv module's default limit, checked here on whole records.
+FIELD_LIMIT = 131_072
+# A record is never longer than MAX_RECORD_BYTES (the reader stops before), so neither is a field: with the csv
+# module's limit above that, it never stops in the middle of a record (raising a process-wide limit only widens
+# what other readers accept).
+csv.field_size_limit(max(csv.field_size_limit(), MAX_RECORD_BYTES + 1024))
 _BOM = b"\xef\xbb\xbf"
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _UNBALANCED = 'unbalanced quote: a field opened with " runs into the lines after it'
@@ -130,41 +139,76 @@ class CsvRecords:
                     return
             except _OverrunError:
                 reason = f"{_UNBALANCED} (past {MAX_RECORD_LINES} lines or {MAX_RECORD_BYTES:,} characters)"
-                yield self._first_line_only(reason)
-            except csv.Error as exc:  # e.g. a field over the csv module's limit
-                yield self._first_line_only(f"the CSV cannot be read here: {str(exc)[:100]}")
+                yield self._failed(reason)
+            except csv.Error as exc:  # not seen with the limit raised; kept to confine any to its record
+                yield self._failed(f"the CSV cannot be read here: {str(exc)[:100]}")
+
+    def _failed(self, reason: str) -> CsvRecord:
+        """The record being read cannot be finished (a quoted field runs on too long): see `_broken`."""
+        return self._broken(reason)
 
     def _record(self, fields: list[str]) -> CsvRecord | None:
         taken = self._taken
         if len(taken) == 1 and all(not f.strip() for f in fields):
             return None  # a blank line
         width = self.width
-        if (
-            len(taken) > 1
-            and width is not None
-            and (len(fields) != width or any(self._is_record(line.text) for line in taken[1:]))
-        ):
-            return self._first_line_only(_UNBALANCED)
+        if len(taken) > 1 and width is not None and (len(fields) != width or self._record_start(taken)):
+            return self._broken(_UNBALANCED)
         text = cut("".join(line.text for line in taken).rstrip("\r\n"))
         problem = next((line.problem for line in taken if line.problem), "")
         if not problem and "\x00" in text:
             problem = "the record holds a NUL character"
         if not problem and width is not None and len(fields) != width:
             problem = f"has {len(fields)} fields, the header has {width}"
+        if not problem and len(text) > FIELD_LIMIT:
+            longest = max(len(f) for f in fields) if fields else 0
+            if longest > FIELD_LIMIT:
+                problem = f"a field is {longest:,} characters (at most {FIELD_LIMIT:,})"
         return CsvRecord(taken[0].number, taken[-1].number, fields, text, problem)
 
+    def _record_start(self, taken: list[TextLine]) -> int:
+        """The first line after the first that is a whole record of its own (0 when none): as many fields as the
+        header and its quotes paired. A line of a field over lines is not one: the line that closes the field
+        holds an odd number of quotes, and a line inside it holds no record (a record in a note is not told from
+        a swallowed one)."""
+        for index in range(1, len(taken)):
+            text = taken[index].text
+            if text.count('"') % 2 == 0 and self._is_record(text):
+                return index
+        return 0
+
     def _is_record(self, text: str) -> bool:
-        """Whether a line read on its own is a whole record (as many fields as the header)."""
+        """Whether a line read on its own has as many fields as the header."""
         try:
             fields = next(csv.reader([text], delimiter=self.delimiter), [])
         except csv.Error:
             return False
         return len(fields) == self.width
 
-    def _first_line_only(self, reason: str) -> CsvRecord:
-        """The record read so far cannot be one: its first line is the problem; reading goes on after it."""
+    def _broken(self, reason: str) -> CsvRecord:
+        """The lines read cannot be one record. When a line after the first is a whole record, a quote opened
+        before it swallowed it, and reading starts again there; the problem is the first line alone when the
+        lines between read as whole records of their own (a quote on the first line took them), else all the
+        lines before that record (the first record spans them). With no such line, all the lines read are one
+        broken record."""
         taken = self._taken
         self._taken, self._size = [], 0
-        self._pushed.extendleft(reversed(taken[1:]))
-        line = taken[0]
-        return CsvRecord(line.number, line.number, [], line.text.rstrip("\r\n"), line.problem or reason)
+        split = self._record_start(taken) if self.width is not None else 0
+        if split:
+            if self._whole_records(taken[1:split]):
+                split = 1
+            self._pushed.extendleft(reversed(taken[split:]))
+            taken = taken[:split]
+        text = cut("".join(line.text for line in taken).rstrip("\r\n"))
+        problem = next((line.problem for line in taken if line.problem), reason)
+        return CsvRecord(taken[0].number, taken[-1].number, [], text, problem)
+
+    def _whole_records(self, lines: list[TextLine]) -> bool:
+        """Whether these lines read as records of the header's width (none of them broken)."""
+        try:
+            return all(
+                len(fields) == self.width or all(not f.strip() for f in fields)
+                for fields in csv.reader([line.text for line in lines], delimiter=self.delimiter)
+            )
+        except csv.Error:
+            return False

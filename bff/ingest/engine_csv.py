@@ -191,6 +191,8 @@ def _row(
     if len(row) != len(header):
         raise ValueError(f"has {len(row)} fields, the header has {len(header)}")
     for name, text in zip(header, row, strict=True):
+        if "\n" in text or "\r" in text:
+            raise ValueError(f"{name} holds a line break (an unbalanced quote?): {text[:40]!r}")
         limit = FIELD_LIMITS.get(name, FIELD_LIMIT)
         if len(text) > limit and len(text.strip()) > limit:
             raise ValueError(f"{name} is {len(text.strip()):,} characters (at most {limit})")

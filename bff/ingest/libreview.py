@@ -61,6 +61,8 @@ STAMP_CHARS = 64
 
 @dataclass(frozen=True, slots=True)
 class _Columns:
+    names: list[str]
+    free_text: frozenset[int]  # the columns that may hold line breaks
     device: int
     serial: int
     timestamp: int
@@ -112,6 +114,8 @@ def _columns(header: list[str]) -> _Columns:
     if historic is None and scan is None:
         raise FeedFormatError("the LibreView header has no 'Historic Glucose' or 'Scan Glucose' column")
     return _Columns(
+        names=names,
+        free_text=frozenset(i for i, n in enumerate(lower) if n == "notes" or n.startswith("non-numeric")),
         device=find("Device"),
         serial=find("Serial Number"),
         timestamp=find("Device Timestamp"),
@@ -347,6 +351,10 @@ class LibreViewParser:
                 problem = too_long(what, given, MAX_KEY_CHARS)
                 if problem:
                     raise _RecordError(problem)
+            if row.first != row.last:  # only free text (Notes, Non-numeric ...) may hold a line break
+                for index, given in enumerate(fields):
+                    if index not in cols.free_text and ("\n" in given or "\r" in given):
+                        raise _RecordError(f"'{cols.names[index]}' holds a line break (an unbalanced quote?)")
             if column is None:
                 raise _RecordError(f"a {kind} record, but the header has no {kind.capitalize()} Glucose column")
             value, flag = _value(_field(fields, column), name, unit)

@@ -173,7 +173,7 @@ def test_row5_ingest_of_bytes_that_are_not_utf8_quarantines_their_record(
     [
         (Raw(b"dexcom-g\xe9"), "row 4: byte 0xE9 at byte offset "),
         (Raw(b"dexcom-g\xc0\xaf"), "row 4: byte 0xC0 at byte offset "),
-        ("x" * 131_073, "row 4: the CSV cannot be read here: field larger than field limit (131072)"),
+        ("x" * 131_073, "row 4: a field is 131,073 characters (at most 131,072)"),
         (Raw(b'"unbalanced'), 'row 4: unbalanced quote: a field opened with " runs into the lines after it'),
     ],
     ids=["latin1", "overlong", "field-over-the-csv-limit", "unbalanced-quote"],

@@ -289,18 +289,30 @@ def test_file_level_errors(text: str, options: ParseOptions, message: str) -> No
     assert str(caught.value).startswith(message)
 
 
-def test_an_unclosed_quote_is_a_problem_of_its_line_and_the_lines_after_it_are_read() -> None:
+def test_an_unclosed_quote_over_lines_that_are_no_rows_is_one_problem_of_101_lines_and_reading_goes_on() -> None:
     text = f"{HEADER},Notes\nFreeStyle Libre 2,S,2024-05-01 10:00,0,100,,\n"
     text += 'FreeStyle Libre 2,S,2024-05-01 10:15,6,,,"never closed\n' + ("x" * 200 + "\n") * 700
     items = parse_text(text)
     assert [type(i).__name__ for i in items[:3]] == ["FeedReading", "FeedProblem", "FeedProblem"]
     assert (items[1].locator, items[1].reason) == (
-        "line 3",
+        "lines 3–103",
         'unbalanced quote: a field opened with " runs into the lines after it (past 100 lines or 1,048,576 characters)',
     )
-    assert items[1].payload == 'FreeStyle Libre 2,S,2024-05-01 10:15,6,,,"never closed'
-    assert len(items) == 702  # each line of x is a row of 1 field: a problem of its own, never dropped
+    assert items[1].payload.startswith('FreeStyle Libre 2,S,2024-05-01 10:15,6,,,"never closed\nxxx')
+    assert len(items) == 2 + 600  # the lines of x after the first 100: a problem each (one field), never dropped
     assert {i.reason for i in items[2:]} == {"has 1 fields, the header has 7"}
+
+
+def test_an_unclosed_quote_before_rows_is_a_problem_of_its_line_and_the_rows_are_read() -> None:
+    rows = "".join(f"FreeStyle Libre 2,S,2024-05-01 11:{m:02d},0,100,,\n" for m in range(0, 60, 5))
+    text = f'{HEADER},Notes\nFreeStyle Libre 2,S,2024-05-01 10:15,6,,,"never closed\n' + rows
+    items = parse_text(text)
+    assert (items[0].locator, items[0].reason) == (
+        "line 2",
+        'unbalanced quote: a field opened with " runs into the lines after it',
+    )
+    assert [i.locator for i in items[1:]] == [f"line {n}" for n in range(3, 15)]
+    assert all(isinstance(i, FeedReading) for i in items[1:])
 
 
 def test_the_callers_stream_stays_open() -> None:
