@@ -59,7 +59,8 @@ def lines_from_bytes(stream: IO[bytes]) -> Iterator[TextLine]:
             data, offset = data[3:], offset + 3
         if line.cut:
             problem = f"the line is {line.size:,} bytes: over the {MAX_RECORD_BYTES:,} a record may have"
-            yield TextLine(line.number, data.decode("latin-1") + " …", problem)
+            head = data[: MAX_RECORD_BYTES - 64].decode("utf-8", "replace")
+            yield TextLine(line.number, f"{head}… [cut: {line.size:,} bytes in all]", problem)
             continue
         try:
             yield TextLine(line.number, data.decode("utf-8"))
@@ -77,7 +78,7 @@ def lines_from_text(lines: Iterable[str]) -> Iterator[TextLine]:
             text = part[1:] if number == 1 and part.startswith("\ufeff") else part
             if len(text) > MAX_RECORD_BYTES:
                 problem = f"the line is {len(text):,} characters: over the {MAX_RECORD_BYTES:,} a record may have"
-                yield TextLine(number, text[:MAX_RECORD_BYTES] + " …", problem)
+                yield TextLine(number, f"{text[: MAX_RECORD_BYTES - 64]}… [cut: {len(text):,} characters]", problem)
             else:
                 yield TextLine(number, text)
 

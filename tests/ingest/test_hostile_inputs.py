@@ -179,3 +179,29 @@ def test_row8_a_huge_dexcom_trend_is_a_problem_never_an_extra(size: int, reason:
     assert len(problem.payload) < 8 * 1024  # cut: the record's start, never the 3 MB value
     readings = [i for i in parse(case, data) if isinstance(i, FeedReading)]
     assert all(len(v) <= 1024 for r in readings for v in r.extra.values())
+
+
+@pytest.mark.parametrize("case", JSON_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("escape", [b'"\\udfff\\ud800"', b'"x\\ud800"', b'"\\\\\\ud800"'])
+def test_row5_an_unpaired_surrogate_escape_is_a_problem_of_its_record(case: FeedCase, escape: bytes) -> None:
+    data = case.file(with_value(case.records(5), 2, STRING_PATH[case.name], Raw(escape)))
+    problem = only_problem_is(case, parse(case, data), 2, 5)
+    assert "surrogate" in problem.reason
+
+
+@pytest.mark.parametrize("case", JSON_CASES, ids=lambda c: c.name)
+def test_row5_a_surrogate_pair_and_an_escaped_backslash_are_text(case: FeedCase) -> None:
+    records = with_value(case.records(2), 1, STRING_PATH[case.name], Raw(b'"\\ud83d\\ude00 \\\\ud800"'))
+    items = parse(case, case.file(records))
+    assert not problems(items)
+
+
+@pytest.mark.parametrize("case", [CASES["libreview"], CASES["csv"]], ids=lambda c: c.name)
+def test_row5_a_csv_line_over_1_mib_is_one_problem_and_the_next_rows_are_read(case: FeedCase) -> None:
+    column = LIBRE_COLUMN["Notes"] if case.name == "libreview" else ENGINE_COLUMN["record_id"]
+    records = case.records(5) if case.name != "libreview" else [r for r in libreview_rows(12) if r[3] == "0"][:5]
+    items = parse(case, case.file(with_value(records, 2, (column,), "y" * (2**20 + 10))))
+    problem = only_problem_is(case, items, 2, 5)
+    assert problem.reason.startswith("the line is 1,048,")
+    assert problem.payload.endswith(" bytes in all]")
+    assert len(problem.payload) <= 2**20
