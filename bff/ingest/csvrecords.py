@@ -10,10 +10,13 @@ record comes with its first and last line and its exact text, and every failure 
   the record is a problem. (The csv module's limit is raised so that it never stops a record half read: a
   huge field then spoils one record, not the lines after it.);
 - a quoted field that runs over line ends is one record when the record has the header's number of fields, no
-  line inside the field is a whole record on its own, and the last line holds the closing quote; otherwise the
-  quote is unbalanced: the record's first line is a problem and reading starts again on the line after it. The
-  same when the field runs over `MAX_RECORD_LINES` lines or `MAX_RECORD_BYTES` characters (nothing grows
-  without bound);
+  line after the first is a whole record on its own (paired quotes, the header's number of fields), and the
+  field holds fewer delimiters than a row. Otherwise a quote is unbalanced: it swallowed records. The lines
+  before the first whole record are the problem (the first line alone when the lines between are records of
+  their own), and reading starts again there; with no whole record among them, all the lines are one problem.
+  The same when the field runs over `MAX_RECORD_LINES` lines or `MAX_RECORD_BYTES` characters (nothing grows
+  without bound). Fields that must not hold a line break are the parsers' to check (it shows two stray quotes
+  that paired up across rows);
 - a record with another number of fields than the header is a problem (when the width is known).
 
 Blank lines (and lines of empty fields) are no records and are passed over.
@@ -153,7 +156,11 @@ class CsvRecords:
         if len(taken) == 1 and all(not f.strip() for f in fields):
             return None  # a blank line
         width = self.width
-        if len(taken) > 1 and width is not None and (len(fields) != width or self._record_start(taken)):
+        if (
+            len(taken) > 1
+            and width is not None
+            and (len(fields) != width or self._record_start(taken) or self._holds_a_row(fields, width))
+        ):
             return self._broken(_UNBALANCED)
         text = cut("".join(line.text for line in taken).rstrip("\r\n"))
         problem = next((line.problem for line in taken if line.problem), "")
@@ -177,6 +184,11 @@ class CsvRecords:
             if text.count('"') % 2 == 0 and self._is_record(text):
                 return index
         return 0
+
+    def _holds_a_row(self, fields: list[str], width: int) -> bool:
+        """Whether a field over lines holds as many delimiters as a whole row: two stray quotes in one column of
+        two rows pair up and take in the rest of the one and the start of the other (width - 1 delimiters)."""
+        return any(("\n" in f or "\r" in f) and f.count(self.delimiter) >= width - 1 for f in fields)
 
     def _is_record(self, text: str) -> bool:
         """Whether a line read on its own has as many fields as the header."""
