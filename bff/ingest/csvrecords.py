@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from bff.ingest.bounds import MAX_RECORD_BYTES, MAX_RECORD_LINES, byte_problem, cut, read_lines
+from bff.ingest.bounds import MAX_RECORD_BYTES, MAX_RECORD_LINES, byte_problem, cut
 
 #: The longest field (characters): the csv module's default limit, checked here on whole records.
 FIELD_LIMIT = 131_072
@@ -41,52 +41,85 @@ FIELD_LIMIT = 131_072
 csv.field_size_limit(max(csv.field_size_limit(), MAX_RECORD_BYTES + 1024))
 _BOM = b"\xef\xbb\xbf"
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
 _UNBALANCED = 'unbalanced quote: a field opened with " runs into the lines after it'
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TextLine:
-    """A physical line as text (line end kept), and why its bytes cannot be used ("" when they can)."""
+    """A physical line whose bytes cannot be used as they are: its text (line end kept) and why.
 
-    number: int
+    Line sources yield a plain `str` for every other line (the common case costs no object).
+    """
+
     text: str
-    problem: str = ""
+    problem: str
 
 
-def lines_from_bytes(stream: IO[bytes]) -> Iterator[TextLine]:
-    """The stream's lines decoded as UTF-8 (a leading BOM dropped), each held to MAX_RECORD_BYTES."""
-    for line in read_lines(stream):
-        data = line.data
-        offset = line.offset
-        if line.number == 1 and data.startswith(_BOM):
-            data, offset = data[3:], offset + 3
-        if line.cut:
-            problem = f"the line is {line.size:,} bytes: over the {MAX_RECORD_BYTES:,} a record may have"
+Line = str | TextLine
+
+
+def lines_from_bytes(stream: IO[bytes]) -> Iterator[Line]:
+    """The stream's lines (ended by LF, CRLF or a lone CR) decoded as UTF-8, a leading BOM dropped, each held to
+    MAX_RECORD_BYTES; a line that is not UTF-8 or too long comes as a TextLine with the reason."""
+    readline = stream.readline
+    offset = 0
+    first = True
+    while True:
+        data = readline(MAX_RECORD_BYTES)
+        if not data:
+            return
+        size = len(data)
+        start = offset
+        offset += size
+        if first:
+            first = False
+            if data.startswith(_BOM):
+                data, start = data[3:], start + 3
+        if size >= MAX_RECORD_BYTES and data[-1:] != b"\n":  # over-long: read past the rest of the line
+            while more := readline(MAX_RECORD_BYTES):
+                size += len(more)
+                offset += len(more)
+                if more[-1:] == b"\n":
+                    break
+            problem = f"the line is {size:,} bytes: over the {MAX_RECORD_BYTES:,} a record may have"
             head = data[: MAX_RECORD_BYTES - 64].decode("utf-8", "replace")
-            yield TextLine(line.number, f"{head}… [cut: {line.size:,} bytes in all]", problem)
+            yield TextLine(f"{head}… [cut: {size:,} bytes in all]", problem)
             continue
-        try:
-            yield TextLine(line.number, data.decode("utf-8"))
-        except UnicodeDecodeError as bad:
-            yield TextLine(line.number, data.decode("latin-1"), byte_problem(data, bad.start, offset))
+        lone_cr = b"\r" in data and data.find(b"\r") != len(data) - 2
+        parts = _LONE_CR.split(data) if lone_cr else [data]  # lone CRs end lines too (old Mac files)
+        for part in parts:
+            if not part:
+                continue
+            try:
+                yield part.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                yield TextLine(part.decode("latin-1"), byte_problem(part, bad.start, start))
+            start += len(part)
 
 
-def lines_from_text(lines: Iterable[str]) -> Iterator[TextLine]:
+def lines_from_text(lines: Iterable[str]) -> Iterator[Line]:
     """Text already decoded (a text file, a quarantined payload), as physical lines (LF, CRLF or CR ended)."""
-    number = 0
+    first = True
     for chunk in lines:
         body = chunk.rstrip("\r\n")
         for part in _LINE.findall(chunk) if "\n" in body or "\r" in body else (chunk,):
-            number += 1
-            text = part[1:] if number == 1 and part.startswith("\ufeff") else part
+            text = part
+            if first:
+                first = False
+                text = part.removeprefix("\ufeff")
             if len(text) > MAX_RECORD_BYTES:
                 problem = f"the line is {len(text):,} characters: over the {MAX_RECORD_BYTES:,} a record may have"
-                yield TextLine(number, f"{text[: MAX_RECORD_BYTES - 64]}… [cut: {len(text):,} characters]", problem)
+                yield TextLine(f"{text[: MAX_RECORD_BYTES - 64]}… [cut: {len(text):,} characters]", problem)
             else:
-                yield TextLine(number, text)
+                yield text
 
 
-@dataclass(frozen=True, slots=True)
+def line_text(line: Line) -> str:
+    return line if type(line) is str else line.text  # type: ignore[union-attr]
+
+
+@dataclass(slots=True)
 class CsvRecord:
     first: int  # its first physical line
     last: int  # its last physical line
@@ -104,66 +137,83 @@ class _OverrunError(Exception):
 
 
 class CsvRecords:
-    """The records of a CSV text, in order (see the module docstring). Set `width` once the header is known."""
+    """The records of a CSV text, in order (see the module docstring). Set `width` once the header is known.
 
-    def __init__(self, lines: Iterator[TextLine], delimiter: str = ",", width: int | None = None) -> None:
+    `lines` yields the physical lines (`lines_from_bytes`, `lines_from_text`); `number` is how many of them were
+    read before (their numbers go on from there).
+    """
+
+    def __init__(
+        self, lines: Iterator[Line], delimiter: str = ",", width: int | None = None, *, number: int = 0
+    ) -> None:
         self.lines = lines
         self.delimiter = delimiter
         self.width = width
-        self._pushed: deque[TextLine] = deque()
-        self._taken: list[TextLine] = []
+        self._number = number
+        self._pushed: deque[tuple[int, Line]] = deque()
+        self._taken: list[tuple[int, Line]] = []
         self._size = 0
 
     def _feed(self) -> Iterator[str]:
+        pushed, taken, source = self._pushed, self._taken, self.lines
         while True:
-            if self._pushed:
-                line = self._pushed.popleft()
+            if pushed:
+                number, line = pushed.popleft()
             else:
-                found = next(self.lines, None)
+                found = next(source, None)
                 if found is None:
                     return
-                line = found
-            self._taken.append(line)
-            self._size += len(line.text)
-            if len(self._taken) > MAX_RECORD_LINES or self._size > MAX_RECORD_BYTES:
+                self._number += 1
+                number, line = self._number, found
+            text = line if type(line) is str else line.text  # type: ignore[union-attr]
+            taken.append((number, line))
+            self._size += len(text)
+            if len(taken) > 1 and (len(taken) > MAX_RECORD_LINES or self._size > MAX_RECORD_BYTES):
                 raise _OverrunError
-            yield line.text
+            yield text
+
+    def _clear(self) -> None:
+        self._taken.clear()
+        self._size = 0
 
     def __iter__(self) -> Iterator[CsvRecord]:
         while True:
-            self._taken, self._size = [], 0
+            self._clear()
             reader = csv.reader(self._feed(), delimiter=self.delimiter)
             try:
                 for fields in reader:
                     record = self._record(fields)
-                    self._taken, self._size = [], 0
+                    self._clear()
                     if record is not None:
                         yield record
                 if not self._pushed:  # lines given back after the reader reached the end are read again
                     return
             except _OverrunError:
                 reason = f"{_UNBALANCED} (past {MAX_RECORD_LINES} lines or {MAX_RECORD_BYTES:,} characters)"
-                yield self._failed(reason)
+                yield self._broken(reason)
             except csv.Error as exc:  # not seen with the limit raised; kept to confine any to its record
-                yield self._failed(f"the CSV cannot be read here: {str(exc)[:100]}")
-
-    def _failed(self, reason: str) -> CsvRecord:
-        """The record being read cannot be finished (a quoted field runs on too long): see `_broken`."""
-        return self._broken(reason)
+                yield self._broken(f"the CSV cannot be read here: {str(exc)[:100]}")
 
     def _record(self, fields: list[str]) -> CsvRecord | None:
         taken = self._taken
-        if len(taken) == 1 and all(not f.strip() for f in fields):
-            return None  # a blank line
         width = self.width
-        if (
-            len(taken) > 1
-            and width is not None
-            and (len(fields) != width or self._record_start(taken) or self._holds_a_row(fields, width))
-        ):
-            return self._broken(_UNBALANCED)
-        text = cut("".join(line.text for line in taken).rstrip("\r\n"))
-        problem = next((line.problem for line in taken if line.problem), "")
+        if len(taken) == 1:
+            number, line = taken[0]
+            if type(line) is str:
+                if not fields or (not fields[0].strip() and all(not f.strip() for f in fields)):
+                    return None  # a blank line, or one of empty fields: no record
+                text, problem = line.rstrip("\r\n"), ""
+            else:
+                text, problem = line.text.rstrip("\r\n"), line.problem  # type: ignore[union-attr]
+            first = last = number
+        else:
+            if width is not None and (
+                len(fields) != width or self._record_start(taken) or self._holds_a_row(fields, width)
+            ):
+                return self._broken(_UNBALANCED)
+            first, last = taken[0][0], taken[-1][0]
+            text = cut("".join(line_text(line) for _, line in taken).rstrip("\r\n"))
+            problem = next((line.problem for _, line in taken if type(line) is not str), "")  # type: ignore[union-attr]
         if not problem and "\x00" in text:
             problem = "the record holds a NUL character"
         if not problem and width is not None and len(fields) != width:
@@ -172,15 +222,15 @@ class CsvRecords:
             longest = max(len(f) for f in fields) if fields else 0
             if longest > FIELD_LIMIT:
                 problem = f"a field is {longest:,} characters (at most {FIELD_LIMIT:,})"
-        return CsvRecord(taken[0].number, taken[-1].number, fields, text, problem)
+        return CsvRecord(first, last, fields, text, problem)
 
-    def _record_start(self, taken: list[TextLine]) -> int:
+    def _record_start(self, taken: list[tuple[int, Line]]) -> int:
         """The first line after the first that is a whole record of its own (0 when none): as many fields as the
         header and its quotes paired. A line of a field over lines is not one: the line that closes the field
         holds an odd number of quotes, and a line inside it holds no record (a record in a note is not told from
         a swallowed one)."""
         for index in range(1, len(taken)):
-            text = taken[index].text
+            text = line_text(taken[index][1])
             if text.count('"') % 2 == 0 and self._is_record(text):
                 return index
         return 0
@@ -204,24 +254,24 @@ class CsvRecords:
         lines between read as whole records of their own (a quote on the first line took them), else all the
         lines before that record (the first record spans them). With no such line, all the lines read are one
         broken record."""
-        taken = self._taken
-        self._taken, self._size = [], 0
+        taken = list(self._taken)
+        self._clear()
         split = self._record_start(taken) if self.width is not None else 0
         if split:
             if self._whole_records(taken[1:split]):
                 split = 1
             self._pushed.extendleft(reversed(taken[split:]))
             taken = taken[:split]
-        text = cut("".join(line.text for line in taken).rstrip("\r\n"))
-        problem = next((line.problem for line in taken if line.problem), reason)
-        return CsvRecord(taken[0].number, taken[-1].number, [], text, problem)
+        text = cut("".join(line_text(line) for _, line in taken).rstrip("\r\n"))
+        problem = next((line.problem for _, line in taken if type(line) is not str), reason)  # type: ignore[union-attr]
+        return CsvRecord(taken[0][0], taken[-1][0], [], text, problem)
 
-    def _whole_records(self, lines: list[TextLine]) -> bool:
+    def _whole_records(self, lines: list[tuple[int, Line]]) -> bool:
         """Whether these lines read as records of the header's width (none of them broken)."""
         try:
             return all(
                 len(fields) == self.width or all(not f.strip() for f in fields)
-                for fields in csv.reader([line.text for line in lines], delimiter=self.delimiter)
+                for fields in csv.reader([line_text(line) for _, line in lines], delimiter=self.delimiter)
             )
         except csv.Error:
             return False

@@ -169,6 +169,8 @@ def parse_engine_rows(header: list[str], records: Iterable[CsvRecord], *, input_
             out.errors.append(RowError(line_no, record.problem, record.last))
             continue
         try:
+            if record.last != line_no:  # no field of this format may hold a line break
+                _no_line_break(header, record.fields)
             reading, waiting = _row(record.fields, col, header, line_no, input_tz)
         except (ValueError, EngineError) as exc:
             out.errors.append(RowError(line_no, str(exc), record.last))
@@ -185,17 +187,22 @@ def parse_engine_rows(header: list[str], records: Iterable[CsvRecord], *, input_
     return out
 
 
+def _no_line_break(header: list[str], row: list[str]) -> None:
+    for name, text in zip(header, row, strict=False):
+        if "\n" in text or "\r" in text:
+            raise ValueError(f"{name} holds a line break (an unbalanced quote?): {text[:40]!r}")
+
+
 def _row(
     row: list[str], col: dict[str, int], header: list[str], line_no: int, input_tz: str | None
 ) -> tuple[Reading, _Pending | None]:
     if len(row) != len(header):
         raise ValueError(f"has {len(row)} fields, the header has {len(header)}")
-    for name, text in zip(header, row, strict=True):
-        if "\n" in text or "\r" in text:
-            raise ValueError(f"{name} holds a line break (an unbalanced quote?): {text[:40]!r}")
-        limit = FIELD_LIMITS.get(name, FIELD_LIMIT)
-        if len(text) > limit and len(text.strip()) > limit:
-            raise ValueError(f"{name} is {len(text.strip()):,} characters (at most {limit})")
+    if max(map(len, row)) > FIELD_LIMIT:  # the common row has only short fields: one cheap test
+        for name, text in zip(header, row, strict=True):
+            limit = FIELD_LIMITS.get(name, FIELD_LIMIT)
+            if len(text) > limit and len(text.strip()) > limit:
+                raise ValueError(f"{name} is {len(text.strip()):,} characters (at most {limit})")
 
     def get(name: str) -> str:
         return row[col[name]].strip() if name in col else ""

@@ -30,7 +30,7 @@ from itertools import chain
 from typing import IO
 
 from bff.ingest.bounds import MAX_KEY_CHARS, shorten, too_long
-from bff.ingest.csvrecords import CsvRecord, CsvRecords, TextLine, lines_from_bytes, lines_from_text
+from bff.ingest.csvrecords import CsvRecord, CsvRecords, Line, TextLine, line_text, lines_from_bytes, lines_from_text
 from bff.ingest.fhir_feed import device_key_for_name
 from bff.ingest.localtime import LocalTimeResolver, naive_local_ms
 from bff.ingest.records import Feed, FeedFormatError, FeedItem, FeedProblem, FeedReading, ParseOptions
@@ -289,18 +289,19 @@ class LibreViewParser:
             raise FeedFormatError(exc.message) from None
         return resolver, _date_order(options.date_order)
 
-    def _parse(self, lines: Iterator[TextLine], resolver: LocalTimeResolver, order: str | None) -> Iterator[FeedItem]:
+    def _parse(self, lines: Iterator[Line], resolver: LocalTimeResolver, order: str | None) -> Iterator[FeedItem]:
         header_line = ""
         number = 0
         for line in lines:
-            number = line.number
-            lowered = line.text.lower()
+            number += 1
+            text = line_text(line)
+            lowered = text.lower()
             if "device timestamp" in lowered and "record type" in lowered:
-                if line.problem:
+                if isinstance(line, TextLine):
                     raise FeedFormatError(f"line {number}, the header: {line.problem}")
-                header_line = line.text.rstrip("\r\n").lstrip("\ufeff")
+                header_line = text.rstrip("\r\n").lstrip("\ufeff")
                 break
-            self.metadata.append(line.text.rstrip("\r\n")[:MAX_KEY_CHARS])
+            self.metadata.append(text.rstrip("\r\n")[:MAX_KEY_CHARS])
             if number >= MAX_METADATA_ROWS:
                 break
         if not header_line:
@@ -311,7 +312,7 @@ class LibreViewParser:
         delimiter = _delimiter(header_line)
         names = next(csv.reader([header_line], delimiter=delimiter))
         cols = _columns(names)
-        rows: Iterable[CsvRecord] = CsvRecords(lines, delimiter, width=len(names))
+        rows: Iterable[CsvRecord] = CsvRecords(lines, delimiter, width=len(names), number=number)
         if order is None:
             order, held = _detect_order(iter(rows), cols)
             rows = chain(held, rows)

@@ -31,6 +31,7 @@ _CACHE_DAYS = 20_000
 #: The years a reading's time may name (inclusive); outside them a time is a record problem, not a datetime.
 YEARS = (1900, 2200)
 _LEADING_YEAR = re.compile(r"\s*(\d{4})")
+_FIRST_YEAR, _LAST_YEAR = (f"{year:04d}" for year in YEARS)
 
 
 def year_problem(year: int) -> str | None:
@@ -46,6 +47,9 @@ def iso_year_problem(text: str) -> str | None:
     ISO 8601 (and `datetime.fromisoformat`) starts with a four-digit year; text that does not is left for the
     parse to refuse.
     """
+    head = text[:4]
+    if _FIRST_YEAR <= head <= _LAST_YEAR and head.isdigit():  # four digits compare as numbers
+        return None
     match = _LEADING_YEAR.match(text)
     return None if match is None else year_problem(int(match.group(1)))
 
