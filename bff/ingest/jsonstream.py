@@ -7,6 +7,10 @@ its `problem` set and the part built so far as its value (strings in it cut to `
 
 The bytes are checked as UTF-8 before the tokeniser sees them: a byte that is not UTF-8 inside an item makes
 that item a problem (naming the byte and its offset) and is read as U+FFFD; anywhere else the input is refused.
+An escape of half a surrogate pair (`\\udfff`) is handled the same way (the tokeniser would fail on it for the
+whole input, or read it as "?"); a string holding a NUL makes its item a problem too. JSON the tokeniser cannot
+read (a missing bracket, an integer past 64 bits, a raw control character) refuses the input: it cannot resume
+after it.
 
 `stream_list` yields, in input order: a `TopField` for each top-level member other than the list (the value
 for a scalar, `CONTAINER` for an object or list, which is read past, not built), `LIST_START` when the list
