@@ -198,6 +198,12 @@ METRICS: tuple[Metric, ...] = (
            Kind.PERCENT, "cv_pct", ONE, {"": _loinc("104638-2", "Coefficient of variation of glucose")},
            {"": f"{IG_PROFILES}/cgm-summary-coefficient-of-variation"}, goal=Goal("<=", 36.0),
            higher_is_better=False),
+    Metric("sd", Condition.GLUCOSE, "Standard deviation of glucose", "SD", Kind.CONCENTRATION, "sd_mg_dl",
+           {MG_DL: 0, MMOL_L: 1}, higher_is_better=False),
+    Metric("lbgi", Condition.GLUCOSE, "Low blood glucose index", "LBGI", Kind.SCORE, "lbgi", ONE,
+           higher_is_better=False),
+    Metric("hbgi", Condition.GLUCOSE, "High blood glucose index", "HBGI", Kind.SCORE, "hbgi", ONE,
+           higher_is_better=False),
     Metric("days_of_wear", Condition.GLUCOSE, "Days of CGM wear", "Days of wear", Kind.DAYS, "days_of_wear", WHOLE,
            {"": _loinc("104636-6", "Days of CGM wear")}, {"": f"{IG_PROFILES}/cgm-summary-days-of-wear"}),
     Metric("sensor_active", Condition.GLUCOSE, "Percentage of time CGM active", "Time CGM active", Kind.PERCENT,
@@ -227,10 +233,12 @@ READING_MG_DL = _loinc("99504-3", "Glucose [Mass/volume] in Interstitial fluid")
 READING_MMOL_L = _loinc("105272-9", "Glucose [Moles/volume] in Interstitial fluid")
 #: The LOINC code of a CGM sensor reading -> the unit it carries.
 READING_UNITS: Mapping[str, str] = {READING_MG_DL.code: MG_DL, READING_MMOL_L.code: MMOL_L}
+#: The summary panel's code in the IG's ballot drafts (still sent by early adopters).
+DRAFT_SUMMARY_PANEL = _loinc("104643-2", "CGM summary panel (IG ballot draft)")
 #: Every LOINC code of an outcome (a metric or a panel): an Observation with one is a summary, not a reading.
 SUMMARY_CODES = frozenset(
     {c.code for m in METRICS for c in m.codes.values() if c.system == LOINC}
-    | {SUMMARY_PANEL.code, TIMES_IN_RANGES_PANEL.code}
+    | {SUMMARY_PANEL.code, TIMES_IN_RANGES_PANEL.code, DRAFT_SUMMARY_PANEL.code}
 )
 #: The IG profiles of the panels and of the readings.
 SUMMARY_PROFILE = f"{IG_PROFILES}/cgm-summary"
@@ -298,7 +306,7 @@ def shown(metric: Metric, metrics: Mapping[str, Any], unit: str = MG_DL, none: s
     return text(metric, value, unit)
 
 
-def percent_text(value: float | None, none: str = "—") -> str:
+def percent_text(value: Any, none: str = "—") -> str:
     """A percentage that is not a catalogue metric (a target set's own band): one decimal, half up, once."""
     finite = _finite(value)
     if finite is None:

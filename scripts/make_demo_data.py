@@ -74,6 +74,7 @@ def main() -> None:
                 "session_start": session_start.isoformat().replace("+00:00", "Z"),
                 "source": "vendor",
                 "record_id": f"egv-{i:05d}",
+                "tz": "America/New_York",  # the patient's zone, stated by the file (never a silent UTC)
             }
         )
     # The EHR's FHIR feed re-delivers a day of the same readings a few seconds later.

@@ -16,13 +16,13 @@ from app.cli.admin import add_parser as add_admin_parser
 from app.cli.common import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, BadInputError, InfrastructureError
 from app.cli.outbox import add_parser as add_outbox_parser
 from app.cli.outcomes import cmd_demo, cmd_outcomes
+from app.cli.patients import add_parser as add_patient_parser
 from app.cli.resources import FORMATS, cmd_export, cmd_verify
 from app.cli.sites import add_parser as add_site_parser
 from app.cli.store import (
     cmd_db,
     cmd_ingest,
     cmd_listen_mllp,
-    cmd_patient,
     cmd_quarantine,
     cmd_recompute,
     cmd_serve,
@@ -96,10 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     recompute.add_argument("--stale", action="store_true", help="every window with readings that arrived since")
     recompute.set_defaults(handler=cmd_recompute)
 
-    patient = sub.add_parser("patient", help="show or set a patient's settings")
-    patient.add_argument("id")
-    patient.add_argument("--tz", help="the patient's IANA time zone")
-    patient.set_defaults(handler=cmd_patient)
+    add_patient_parser(sub)
 
     export = sub.add_parser("export", help="an outcome window as FHIR (R4/R5 Bundle), HL7 v2 ORU^R01, PDF or note")
     export.add_argument("--patient", required=True)

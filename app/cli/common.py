@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from datetime import date, datetime
 
+from sqlalchemy.exc import DBAPIError
+
 from bff.settings import get_settings
 from bff.store.db import SchemaError, Store
 from engine import WindowSpec
@@ -14,7 +16,10 @@ EXIT_INFRASTRUCTURE = 3
 
 
 class BadInputError(Exception):
-    """Input the user must fix; printed as one line, exit code 2."""
+    """Input the user must fix; printed as one line (line breaks in the message are joined), exit code 2."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split("\n")) if "\n" in message else message)
 
 
 class InfrastructureError(Exception):
@@ -50,3 +55,8 @@ def open_store() -> Store:
         return Store(get_settings())
     except SchemaError as exc:
         raise BadInputError(str(exc)) from None
+    except DBAPIError as exc:  # the database is down or refuses the connection
+        raise InfrastructureError(
+            f"cannot open the database ({type(exc.orig).__name__}): nothing was done; run the command again "
+            "once it is reachable"
+        ) from None

@@ -6,22 +6,24 @@ import argparse
 import asyncio
 import json
 import signal
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import IO, TextIO
 
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from app.cli.common import BadInputError, InfrastructureError, open_store
+from bff.capabilities import CapabilityError, load_file, parse_capabilities
 from bff.hl7 import MllpLimits
-from bff.ingest.records import Feed, FeedFormatError, FeedItem, ParseOptions, reading_from_json
+from bff.ingest.records import Feed, FeedFormatError, FeedItem, ParseOptions, Parser, reading_from_json
 from bff.ingest.registry import parser_for
 from bff.settings import get_settings
 from bff.store.db import Store, make_engine, upgrade
 from bff.store.ingest import READING_CONTEXT, IngestError, Ingestor
 from bff.store.mllp import MllpListener
-from bff.store.models import Patient, QuarantineItem
+from bff.store.models import QuarantineItem
 from bff.store.outcomes import OutcomeService
 from engine import EngineError
 from engine.timezones import check_zone
@@ -36,10 +38,52 @@ def _options(args: argparse.Namespace) -> ParseOptions:
     return ParseOptions(input_tz=args.input_tz, date_order=getattr(args, "date_order", None))
 
 
+#: The longest --patient (the store's patient id column).
+PATIENT_ID_CHARS = 128
+
+
+def guarded(items: Iterator[FeedItem], feed: str) -> Iterator[FeedItem]:
+    """A parser's items; an exception other than FeedFormatError (a defect: every bad input should be a problem
+    or a FeedFormatError) becomes a FeedFormatError naming where it happened, so the command ends with one line
+    and exit code 2, never a traceback. The batch it happened in is rolled back."""
+    where = "at the start"
+    try:
+        for item in items:
+            where = f"after {item.locator}" if item.locator else where
+            yield item
+    except FeedFormatError:
+        raise
+    except Exception as exc:
+        raise FeedFormatError(
+            f"the input could not be read {where} ({type(exc).__name__}): a defect in the {feed} parser, please "
+            "report it with the file"
+        ) from exc
+
+
+class _GuardedParser:
+    """A parser whose items go through `guarded` (the store reads `feed` and `skipped` from it)."""
+
+    def __init__(self, parser: Parser) -> None:
+        self.parser = parser
+        self.feed = parser.feed
+
+    @property
+    def skipped(self) -> object:
+        return getattr(self.parser, "skipped", None)
+
+    def parse(self, stream: IO[bytes], options: ParseOptions) -> Iterator[FeedItem]:
+        return guarded(self.parser.parse(stream, options), str(self.feed))
+
+    def parse_quarantined(self, payload: str, context: str, options: ParseOptions) -> Iterator[FeedItem]:
+        return guarded(self.parser.parse_quarantined(payload, context, options), str(self.feed))
+
+
 def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise BadInputError(f"cannot read {args.file}: no such file")
+    if args.patient is not None and not 0 < len(args.patient) <= PATIENT_ID_CHARS:
+        raise BadInputError(f"--patient must be 1–{PATIENT_ID_CHARS} characters")
     options = _options(args)
     store = open_store()
 
@@ -50,11 +94,13 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         with path.open("rb") as handle:
             report = Ingestor(store, on_chunk=progress if args.progress else None).ingest(
-                parser_for(args.feed), handle, site=args.site, source_name=str(path), patient=args.patient,
-                options=options,
+                _GuardedParser(parser_for(args.feed)), handle, site=args.site, source_name=str(path),
+                patient=args.patient, options=options, site_zone=site_zone(args.site),
             )  # fmt: skip
     except (FeedFormatError, IngestError) as exc:
-        raise BadInputError(f"{args.file}: {exc}") from None
+        raise BadInputError(f"{args.file}: {exc}; nothing from it was written") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot read {args.file}: {exc.strerror}") from None
     except DBAPIError as exc:
         raise InfrastructureError(
             f"the database failed during the ingest of {args.file} ({type(exc.orig).__name__}): nothing from this "
@@ -63,6 +109,12 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         store.dispose()
     out.write(json.dumps(report.as_dict(), sort_keys=True) + "\n")
+    if report.quarantined and report.added + report.already_present == 0:
+        first = f" (first: {report.problems[0]})" if report.problems else ""
+        raise BadInputError(
+            f"{args.file}: none of its records could be stored: all {report.quarantined} quarantined{first}; "
+            "`glucobridge quarantine list` shows why"
+        )
     if report.quarantined:
         err.write(f"{report.quarantined} record(s) quarantined: `glucobridge quarantine list` shows why\n")
     return 0
@@ -128,7 +180,7 @@ def _quarantine_retry(store: Store, args: argparse.Namespace, out: TextIO) -> in
         if context == READING_CONTEXT:
             items = [reading_from_json(payload)]
         else:
-            items = list(parser_for(feed).parse_quarantined(payload, context, options))
+            items = list(_GuardedParser(parser_for(feed)).parse_quarantined(payload, context, options))
     except FeedFormatError as exc:
         raise BadInputError(f"quarantine item {args.id} still cannot be read: {exc}") from None
     report = Ingestor(store).ingest_items(
@@ -166,24 +218,15 @@ def cmd_recompute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-def cmd_patient(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    if args.tz:
-        try:
-            check_zone(args.tz)
-        except EngineError as exc:
-            raise BadInputError(exc.message) from None
-    store = open_store()
+def site_zone(site: str) -> str | None:
+    """The site's default zone from its capability matrix (sites/SITE.toml `time_zone`), when it has a file."""
+    path = Path(get_settings().sites_dir) / f"{site}.toml"
+    if not path.exists():
+        return None
     try:
-        with store.transaction() as session:
-            patient = session.scalar(select(Patient).where(Patient.public_id == args.id))
-            if patient is None:
-                raise BadInputError(f"no patient {args.id!r} in the store")
-            if args.tz:
-                patient.tz = args.tz
-            out.write(json.dumps({"patient": patient.public_id, "tz": patient.tz}) + "\n")
-    finally:
-        store.dispose()
-    return 0
+        return parse_capabilities(site, load_file(path), source=str(path)).time_zone or None
+    except CapabilityError as exc:
+        raise BadInputError(str(exc)) from None
 
 
 def cmd_db(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -204,7 +247,10 @@ def cmd_listen_mllp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except ValueError as exc:
         raise BadInputError(str(exc)) from None
     store = open_store()
-    listener = MllpListener(Ingestor(store), site=args.site, options=options, patient=args.patient, limits=limits)
+    listener = MllpListener(
+        Ingestor(store), site=args.site, options=options, patient=args.patient, limits=limits,
+        site_zone=site_zone(args.site),
+    )  # fmt: skip
 
     async def serve() -> None:
         host, port = await listener.start(args.host, args.port)

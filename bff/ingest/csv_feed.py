@@ -1,15 +1,23 @@
-"""The engine's CSV format as a store feed: rows become FeedReadings; bad rows go to quarantine with the header."""
+"""The engine's CSV format as a store feed: rows become FeedReadings; bad rows go to quarantine with the header.
+
+Records come from `bff.ingest.csvrecords` with their physical lines: a problem's locator is "line 7" or, for a
+record whose quoted field spans lines, "lines 7–9", and its payload is the whole record as it was in the file.
+"""
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator
-from typing import IO, NoReturn
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import IO
 
-from bff.ingest.engine_csv import CsvFormatError, parse_engine_csv
+from bff.ingest.csvrecords import CsvRecord, CsvRecords, lines_from_bytes, lines_from_text
+from bff.ingest.engine_csv import CsvFormatError, parse_engine_rows, read_header
 from bff.ingest.records import Feed, FeedFormatError, FeedItem, FeedProblem, FeedReading, ParseOptions, PatientRef
+from engine import EngineError
+from engine.timezones import check_zone
 
-CHUNK_LINES = 20_000
+#: Records parsed together (naive times are placed on the UTC line a chunk at a time).
+CHUNK_RECORDS = 20_000
 
 
 class CsvParser:
@@ -21,52 +29,54 @@ class CsvParser:
         self.keep_payload = keep_payload
 
     def parse(self, stream: IO[bytes], options: ParseOptions) -> Iterator[FeedItem]:
-        text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-        header = text.readline()
-        if not header.strip():
-            raise_format("the file is empty: expected a header patient_id,time,value,unit")
-        first_line = 2
-        while True:
-            lines = []
-            for _ in range(CHUNK_LINES):
-                line = text.readline()
-                if not line:
-                    break
-                lines.append(line)
-            if not lines:
-                return
-            yield from self._chunk(header, lines, first_line, options)
-            first_line += len(lines)
+        yield from self._records(CsvRecords(lines_from_bytes(stream)), options)
 
     def parse_quarantined(self, payload: str, context: str, options: ParseOptions) -> Iterator[FeedItem]:
-        yield from self._chunk(context, [payload if payload.endswith("\n") else payload + "\n"], 2, options)
+        yield from self._records(CsvRecords(lines_from_text([context + "\n", payload + "\n"])), options)
 
-    def _chunk(self, header: str, lines: list[str], first_line: int, options: ParseOptions) -> Iterator[FeedItem]:
+    def _records(self, records: CsvRecords, options: ParseOptions) -> Iterator[FeedItem]:
+        if options.input_tz is not None:
+            try:
+                check_zone(options.input_tz)
+            except EngineError as exc:
+                raise FeedFormatError(exc.message) from None
+        rows = iter(records)
+        first = next(rows, None)
         try:
-            parsed = parse_engine_csv([header, *lines], input_tz=options.input_tz)
+            header = read_header(first)
         except CsvFormatError as exc:
-            raise_format(str(exc))
-        offset = first_line - 2
+            raise FeedFormatError(str(exc)) from None
+        records.width = len(header)
+        context = first.text if first is not None else ""
+        while chunk := list(islice(rows, CHUNK_RECORDS)):
+            yield from self._chunk(header, context, chunk, options)
+
+    def _chunk(
+        self, header: list[str], context: str, chunk: Iterable[CsvRecord], options: ParseOptions
+    ) -> Iterator[FeedItem]:
+        records = list(chunk)
+        try:
+            parsed = parse_engine_rows(header, records, input_tz=options.input_tz)
+        except CsvFormatError as exc:
+            raise FeedFormatError(str(exc)) from None
         errors = {e.row: e.problem for e in parsed.errors}
-        by_row = dict(zip(parsed.rows, zip(parsed.readings, parsed.record_ids, strict=True), strict=True))
-        for index, line in enumerate(lines):
-            row = index + 2
-            locator = f"line {row + offset}"
-            if row in errors:
-                yield FeedProblem(locator, errors[row], line.rstrip("\r\n"), context=header.rstrip("\r\n"))
+        by_row = dict(
+            zip(
+                parsed.rows,
+                zip(parsed.readings, parsed.record_ids, parsed.zones, parsed.offsets, strict=True),
+                strict=True,
+            )
+        )
+        for record in records:
+            if record.first in errors:
+                yield FeedProblem(record.locator, errors[record.first], record.text, context=context)
                 continue
-            if row not in by_row:
-                continue  # a blank line
-            reading, record_id = by_row[row]
+            reading, record_id, zone, offset = by_row[record.first]
             yield FeedReading(
                 patient=PatientRef("glucobridge", reading.patient_id), time_ms=reading.time_ms, value=reading.value,
                 unit=reading.unit, flag=reading.flag, device=reading.device, record_key=record_id,
                 session_start_ms=reading.session_start_ms,
                 session_key=f"start:{reading.session_start_ms}" if reading.session_start_ms is not None else "",
-                ambiguous=reading.ambiguous, locator=locator,
-                payload=line.rstrip("\r\n") if self.keep_payload else "",
+                ambiguous=reading.ambiguous, locator=record.locator, utc_offset_min=offset, zone=zone,
+                payload=record.text if self.keep_payload else "",
             )  # fmt: skip
-
-
-def raise_format(message: str) -> NoReturn:
-    raise FeedFormatError(message)

@@ -1,23 +1,30 @@
 """The engine's CSV format (`glucobridge outcomes INPUT.csv`).
 
-Header: `patient_id,time,value,unit` plus optional `device,session_id,session_start,source,record_id`.
+Header: `patient_id,time,value,unit` plus optional `device,session_id,session_start,source,record_id,tz` (`tz`:
+the patient's IANA zone, which the feed then states: days, nights and the AGP are local to it).
 `time` and `session_start` are ISO 8601 with an offset; a naive time is accepted only when the caller names the
 zone it was recorded in (`input_tz`). `unit` is mg/dL or mmol/L in any letter case. `value` is a number, or a
 sensor's out-of-range mark: `LOW`/`LO`/`HIGH`/`HI` (the device's bound) or `<N` / `>N` (the bound given).
 
-Rows are numbered as lines of the file (the header is line 1), so an error points at what to fix.
+Rows are numbered as lines of the file (the header is line 1), so an error points at what to fix; a record
+whose quoted field spans lines is "rows 4–5". The text is split into records by `bff.ingest.csvrecords` (bytes
+that are not UTF-8, a NUL, an unbalanced quote, a field over the csv module's limit, a wrong number of fields:
+each is an error of its row), and every field is held to 64 characters (`patient_id` to 128, `record_id` and
+`session_id` to 256) and every year to 1900–2200 before the engine sees it.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import IO
 
 import numpy as np
 
+from bff.ingest.csvrecords import CsvRecord, CsvRecords, lines_from_bytes, lines_from_text
+from bff.ingest.localtime import iso_year_problem, offset_evidence
 from engine import (
     EngineError,
     GlucoseUnit,
@@ -31,19 +38,25 @@ from engine import (
 from engine.timezones import check_zone
 
 REQUIRED = ("patient_id", "time", "value", "unit")
-OPTIONAL = ("device", "session_id", "session_start", "source", "record_id")
+OPTIONAL = ("device", "session_id", "session_start", "source", "record_id", "tz")
+#: The longest each field may be (characters); any other field: FIELD_LIMIT.
+FIELD_LIMITS = {"patient_id": 128, "record_id": 256, "session_id": 256}
+FIELD_LIMIT = 64
 _EPOCH_NAIVE = datetime(1970, 1, 1)
 
 
 @dataclass(frozen=True, slots=True)
 class RowError:
-    """A row that could not be read: its line number in the file and what is wrong with it."""
+    """A row that could not be read: its line number in the file (and its last, when it spans lines), and what is
+    wrong with it."""
 
     row: int
     problem: str
+    last: int = 0
 
     def __str__(self) -> str:
-        return f"row {self.row}: {self.problem}"
+        where = f"rows {self.row}–{self.last}" if self.last > self.row else f"row {self.row}"
+        return f"{where}: {self.problem}"
 
 
 @dataclass(slots=True)
@@ -52,6 +65,8 @@ class CsvParse:
     rows: list[int] = field(default_factory=list)  # file line of each reading
     record_ids: list[str] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
+    zones: list[str] = field(default_factory=list)  # the `tz` column of each reading ("" when not given)
+    offsets: list[int | None] = field(default_factory=list)  # the UTC offset its time was written with (evidence)
 
 
 class CsvFormatError(ValueError):
@@ -77,6 +92,9 @@ def _ms(moment: datetime) -> int:
 
 
 def _parse_time(text: str, what: str) -> datetime:
+    year = iso_year_problem(text)
+    if year:
+        raise ValueError(f"{what} {text.strip()!r}: {year}")
     try:
         return datetime.fromisoformat(text.strip())
     except ValueError:
@@ -104,51 +122,92 @@ def _parse_value(text: str) -> tuple[float | None, SensorFlag]:
 
 
 def parse_engine_csv(lines: Iterable[str], *, input_tz: str | None = None) -> CsvParse:
-    """Parse the CSV text. Header problems raise CsvFormatError; row problems are collected in `errors`."""
+    """Parse CSV text (a text file's lines). Header problems raise CsvFormatError; row problems are collected in
+    `errors`."""
+    return _parse(CsvRecords(lines_from_text(lines)), input_tz)
+
+
+def read_engine_csv(stream: IO[bytes], *, input_tz: str | None = None) -> CsvParse:
+    """Parse CSV bytes (UTF-8; a row whose bytes are not is an error of that row), as `parse_engine_csv`."""
+    return _parse(CsvRecords(lines_from_bytes(stream)), input_tz)
+
+
+def _parse(records: CsvRecords, input_tz: str | None) -> CsvParse:
     if input_tz is not None:
         check_zone(input_tz)
-    reader = csv.reader(lines)
-    try:
-        header = [h.strip().lower() for h in next(reader)]
-    except StopIteration:
-        raise CsvFormatError("the file is empty: expected a header patient_id,time,value,unit") from None
+    rows = iter(records)
+    header = read_header(next(rows, None))
+    records.width = len(header)
+    return parse_engine_rows(header, rows, input_tz=input_tz)
+
+
+def read_header(first: CsvRecord | None) -> list[str]:
+    """The header (lower-cased column names) from the first record; CsvFormatError when it is not one."""
+    if first is None:
+        raise CsvFormatError("the file is empty: expected a header patient_id,time,value,unit")
+    if first.problem:
+        raise CsvFormatError(f"row {first.first}: {first.problem}")
+    header = [h.strip().lower() for h in first.fields]
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise CsvFormatError(f"row 1: missing column(s) {', '.join(missing)} (header needs {','.join(REQUIRED)})")
     unknown = [c for c in header if c not in REQUIRED + OPTIONAL]
     if unknown:
         optional = ",".join(OPTIONAL)
-        raise CsvFormatError(f"row 1: unknown column(s) {', '.join(unknown)}; optional columns are {optional}")
+        shown = ", ".join(name[:FIELD_LIMIT] for name in unknown[:5])
+        raise CsvFormatError(f"row 1: unknown column(s) {shown}; optional columns are {optional}")
     if len(set(header)) != len(header):
         raise CsvFormatError("row 1: a column is named twice")
+    return header
+
+
+def parse_engine_rows(header: list[str], records: Iterable[CsvRecord], *, input_tz: str | None = None) -> CsvParse:
+    """The readings of the records after the header; each record's problem is a RowError of its first line."""
     col = {name: i for i, name in enumerate(header)}
     out = CsvParse()
     pending: list[_Pending] = []
-    for line_no, row in enumerate(reader, start=2):
-        if not row or all(not c.strip() for c in row):
+    for record in records:
+        line_no = record.first
+        if record.problem:
+            out.errors.append(RowError(line_no, record.problem, record.last))
             continue
         try:
-            reading, waiting = _row(row, col, header, line_no, input_tz)
+            if record.last != line_no:  # no field of this format may hold a line break
+                _no_line_break(header, record.fields)
+            reading, waiting, zone, offset = _row(record.fields, col, header, line_no, input_tz)
         except (ValueError, EngineError) as exc:
-            out.errors.append(RowError(line_no, str(exc)))
+            out.errors.append(RowError(line_no, str(exc), record.last))
             continue
         if waiting is not None:
             waiting.position = len(out.readings)
             pending.append(waiting)
         out.readings.append(reading)
         out.rows.append(line_no)
-        out.record_ids.append(row[col["record_id"]].strip() if "record_id" in col else "")
+        out.record_ids.append(record.fields[col["record_id"]].strip() if "record_id" in col else "")
+        out.zones.append(zone)
+        out.offsets.append(offset)
     if pending:
         assert input_tz is not None
         _localize_pending(out, pending, input_tz)
     return out
 
 
+def _no_line_break(header: list[str], row: list[str]) -> None:
+    for name, text in zip(header, row, strict=False):
+        if "\n" in text or "\r" in text:
+            raise ValueError(f"{name} holds a line break (an unbalanced quote?): {text[:40]!r}")
+
+
 def _row(
     row: list[str], col: dict[str, int], header: list[str], line_no: int, input_tz: str | None
-) -> tuple[Reading, _Pending | None]:
+) -> tuple[Reading, _Pending | None, str, int | None]:
     if len(row) != len(header):
         raise ValueError(f"has {len(row)} fields, the header has {len(header)}")
+    if max(map(len, row)) > FIELD_LIMIT:  # the common row has only short fields: one cheap test
+        for name, text in zip(header, row, strict=True):
+            limit = FIELD_LIMITS.get(name, FIELD_LIMIT)
+            if len(text) > limit and len(text.strip()) > limit:
+                raise ValueError(f"{name} is {len(text.strip()):,} characters (at most {limit})")
 
     def get(name: str) -> str:
         return row[col[name]].strip() if name in col else ""
@@ -167,6 +226,9 @@ def _row(
     source = Source.parse(get("source")) if get("source") else Source.FILE
     waiting: _Pending | None = None
     moment = _parse_time(get("time"), "time")
+    zone = get("tz")
+    if zone:
+        check_zone(zone)
     time_ms = 0
     if moment.tzinfo is None:
         if input_tz is None:
@@ -195,7 +257,7 @@ def _row(
         source=source,
         received=line_no,
     )
-    return reading, waiting
+    return reading, waiting, zone, offset_evidence(moment) if moment.tzinfo is not None else None
 
 
 def _localize_pending(out: CsvParse, pending: list[_Pending], zone: str) -> None:
@@ -240,4 +302,6 @@ def _localize_pending(out: CsvParse, pending: list[_Pending], zone: str) -> None
         out.readings = [out.readings[i] for i in keep]
         out.rows = [out.rows[i] for i in keep]
         out.record_ids = [out.record_ids[i] for i in keep]
+        out.zones = [out.zones[i] for i in keep]
+        out.offsets = [out.offsets[i] for i in keep]
         out.errors.sort(key=lambda e: e.row)

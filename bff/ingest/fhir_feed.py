@@ -1,7 +1,8 @@
 """FHIR CGM sensor-reading Observations (HL7 CGM IG: LOINC 99504-3 mg/dL, 105272-9 mmol/L), streamed.
 
-Input is a Bundle (entries are built one at a time by ijson's C backend, never the whole Bundle) or NDJSON (one
-resource a line, as FHIR Bulk Data writes it). Each Observation is checked for what a reading needs: a result
+Input is a Bundle (entries are built one at a time, never the whole Bundle, by `bff.ingest.jsonstream`: bounded
+in depth and size, checked as UTF-8) or NDJSON (one resource a line, as FHIR Bulk Data writes it; a line is held
+to `MAX_RECORD_BYTES` and its JSON to `MAX_DEPTH`). Each Observation is checked for what a reading needs: a result
 status, the sensor-reading code, a numeric valueQuantity in the unit of that code (a `<`/`>` comparator makes a
 LOW/HIGH reading at the value), and an effectiveDateTime with a time and a UTC offset.
 
@@ -10,15 +11,18 @@ identifier); `device.reference` the stream; the device key comes from `device.di
 in the same input (matched by name: "Dexcom G6" → dexcom-g6). When the input is seekable, Device and Patient
 resources are indexed first, so they may come before or after the Observations that point to them; otherwise
 only those that come before are known. Other resources (Patient, Device, DiagnosticReport, CGM summary
-Observations) are not readings: they are counted in `FhirParser.skipped`.
+Observations) are not readings: they are counted in `FhirParser.skipped`, by type; an object whose resourceType
+is not a FHIR resource type (R4, R4B or R5) is a problem, not a skip. Identifiers kept or looked up (subject,
+device, record identifier) are held to `MAX_KEY_CHARS`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -26,6 +30,19 @@ from typing import IO, Any
 
 import ijson  # type: ignore[import-untyped]
 
+from bff.ingest.bounds import (
+    MAX_KEY_CHARS,
+    MAX_RECORD_BYTES,
+    byte_problem,
+    clip,
+    cut,
+    loads_bounded,
+    read_lines,
+    shorten,
+    too_long,
+)
+from bff.ingest.jsonstream import LIST_START, JsonInputError, JsonItem, TopField, stream_list
+from bff.ingest.localtime import iso_year_problem, offset_evidence
 from bff.ingest.records import (
     Feed,
     FeedFormatError,
@@ -34,31 +51,51 @@ from bff.ingest.records import (
     FeedReading,
     ParseOptions,
     PatientRef,
-    replay_then_read,
 )
-from engine import DEVICES, GlucoseUnit, SensorFlag
+from engine import DEVICES, GlucoseUnit, SensorFlag, parse_unit
+from engine.catalogue import LOINC, READING_UNITS, SUMMARY_CODES
 
-LOINC = "http://loinc.org"
-READING_CODES = {"99504-3": GlucoseUnit.MG_DL, "105272-9": GlucoseUnit.MMOL_L}
-#: CGM IG summary codes: legitimate members of a CGM submission Bundle, but not sensor readings.
-SUMMARY_CODES = frozenset(
-    {
-        "107931-8",
-        "104643-2",
-        "106793-3",
-        "97507-8",
-        "105273-7",
-        "97506-0",
-        "104638-2",
-        "104636-6",
-        "104637-4",
-        "97510-2",
-        "104642-4",
-        "104641-6",
-        "104640-8",
-        "104639-0",
-    }
+#: The CGM sensor-reading codes and their units; the CGM IG summary codes (legitimate members of a submission
+#: Bundle, but not sensor readings): both from the metric catalogue.
+READING_CODES = {code: parse_unit(unit) for code, unit in READING_UNITS.items()}
+#: Resource types of FHIR R4, R4B and R5: anything else in `resourceType` is not a resource that can be skipped.
+RESOURCE_TYPES = frozenset(
+    """
+    Account ActivityDefinition ActorDefinition AdministrableProductDefinition AdverseEvent AllergyIntolerance
+    Appointment AppointmentResponse ArtifactAssessment AuditEvent Basic Binary BiologicallyDerivedProduct
+    BiologicallyDerivedProductDispense BodyStructure Bundle CapabilityStatement CarePlan CareTeam CatalogEntry
+    ChargeItem ChargeItemDefinition Citation Claim ClaimResponse ClinicalImpression ClinicalUseDefinition
+    CodeSystem Communication CommunicationRequest CompartmentDefinition Composition ConceptMap Condition
+    ConditionDefinition Consent Contract Coverage CoverageEligibilityRequest CoverageEligibilityResponse
+    DetectedIssue Device DeviceAssociation DeviceDefinition DeviceDispense DeviceMetric DeviceRequest DeviceUsage
+    DeviceUseStatement DiagnosticReport DocumentManifest DocumentReference Encounter EncounterHistory Endpoint
+    EnrollmentRequest EnrollmentResponse EpisodeOfCare EventDefinition Evidence EvidenceReport EvidenceVariable
+    ExampleScenario ExplanationOfBenefit FamilyMemberHistory Flag FormularyItem GenomicStudy Goal GraphDefinition
+    Group GuidanceResponse HealthcareService ImagingSelection ImagingStudy Immunization ImmunizationEvaluation
+    ImmunizationRecommendation ImplementationGuide Ingredient InsurancePlan InventoryItem InventoryReport Invoice
+    Library Linkage List Location ManufacturedItemDefinition Measure MeasureReport Media Medication
+    MedicationAdministration MedicationDispense MedicationKnowledge MedicationRequest MedicationStatement
+    MedicinalProductDefinition MessageDefinition MessageHeader MolecularSequence NamingSystem NutritionIntake
+    NutritionOrder NutritionProduct Observation ObservationDefinition OperationDefinition OperationOutcome
+    Organization OrganizationAffiliation PackagedProductDefinition Parameters Patient PaymentNotice
+    PaymentReconciliation Permission Person PlanDefinition Practitioner PractitionerRole Procedure Provenance
+    Questionnaire QuestionnaireResponse RegulatedAuthorization RelatedPerson RequestGroup RequestOrchestration
+    Requirements ResearchDefinition ResearchElementDefinition ResearchStudy ResearchSubject RiskAssessment Schedule
+    SearchParameter ServiceRequest Slot Specimen SpecimenDefinition StructureDefinition StructureMap Subscription
+    SubscriptionStatus SubscriptionTopic Substance SubstanceDefinition SubstanceNucleicAcid SubstancePolymer
+    SubstanceProtein SubstanceReferenceInformation SubstanceSourceMaterial SupplyDelivery SupplyRequest Task
+    TerminologyCapabilities TestPlan TestReport TestScript Transport ValueSet VerificationResult VisionPrescription
+    MedicinalProduct MedicinalProductAuthorization MedicinalProductContraindication MedicinalProductIndication
+    MedicinalProductIngredient MedicinalProductInteraction MedicinalProductManufactured MedicinalProductPackaged
+    MedicinalProductPharmaceutical MedicinalProductUndesirableEffect EffectEvidenceSynthesis RiskEvidenceSynthesis
+    SubstanceSpecification
+    """.split()  # noqa: SIM905 - 180 names read better as words than as a list literal
 )
+#: The elements of a Bundle (R4, R4B, R5); `_x` (a primitive's extensions) are accepted too.
+BUNDLE_ELEMENTS = frozenset(
+    {"resourceType", "id", "meta", "implicitRules", "language", "identifier", "type", "timestamp", "total", "link",
+     "entry", "signature", "issues"}
+)  # fmt: skip
 RESULT_STATUSES = frozenset({"final", "amended", "corrected", "preliminary"})
 _STATUS_HELP = "expected final, amended, corrected or preliminary"
 _UNITS = {"mg/dl": GlucoseUnit.MG_DL, "mmol/l": GlucoseUnit.MMOL_L}
@@ -67,6 +104,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 _OFFSET = re.compile(r"(Z|[+-]\d{2}:\d{2})$")
 _INDEXED = re.compile(rb'"resourceType"\s*:\s*"(?:Device|Patient)"')
+_BOM_AND_SPACE = b" \t\r\n\xef\xbb\xbf"
 CHUNK = 16 * 1024
 #: How far to look for the end of the first line when telling NDJSON from a Bundle.
 PEEK_LIMIT = 64 * 1024
@@ -88,7 +126,7 @@ def device_key_for_name(text: str) -> str:
     Apps and readers ("FreeStyle LibreLink", "Dexcom ONE"), Libre Pro and unknown names give "".
     """
     name = text.strip().lower()
-    if not name:
+    if not name or len(name) > MAX_KEY_CHARS:  # the patterns below scan it: keep that cheap
         return ""
     if name in DEVICES:
         return name
@@ -191,11 +229,21 @@ def _local_ref(reference: str, kind: str) -> str | None:
 
 
 def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return cut(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+def _key(what: str, value: str) -> str:
+    """An identifier kept or looked up, refused when over MAX_KEY_CHARS."""
+    problem = too_long(what, value, MAX_KEY_CHARS)
+    if problem:
+        raise _RecordError(problem)
+    return value
 
 
 def _codes_text(codings: list[Any]) -> str:
-    shown = [f"{c.get('system', '')}|{c.get('code', '')}" for c in codings[:3] if isinstance(c, dict)]
+    shown = [
+        f"{clip(c.get('system', ''), 40)}|{clip(c.get('code', ''), 20)}" for c in codings[:3] if isinstance(c, dict)
+    ]
     return ", ".join(shown) if shown else "no coding"
 
 
@@ -215,7 +263,7 @@ def _reading_code(resource: Mapping[str, Any]) -> tuple[str | None, bool, str]:
     return None, summary, _codes_text(codings)
 
 
-def _time_ms(resource: Mapping[str, Any]) -> tuple[int, str]:
+def _time_ms(resource: Mapping[str, Any]) -> tuple[int, str, int | None]:
     raw = resource.get("effectiveDateTime")
     name = "effectiveDateTime"
     if raw is None and "effectiveInstant" in resource:
@@ -224,20 +272,31 @@ def _time_ms(resource: Mapping[str, Any]) -> tuple[int, str]:
         if "effectivePeriod" in resource:
             raise _RecordError("effectiveDateTime missing (an effectivePeriod is not a reading time)")
         raise _RecordError("effectiveDateTime missing")
-    if not isinstance(raw, str):
-        raise _RecordError(f"{name} {raw!r} is not a FHIR dateTime")
+    if not isinstance(raw, str) or len(raw) > 64:  # a dateTime with nanoseconds and an offset is 35 characters
+        raise _RecordError(f"{name} {shorten(raw)} is not a FHIR dateTime")
     if "T" not in raw:
         raise _RecordError(f"{name} {raw!r} has no time of day")
     if _OFFSET.search(raw) is None:
         raise _RecordError(f"{name} {raw!r} has no UTC offset")
+    year = iso_year_problem(raw)
+    if year:
+        raise _RecordError(f"{name} {raw!r}: {year}")
     try:
         moment = datetime.fromisoformat(raw)
     except ValueError:
         raise _RecordError(f"{name} {raw!r} is not a FHIR dateTime") from None
-    return (moment - _EPOCH) // _ONE_MS, raw
+    return (moment - _EPOCH) // _ONE_MS, raw, offset_evidence(moment)
 
 
 def _subject(resource: Mapping[str, Any], index: _Index) -> PatientRef | None:
+    ref = _subject_ref(resource, index)
+    if ref is not None:
+        _key("the subject's issuer", ref.issuer)
+        _key("the subject", ref.value)
+    return ref
+
+
+def _subject_ref(resource: Mapping[str, Any], index: _Index) -> PatientRef | None:
     subject = resource.get("subject")
     if subject is None:
         return None
@@ -253,8 +312,8 @@ def _subject(resource: Mapping[str, Any], index: _Index) -> PatientRef | None:
         if known is not None:
             return known
         if reference.startswith(("urn:uuid:", "urn:oid:", "#")):
-            raise _RecordError(f"subject {reference!r} does not resolve to a Patient in the input")
-        raise _RecordError(f"subject {reference!r} is not a Patient reference")
+            raise _RecordError(f"subject {shorten(reference)} does not resolve to a Patient in the input")
+        raise _RecordError(f"subject {shorten(reference)} is not a Patient reference")
     ref = _identifier_ref(subject.get("identifier"))
     if ref is None:
         raise _RecordError("subject has neither a reference nor an identifier")
@@ -273,8 +332,9 @@ def _device(resource: Mapping[str, Any], index: _Index) -> tuple[str, str, str]:
         identifier = device.get("identifier")
         if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
             stream = identifier["value"].strip()
+    _key("device", stream)
     display = device.get("display")
-    key = device_key_for_name(display) if isinstance(display, str) else ""
+    key = device_key_for_name(_key("device.display", display)) if isinstance(display, str) else ""
     if key or not reference:
         return stream, key, ""
     found = index.devices.get(reference)
@@ -288,9 +348,10 @@ def _record_key(resource: Mapping[str, Any]) -> str:
     for identifier in _list(resource.get("identifier")):
         if isinstance(identifier, dict) and isinstance(identifier.get("value"), str) and identifier["value"]:
             system = identifier.get("system")
-            return f"{system if isinstance(system, str) else ''}|{identifier['value']}"
+            system = _key("identifier.system", system) if isinstance(system, str) else ""
+            return f"{system}|{_key('identifier.value', identifier['value'])}"
     rid = resource.get("id")
-    return f"Observation/{rid}" if isinstance(rid, str) and rid else ""
+    return f"Observation/{_key('id', rid)}" if isinstance(rid, str) and rid else ""
 
 
 def _quantity(resource: Mapping[str, Any], code: str) -> tuple[float, GlucoseUnit, SensorFlag]:
@@ -301,24 +362,28 @@ def _quantity(resource: Mapping[str, Any], code: str) -> tuple[float, GlucoseUni
             codings = _list(absent.get("coding"))
             first = codings[0] if codings and isinstance(codings[0], dict) else {}
             why = first.get("code") or absent.get("text") or "?"
-            raise _RecordError(f"no value (dataAbsentReason={why})")
+            raise _RecordError(f"no value (dataAbsentReason={clip(why, 40)})")
         others = [k for k in resource if k.startswith("value")]
         if others:
-            raise _RecordError(f"value is {others[0]}, not a valueQuantity")
+            raise _RecordError(f"value is {clip(others[0], 40)}, not a valueQuantity")
         raise _RecordError("no value: valueQuantity missing")
     if not isinstance(quantity, dict):
         raise _RecordError("valueQuantity is not a Quantity")
     value = quantity.get("value")
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _RecordError(f"valueQuantity.value {value!r} is not a number")
-    if not math.isfinite(value) or value <= 0:
+        raise _RecordError(f"valueQuantity.value {shorten(value)} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits (NDJSON)
+        raise _RecordError(f"valueQuantity.value {shorten(value)} is out of range") from None
+    if not math.isfinite(number) or number <= 0:
         raise _RecordError(f"valueQuantity.value {value!r} must be a finite number above 0")
     unit_text = quantity.get("code")
     if not isinstance(unit_text, str) or not unit_text.strip():
         unit_text = quantity.get("unit")
     unit = _UNITS.get(unit_text.strip().lower()) if isinstance(unit_text, str) else None
     if unit is None:
-        raise _RecordError(f"unknown unit {unit_text!r} (expected mg/dL or mmol/L)")
+        raise _RecordError(f"unknown unit {shorten(unit_text)} (expected mg/dL or mmol/L)")
     expected = READING_CODES[code]
     if unit is not expected:
         raise _RecordError(f"unit {unit.label} does not match code {code} ({expected.label})")
@@ -327,9 +392,9 @@ def _quantity(resource: Mapping[str, Any], code: str) -> tuple[float, GlucoseUni
     if comparator is not None:
         found = _COMPARATORS.get(comparator) if isinstance(comparator, str) else None
         if found is None:
-            raise _RecordError(f"comparator {comparator!r} is not <, <=, > or >=")
+            raise _RecordError(f"comparator {shorten(comparator)} is not <, <=, > or >=")
         flag = found
-    return float(value), unit, flag
+    return number, unit, flag
 
 
 def _context(fmt: str, full_url: str | None, device_ref: str, device_key: str, patient: PatientRef | None) -> str:
@@ -380,18 +445,18 @@ class FhirParser:
             _prescan(stream, start, self.input_format, index)
             stream.seek(start)
             head = b""
+        source = io.BufferedReader(_Prefixed(head, stream), buffer_size=CHUNK)
+        del head
         if self.input_format == "ndjson":
-            yield from self._ndjson(_lines(head, stream), index)
+            yield from self._ndjson(source, index)
         else:
-            held = [head[i : i + CHUNK] for i in range(0, len(head), CHUNK)]  # fed as read: ijson builds less at once
-            del head
-            yield from self._bundle(held, stream, index)
+            yield from self._bundle(source, index)
 
     def parse_quarantined(self, payload: str, context: str, options: ParseOptions) -> Iterator[FeedItem]:
         """Read one quarantined resource again; `context` is the JSON this parser put on the problem."""
         del options
         try:
-            given = json.loads(context) if context.strip() else {}
+            given = loads_bounded(context) if context.strip() else {}
         except ValueError:
             raise FeedFormatError("the context of a quarantined FHIR resource is not JSON") from None
         if not isinstance(given, dict):
@@ -404,9 +469,9 @@ class FhirParser:
         full_url = given.get("fullUrl") if isinstance(given.get("fullUrl"), str) else None
         patient = given.get("patient")
         try:
-            resource = json.loads(payload)
+            resource = loads_bounded(payload[: MAX_RECORD_BYTES + 1])
         except ValueError as exc:
-            yield FeedProblem("resource 1", f"invalid JSON: {exc}", payload, context)
+            yield FeedProblem("resource 1", str(exc), payload, context)
             return
         if isinstance(resource, dict) and isinstance(patient, list) and len(patient) == 2:
             reference = _resolved_subject(resource)
@@ -436,6 +501,10 @@ class FhirParser:
                 payload = raw if raw is not None else _compact(resource)
                 reason = "a Bundle inside the input: send each Bundle as an input of its own"
                 return FeedProblem(locator, reason, payload, _compact({"format": fmt}))
+            if kind not in RESOURCE_TYPES:
+                payload = raw if raw is not None else _compact(resource)
+                reason = f"resourceType {shorten(kind, 40)} is not a FHIR resource type"
+                return FeedProblem(locator, reason, payload, _compact({"format": fmt}))
             if kind in ("Device", "Patient"):
                 index.add(resource, full_url)
             self._skip(kind)
@@ -446,23 +515,27 @@ class FhirParser:
             patient = _subject(resource, index)
         except _RecordError as exc:
             patient, subject_error = None, exc
-        stream, device_key, device_ref = _device(resource, index)
+        try:
+            stream, device_key, device_ref = _device(resource, index)
+        except _RecordError as exc:
+            (stream, device_key, device_ref), subject_error = ("", "", ""), subject_error or exc
         try:
             code, summary, codes = _reading_code(resource)
             if code is None:
                 if summary:
                     self._skip("CGM summary Observation")
                     return None
-                raise _RecordError(f"code is not a CGM sensor reading (LOINC 99504-3 or 105272-9): {codes}")
+                raise _RecordError(f"code is not a CGM sensor reading (LOINC {' or '.join(READING_CODES)}): {codes}")
             status = resource.get("status")
             if status == "entered-in-error":
                 raise _RecordError("entered-in-error: not a reading")
             if status is None:
                 raise _RecordError(f"status missing ({_STATUS_HELP})")
             if not isinstance(status, str) or status not in RESULT_STATUSES:
-                raise _RecordError(f"status {status!r} is not a result ({_STATUS_HELP})")
+                raise _RecordError(f"status {shorten(status)} is not a result ({_STATUS_HELP})")
             value, unit, flag = _quantity(resource, code)
-            time_ms, given_time = _time_ms(resource)
+            time_ms, given_time, offset = _time_ms(resource)
+            record_key = _record_key(resource)
             if subject_error is not None:
                 raise subject_error
         except _RecordError as bad:
@@ -480,63 +553,111 @@ class FhirParser:
             flag=flag,
             device=device_key,
             stream=stream,
-            record_key=_record_key(resource),
+            record_key=record_key,
+            utc_offset_min=offset,
             locator=locator,
             payload=payload,
             extra={"status": status, "effectiveDateTime": given_time},
         )
 
-    def _ndjson(self, lines: Iterable[bytes], index: _Index) -> Iterator[FeedItem]:
+    def _ndjson(self, source: IO[bytes], index: _Index) -> Iterator[FeedItem]:
         context = _compact({"format": "ndjson"})
-        for number, raw_line in enumerate(lines, start=1):
-            line = raw_line.strip()
-            if not line:
+        for line in read_lines(source, split_cr=False):
+            data = line.data.strip()
+            if not data:
                 continue
-            locator = f"line {number}"
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError:
-                yield FeedProblem(locator, "not UTF-8 text", line.decode("utf-8", "replace"), context)
+            locator = f"line {line.number}"
+            if line.cut:
+                reason = f"the line is {line.size:,} bytes: over the {MAX_RECORD_BYTES:,} a resource may have"
+                yield FeedProblem(locator, reason, cut(data.decode("utf-8", "replace")) + " …", context)
                 continue
             try:
-                resource = json.loads(text)
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                lead = len(line.data) - len(line.data.lstrip())
+                reason = byte_problem(data, bad.start, line.offset + lead)
+                yield FeedProblem(locator, reason, data.decode("utf-8", "replace"), context)
+                continue
+            try:
+                resource = loads_bounded(text)
             except ValueError as exc:
-                yield FeedProblem(locator, f"invalid JSON: {exc}", text, context)
+                yield FeedProblem(locator, str(exc), text, context)
                 continue
             item = self._resource(resource, locator, "ndjson", None, index, text)
             if item is not None:
                 yield item
 
-    def _bundle(self, held: list[bytes], stream: IO[bytes], index: _Index) -> Iterator[FeedItem]:
-        buffered = _bundle_prelude(held, stream)
-        entries: Any = ijson.sendable_list()
-        coro = ijson.items_coro(entries, "entry.item", use_float=True)
+    def _bundle(self, source: IO[bytes], index: _Index) -> Iterator[FeedItem]:
+        context = _compact({"format": "bundle"})
+        resource_type: Any = None
+        unknown = ""
+        started = False
         number = 0
-
-        def drain() -> Iterator[FeedItem]:
-            nonlocal number
-            for entry in entries:
-                number += 1
-                locator = f"entry {number}"
-                if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
-                    payload = _compact(entry)
-                    yield FeedProblem(locator, "entry has no resource", payload, _compact({"format": "bundle"}))
-                    continue
-                full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
-                item = self._resource(entry["resource"], locator, "bundle", full_url, index, None)
-                if item is not None:
-                    yield item
-            del entries[:]
-
         try:
-            for chunk in replay_then_read(buffered, stream, CHUNK):
-                coro.send(chunk)
-                yield from drain()
-            coro.close()
-        except ijson.JSONError as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise FeedFormatError(f"invalid JSON in the Bundle after entry {number}: {detail}") from None
-        yield from drain()
+            for event in stream_list(source, "entry", prelude_limit=PRELUDE_LIMIT):
+                if isinstance(event, JsonItem):
+                    number = event.number
+                    locator = f"entry {number}"
+                    entry = event.value
+                    if event.problem:
+                        yield FeedProblem(locator, event.problem, _compact(entry), context)
+                    elif not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+                        yield FeedProblem(locator, "entry has no resource", _compact(entry), context)
+                    else:
+                        full_url = entry.get("fullUrl")
+                        full_url = full_url if isinstance(full_url, str) and len(full_url) <= MAX_KEY_CHARS else None
+                        item = self._resource(entry["resource"], locator, "bundle", full_url, index, None)
+                        if item is not None:
+                            yield item
+                elif event is LIST_START:
+                    started = True
+                elif isinstance(event, TopField) and event.name not in BUNDLE_ELEMENTS and event.name[:1] != "_":
+                    # A Bundle holds only these: a damaged `entry` must not read as an empty Bundle.
+                    unknown = unknown or event.name
+                    if resource_type == "Bundle":
+                        raise _unknown_element(unknown)
+                elif isinstance(event, TopField) and event.name == "resourceType" and not started:
+                    resource_type = event.value
+                    if resource_type != "Bundle":
+                        shown = clip(resource_type, 40) if isinstance(resource_type, str) else "JSON object"
+                        raise FeedFormatError(f"a single {shown} resource, not a Bundle or NDJSON of resources")
+        except JsonInputError as exc:
+            if exc.kind == "encoding":
+                raise FeedFormatError(str(exc)) from None
+            if exc.kind == "syntax" and started:
+                raise FeedFormatError(f"invalid JSON in the Bundle after entry {number}: {exc}") from None
+            detail = f"invalid JSON ({exc})" if exc.kind == "syntax" else str(exc)
+            raise FeedFormatError(f"not a FHIR Bundle: {detail}") from None
+        if not started and resource_type != "Bundle":
+            raise FeedFormatError("not a FHIR Bundle or NDJSON of resources: no resourceType 'Bundle'")
+        if unknown:
+            raise _unknown_element(unknown)
+
+
+def _unknown_element(name: str) -> FeedFormatError:
+    elements = ", ".join(sorted(BUNDLE_ELEMENTS))
+    return FeedFormatError(f"not a FHIR Bundle: unknown element {shorten(name, 40)} (a Bundle has {elements})")
+
+
+class _Prefixed(io.RawIOBase):
+    """The bytes already read from a stream (to tell its format), then the rest of the stream."""
+
+    def __init__(self, head: bytes, stream: IO[bytes]) -> None:
+        self.head = head
+        self.stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        data = self.stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _peek(stream: IO[bytes]) -> bytes:
@@ -555,7 +676,7 @@ def _peek(stream: IO[bytes]) -> bytes:
 
 
 def _detect(head: bytes) -> str:
-    body = head.lstrip(b" \t\r\n\xef\xbb\xbf")
+    body = head.lstrip(_BOM_AND_SPACE)
     if not body:
         raise FeedFormatError("the input is empty: expected a FHIR Bundle or NDJSON of resources")
     if body[:1] != b"{":
@@ -568,8 +689,8 @@ def _detect(head: bytes) -> str:
     if len(first) < 2 or first[-1:] != b"}":
         return "bundle"
     try:
-        resource = json.loads(first)
-    except ValueError:
+        resource = loads_bounded(first.decode("utf-8"))
+    except ValueError:  # also UnicodeDecodeError: the parse that follows says where
         return "ndjson" if end >= 0 else "bundle"
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
         raise FeedFormatError("not a FHIR Bundle or NDJSON of resources: the first object has no resourceType")
@@ -579,78 +700,27 @@ def _detect(head: bytes) -> str:
 def _top_level_type(start: bytes) -> str | None:
     """The top-level resourceType, if it comes before any nested list in the first bytes of a JSON object."""
     events: Any = ijson.sendable_list()
-    coro = ijson.parse_coro(events)
+    coro = ijson.basic_parse_coro(events)
+    depth = 0
+    key = None
     for at in range(0, len(start), 1024):
         try:
             coro.send(start[at : at + 1024])
-        except ijson.JSONError:
+        except (ijson.JSONError, ValueError):
             return None
-        for prefix, event, value in events:
-            if prefix == "resourceType" and event == "string":
-                return str(value)
+        for event, value in events:
             if event == "start_array":
                 return None
+            if event == "start_map":
+                depth += 1
+            elif event == "end_map":
+                depth -= 1
+            elif depth == 1 and event == "map_key":
+                key = value
+            elif depth == 1 and key == "resourceType":
+                return str(value) if event == "string" else None
         del events[:]
     return None
-
-
-def _lines(head: bytes, stream: IO[bytes]) -> Iterator[bytes]:
-    """The input's lines, starting with those in `head` (bytes already read from the stream)."""
-    parts = head.split(b"\n")
-    pending = parts.pop()
-    yield from parts
-    for line in stream:
-        if pending:
-            yield pending + line
-            pending = b""
-        else:
-            yield line
-    if pending:
-        yield pending
-
-
-def _bundle_prelude(held: list[bytes], stream: IO[bytes]) -> list[bytes]:
-    """Check the top level until `entry` starts (or the end): a Bundle, not another resource.
-
-    `held` are the bytes already read (taken over); returns the bytes read so far, to be parsed from the start.
-    """
-    buffered: list[bytes] = []
-    events: Any = ijson.sendable_list()
-    coro = ijson.parse_coro(events)
-    resource_type: Any = None
-    size = 0
-    pending = held[::-1]
-    held.clear()
-    try:
-        while True:
-            chunk = pending.pop() if pending else stream.read(CHUNK)
-            if not chunk:
-                coro.close()
-                break
-            buffered.append(chunk)
-            size += len(chunk)
-            coro.send(chunk)
-            for prefix, event, value in events:
-                if prefix == "":
-                    if event not in ("start_map", "map_key", "end_map"):
-                        raise FeedFormatError(f"not a FHIR Bundle: the top level is a JSON {event}")
-                elif prefix == "resourceType" and event == "string":
-                    resource_type = value
-                    if value != "Bundle":
-                        raise FeedFormatError(f"a single {value} resource, not a Bundle or NDJSON of resources")
-                elif prefix == "entry":
-                    if event != "start_array":
-                        raise FeedFormatError("not a FHIR Bundle: 'entry' is not a list")
-                    return buffered + pending[::-1]
-            del events[:]
-            if size > PRELUDE_LIMIT:
-                raise FeedFormatError("not a FHIR Bundle: no 'entry' list near the start")
-    except ijson.JSONError as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FeedFormatError(f"not a FHIR Bundle: invalid JSON ({detail})") from None
-    if resource_type != "Bundle":
-        raise FeedFormatError("not a FHIR Bundle or NDJSON of resources: no resourceType 'Bundle'")
-    return buffered  # an empty Bundle
 
 
 def _prescan(stream: IO[bytes], start: int, fmt: str, index: _Index) -> None:
@@ -664,20 +734,22 @@ def _prescan(stream: IO[bytes], start: int, fmt: str, index: _Index) -> None:
         return
     stream.seek(start)
     if fmt == "ndjson":
-        for line in stream:
-            if _INDEXED.search(line):
+        for line in read_lines(stream, split_cr=False):
+            if not line.cut and _INDEXED.search(line.data):
                 try:
-                    resource = json.loads(line)
+                    resource = loads_bounded(line.data.decode("utf-8"))
                 except ValueError:
                     continue
                 if isinstance(resource, dict):
                     index.add(resource, None)
         return
     try:
-        for entry in ijson.items(stream, "entry.item", use_float=True):
-            resource = entry.get("resource") if isinstance(entry, dict) else None
+        for event in stream_list(stream, "entry", prelude_limit=PRELUDE_LIMIT):
+            if not isinstance(event, JsonItem) or event.problem or not isinstance(event.value, dict):
+                continue
+            resource = event.value.get("resource")
             if isinstance(resource, dict) and resource.get("resourceType") in ("Device", "Patient"):
-                full_url = entry.get("fullUrl")
+                full_url = event.value.get("fullUrl")
                 index.add(resource, full_url if isinstance(full_url, str) else None)
-    except ijson.JSONError:
+    except JsonInputError:
         return  # the main pass reports it

@@ -89,7 +89,8 @@ def _patient(pid: Hl7Segment) -> PatientRef:
     return PatientRef(f"mrn:{issuer_name}" if issuer_name else "mrn", identifier.strip())
 
 
-def _observation_time(raw: str, resolver: LocalTimeResolver | None, stream_key: str) -> tuple[int, bool]:
+def _observation_time(raw: str, resolver: LocalTimeResolver | None, stream_key: str) -> tuple[int, bool, int | None]:
+    """(UTC ms, ambiguous local time?, the UTC offset written, as zone evidence: None for none or +0000)."""
     text = raw.strip()
     if not text:
         raise _ObxError("OBX-14 (observation time) is empty")
@@ -114,11 +115,12 @@ def _observation_time(raw: str, resolver: LocalTimeResolver | None, stream_key: 
         hours, minutes = int(offset[1:3]), int(offset[3:5])
         if hours > 14 or minutes >= 60:
             raise _ObxError(f"OBX-14 {shown(text)} has an impossible UTC offset {offset}")
-        return local - sign * (hours * 60 + minutes) * 60_000, False
+        written = sign * (hours * 60 + minutes)
+        return local - written * 60_000, False, written or None
     if resolver is None:
         raise _ObxError(f"OBX-14 {shown(text)} has no UTC offset: name its zone with --input-tz")
     try:
-        return resolver.resolve(local, stream_key)
+        return (*resolver.resolve(local, stream_key), None)
     except EngineError as exc:
         raise _ObxError(f"OBX-14: {exc.message}") from None
 
@@ -286,7 +288,7 @@ class Hl7v2Parser:
                     raise _ObxError(f"OBX-11 result status {shown(status)} is not F, C or P")
                 value, flag = _value(segment)
                 unit = _unit(segment, code)
-                time_ms, ambiguous = _observation_time(
+                time_ms, ambiguous, offset = _observation_time(
                     segment.component(14, 1), resolver, f"{patient.issuer}|{patient.value}|{stream}"
                 )
             except _ObxError as exc:
@@ -307,6 +309,7 @@ class Hl7v2Parser:
                 record_key=f"{cid}|{set_id}",
                 sender=sender,
                 ambiguous=ambiguous,
+                utc_offset_min=offset,
                 locator=obx_locator,
                 payload=segment.text if self.keep_payload else "",
                 extra=extra,

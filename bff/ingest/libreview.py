@@ -6,16 +6,22 @@ mg/dL,Scan Glucose mg/dL,...` (units in the column names), then one row per reco
 without seconds, 24-hour or AM/PM. The day/month order comes from `ParseOptions.date_order`, else from a bounded
 look-ahead (a day above 12, or a day that rolls over at midnight); times are placed in `ParseOptions.input_tz`.
 
-Record type 0 (historic) and 1 (scan) are readings; the other types (strip glucose, ketone, insulin, food,
-notes and time changes) are counted in `LibreViewParser.skipped` and not yielded. Row problems carry the row as
-CSV text and, as context, the header line followed by `date_order=<mdy|dmy|ymd>` on a second line when the
-file's order was known, so `parse_quarantined` can read them again without guessing the dates.
+Record type 0 (historic) and 1 (scan) are readings; the other known types (2 strip glucose, 3 ketone, 4 insulin,
+5 food, 6 notes and time changes) are counted in `LibreViewParser.skipped` and not yielded. Any other record
+type is a problem, never a skip. Row problems carry the row as CSV text and, as context, the header line
+followed by `date_order=<mdy|dmy|ymd>` on a second line when the file's order was known, so
+`parse_quarantined` can read them again without guessing the dates.
+
+Rows come from `bff.ingest.csvrecords` with their physical lines: bytes that are not UTF-8, a NUL, a field over
+the csv module's limit, a wrong number of fields or an unbalanced quote make a row a problem (an unbalanced
+quote never swallows the rows after it), and a Notes field spread over lines keeps its row whole ("lines 7–8").
+The fields a reading keeps are held to `MAX_KEY_CHARS` (Device, Serial Number) and the Device Timestamp to 64
+characters, its year to 1900–2200.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -23,6 +29,8 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import IO
 
+from bff.ingest.bounds import MAX_KEY_CHARS, shorten, too_long
+from bff.ingest.csvrecords import CsvRecord, CsvRecords, Line, TextLine, line_text, lines_from_bytes, lines_from_text
 from bff.ingest.fhir_feed import device_key_for_name
 from bff.ingest.localtime import LocalTimeResolver, naive_local_ms
 from bff.ingest.records import Feed, FeedFormatError, FeedItem, FeedProblem, FeedReading, ParseOptions
@@ -47,10 +55,14 @@ _TIMESTAMP = re.compile(
     r"\s*(\d{1,4})[-/.](\d{1,2})[-/.](\d{1,4})[ T]+(\d{1,2}):(\d{2})(?::(\d{2}))?\s*(?:([AaPp])\.?[Mm]\.?)?\s*$"
 )
 _LIBRE_BOUNDS = DEVICES["libre-2"]
+#: A Device Timestamp longer than this is not one (and is not handed to the pattern above).
+STAMP_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True)
 class _Columns:
+    names: list[str]
+    free_text: frozenset[int]  # the columns that may hold line breaks
     device: int
     serial: int
     timestamp: int
@@ -102,6 +114,8 @@ def _columns(header: list[str]) -> _Columns:
     if historic is None and scan is None:
         raise FeedFormatError("the LibreView header has no 'Historic Glucose' or 'Scan Glucose' column")
     return _Columns(
+        names=names,
+        free_text=frozenset(i for i, n in enumerate(lower) if n == "notes" or n.startswith("non-numeric")),
         device=find("Device"),
         serial=find("Serial Number"),
         timestamp=find("Device Timestamp"),
@@ -123,9 +137,9 @@ def _delimiter(header_line: str) -> str:
 
 def _local_ms(text: str, order: str | None) -> int:
     """The naive local time of a Device Timestamp; `_UnknownOrderError` when it needs an order not yet known."""
-    match = _TIMESTAMP.match(text)
+    match = _TIMESTAMP.match(text) if len(text) <= STAMP_CHARS else None
     if match is None:
-        raise _RecordError(f"Device Timestamp {text!r} is not a date and time (e.g. 03-10-2024 14:05)")
+        raise _RecordError(f"Device Timestamp {shorten(text)} is not a date and time (e.g. 03-10-2024 14:05)")
     p1, p2, p3, hh, mm, ss, ampm = match.groups()
     if len(p1) == 4:
         year, month, day = int(p1), int(p2), int(p3)
@@ -146,7 +160,9 @@ def _local_ms(text: str, order: str | None) -> int:
         hour = hour % 12 + (12 if ampm in "Pp" else 0)
     try:
         return naive_local_ms(year, month, day, hour, int(mm), int(ss or 0))
-    except ValueError:
+    except ValueError as exc:
+        if str(exc).startswith("year "):
+            raise _RecordError(f"Device Timestamp {text!r}: {exc}") from None
         used = order or "ymd"
         raise _RecordError(f"Device Timestamp {text!r} is not a valid date and time (date order {used})") from None
 
@@ -155,6 +171,8 @@ def _value(text: str, column: str, unit: GlucoseUnit) -> tuple[float | None, Sen
     raw = text.strip()
     if not raw:
         raise _RecordError(f"no glucose value in '{column}'")
+    if len(raw) > STAMP_CHARS:
+        raise _RecordError(f"'{column}' value {shorten(raw)} is not a number (or LO/HI)")
     upper = raw.upper()
     if upper in ("LO", "LOW"):
         return None, SensorFlag.LOW
@@ -169,65 +187,25 @@ def _value(text: str, column: str, unit: GlucoseUnit) -> tuple[float | None, Sen
     return value, SensorFlag.NONE
 
 
-class _Lines:
-    """Feeds lines to csv.reader and keeps those of the current row, so a row's raw text is at hand."""
-
-    __slots__ = ("lines", "number", "taken")
-
-    def __init__(self, lines: Iterator[str], number: int) -> None:
-        self.lines = lines
-        self.number = number  # physical lines consumed so far
-        self.taken: list[str] = []
-
-    def __iter__(self) -> _Lines:
-        return self
-
-    def __next__(self) -> str:
-        line = next(self.lines)
-        self.number += 1
-        self.taken.append(line)
-        return line
-
-
-_Row = tuple[int, list[str], str]  # first line number, fields, raw text
-
-
-def _rows(lines: _Lines, delimiter: str) -> Iterator[_Row]:
-    reader = csv.reader(lines, delimiter=delimiter)
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:  # e.g. a quote never closed: the rest of the file cannot be split into rows
-            first = lines.number - len(lines.taken) + 1
-            raise FeedFormatError(f"line {first}: the CSV cannot be read from here on ({exc})") from None
-        first = lines.number - len(lines.taken) + 1
-        raw = "".join(lines.taken).rstrip("\r\n")
-        lines.taken.clear()
-        if not fields or all(not f.strip() for f in fields):
-            continue
-        yield first, fields, raw
-
-
 def _field(fields: list[str], index: int) -> str:
     return fields[index].strip() if index < len(fields) else ""
 
 
-def _detect_order(rows: Iterator[_Row], cols: _Columns) -> tuple[str | None, list[_Row]]:
+def _detect_order(rows: Iterator[CsvRecord], cols: _Columns) -> tuple[str | None, list[CsvRecord]]:
     """Read ahead (at most LOOKAHEAD_ROWS) until the dates show their day/month order.
 
     Evidence: a first field above 12 (a day: dmy) or a second one above 12 (mdy); or, between consecutive rows
     of a serial number, one field up by one and the other unchanged while the clock wrapped past midnight (that
     field is the day). Returns the order (None when no row needed one) and the rows read.
     """
-    held: list[_Row] = []
+    held: list[CsvRecord] = []
     votes: set[str] = set()  # at most one: the loop returns on the first
     example = ""  # the first date that could be either order
     previous: dict[str, tuple[int, int, int]] = {}
     for row in rows:
         held.append(row)
-        match = _TIMESTAMP.match(_field(row[1], cols.timestamp))
+        stamp = _field(row.fields, cols.timestamp)
+        match = _TIMESTAMP.match(stamp) if len(stamp) <= STAMP_CHARS else None
         if match is not None and len(match.group(1)) <= 2 and len(match.group(3)) == 4:
             a, b = int(match.group(1)), int(match.group(2))
             if a > 12 >= b:
@@ -239,7 +217,7 @@ def _detect_order(rows: Iterator[_Row], cols: _Columns) -> tuple[str | None, lis
                 hour = int(match.group(4)) % 12 if match.group(7) else int(match.group(4))
                 hour += 12 if (match.group(7) or "a") in "Pp" else 0
                 minutes = hour * 60 + int(match.group(5))
-                serial = _field(row[1], cols.serial)
+                serial = _field(row.fields, cols.serial)
                 before = previous.get(serial)
                 if before is not None:
                     pa, pb, pminutes = before
@@ -288,11 +266,7 @@ class LibreViewParser:
         self.skipped = {}
         self.metadata = []
         resolver, order = self._options(options)
-        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
-        try:
-            yield from self._parse(iter(text), resolver, order)
-        finally:
-            text.detach()
+        yield from self._parse(lines_from_bytes(stream), resolver, order)
 
     def parse_quarantined(self, payload: str, context: str, options: ParseOptions) -> Iterator[FeedItem]:
         """Read one row again: `context` is the header line (then `date_order=...` when the file's order was
@@ -303,7 +277,7 @@ class LibreViewParser:
             order = _date_order(rest[len("date_order=") :])
         lines = [header.rstrip("\r") + "\n", payload.rstrip("\r\n") + "\n"]
         self.skipped = {}
-        return self._parse(iter(lines), resolver, order)
+        return self._parse(lines_from_text(lines), resolver, order)
 
     @staticmethod
     def _options(options: ParseOptions) -> tuple[LocalTimeResolver, str | None]:
@@ -315,16 +289,19 @@ class LibreViewParser:
             raise FeedFormatError(exc.message) from None
         return resolver, _date_order(options.date_order)
 
-    def _parse(self, lines: Iterator[str], resolver: LocalTimeResolver, order: str | None) -> Iterator[FeedItem]:
+    def _parse(self, lines: Iterator[Line], resolver: LocalTimeResolver, order: str | None) -> Iterator[FeedItem]:
         header_line = ""
         number = 0
         for line in lines:
             number += 1
-            lowered = line.lower()
+            text = line_text(line)
+            lowered = text.lower()
             if "device timestamp" in lowered and "record type" in lowered:
-                header_line = line.rstrip("\r\n").lstrip("\ufeff")
+                if isinstance(line, TextLine):
+                    raise FeedFormatError(f"line {number}, the header: {line.problem}")
+                header_line = text.rstrip("\r\n").lstrip("\ufeff")
                 break
-            self.metadata.append(line.rstrip("\r\n"))
+            self.metadata.append(text.rstrip("\r\n")[:MAX_KEY_CHARS])
             if number >= MAX_METADATA_ROWS:
                 break
         if not header_line:
@@ -333,8 +310,9 @@ class LibreViewParser:
                 f"mg/dL,...) in the first {number} lines"
             )
         delimiter = _delimiter(header_line)
-        cols = _columns(next(csv.reader([header_line], delimiter=delimiter)))
-        rows: Iterable[_Row] = _rows(_Lines(lines, number), delimiter)
+        names = next(csv.reader([header_line], delimiter=delimiter))
+        cols = _columns(names)
+        rows: Iterable[CsvRecord] = CsvRecords(lines, delimiter, width=len(names), number=number)
         if order is None:
             order, held = _detect_order(iter(rows), cols)
             rows = chain(held, rows)
@@ -346,22 +324,38 @@ class LibreViewParser:
                 yield item
 
     def _row(
-        self, row: _Row, cols: _Columns, context: str, resolver: LocalTimeResolver, order: str | None
+        self, row: CsvRecord, cols: _Columns, context: str, resolver: LocalTimeResolver, order: str | None
     ) -> FeedItem | None:
-        line, fields, raw = row
-        locator = f"line {line}"
+        fields, raw, locator = row.fields, row.text, row.locator
+        if row.problem:
+            return FeedProblem(locator, row.problem, raw, context)
         record_type = _field(fields, cols.record_type)
         if record_type == "0":
             kind, column, name, unit = "historic", cols.historic, cols.historic_name, cols.historic_unit
         elif record_type == "1":
             kind, column, name, unit = "scan", cols.scan, cols.scan_name, cols.scan_unit
-        else:
-            skipped = SKIPPED_TYPES.get(record_type, f"record type {record_type or '(empty)'}")
+        elif record_type in SKIPPED_TYPES:
+            skipped = SKIPPED_TYPES[record_type]
             self.skipped[skipped] = self.skipped.get(skipped, 0) + 1
             return None
+        else:
+            reason = (
+                f"Record Type {shorten(record_type, 20)} is not one LibreView writes (0 historic, 1 scan, "
+                "2 strip glucose, 3 ketone, 4 insulin, 5 food, 6 note or time change)"
+            )
+            return FeedProblem(locator, reason, raw, context)
         serial = _field(fields, cols.serial)
         stamp = _field(fields, cols.timestamp)
+        device_name = _field(fields, cols.device)
         try:
+            for what, given in (("Serial Number", serial), ("Device", device_name)):
+                problem = too_long(what, given, MAX_KEY_CHARS)
+                if problem:
+                    raise _RecordError(problem)
+            if row.first != row.last:  # only free text (Notes, Non-numeric ...) may hold a line break
+                for index, given in enumerate(fields):
+                    if index not in cols.free_text and ("\n" in given or "\r" in given):
+                        raise _RecordError(f"'{cols.names[index]}' holds a line break (an unbalanced quote?)")
             if column is None:
                 raise _RecordError(f"a {kind} record, but the header has no {kind.capitalize()} Glucose column")
             value, flag = _value(_field(fields, column), name, unit)
@@ -377,7 +371,7 @@ class LibreViewParser:
                 raise _RecordError(exc.message) from None
         except _RecordError as bad:
             return FeedProblem(locator, str(bad), raw, context)
-        device = device_key_for_name(_field(fields, cols.device))
+        device = device_key_for_name(device_name)
         extra = {"record_type": kind, "device_timestamp": stamp}
         if value is None and device_profile(device).bound(unit, high=flag is SensorFlag.HIGH) is None:
             # Every FreeStyle Libre reports LO/HI at 40/500 mg/dL, so the bound holds for an unnamed Libre too.

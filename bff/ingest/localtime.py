@@ -8,12 +8,17 @@ calls and across several daylight-saving changes.
 
 Zone rules come from `engine.timezones`: a local day whose neighbourhood has no transition is placed with one
 offset (cached); a day near a transition goes through `engine.timezones.localize` itself.
+
+Every time a feed gives is first held to plausible years (`YEARS`, 1900–2200), on the raw text, before any
+datetime is built: year 1 or 9999 with an offset would otherwise overflow the datetime range when placed on
+UTC. (The store separately refuses times before 2000 or in the future; these bounds only keep parsing safe.)
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
 import numpy as np
 
@@ -23,12 +28,50 @@ _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 #: Wider than any UTC offset ever used (±16 h), so a day with no transition in it maps with a single offset.
 _MARGIN_MS = 16 * 3_600_000
 _CACHE_DAYS = 20_000
+#: The years a reading's time may name (inclusive); outside them a time is a record problem, not a datetime.
+YEARS = (1900, 2200)
+_LEADING_YEAR = re.compile(r"\s*(\d{4})")
+_FIRST_YEAR, _LAST_YEAR = (f"{year:04d}" for year in YEARS)
+
+
+def offset_evidence(moment: datetime) -> int | None:
+    """The UTC offset (minutes) a time was written with, as evidence of the patient's zone (bff.store.zones);
+    None for no offset or an offset of zero, which systems that normalise to UTC write too ("Z", +0000)."""
+    offset = moment.utcoffset()
+    if offset is None:
+        return None
+    minutes = int(offset.total_seconds() // 60)
+    return minutes or None
+
+
+def year_problem(year: int) -> str | None:
+    """Why a year cannot be a reading's, or None."""
+    if YEARS[0] <= year <= YEARS[1]:
+        return None
+    return f"year {year} is outside {YEARS[0]}–{YEARS[1]}: a device clock that was never set, or a damaged date"
+
+
+def iso_year_problem(text: str) -> str | None:
+    """Checked on the raw ISO 8601 text before it is parsed: why its year cannot be a reading's, or None.
+
+    ISO 8601 (and `datetime.fromisoformat`) starts with a four-digit year; text that does not is left for the
+    parse to refuse.
+    """
+    head = text[:4]
+    if _FIRST_YEAR <= head <= _LAST_YEAR and head.isdigit():  # four digits compare as numbers
+        return None
+    match = _LEADING_YEAR.match(text)
+    return None if match is None else year_problem(int(match.group(1)))
 
 
 def naive_local_ms(
     year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, millisecond: int = 0
 ) -> int:
-    """Milliseconds on the naive local axis (as `engine.timezones.localize` takes them). Raises ValueError."""
+    """Milliseconds on the naive local axis (as `engine.timezones.localize` takes them). Raises ValueError, also
+    for a year outside `YEARS`."""
+    problem = year_problem(year)
+    if problem:
+        raise ValueError(problem)
     if not (0 <= hour < 24 and 0 <= minute < 60 and 0 <= second < 60 and 0 <= millisecond < 1000):
         raise ValueError(f"time {hour:02d}:{minute:02d}:{second:02d} is out of range")
     days = date(year, month, day).toordinal() - _EPOCH_ORDINAL

@@ -74,15 +74,31 @@ class FeedReading:
     extra: Mapping[str, str] = field(default_factory=dict)  # feed details kept as given (displayTime, trend, ...)
 
 
+#: A problem's reason is a sentence, never a value: longer ones are cut here (parsers quote values shortened).
+MAX_REASON_CHARS = 300
+
+
 @dataclass(frozen=True, slots=True)
 class FeedProblem:
-    """A record that cannot become a reading. It goes to quarantine with a reason a person can act on."""
+    """A record that cannot become a reading. It goes to quarantine with a reason a person can act on.
+
+    The reason is held to `MAX_REASON_CHARS`. A NUL character, which no database text column takes, is written
+    as the four characters `\\x00` in every field (the reason says when the record held one).
+    """
 
     locator: str
     reason: str
     payload: str
     context: str = ""
     patient: PatientRef | None = None
+
+    def __post_init__(self) -> None:
+        reason = self.reason if len(self.reason) <= MAX_REASON_CHARS else self.reason[: MAX_REASON_CHARS - 1] + "…"
+        object.__setattr__(self, "reason", reason)
+        for name in ("locator", "reason", "payload", "context"):
+            text = getattr(self, name)
+            if "\x00" in text:
+                object.__setattr__(self, name, text.replace("\x00", "\\x00"))
 
 
 FeedItem = FeedReading | FeedProblem

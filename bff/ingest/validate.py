@@ -48,18 +48,24 @@ def reportable_range(device: str, unit: GlucoseUnit) -> tuple[float, float]:
 
 def check_value(reading: FeedReading) -> str | None:
     """A measured value must lie within what the device reports; outside it a sensor says LOW or HIGH."""
-    if reading.value is None:
+    return plausibility(reading.value, reading.unit, reading.flag, reading.device)
+
+
+def plausibility(value: float | None, unit: GlucoseUnit, flag: SensorFlag, device: str) -> str | None:
+    """None for a value the device (or, unknown, any CGM: 20–600 mg/dL) can report; else the reason. A LOW/HIGH
+    reading keeps its meaning: its value is the bound the sensor reported."""
+    if value is None:
         return None
-    low, high = reportable_range(reading.device, reading.unit)
-    value, unit = reading.value, reading.unit.label
-    who = reading.device or "a CGM"
-    if reading.flag is not SensorFlag.NONE:
-        return None if 0 < value <= high * 1.5 else f"{reading.flag.name} bound {value:g} {unit} is implausible"
+    low, high = reportable_range(device, unit)
+    label = unit.label
+    who = device or "a CGM"
+    if flag is not SensorFlag.NONE:
+        return None if 0 < value <= high * 1.5 else f"{flag.name} bound {value:g} {label} is implausible"
     if low <= value <= high:
         return None
     hint = ""
-    if reading.unit is GlucoseUnit.MMOL_L and low * MMOL_L_TO_MG_DL <= value <= high * MMOL_L_TO_MG_DL:
+    if unit is GlucoseUnit.MMOL_L and low * MMOL_L_TO_MG_DL <= value <= high * MMOL_L_TO_MG_DL:
         hint = "; it looks like mg/dL: check the unit the feed declares"
-    elif reading.unit is GlucoseUnit.MG_DL and low / MMOL_L_TO_MG_DL <= value <= high / MMOL_L_TO_MG_DL:
+    elif unit is GlucoseUnit.MG_DL and low / MMOL_L_TO_MG_DL <= value <= high / MMOL_L_TO_MG_DL:
         hint = "; it looks like mmol/L: check the unit the feed declares"
-    return f"value {value:g} {unit} is outside what {who} can report ({low:g}–{high:g} {unit}){hint}"
+    return f"value {value:g} {label} is outside what {who} can report ({low:g}–{high:g} {label}){hint}"

@@ -340,10 +340,10 @@ class _Run:
                 "site_key": self.site,
                 "feed": str(self.feed),
                 "batch_id": self.batch.id,
-                "locator": held_problem.locator[:200],
-                "reason": held_problem.reason,
-                "payload": held_problem.problem.payload[:QUARANTINE_PAYLOAD_LIMIT],
-                "context": held_problem.problem.context,
+                "locator": _no_nul(held_problem.locator[:200]),
+                "reason": _no_nul(held_problem.reason),
+                "payload": _no_nul(held_problem.problem.payload[:QUARANTINE_PAYLOAD_LIMIT]),
+                "context": _no_nul(held_problem.problem.context),
                 "payload_sha256": digest,
                 "patient_public_id": self.patient_public_id,
                 "first_seen": self.now,
@@ -443,6 +443,10 @@ class _Run:
             if isinstance(patient_id, str):
                 self.problem(reading, patient_id)
                 continue
+            if len(reading.stream) > 128 or len(reading.record_key) > 300:
+                self.problem(reading, "the record's stream label (over 128 characters) or record key (over 300) is "
+                                      "longer than any CGM feed sends: it would be cut")  # fmt: skip
+                continue
             extra = reading.extra
             details = orjson.dumps(extra if isinstance(extra, dict) else dict(extra)).decode() if extra else None
             if details is not None and len(details) > EXTRA_LIMIT:
@@ -472,7 +476,7 @@ class _Run:
             rows.append((
                 key, patient_id, stream_id, session_id, reading.time_ms, value * factor, value, unit.label, factor,
                 int(flag), "scan" if extra.get("record_type") == "scan" else "cgm", reading.ambiguous, feed, rank,
-                reading.record_key[:300], identity, reading.stream[:128], batch_id, now, details,
+                reading.record_key, identity, reading.stream, batch_id, now, details,
             ))  # fmt: skip
         if rows:
             self.insert(rows, keyed)
@@ -559,7 +563,7 @@ class _Run:
             assert owner is not None
             return self._known(owner)
         if chosen is None:
-            chosen = self._new_patient(f"{issuer}|{value}")
+            chosen = self._new_patient(_public_id(issuer, value))
         session.add(
             PatientIdentifier(patient_id=chosen.id, site_key=self.site, issuer=issuer, value=value, created_at=self.now)
         )
@@ -848,6 +852,20 @@ class _Run:
             )
             stale += result.rowcount  # type: ignore[attr-defined]
         self.report.stale_windows = stale
+
+
+def _public_id(issuer: str, value: str) -> str:
+    """A new patient's public id from the identifier that first named it: `issuer|value`, or when that is longer
+    than the column (128), its first 100 characters and 16 hex digits of its SHA-256 (still unique, never cut)."""
+    full = f"{issuer}|{value}"
+    if len(full) <= 128:
+        return full
+    return f"{full[:100]}~{hashlib.sha256(full.encode()).hexdigest()[:16]}"
+
+
+def _no_nul(text: str) -> str:
+    """PostgreSQL text cannot hold NUL: keep it visible as \\x00."""
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
 
 
 def _too_large(size: int) -> str:

@@ -40,9 +40,11 @@ class MllpListener:
         patient: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         limits: MllpLimits | None = None,
+        site_zone: str | None = None,
     ) -> None:
         self.ingestor = ingestor
         self.site = site
+        self.site_zone = site_zone
         self.options = options or ParseOptions()
         self.patient = patient
         self.clock = clock
@@ -58,6 +60,7 @@ class MllpListener:
             report = self.ingestor.ingest_items(
                 items, site=self.site, feed=Feed.HL7V2, source_name=f"mllp:{peer}:{control_id}"[:500],
                 patient=self.patient, content_sha256=hashlib.sha256(text.encode("utf-8", "replace")).hexdigest(),
+                site_zone=self.site_zone, feed_zone=self.options.input_tz,
             )  # fmt: skip
         except DBAPIError as exc:
             return build_ack(

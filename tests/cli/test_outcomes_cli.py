@@ -153,3 +153,44 @@ def test_the_installed_command_runs_the_demo() -> None:
     assert done.returncode == 0, done.stderr
     assert "Patient demo-001 (America/New_York)" in done.stdout
     assert "Time in ranges" in done.stdout
+
+
+def test_outcomes_and_demo_agree_on_the_bundled_file(tmp_path: Path) -> None:
+    """The bundled file states its patient's zone (tz column), so both read the same 14 local days."""
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["outcomes", "data/demo/patient-14d.csv"], out, err) == 0, err.getvalue()
+    from_file = json.loads(out.getvalue())["patients"][0]
+    report = tmp_path / "demo.json"
+    assert main(["demo", "--json", str(report)], io.StringIO(), io.StringIO()) == 0
+    from_demo = json.loads(report.read_text())["patients"][0]
+    assert from_file["tz"] == from_demo["tz"] == "America/New_York"
+    for key in ("time_in_range_pct", "readings_used", "sensor_active_pct", "mean_mg_dl"):
+        assert from_file["metrics"][key] == from_demo["metrics"][key], key
+    assert from_file["metrics"]["readings_used"] == 3978
+
+
+def test_a_value_no_cgm_reports_is_refused_with_the_reason(tmp_path: Path) -> None:
+    text = rows("p1,2024-03-01T00:00:00Z,120,mg/dL", "p1,2024-03-01T00:05:00Z,5000,mg/dL")
+    code, _out, err = run(tmp_path, text, "--tz", "UTC")
+    assert code == 2
+    assert "row 3: value 5000 mg/dL is outside what a CGM can report (20–600 mg/dL)" in err
+    code, out, err = run(tmp_path, text, "--tz", "UTC", "--skip-invalid")
+    assert code == 0
+    assert "skipped 1 invalid row(s)" in err
+    assert json.loads(out)["patients"][0]["metrics"]["mean_mg_dl"] == 120.0
+
+
+def test_the_zone_is_never_a_silent_utc(tmp_path: Path) -> None:
+    utc_only = rows("p1,2024-01-15T12:00:00Z,120,mg/dL")
+    code, out, err = run(tmp_path, utc_only)
+    assert code == 0
+    assert "time zone NOT KNOWN: days, nights and the AGP are in UTC" in err
+    offsets = rows("p1,2024-01-15T07:00:00-05:00,120,mg/dL", "p1,2024-07-15T08:00:00-04:00,130,mg/dL")
+    code, out, err = run(tmp_path, offsets, "--days", "200")
+    assert code == 0
+    assert "zone America/New_York, inferred from the readings' UTC offsets" in err
+    assert json.loads(out)["patients"][0]["tz"] == "America/New_York"
+    stated = rows("p1,2024-01-15T12:00:00Z,120,mg/dL,Europe/Berlin", header=HEADER + ",tz")
+    code, out, err = run(tmp_path, stated)
+    assert (code, err) == (0, "")
+    assert json.loads(out)["patients"][0]["tz"] == "Europe/Berlin"

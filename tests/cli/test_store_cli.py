@@ -91,7 +91,9 @@ def test_outcomes_from_the_store_equal_outcomes_from_the_csv(cli: object) -> Non
     demo = Path(__file__).resolve().parents[2] / "data" / "demo" / "patient-14d.csv"
     code, out, err = run("ingest", str(demo), "--feed", "csv", "--site", "demo")  # type: ignore[operator]
     assert code == 0, err
-    run("patient", "demo-001", "--tz", "America/New_York")  # type: ignore[operator]
+    code, shown, err = run("patient", "show", "demo-001")  # type: ignore[operator]
+    assert code == 0, err
+    assert (json.loads(shown)["tz"], json.loads(shown)["tz_source"]) == ("America/New_York", "feed")
     code, stored, err = run("outcomes", "--patient", "demo-001")  # type: ignore[operator]
     assert code == 0, err
     code, direct, _ = run("outcomes", str(demo), "--tz", "America/New_York")  # type: ignore[operator]
@@ -101,6 +103,26 @@ def test_outcomes_from_the_store_equal_outcomes_from_the_csv(cli: object) -> Non
     assert a["agp"] == b["agp"]
     code, out, _ = run("recompute", "--stale")  # type: ignore[operator]
     assert out.endswith("0 stale outcome window(s) recomputed\n")
+
+
+def test_patient_set_and_link_are_audited_changes(cli: object) -> None:
+    run = cli  # type: ignore[assignment]
+    demo = Path(__file__).resolve().parents[2] / "data" / "demo" / "patient-14d.csv"
+    assert run("ingest", str(demo), "--feed", "csv", "--site", "demo")[0] == 0  # type: ignore[operator]
+    assert run("outcomes", "--patient", "demo-001")[0] == 0  # type: ignore[operator]
+    code, out, err = run("patient", "set", "demo-001", "--tz", "America/Chicago", "--who", "A. Engineer",  # type: ignore[operator]
+                         "--reason", "moved")  # fmt: skip
+    assert code == 0, err
+    assert out.startswith("zone changed from America/New_York (feed) to America/Chicago (cli)")
+    code, out, _ = run("recompute", "--stale")  # type: ignore[operator]
+    assert "new version" in out
+    code, _, err = run("patient", "set", "demo-001", "--tz", "Mars/Base", "--who", "x", "--reason", "y")  # type: ignore[operator]
+    assert (code, err) == (2, "glucobridge: 'Mars/Base' is not an IANA time zone such as America/Chicago\n")
+    code, out, err = run("patient", "link", "demo-001", "--site", "other", "--who", "A. Engineer",  # type: ignore[operator]
+                         "--reason", "same person (MRN match)")  # fmt: skip
+    assert (code, out) == (0, "patient demo-001 (site demo) linked to site other\n"), err
+    code, shown, _ = run("patient", "show", "demo-001")  # type: ignore[operator]
+    assert "site:other:glucobridge|demo-001" in json.loads(shown)["identifiers"]
 
 
 def test_ingest_errors_are_one_line(cli: object, tmp_path: Path) -> None:

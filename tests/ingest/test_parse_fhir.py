@@ -338,6 +338,8 @@ def test_bundle_entry_without_resource_and_empty_bundle() -> None:
          "a single Observation resource, not a Bundle or NDJSON of resources"),
         (b'{\n "recordType": "egv",\n "records": []\n}', "not a FHIR Bundle or NDJSON of resources: no resourceType"),
         (b'{\n "resourceType": "Bundle",\n "entry": {}\n}', "not a FHIR Bundle: 'entry' is not a list"),
+        (b'{\n "resourceType": "Bundle",\n "entrx": [{"resource": {}}]\n}',
+         "not a FHIR Bundle: unknown element 'entrx' (a Bundle has entry, id, identifier, implicitRules, issues"),
         (b'{\n "resourceType": "Bundle",\n "entry": [ {"resource": ', "invalid JSON in the Bundle after entry 0"),
     ],
 )  # fmt: skip

@@ -116,13 +116,18 @@ def test_eu_export_mmol_with_a_spring_forward_gap() -> None:
         ("line 10", utc("2024-03-31T01:05:00Z"), None, low, "historic"),
         ("line 11", utc("2024-03-31T01:12:00Z"), None, high, "scan"),
         ("line 12", utc("2024-03-31T01:15:00Z"), 5.4, none, "historic"),  # "5,4"
+        (
+            "line 13",
+            "Record Type '7' is not one LibreView writes (0 historic, 1 scan, 2 strip glucose, 3 ketone, "
+            "4 insulin, 5 food, 6 note or time change)",
+        ),
         ("line 14", "no glucose value in 'Historic Glucose mmol/L'"),
         ("line 15", utc("2024-04-01T05:00:00Z"), 7.2, none, "historic"),
     ]
     readings = [i for i in items if isinstance(i, FeedReading)]
     assert {(r.unit, r.device, r.stream) for r in readings} == {(GlucoseUnit.MMOL_L, "libre-3", "3MH0056XYZ1")}
     assert parser.date_order == "dmy"
-    assert parser.skipped == {"record type 7": 1}
+    assert parser.skipped == {}  # an unknown record type is a problem, never skipped
 
 
 def test_quarantined_row_reads_again_once_fixed() -> None:
@@ -145,7 +150,7 @@ def test_quarantined_row_reads_again_once_fixed() -> None:
 
 def test_quarantined_row_with_an_ambiguous_date_needs_the_order() -> None:
     parser = LibreViewParser()
-    row = f"FreeStyle Libre 2,{L2},03-04-2024 10:00,0,120"
+    row = f"FreeStyle Libre 2,{L2},03-04-2024 10:00,0,120,"
     with pytest.raises(FeedFormatError, match="could be MM-DD-YYYY or DD-MM-YYYY"):
         list(parser.parse_quarantined(row, HEADER, BERLIN))
     (reading,) = parser.parse_quarantined(row, HEADER, ParseOptions(input_tz="Europe/Berlin", date_order="dmy"))
@@ -284,11 +289,30 @@ def test_file_level_errors(text: str, options: ParseOptions, message: str) -> No
     assert str(caught.value).startswith(message)
 
 
-def test_an_unclosed_quote_stops_the_file_with_its_line() -> None:
+def test_an_unclosed_quote_over_lines_that_are_no_rows_is_one_problem_of_101_lines_and_reading_goes_on() -> None:
     text = f"{HEADER},Notes\nFreeStyle Libre 2,S,2024-05-01 10:00,0,100,,\n"
     text += 'FreeStyle Libre 2,S,2024-05-01 10:15,6,,,"never closed\n' + ("x" * 200 + "\n") * 700
-    with pytest.raises(FeedFormatError, match=r"^line 3: the CSV cannot be read from here on \(field larger"):
-        parse_text(text)
+    items = parse_text(text)
+    assert [type(i).__name__ for i in items[:3]] == ["FeedReading", "FeedProblem", "FeedProblem"]
+    assert (items[1].locator, items[1].reason) == (
+        "lines 3–103",
+        'unbalanced quote: a field opened with " runs into the lines after it (past 100 lines or 1,048,576 characters)',
+    )
+    assert items[1].payload.startswith('FreeStyle Libre 2,S,2024-05-01 10:15,6,,,"never closed\nxxx')
+    assert len(items) == 2 + 600  # the lines of x after the first 100: a problem each (one field), never dropped
+    assert {i.reason for i in items[2:]} == {"has 1 fields, the header has 7"}
+
+
+def test_an_unclosed_quote_before_rows_is_a_problem_of_its_line_and_the_rows_are_read() -> None:
+    rows = "".join(f"FreeStyle Libre 2,S,2024-05-01 11:{m:02d},0,100,,\n" for m in range(0, 60, 5))
+    text = f'{HEADER},Notes\nFreeStyle Libre 2,S,2024-05-01 10:15,6,,,"never closed\n' + rows
+    items = parse_text(text)
+    assert (items[0].locator, items[0].reason) == (
+        "line 2",
+        'unbalanced quote: a field opened with " runs into the lines after it',
+    )
+    assert [i.locator for i in items[1:]] == [f"line {n}" for n in range(3, 15)]
+    assert all(isinstance(i, FeedReading) for i in items[1:])
 
 
 def test_the_callers_stream_stays_open() -> None:

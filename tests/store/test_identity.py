@@ -15,7 +15,7 @@ from sqlalchemy import event, func, select
 
 from bff.ingest.csv_feed import CsvParser
 from bff.ingest.dexcom import DexcomParser
-from bff.ingest.records import Feed, FeedReading, Parser, PatientRef
+from bff.ingest.records import Feed, FeedProblem, FeedReading, Parser, PatientRef
 from bff.ingest.registry import parser_for
 from bff.store.db import Store
 from bff.store.ingest import EXTRA_LIMIT, QUARANTINE_FLUSH, Ingestor, IngestReport
@@ -247,3 +247,28 @@ def test_an_instant_outside_any_calendar_is_quarantined_with_its_raw_value(store
     reasons = quarantine_reasons(store)
     assert any("1000000000000000 ms since 1970" in r and "in the future" in r for r in reasons)
     assert any("-1000000000000000 ms since 1970" in r and "before 2000" in r for r in reasons)
+
+
+def test_a_long_identifier_makes_a_bounded_public_id_and_nul_is_kept_visible(store: Store) -> None:
+    """An identifier of 256 characters (the parsers' bound) makes a public id within the column; a NUL in a
+    quarantined record (PostgreSQL text cannot hold one) is kept as \\x00; a stream label over 128 is refused."""
+    long_mrn = "M" * 256
+    good = FeedReading(
+        patient=PatientRef("mrn", long_mrn), time_ms=int(START.timestamp() * 1000), value=120.0,
+        unit=GlucoseUnit.MG_DL, record_key="r1",
+    )  # fmt: skip
+    bad = FeedProblem("line 2", "a NUL\x00 in the reason", "raw\x00bytes")
+    wide = FeedReading(
+        patient=PatientRef("mrn", "M3"), time_ms=int(START.timestamp() * 1000), value=120.0,
+        unit=GlucoseUnit.MG_DL, record_key="r3", stream="S" * 129,
+    )  # fmt: skip
+    report = Ingestor(store, clock=lambda: NOW).ingest_items(
+        [good, bad, wide], site="site-a", feed=Feed.HL7V2, source_name="t"
+    )
+    assert (report.added, report.quarantined) == (1, 2)
+    with store.transaction() as session:
+        (public,) = session.scalars(select(Patient.public_id).where(Patient.public_id.like("site:site-a:mrn|M%~%")))
+        payloads = list(session.scalars(select(QuarantineItem.payload)))
+    assert len(public) <= 128
+    assert "raw\\x00bytes" in payloads
+    assert any("stream label" in r for r in quarantine_reasons(store))
