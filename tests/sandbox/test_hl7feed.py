@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from app.demo import SITE_FEEDS
 from bff.ingest.fhir_feed import FhirParser
 from bff.ingest.hl7v2 import Hl7v2Parser
 from bff.ingest.records import FeedReading, ParseOptions
@@ -43,6 +44,10 @@ def readings_of(items: Iterator[Any]) -> list[FeedReading]:
     read = list(items)
     assert all(isinstance(r, FeedReading) for r in read), [r for r in read if not isinstance(r, FeedReading)][:1]
     return read
+
+
+def test_only_the_hl7_only_site_delivers_its_readings_over_hl7_and_the_demo_knows_it() -> None:
+    assert {key: p.results_feed for key, p in PERSONALITIES.items()} == SITE_FEEDS
 
 
 def test_one_message_per_patient_and_local_day_carries_every_reading_once(seed: SiteSeed, messages: list[Oru]) -> None:
