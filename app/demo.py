@@ -235,6 +235,7 @@ class DemoStack:
     now: datetime | None = None  # the sandbox seed's "now" (default: when the stack starts), the same everywhere
     grace_s: float = 10.0  # after SIGTERM, how long a child may take to stop before it is killed
     on_change: Callable[[DemoStack], None] | None = None  # told after each child starts (the lock's record)
+    progress: Callable[[str], None] | None = None  # told what each child is, as it starts
     interrupted: int | None = None  # a signal number: the start and the waits end with Interrupted
 
     @property
@@ -321,6 +322,8 @@ class DemoStack:
     def spawn(self, name: str, log_name: str, argv: Sequence[str], *, stdin: int | None = None) -> Child:
         """Start a child in its own process group, its output appended to `<log_name>.log` in the work dir."""
         self.checkpoint()
+        if self.progress is not None:
+            self.progress(f"{name}: {_command(argv)}")
         log = self.workdir / f"{log_name}.log"
         with log.open("ab") as out:
             process = subprocess.Popen(list(argv), cwd=ROOT, env=self.env or None,
@@ -577,12 +580,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(stack.workdir, ignore_errors=True)
         return EXIT_CONFLICT
     started = datetime.now(UTC)
+    stack.progress = _say
     stack.on_change = lambda s: lock.write(_record(s, started))
     lock.write(_record(stack, started))
     code = EXIT_FAILED
     try:
-        _say("starting the sandbox EHR, loading each site's CGM data (FHIR export, or HL7 v2 over MLLP for "
-             f"hl7-only), starting the app and the outbox worker; logs in {stack.workdir} ...")  # fmt: skip
+        _say(f"starting the sandbox EHR, loading {stack.days} days of each site's CGM data (FHIR export, or HL7 v2 "
+             "over MLLP for hl7-only; about two minutes for 90 days), starting the app and the outbox worker; "
+             f"logs in {stack.workdir}")  # fmt: skip
         stack.start(cleanup=False)
         print(f"\n  EHR shell:  {stack.ehr_url}/ehr/   (choose a site and a patient: the app opens in the chart)")
         print(f"  App:        {stack.app_url}   (store: {stack.env['DATABASE_URL']})")
