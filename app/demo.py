@@ -236,6 +236,7 @@ class DemoStack:
     grace_s: float = 10.0  # after SIGTERM, how long a child may take to stop before it is killed
     on_change: Callable[[DemoStack], None] | None = None  # told after each child starts (the lock's record)
     progress: Callable[[str], None] | None = None  # told what each child is, as it starts
+    keep_exports: bool = True  # keep each FHIR site's NDJSON export (about 100 MB for 90 days) in the work dir
     interrupted: int | None = None  # a signal number: the start and the waits end with Interrupted
 
     @property
@@ -416,7 +417,8 @@ class DemoStack:
                 _bin("glucobridge"), "ingest", str(path), "--feed", "fhir", "--site", site,
             ])  # fmt: skip
         finally:
-            path.unlink(missing_ok=True)  # about 100 MB a site; the store has it now
+            if not self.keep_exports:
+                path.unlink(missing_ok=True)
 
     def feed_over_mllp(self, site: str) -> Child:
         """`glucobridge listen-mllp` for the site (it keeps running), then the site's readings sent to it as
@@ -566,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         key_dir=args.var,
         days=args.days,
         grace_s=args.grace,
+        keep_exports=False,  # the store has them; a work directory kept after a failure stays small
     )
 
     def interrupt(number: int, _: FrameType | None) -> None:
