@@ -27,12 +27,17 @@ lock:
 audit: $(STAMP)
 	$(BIN)/python scripts/audit_deps.py
 
-# Third-party browser assets come from registries at build time (plotly's bundled file, htmx from npm).
+# Third-party browser assets come from registries at build time (plotly's bundled file, htmx from npm): npm is
+# needed (Debian: apt-get install npm). We found no PyPI package that installs htmx's own release file.
 static: $(STAMP)
+	@command -v npm >/dev/null 2>&1 || { echo "make static: npm is needed for htmx (Debian: apt-get install npm)" >&2; exit 2; }
 	$(BIN)/python scripts/build_static.py
 
+# Ports, var/ and more: make demo DEMO_ARGS="--app-port 8100 --ehr-port 8181" (python -m app.demo --help). One demo
+# per checkout at a time (var/demo.lock); SIGTERM or Ctrl-C stops every process it started. Run directly (no shell
+# in between), so make's SIGTERM reaches the demo.
 demo: $(STAMP) static
-	$(BIN)/python -m app.demo
+	$(BIN)/python -m app.demo $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,10 +1,11 @@
-"""`python -m sandbox`: serve the sandbox EHR, export a site's seed readings, or run an MLLP listener.
+"""`python -m sandbox`: serve the sandbox EHR, export or send a site's seed readings, or run an MLLP listener.
 
     python -m sandbox serve --host 127.0.0.1 --port 8081 --public-base http://localhost:8081 \
         --app-launch-url http://127.0.0.1:8000/launch --redirect-uri http://127.0.0.1:8000/callback \
         --backend-jwks-url http://127.0.0.1:8000/.well-known/jwks.json
     python -m sandbox export-seed --site epic-like --out epic-like.ndjson   # for `glucobridge ingest --feed fhir`
     python -m sandbox mllp --port 2575 [--ack AA|AE|AR]
+    python -m sandbox hl7-feed --site hl7-only --to 127.0.0.1:2576    # the site's readings as ORU^R01 over MLLP
     python -m sandbox faultproxy --upstream http://127.0.0.1:8081 --port 8090   # sandbox.faultproxy
 """
 
@@ -24,6 +25,8 @@ import uvicorn
 from sandbox.app import create_app
 from sandbox.config import DEFAULT_DAYS, DEFAULT_SEED, DEFAULT_SITES, SandboxConfig
 from sandbox.faultproxy import serve_forever
+from sandbox.hl7feed import FeedError, oru_messages
+from sandbox.hl7feed import send as send_hl7
 from sandbox.mllp import serve as serve_mllp
 from sandbox.personalities import personality
 from sandbox.seed import PEOPLE, build_site, traces_for
@@ -97,6 +100,32 @@ def cmd_export_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def cmd_hl7_feed(args: argparse.Namespace) -> int:
+    """Exit 0 when every message was answered AA, 1 when some were not, 3 when the receiver failed the exchange."""
+    site = args.site
+    p = personality(site)
+    now = _now(args.now) or datetime.now(UTC)
+    seed = build_site(site, p, traces_for(PEOPLE, now, args.days, args.seed), now)
+    host, port = args.to
+    try:
+        report = send_hl7(oru_messages(seed, p), host, port)
+    except FeedError as exc:
+        print(f"{site}: {exc}", file=sys.stderr)
+        return 3
+    acks = ", ".join(f"{n} {code or '(no MSA)'}" for code, n in sorted(report.acks.items())) or "none"
+    print(f"{site}: {report.messages} ORU^R01 messages ({report.readings} readings) to {host}:{port}; ACKs: {acks}")
+    for problem in report.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 0 if report.accepted else 1
+
+
 def cmd_mllp(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_mllp(args.host, args.port, args.ack))
@@ -135,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--seed", type=int, default=DEFAULT_SEED)
     export.add_argument("--days", type=int, default=DEFAULT_DAYS)
     export.set_defaults(func=cmd_export_seed)
+
+    feed = sub.add_parser("hl7-feed", help="send a site's seeded CGM readings as HL7 v2 ORU^R01 over MLLP")
+    feed.add_argument("--site", default="hl7-only", choices=DEFAULT_SITES)
+    feed.add_argument("--to", required=True, type=_address, metavar="HOST:PORT", help="the receiver's MLLP address")
+    feed.add_argument("--now", help="the seed's now (default: the current time)")
+    feed.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    feed.add_argument("--days", type=int, default=DEFAULT_DAYS)
+    feed.set_defaults(func=cmd_hl7_feed)
 
     mllp = sub.add_parser("mllp", help="run an ACK-only MLLP listener (HL7 v2)")
     mllp.add_argument("--host", default="127.0.0.1")

@@ -15,7 +15,8 @@ OIDs, codes and texts are shaped like the vendors' but are the sandbox's own, ex
   stale), a missing required field answered 500.
 - **read-only**: a site that granted reads only (§6 `writeback_mode`): every write is 403.
 - **hl7-only**: a site whose write channel is HL7 v2 (§3): FHIR reads only, writes 405; results go to the MLLP
-  listener.
+  listener. Its CGM readings reach apps through its outbound results interface, as ORU^R01 over MLLP
+  (`results_feed`, sandbox.hl7feed).
 - **cgm-receiver**: a HL7 CGM IG data receiver (§5.2): `$submit-cgm-bundle`, conditional create, identifiers
   kept, transactions.
 """
@@ -109,6 +110,10 @@ class Personality:
     cgm_receiver: bool = False  # CGM IG: $submit-cgm-bundle, `instantiates` cgm-data-receiver (§5.2)
     reading_category: str = "laboratory"  # category of the seeded CGM readings (CGM IG: laboratory)
     document_types: tuple[str, ...] = ("application/pdf", "text/plain")
+    # --- how the site's CGM readings reach an app (§3) ---
+    #: "fhir": read or exported as Observations; "hl7v2": sent as ORU^R01 over MLLP by the site's results
+    #: interface (`python -m sandbox hl7-feed`). `make demo` loads each site this way (app.demo.SITE_FEEDS).
+    results_feed: str = "fhir"
 
     @property
     def writes(self) -> bool:
@@ -187,6 +192,7 @@ PERSONALITIES: dict[str, Personality] = {
             id_style=IdStyle.UUID,
             mrn_system="https://sandbox.glucobridge.example/hl7-only/mrn",
             write_mode=WriteMode.NOT_ALLOWED,
+            results_feed="hl7v2",
         ),
         Personality(
             key="cgm-receiver",
