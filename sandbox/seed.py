@@ -63,11 +63,11 @@ OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-catego
 READING_ID_SYSTEM = "https://sandbox.glucobridge.example/cgm/record-id"
 DEVICE_SERIAL_SYSTEM = "https://sandbox.glucobridge.example/cgm/sensor-serial"
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
-#: The patient's home time zone (IANA, `valueCode`), so an app can read it from the EHR. A sandbox extension, not
-#: the core `http://hl7.org/fhir/StructureDefinition/tz-code`: that one's context is a date, dateTime or instant
-#: (R4; the extensions pack retires it for `.../timezone`, whose context adds only time and Meta), never Patient,
-#: and neither US Core nor the CGM IG defines a zone on Patient. Some EHRs put tz-code on Patient all the same.
-PATIENT_TIME_ZONE_EXTENSION = "https://sandbox.glucobridge.example/fhir/StructureDefinition/patient-time-zone"
+#: The patient's home time zone (IANA, `valueCode`), so an app can read it from the EHR. The core `tz-code`
+#: extension, as EHRs that state a patient's zone put it on Patient (Canvas, for one), although its context is a
+#: date, dateTime or instant (R4; the extensions pack retires it for `.../timezone`) and neither US Core nor the
+#: CGM IG defines a zone on Patient. glucobridge reads both URLs (bff/ehr_read.py).
+PATIENT_TIME_ZONE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/tz-code"
 TEST_TAG = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HTEST", "display": "test data"}
 READING_CODES = {
     "mg/dL": ("99504-3", "Glucose [Mass/volume] in Interstitial fluid"),
