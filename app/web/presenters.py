@@ -447,13 +447,18 @@ def _day_summary(day: date, points: Sequence[tuple[float, float]], stats: Mappin
     low = min(points, key=lambda p: p[1])
     high = max(points, key=lambda p: p[1])
     parts = [
-        f"mean {shown(GLUCOSE, stats, unit)}",
-        f"{shown(CATALOGUE['tir'], stats)} in range",
+        f"{_lowered(GLUCOSE.short)} {shown(GLUCOSE, stats, unit)}",
+        f"{_lowered(CATALOGUE['tir'].short)} {shown(CATALOGUE['tir'], stats)}",
         f"lowest {glucose_text(low[1], unit)} at {_clock(low[0])}",
         f"highest {glucose_text(high[1], unit)} at {_clock(high[0])}",
         f"{len(points)} readings",
     ]
     return f"{day_label(day)}: " + ", ".join(parts)
+
+
+def _lowered(label: str) -> str:
+    """A catalogue label inside a sentence: "Time CGM active" -> "time CGM active"."""
+    return label[:1].lower() + label[1:]
 
 
 def _clock(minute: float) -> str:
@@ -543,6 +548,13 @@ def age_text(then: datetime, now: datetime) -> str:
     return f"{minutes // 1440} days ago"
 
 
+def _events_tile(key: str, threshold_mg_dl: float, unit: str, metrics: Mapping[str, Any]) -> Tile:
+    """An events tile named as the catalogue names it ("Events <70"), its threshold in the display unit."""
+    m = CATALOGUE[key]
+    label = m.short.replace(glucose_text(threshold_mg_dl, MG_DL), glucose_text(threshold_mg_dl, unit))
+    return Tile(f"{label} {unit}", shown(m, metrics, none="0 events"), note="≥15 min each")
+
+
 def summary_view(document: Mapping[str, Any], days: int, unit: str, zone: ZoneView | None = None, *,
                  page: int = 1, now: datetime | None = None) -> SummaryView:  # fmt: skip
     metrics = document.get("metrics", {})
@@ -561,7 +573,6 @@ def summary_view(document: Mapping[str, Any], days: int, unit: str, zone: ZoneVi
         "each reading's own unit"
     )
     excluded = {k: v for k, v in document.get("excluded", {}).items() if v}
-    very_low, low = (f"{glucose_text(mg, unit)} {unit}" for mg in THRESHOLDS_MG_DL[:2])
     wear = filed(CATALOGUE["days_of_wear"], metrics)
     active_tile = CATALOGUE["sensor_active"]
     tiles = [
@@ -569,15 +580,14 @@ def summary_view(document: Mapping[str, Any], days: int, unit: str, zone: ZoneVi
           for k in ("mean_glucose", "gmi", "cv")),
         Tile(active_tile.short, shown(active_tile, metrics), active_tile.goal_text(),
              f"{CATALOGUE['days_of_wear'].short}: {wear if wear is not None else 0} of {days}"),
-        Tile(f"Low events (<{low})", shown(CATALOGUE["hypo_events_l1"], metrics, none="0 events"), note="≥15 min each"),
-        Tile(f"Very low events (<{very_low})", shown(CATALOGUE["hypo_events_l2"], metrics, none="0 events"),
-             note="≥15 min each"),
+        _events_tile("hypo_events_l1", THRESHOLDS_MG_DL[1], unit, metrics),
+        _events_tile("hypo_events_l2", THRESHOLDS_MG_DL[0], unit, metrics),
     ]  # fmt: skip
     agp = document.get("agp", {})
     sufficient = bool(metrics.get("sufficient"))
     active = CATALOGUE["sensor_active"]
     sufficiency_text = (
-        f"Sufficient data: CGM active {shown(active, metrics)} of the period (goal {active.goal_text()})"
+        f"Sufficient data: {_lowered(active.short)} {shown(active, metrics)} (goal {active.goal_text()})"
         if sufficient else ""
     )  # fmt: skip
     then = last_reading(document) if used else None

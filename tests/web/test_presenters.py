@@ -133,7 +133,7 @@ def test_a_day_without_readings_is_a_panel_that_says_so() -> None:
     assert empty.summary == "Thu 5 Mar: no readings"
     assert [values[4] for _, values in page.hourly] == ["—"] * 24
     full = page.panels[0]
-    assert full.summary.startswith("Sun 1 Mar: mean 115 mg/dL, 95.8 % in range, lowest 60 at 03:00")
+    assert full.summary.startswith("Sun 1 Mar: mean glucose 115 mg/dL, in range 95.8 %, lowest 60 at 03:00")
 
 
 # MARK: the trace gap rule: bridged up to twice the sampling interval
@@ -173,7 +173,7 @@ def test_the_view_says_the_period_in_local_dates_and_how_old_the_last_reading_is
     assert view.period_text == "1 Mar – 14 Mar 2026 (14 days)"
     assert view.last_reading_text == "14 Mar 2026 23:55, 3 h 35 min ago"
     assert view.announcement == "Showing 14 days, 1 Mar – 14 Mar 2026, in mg/dL."
-    assert view.sufficiency_text == "Sufficient data: CGM active 99.0 % of the period (goal ≥70 %)"
+    assert view.sufficiency_text == "Sufficient data: time CGM active 99.0 % (goal ≥70 %)"
     assert age_text(now - timedelta(days=3, hours=1), now) == "3 days ago"
     assert age_text(now - timedelta(seconds=20), now) == "just now"
 
@@ -202,3 +202,11 @@ def test_the_review_says_what_appears_in_the_chart_with_the_filed_decimals() -> 
     signed = {t.label: t for t in signed_values(content, "mmol/L")}
     assert signed["Mean glucose"].value == "8.4 mmol/L"
     assert signed["Mean glucose"].goal == "filed as 152 mg/dL"
+
+
+@pytest.mark.parametrize(("unit", "labels"), [("mg/dL", ["Events <70 mg/dL", "Events <54 mg/dL"]),
+                                              ("mmol/L", ["Events <3.9 mmol/L", "Events <3.0 mmol/L"])])  # fmt: skip
+def test_the_event_tiles_are_named_in_the_display_unit(unit: str, labels: list[str]) -> None:
+    tiles = summary_view(document(14), 14, unit).tiles
+    assert [t.label for t in tiles[-2:]] == labels
+    assert [t.value for t in tiles[-2:]] == ["0 events", "0 events"]
