@@ -29,6 +29,7 @@
     }
     el.focus({ preventScroll: true });
     var bar = document.querySelector(".actionbar");
+    if (bar && bar.contains(el)) return;  // the bar is always in view
     var offset = bar ? bar.getBoundingClientRect().height + 8 : 8;
     var top = el.getBoundingClientRect().top;
     if (top < offset || top > window.innerHeight - 40) {

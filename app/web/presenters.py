@@ -134,7 +134,6 @@ class SummaryView:
     has_data: bool
     sufficient: bool
     reasons: list[str]
-    window_text: str
     bands: list[Band]
     tiles: list[Tile]
     unit: str
@@ -475,7 +474,7 @@ def daily_page(document: Mapping[str, Any], days: int, unit: str, page: int = 1)
     traces = [d for d in (document.get("agp") or {}).get("days", []) if isinstance(d, Mapping)]
     by_date = {str(d.get("date")): d for d in traces}
     stats = {str(d.get("date")): d for d in document.get("daily", []) if isinstance(d, Mapping)}
-    interval = sampling_minutes(traces)
+    interval = sampling_minutes(traces)  # a day's own spacing when it has enough readings (a sensor changed)
     pages = -(-len(dates) // DAYS_PER_PAGE)
     page = min(max(1, page), pages)
     shown_dates = dates[max(0, len(dates) - page * DAYS_PER_PAGE) : len(dates) - (page - 1) * DAYS_PER_PAGE]
@@ -484,7 +483,10 @@ def daily_page(document: Mapping[str, Any], days: int, unit: str, page: int = 1)
     for day in shown_dates:
         trace = by_date.get(day.isoformat())
         points = _points(trace) if trace is not None else []
-        figure = day_figure(*bridged(trace, interval), unit, document) if points and trace is not None else None
+        figure = None
+        if points and trace is not None:
+            own = sampling_minutes([trace]) if len(points) > 12 else interval
+            figure = day_figure(*bridged(trace, own), unit, document)
         panels.append(DayPanel(day.isoformat(), day_label(day), figure,
                                _day_summary(day, points, stats.get(day.isoformat()), unit)))  # fmt: skip
         by_hour: list[list[float]] = [[] for _ in range(24)]
@@ -559,12 +561,7 @@ def summary_view(document: Mapping[str, Any], days: int, unit: str, zone: ZoneVi
                  page: int = 1, now: datetime | None = None) -> SummaryView:  # fmt: skip
     metrics = document.get("metrics", {})
     used = int(metrics.get("readings_used") or 0)
-    window = document.get("window")
-    window_text = ""
-    if window is not None:  # the end is exclusive: show the last day the window covers
-        last_day = (date.fromisoformat(window["end"][:10]) - timedelta(days=1)).isoformat()
-        window_text = f"{window['start'][:10]} to {last_day} ({window['days']:g} days)"
-    dates = window_dates(window)
+    dates = window_dates(document.get("window"))  # local dates; the window's end is exclusive
     period_text = f"{dates_text(dates[0], dates[-1])} ({len(dates)} days)" if dates else ""
     units = document.get("units", {})
     unit_note = (
@@ -606,7 +603,6 @@ def summary_view(document: Mapping[str, Any], days: int, unit: str, zone: ZoneVi
         has_data=used > 0,
         sufficient=sufficient,
         reasons=list(document.get("sufficiency", {}).get("reasons", [])),
-        window_text=window_text,
         bands=bands(metrics, unit, band_goals(document)),
         tiles=tiles,
         unit=unit,

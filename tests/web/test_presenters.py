@@ -210,3 +210,15 @@ def test_the_event_tiles_are_named_in_the_display_unit(unit: str, labels: list[s
     tiles = summary_view(document(14), 14, unit).tiles
     assert [t.label for t in tiles[-2:]] == labels
     assert [t.value for t in tiles[-2:]] == ["0 events", "0 events"]
+
+
+def test_each_day_is_joined_by_its_own_sampling_interval() -> None:
+    """A patient who moved from a Libre 2 to a 5-minute sensor: the Libre day keeps its 30-minute rule."""
+    doc = document(14, 5.0)
+    libre = document(1, 15.0, gap_day=0, gap=(600.0, 630.0))["agp"]["days"][0]  # one 15-min reading missing
+    doc["agp"]["days"][0] = libre
+    page = daily_page(doc, 14, "mg/dL")
+    assert page is not None
+    libre_panel = page.panels[0].figure
+    assert libre_panel is not None
+    assert None not in libre_panel["data"][0]["x"]
