@@ -136,8 +136,10 @@ def test_every_view_state_passes_axe_and_focus_follows_each_swap(context: Browse
     page.locator("#agp-30 .main-svg").first.wait_for(timeout=20_000)
     assert "mg/dL" in page.locator("#agp-h + .chart-note").inner_text()
     assert_accessible(page, "view, 30 days, mg/dL")
-    press(page, "#unit-2")
+    press(page, "#unit-2")  # (the focus is on it before the swap too: wait for the swap, then for the focus)
+    page.wait_for_function("() => document.getElementById('unit-2').getAttribute('aria-pressed') === 'true'")
     page.wait_for_function("() => document.activeElement && document.activeElement.id === 'unit-2'")
+    announced(page, "in mmol/L")
     page.locator("#agp-30 .main-svg").first.wait_for(timeout=20_000)
     assert_accessible(page, "view, 30 days, mmol/L")
 

@@ -201,7 +201,7 @@ def test_send_to_chart_stays_reachable_and_the_review_fits_a_900px_frame(browser
     assert button["y"] + button["height"] <= box["y"] + box["height"]
     frame.locator("#send-button").click()
     frame.locator(".review button.primary").wait_for(timeout=30_000)
-    frame.locator(".review").evaluate("e => new Promise(r => requestAnimationFrame(() => r(null)))")
+    app_frame.wait_for_function("() => document.activeElement && document.activeElement.id === 'review-h'")
     review = frame.locator(".review").bounding_box()
     assert review is not None
     assert review["y"] >= box["y"]
