@@ -231,6 +231,8 @@ SUMMARY_PANEL = _loinc("107931-8", "CGM summary panel")
 TIMES_IN_RANGES_PANEL = _loinc("106793-3", "Times in glucose ranges")
 READING_MG_DL = _loinc("99504-3", "Glucose [Mass/volume] in Interstitial fluid")
 READING_MMOL_L = _loinc("105272-9", "Glucose [Moles/volume] in Interstitial fluid")
+#: The one glucose scale of every chart (the IDC AGP's): 0 to this, per unit (the PDF and the web view).
+CHART_MAX = {MG_DL: 350.0, MMOL_L: 19.4}
 #: The LOINC code of a CGM sensor reading -> the unit it carries.
 READING_UNITS: Mapping[str, str] = {READING_MG_DL.code: MG_DL, READING_MMOL_L.code: MMOL_L}
 #: The summary panel's code in the IG's ballot drafts (still sent by early adopters).

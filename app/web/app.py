@@ -3,7 +3,8 @@
     GET  /launch?iss=…&launch=…          EHR launch: checks iss, redirects (same frame) to the EHR's authorize
     GET  /standalone?iss=…               standalone launch (the EHR asks for the patient)
     GET  /callback?code=…&state=…        the code is redeemed server-side; → /v/{handle}/patients/{id}/
-    GET  /v/{handle}/patients/{id}/      the view (?days=14|30|90); `…/summary` is its htmx partial
+    GET  /v/{handle}/patients/{id}/      the view (?days=14|30|90[&page=n]); `…/summary` is its htmx partial,
+                                         `…/daily?days=…&page=n` a page of its daily profiles (page 1: the latest)
     POST /v/{handle}/patients/{id}/display-unit   (CSRF)
     GET  /api/v/{handle}/patients/{id}/agp        the AGP figure as JSON (data API, apart from the pages)
     GET  /.well-known/jwks.json          the app's public keys (SMART Backend Services)
@@ -171,7 +172,7 @@ async def launch_home(request: Request[Any, Any, Any], handle: str) -> Response[
 
 
 async def _summary_context(
-    ctx: AppContext, handle: str, found: LaunchContext, days: int, unit: str | None
+    ctx: AppContext, handle: str, found: LaunchContext, days: int, unit: str | None, page: int = 1
 ) -> dict[str, Any]:
     def compute() -> tuple[dict[str, Any] | None, str]:
         public_id = ctx.view.public_id(found.site_key, found.patient or "")
@@ -182,7 +183,7 @@ async def _summary_context(
     document = document or {"metrics": {"readings_used": 0}}
     shown = display_unit(document, unit)
     return {
-        "summary": summary_view(document, days, shown),
+        "summary": summary_view(document, days, shown, page=page),
         "unit_query": f"&unit={quote(unit)}" if unit else "",
         "base": f"/v/{handle}/patients/{found.patient}/",
         "csrf_token": csrf_token(ctx.secret, handle),
@@ -191,14 +192,20 @@ async def _summary_context(
     }
 
 
+def _page(page: int) -> int:
+    if page < 1:
+        raise HTTPException(status_code=400, detail="page must be 1 or more")
+    return page
+
+
 @get("/v/{handle:str}/patients/{patient:str}/")
 async def patient_view(
-    request: HTMXRequest, handle: str, patient: str, days: int = 14, unit: str | None = None
+    request: HTMXRequest, handle: str, patient: str, days: int = 14, unit: str | None = None, page: int = 1
 ) -> Template:
     ctx = context_of(request)
     found = await launch_for(ctx, handle, patient)
-    context = await _summary_context(ctx, handle, found, check_days(days), check_unit(unit))
-    context["banner"] = await _banner(ctx, handle, found) if found.need_patient_banner else None
+    context = await _summary_context(ctx, handle, found, check_days(days), check_unit(unit), _page(page))
+    context.update(await _page_banner(ctx, handle, found))
     context["smart_style_url"] = found.smart_style_url
     return Template(
         "patient/view.html", context=context, headers={**headers_for(found.frame_ancestors), "Vary": "HX-Request"}
@@ -215,7 +222,22 @@ async def patient_summary(
     headers = {**headers_for(found.frame_ancestors), "Vary": "HX-Request"}
     if wants_fragment(request):
         return Template("patient/_summary.html", context=context, headers=headers)
-    context["banner"] = await _banner(ctx, handle, found) if found.need_patient_banner else None
+    context.update(await _page_banner(ctx, handle, found))
+    return Template("patient/view.html", context=context, headers=headers)
+
+
+@get("/v/{handle:str}/patients/{patient:str}/daily")
+async def patient_daily(
+    request: HTMXRequest, handle: str, patient: str, days: int = 14, unit: str | None = None, page: int = 1
+) -> Template:
+    """A page of the daily profiles: the fragment for htmx, the whole view at that page otherwise."""
+    ctx = context_of(request)
+    found = await launch_for(ctx, handle, patient)
+    context = await _summary_context(ctx, handle, found, check_days(days), check_unit(unit), _page(page))
+    headers = {**headers_for(found.frame_ancestors), "Vary": "HX-Request"}
+    if wants_fragment(request):
+        return Template("patient/_daily.html", context=context, headers=headers)
+    context.update(await _page_banner(ctx, handle, found))
     return Template("patient/view.html", context=context, headers=headers)
 
 
@@ -227,8 +249,18 @@ async def set_display_unit(request: Request[Any, Any, Any], handle: str, patient
     await require_csrf(ctx, request, form, handle, found.site_key, "display-unit")
     chosen = form.get("unit")
     unit = check_unit(chosen if isinstance(chosen, str) else "?")
-    return Redirect(f"/v/{handle}/patients/{patient}/?unit={quote(unit or '')}", status_code=303,
+    raw_days = form.get("days")
+    days = check_days(int(raw_days) if isinstance(raw_days, str) and raw_days.isdigit() else 14)
+    return Redirect(f"/v/{handle}/patients/{patient}/?days={days}&unit={quote(unit or '')}", status_code=303,
                     headers=headers_for(found.frame_ancestors))  # fmt: skip
+
+
+async def _page_banner(ctx: AppContext, handle: str, found: LaunchContext) -> dict[str, Any]:
+    """The patient's name for the page's title (the frame must name its patient whatever the EHR shows), and the
+    banner itself where the EHR asked the app to show one (`need_patient_banner`)."""
+    banner = await _banner(ctx, handle, found)
+    return {"banner": banner if found.need_patient_banner else None,
+            "patient_name": banner.get("name") if banner else None}  # fmt: skip
 
 
 async def _banner(ctx: AppContext, handle: str, found: LaunchContext) -> dict[str, str] | None:
@@ -338,7 +370,8 @@ def create_app(
 
     return Litestar(
         route_handlers=[
-            launch, standalone, callback, launch_home, patient_view, patient_summary, set_display_unit, agp_api,
+            launch, standalone, callback, launch_home, patient_view, patient_summary, patient_daily, set_display_unit,
+            agp_api,
             jwks, healthz, *writeback.ROUTES, admin.router, admin.sign_in,
             create_static_files_router(path="/static", directories=[STATIC]),
         ],

@@ -39,6 +39,7 @@ from app.web.common import (
 from app.web.presenters import (
     MODE_LABELS,
     STATE_LABELS,
+    chart_entries,
     display_unit,
     local_window,
     review_items,
@@ -115,7 +116,9 @@ def _render(
     context = {
         "base": p.base, "csrf_token": csrf_token(ctx.secret, p.handle), "engine_version": ENGINE_VERSION,
         "smart_style_url": p.launch.smart_style_url, "state_labels": STATE_LABELS, "poll_active": POLL_ACTIVE,
-        "poll_waiting": POLL_WAITING, "utc_text": utc_text, **context,
+        "poll_waiting": POLL_WAITING, "utc_text": utc_text,
+        "patient_name": (ctx.banners.get(p.handle) or {}).get("name"),  # for the page's title (cached by the view)
+        **context,
     }  # fmt: skip
     page = not wants_fragment(request)
     context.setdefault("target_id", "send-to-chart")
@@ -146,6 +149,7 @@ def _review_context(p: Patient, review: Review, days: int, note_unit: str, corre
         "values": signed_values(content, note_unit),
         "sufficient": bool(content.get("sufficient", True)),
         "items": review_items(review.writes),
+        "entries": chart_entries(review.writes, content, review.tz),
         "signer": p.launch.fhir_user,
         "encounter": p.encounter,
         "target_id": "correction-review" if correction else "send-to-chart",

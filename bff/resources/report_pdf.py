@@ -40,7 +40,7 @@ from bff.resources.note import (
     target_range,
 )
 from bff.resources.record import OutcomeRecord
-from engine.catalogue import CATALOGUE
+from engine.catalogue import CATALOGUE, CHART_MAX
 
 __all__ = ["BAND_COLORS", "MAX_DAILY_PANELS", "agp_report_pdf"]
 
@@ -68,8 +68,8 @@ PANELS_PER_ROW = 7
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 PAGE = (8.5, 11.0)  # US Letter, inches
-Y_MAX_MG_DL = 350.0
-Y_MAX_MMOL_L = 19.4
+Y_MAX_MG_DL = CHART_MAX["mg/dL"]
+Y_MAX_MMOL_L = CHART_MAX["mmol/L"]
 
 #: rcParams (set per report with rc_context) are process-global: one report is drawn at a time.
 _LOCK = threading.Lock()

@@ -151,7 +151,7 @@ def test_review_shows_exactly_what_will_be_written(stack: DemoStack) -> None:
     assert "flowsheet rows only" in page
     assert "<code>flowsheet_only</code>" in page
     assert "8 flowsheet rows" in page
-    assert "What will be written: 8 requests" in page
+    assert "Technical plan for the integration team: 8 requests" in page  # behind a disclosure (issue 11, item 5)
     rows = flowsheet_rows(stack)
     for key in ("tir", "tbr_l1", "tbr_l2", "tar_l1", "tar_l2", "mean_glucose", "gmi", "cv"):
         assert f"Flowsheet row {rows[key]}" in page
@@ -176,7 +176,7 @@ def test_review_at_a_full_site_shows_the_note_text_and_the_pdf(stack: DemoStack)
     page = review(flow).text
     assert "results, note and report" in page
     assert "8 results (Observations)" in page
-    assert "What will be written: 10 requests" in page  # 8 results, the note, the PDF
+    assert "Technical plan for the integration team: 10 requests" in page  # 8 results, the note, the PDF
     assert "LOINC 97510-2" in page
     note = re.search(r'<li class="write write-note">.*?<pre class="write-text">(.*?)</pre>', page, re.S)
     assert note is not None
@@ -361,7 +361,7 @@ def test_send_to_chart_in_the_ehr_frame_reaches_confirmed(browser: Browser, stac
     frame = open_in_chart(page, stack, "epic-like", patients(stack, "epic-like")[1])
     frame.locator("#signoffs .hint").wait_for(timeout=20_000)  # the sign-off list loaded itself: none yet
     frame.locator("a.button:has-text('Send to chart')").click()
-    frame.locator(".review .write-rows").first.wait_for(timeout=30_000)
+    frame.locator(".review .write-rows").first.wait_for(state="attached", timeout=30_000)  # in the technical plan
     assert frame.locator(".write-rows tbody tr").count() == 8
     frame.locator("button:has-text('Sign and send to chart')").click()
     frame.locator("#send-to-chart .signoff .badge").first.wait_for(timeout=20_000)
