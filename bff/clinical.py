@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from bff.store import zones
 from bff.store.db import Store
-from bff.store.models import Patient, PatientIdentifier
+from bff.store.models import AuditEvent, Patient, PatientIdentifier
 from bff.store.outcomes import OutcomeService, UnknownPatientError
 from engine import WindowSpec
 
@@ -30,6 +30,39 @@ class PatientOutcomesView:
                 .where(PatientIdentifier.issuer == f"site:{site}:fhir", PatientIdentifier.value == reference)
             ).first()
         return None if row is None else str(row[0])
+
+    def public_id_for_launch(self, site: str, fhir_patient: str, demographics: dict[str, str] | None) -> str | None:
+        """The store's patient of the launch's FHIR Patient: by its FHIR id, or else by one of the identifiers the
+        EHR gives it (an MRN an HL7 v2 results interface of the same site keyed its readings by). A match by
+        identifier is remembered as the FHIR id of that patient (same site only, audited), so it is made once."""
+        found = self.public_id(site, fhir_patient)
+        if found is not None or not demographics:
+            return found
+        reference = fhir_patient if fhir_patient.startswith("Patient/") else f"Patient/{fhir_patient}"
+        pairs = [line.split("|", 1) for line in demographics.get("identifiers", "").splitlines() if "|" in line]
+        issuers = {f"site:{site}:{kind}:{system}": value for system, value in pairs for kind in ("mrn", "id")}
+        if not issuers:
+            return None
+        with self.store.transaction() as session:
+            rows = session.execute(
+                select(PatientIdentifier.patient_id, PatientIdentifier.issuer, PatientIdentifier.value).where(
+                    PatientIdentifier.issuer.in_(list(issuers))
+                )
+            ).all()
+            matches = {patient_id for patient_id, issuer, value in rows if issuers.get(issuer) == value}
+            if len(matches) != 1:
+                return None  # none, or the EHR's identifiers name two of our patients: never guess
+            (patient_id,) = matches
+            patient = session.get(Patient, patient_id)
+            if patient is None or patient.site_key not in (None, site):
+                return None
+            now = datetime.now(UTC)
+            session.add(PatientIdentifier(patient_id=patient_id, site_key=site, issuer=f"site:{site}:fhir",
+                                          value=reference, created_at=now))  # fmt: skip
+            detail = {"patient": patient.public_id, "fhir": reference, "by": "an identifier the EHR gives the Patient"}
+            session.add(AuditEvent(at=now, event="patient.identified", outcome="allowed", site_key=site,
+                                   actor="launch", detail=detail))  # fmt: skip
+            return patient.public_id
 
     def remember(self, site: str, fhir_patient: str, demographics: dict[str, str]) -> str | None:
         """Keep what the EHR says of the patient (name, birth date, MRN: for the chart artefacts) and its zone (a

@@ -22,6 +22,15 @@ def _name(patient: dict[str, Any]) -> str:
     return f"{given} {official.get('family', '')}".strip() or "Unnamed patient"
 
 
+def _identifiers(patient: dict[str, Any]) -> list[str]:
+    out = []
+    for identifier in patient.get("identifier") or []:
+        system, value = identifier.get("system"), identifier.get("value")
+        if isinstance(system, str) and isinstance(value, str) and value and "\n" not in system + value:
+            out.append(f"{system}|{value}")
+    return out[:20]
+
+
 def _mrn(patient: dict[str, Any]) -> str:
     for identifier in patient.get("identifier") or []:
         codes = [c.get("code") for c in (identifier.get("type") or {}).get("coding", [])]
@@ -124,4 +133,7 @@ async def patient_banner(smart: SmartClient, http: httpx.AsyncClient, handle: st
         "gender": str(patient.get("gender", "")),
         "mrn": _mrn(patient),
         "time_zone": patient_zone(patient) or "",
+        # Every identifier the EHR gives the patient ("system|value" per line): how a patient fed by another
+        # door of the same site (an HL7 v2 results interface keyed by MRN) is found for this FHIR Patient.
+        "identifiers": "\n".join(_identifiers(patient)),
     }

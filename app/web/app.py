@@ -59,7 +59,7 @@ from app.web.common import (
     require_csrf,
     wants_fragment,
 )
-from app.web.presenters import display_unit, summary_view
+from app.web.presenters import ZoneView, display_unit, summary_view
 from app.web.security import csrf_token, security_headers
 from bff.admin import AdminAccounts, AdminSessions, LockoutPolicy
 from bff.audit import audit_counted
@@ -174,16 +174,22 @@ async def launch_home(request: Request[Any, Any, Any], handle: str) -> Response[
 async def _summary_context(
     ctx: AppContext, handle: str, found: LaunchContext, days: int, unit: str | None, page: int = 1
 ) -> dict[str, Any]:
-    def compute() -> tuple[dict[str, Any] | None, str]:
-        public_id = ctx.view.public_id(found.site_key, found.patient or "")
-        document = None if public_id is None else ctx.view.document(public_id, days)
-        return document, public_id or ""
+    banner = await _banner(ctx, handle, found)
 
-    document, _ = await anyio.to_thread.run_sync(compute)
+    def compute() -> tuple[dict[str, Any] | None, ZoneView | None]:
+        public_id = ctx.view.public_id_for_launch(found.site_key, found.patient or "", banner)
+        if public_id is None:
+            return None, None
+        if banner:  # what the EHR says of the patient: names for the chart artefacts, and the zone (source ehr)
+            ctx.view.remember(found.site_key, found.patient or "", banner)
+        zone = ctx.view.zone(public_id)
+        return ctx.view.document(public_id, days), ZoneView(zone.name, zone.source)
+
+    document, zone = await anyio.to_thread.run_sync(compute)
     document = document or {"metrics": {"readings_used": 0}}
     shown = display_unit(document, unit)
     return {
-        "summary": summary_view(document, days, shown, page=page),
+        "summary": summary_view(document, days, shown, zone, page=page),
         "unit_query": f"&unit={quote(unit)}" if unit else "",
         "base": f"/v/{handle}/patients/{found.patient}/",
         "csrf_token": csrf_token(ctx.secret, handle),

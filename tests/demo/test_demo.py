@@ -212,12 +212,6 @@ def test_the_cgm_receiver_launch_shows_the_view(demo: Demo) -> None:
     assert "data-figure=" in view.text
 
 
-@pytest.mark.xfail(
-    reason="the view finds a launch's patient only by a FHIR feed's Patient/<id> (bff.clinical.PatientOutcomesView); "
-    "the hl7-only site's readings are keyed by the MRN in PID-3, which the launch's Patient carries as an identifier "
-    "with the same system: matching on it is a change in bff/ and app/web/",
-    strict=True,
-)
 def test_the_hl7_only_launch_shows_the_readings_that_arrived_over_mllp(demo: Demo) -> None:
     stack = demo.stack()
     flow = launched(stack, "hl7-only", patients(stack, "hl7-only")[0])
