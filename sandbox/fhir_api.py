@@ -191,7 +191,7 @@ def capability_statement(site: Site) -> dict[str, Any]:
         "kind": "instance",
         "software": {"name": f"glucobridge sandbox: {p.key} ({p.vendor})", "version": p.software_version},
         "implementation": {"description": p.title, "url": site.fhir_base},
-        "fhirVersion": "4.0.1",
+        "fhirVersion": "5.0.0" if site.fhir_version == "R5" else "4.0.1",
         "format": ["json", "xml"] if p.metadata_xml_by_default else ["json"],
         "rest": [rest],
     }

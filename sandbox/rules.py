@@ -1,7 +1,7 @@
 """Write rules: structure validation for every site, then the personality's own rules.
 
-Structure: the resource must parse as its FHIR R4 (R4B model) class in `fhir.resources`; otherwise 400 with an
-OperationOutcome `structure` issue listing the first problems.
+Structure: the resource must parse as its FHIR R4 (R4B model) class in `fhir.resources` (R5 models on a site
+switched to R5); otherwise 400 with an OperationOutcome `structure` issue listing the first problems.
 
 epic-like (Epic Observation.Create (Vitals) and DocumentReference.Create (Clinical Notes), ehr-realities.md
 §1.6–1.7): Observations file to flowsheet rows only: category `vital-signs`, a row named by its flowsheet id
@@ -56,16 +56,21 @@ WRITABLE = {
 
 
 @cache
-def _model(rtype: str) -> Any:
-    from fhir.resources.R4B import get_fhir_model_class  # noqa: PLC0415 - 0.15 s import, only when writing
+def _model(rtype: str, version: str = "R4") -> Any:
+    # 0.15 s imports, only when writing; fhir.resources' R5 models are its default package, R4 lives in R4B.
+    if version == "R5":
+        from fhir.resources import get_fhir_model_class as get_r5  # noqa: PLC0415
+
+        return get_r5(rtype)
+    from fhir.resources.R4B import get_fhir_model_class  # noqa: PLC0415
 
     return get_fhir_model_class(rtype)
 
 
-def validate_structure(resource: dict[str, Any]) -> None:
-    """400 unless the resource is structurally valid FHIR R4 for its type."""
+def validate_structure(resource: dict[str, Any], version: str = "R4") -> None:
+    """400 unless the resource is structurally valid FHIR (R4 or R5, the site's release) for its type."""
     try:
-        _model(resource["resourceType"]).model_validate(resource)
+        _model(resource["resourceType"], version).model_validate(resource)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         raise FhirError(400, "structure", f"invalid {resource['resourceType']}: {problems}") from None
@@ -94,7 +99,7 @@ def check_write_allowed(site: Site, rtype: str | None = None) -> None:
 
 def apply_rules(site: Site, resource: dict[str, Any], *, creating: bool = True) -> dict[str, Any]:
     """The resource as the site stores it (possibly changed), or FhirError. Structure is checked first."""
-    validate_structure(resource)
+    validate_structure(resource, site.fhir_version)
     mode = site.personality.write_mode
     rtype = resource["resourceType"]
     if mode is WriteMode.FLOWSHEET:

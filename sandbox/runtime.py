@@ -28,6 +28,9 @@ class Site:
     hl7_inbox: list[dict[str, Any]] = field(default_factory=list)
     #: (patient, flowsheet row, instant ms) of every reading filed through the API (Epic's duplicate check).
     filed_readings: set[tuple[str, str, int]] = field(default_factory=set)
+    #: The FHIR release the site speaks: "R4" (4.0.1) or "R5" (5.0.0), for writes' structure and the
+    #: CapabilityStatement. A test may switch a site to R5 (a generic SMART R5 server).
+    fhir_version: str = "R4"
 
     @property
     def fhir_base(self) -> str:

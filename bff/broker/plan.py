@@ -396,7 +396,7 @@ def _note(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) 
                         "text": "CGM summary note"}  # fmt: skip
     encounter = _encounter(caps, context)
     if encounter:
-        body.setdefault("context", {})["encounter"] = [{"reference": encounter}]
+        fhir.document_encounter(body, encounter, _fhir_version(caps))
     first_line = note.splitlines()[0] if note else ""
     return PlannedWrite(
         kind="note", channel="fhir", method="POST", path="DocumentReference", metrics=("note",),
@@ -414,7 +414,10 @@ def _pdf(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -
     body["subject"] = {"reference": patient}
     body["docStatus"] = "final"
     end = isoformat_local(record.tz, record.window_end_ms)
-    body.setdefault("context", {}).setdefault("period", {})["end"] = end
+    period = body.setdefault("period", {}) if _fhir_version(caps) == "R5" else body.setdefault("context", {})
+    if _fhir_version(caps) == "R4":
+        period = period.setdefault("period", {})
+    period["end"] = end
     return PlannedWrite(
         kind="pdf", channel="fhir", method="POST", path="DocumentReference", metrics=("pdf",),
         summary=f"AGP report (PDF, {len(context.pdf):,} bytes) as a clinical document", body=body,

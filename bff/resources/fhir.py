@@ -358,6 +358,15 @@ def diagnostic_report(record: OutcomeRecord, pdf: bytes) -> dict[str, Any]:
     return report
 
 
+def document_encounter(body: dict[str, Any], encounter: str, version: FhirVersion) -> None:
+    """File the document to an encounter: R4 `context.encounter` (a list in the context backbone), R5 `context`
+    (itself the list of References: R5 moved the period out to `DocumentReference.period`)."""
+    if version == "R5":
+        body.setdefault("context", []).append({"reference": encounter})
+    else:
+        body.setdefault("context", {})["encounter"] = [{"reference": encounter}]
+
+
 def document_reference(
     record: OutcomeRecord, data: bytes, content_type: str, *, version: FhirVersion = "R4", key: str = ""
 ) -> dict[str, Any]:
