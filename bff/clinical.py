@@ -75,6 +75,8 @@ class PatientOutcomesView:
             if patient is None:
                 return None
             patient.name = (demographics.get("name") or patient.name or "")[:200] or None
+            patient.family_name = (demographics.get("family") or patient.family_name or "")[:100] or None
+            patient.given_names = (demographics.get("given") or patient.given_names or "")[:100] or None
             patient.birth_date = (demographics.get("birth_date") or patient.birth_date or "")[:10] or None
             patient.mrn = (demographics.get("mrn") or patient.mrn or "")[:64] or None
             stated = demographics.get("time_zone")

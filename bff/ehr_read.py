@@ -31,6 +31,12 @@ def _identifiers(patient: dict[str, Any]) -> list[str]:
     return out[:20]
 
 
+def _name_parts(patient: dict[str, Any]) -> tuple[str, str]:
+    names = patient.get("name") or []
+    official = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
+    return str(official.get("family") or ""), " ".join(str(g) for g in official.get("given") or [])
+
+
 def _mrn(patient: dict[str, Any]) -> str:
     for identifier in patient.get("identifier") or []:
         codes = [c.get("code") for c in (identifier.get("type") or {}).get("coding", [])]
@@ -127,8 +133,11 @@ async def patient_banner(smart: SmartClient, http: httpx.AsyncClient, handle: st
         log.warning("patient banner unavailable: HTTP %s", response.status_code)
         return None
     patient = response.json()
+    family, given = _name_parts(patient)
     return {
         "name": _name(patient),
+        "family": family,
+        "given": given,
         "birth_date": str(patient.get("birthDate", "")),
         "gender": str(patient.get("gender", "")),
         "mrn": _mrn(patient),

@@ -15,8 +15,9 @@ from zoneinfo import ZoneInfo
 from bff.hl7.message import STANDARD, UTF8_CHARSET
 from bff.resources.record import OutcomeRecord
 
-# PID-5 is required by hl7apy in both versions (2.3: PID-5 1..1; STRICT 2.5.1 fails on an empty PID-5), but
-# glucobridge does not know the patient's name and must not invent one: a made-up name could be displayed or,
+# PID-5 is required by hl7apy in both versions (2.3: PID-5 1..1; STRICT 2.5.1 fails on an empty PID-5). When the
+# EHR has told glucobridge the patient's name (a launch reads the Patient), PID-5 carries it; otherwise glucobridge
+# does not know the name and must not invent one: a made-up name could be displayed or,
 # worse, used for patient matching, and the HL7 null `""` would tell the receiver to *delete* the name it has.
 # So PID-5 carries only the name type code (XPN-7, table 0200 "U" unspecified): present, but with no name in it.
 PLACEHOLDER_NAME = "^^^^^^U"
@@ -82,8 +83,16 @@ def patient_identifier(record: OutcomeRecord, mrn: str | None) -> str:
 
 
 def pid(record: OutcomeRecord, mrn: str | None) -> list[str]:
-    """PID-0..5: set id 1, the identifier of `patient_identifier`, the placeholder name."""
-    return ["PID", "1", "", patient_identifier(record, mrn), "", PLACEHOLDER_NAME]
+    """PID-0..7: set id 1, the identifier of `patient_identifier`, the name as the EHR gives it (family^given, or
+    the placeholder when it is not known: never an invented name) and the birth date when known."""
+    name = PLACEHOLDER_NAME
+    if record.family_name or record.given_names:
+        name = f"{esc(record.family_name or '')}^{esc(record.given_names or '')}"
+    birth = (record.birth_date or "").replace("-", "")
+    fields = ["PID", "1", "", patient_identifier(record, mrn), "", name]
+    if len(birth) == 8 and birth.isdigit():
+        fields += ["", birth]
+    return fields
 
 
 def trim(fields: Sequence[str]) -> list[str]:

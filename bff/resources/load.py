@@ -54,6 +54,7 @@ def outcome_record(
         reference, identifiers = _identifiers(session, patient, site)
         zone_source = patient.tz_source if row.tz == patient.tz else "cli"  # a zone given for this computation
         name, birth_date, mrn = patient.name, patient.birth_date, patient.mrn
+        family, given = patient.family_name, patient.given_names
         prior = None
         if row.supersedes_id is not None:
             earlier = session.get(OutcomeWindow, row.supersedes_id)
@@ -67,7 +68,8 @@ def outcome_record(
         input_digest=row.input_digest, created_at=row.created_at.astimezone(UTC), prior=prior,
         patient_reference=reference, patient_identifiers=identifiers,
         device_key=devices.most_common(1)[0][0] if devices else "", mean_unit=mean_unit,
-        tz_source=zone_source, patient_name=name, birth_date=birth_date, mrn=mrn,
+        tz_source=zone_source, patient_name=name, birth_date=birth_date, mrn=mrn, family_name=family,
+        given_names=given,
         extra={"outcome_window_id": row.id, "traces": result.report.patients[0].document["agp"].get("days", [])},
     )  # fmt: skip
 

@@ -74,6 +74,8 @@ class OutcomeRecord:
     organization: str = "glucobridge"
     tz_source: str = "unknown"  # how the zone is known (bff.store.zones): cli | ehr | feed | site | inferred | unknown
     patient_name: str | None = None  # as the EHR or the feed names the patient
+    family_name: str | None = None  # its parts, for HL7 v2 PID-5
+    given_names: str | None = None
     birth_date: str | None = None  # YYYY-MM-DD
     mrn: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)

@@ -72,6 +72,8 @@ class Patient(Base):
     tz_evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     #: As the EHR or the feed names the patient (for the chart artefacts); None until one has.
     name: Mapped[str | None] = mapped_column(String(200))
+    family_name: Mapped[str | None] = mapped_column(String(100))  # the parts, for an HL7 v2 PID-5
+    given_names: Mapped[str | None] = mapped_column(String(100))
     birth_date: Mapped[str | None] = mapped_column(String(10))
     mrn: Mapped[str | None] = mapped_column(String(64))
 

@@ -25,6 +25,8 @@ def upgrade() -> None:
     op.add_column("patients", sa.Column("tz_source", sa.String(length=16), server_default="unknown", nullable=False))
     op.add_column("patients", sa.Column("tz_evidence", sa.JSON(), nullable=True))
     op.add_column("patients", sa.Column("name", sa.String(length=200), nullable=True))
+    op.add_column("patients", sa.Column("family_name", sa.String(length=100), nullable=True))
+    op.add_column("patients", sa.Column("given_names", sa.String(length=100), nullable=True))
     op.add_column("patients", sa.Column("birth_date", sa.String(length=10), nullable=True))
     op.add_column("patients", sa.Column("mrn", sa.String(length=64), nullable=True))
     op.add_column("outcome_windows", sa.Column("stale_reason", sa.Text(), nullable=True))
@@ -37,6 +39,6 @@ def downgrade() -> None:
         batch_op.drop_column("reason")
         batch_op.drop_column("stale_reason")
     with op.batch_alter_table("patients") as batch_op:
-        for column in ("mrn", "birth_date", "name", "tz_evidence", "tz_source"):
+        for column in ("mrn", "birth_date", "given_names", "family_name", "name", "tz_evidence", "tz_source"):
             batch_op.drop_column(column)
     op.execute("ALTER TABLE signoffs DROP COLUMN signer_name")  # plain SQL: a batch rebuild would drop the triggers

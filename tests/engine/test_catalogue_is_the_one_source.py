@@ -25,7 +25,7 @@ CODES = frozenset(
     | {SUMMARY_PANEL.code, TIMES_IN_RANGES_PANEL.code, READING_MG_DL.code, READING_MMOL_L.code}
 ) - {"gri"}
 LOINC_LIKE = re.compile(r"\b\d{4,6}-\d\b")
-FIXED_DECIMALS = re.compile(r"\.\d+f$")
+FIXED_DECIMALS = re.compile(r"\.(\d+|\{\})f$")  # `:.1f`, and a precision given at run time `:.{digits}f`
 #: (file, the expression's source) of fixed decimals that are not metric values, and why.
 ALLOWED_ROUNDING = {
     ("engine/report.py", "active_pct"): "a sufficiency reason quotes the engine's own threshold check",
@@ -71,33 +71,40 @@ def test_no_metric_code_is_typed_outside_the_catalogue() -> None:
     assert not found, "metric codes outside engine/catalogue.py:\n" + "\n".join(found)
 
 
+def rounded_expressions(source: str) -> list[tuple[int, str]]:
+    """(line, expression) of every fixed-decimal format spec and `round()` call in the source."""
+    tree = ast.parse(source)
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FormattedValue) and node.format_spec is not None:
+            spec = "".join(
+                str(v.value) if isinstance(v, ast.Constant) else "{}" for v in getattr(node.format_spec, "values", [])
+            )
+            if FIXED_DECIMALS.search(spec):
+                out.append((node.lineno, ast.get_source_segment(source, node.value) or ""))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "round":
+            out.append((node.lineno, ast.get_source_segment(source, node.args[0]) or "" if node.args else ""))
+    return out
+
+
 def test_no_metric_is_rounded_outside_the_catalogue() -> None:
     found = []
     for path in product_files():
-        source = path.read_text(encoding="utf-8")
-        tree = ast.parse(source)
         relative = str(path.relative_to(ROOT))
-        for node in ast.walk(tree):
-            expression = None
-            if isinstance(node, ast.FormattedValue) and node.format_spec is not None:
-                spec = "".join(v.value for v in getattr(node.format_spec, "values", []) if isinstance(v, ast.Constant))
-                if FIXED_DECIMALS.search(str(spec)):
-                    expression = ast.get_source_segment(source, node.value)
-            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "round":
-                expression = ast.get_source_segment(source, node.args[0]) if node.args else ""
-            if expression is None:
-                continue
+        for line, expression in rounded_expressions(path.read_text(encoding="utf-8")):
             if not any(relative == f and snippet in expression for f, snippet in ALLOWED_ROUNDING):
-                found.append(f"{relative}:{node.lineno}: {expression}")
+                found.append(f"{relative}:{line}: {expression}")
     assert not found, "fixed decimals outside engine/catalogue.py (use engine.catalogue):\n" + "\n".join(found)
 
 
 def test_the_guard_sees_a_copy_when_there_is_one(tmp_path: Path) -> None:
     """The scan itself works: a typed code and a `:.2f` on a metric are both reported."""
-    source = 'GMI = "97506-0"\ndef f(m):\n    """LOINC 97506-0 in a docstring is fine."""\n    return f"{m:.2f}"\n'
+    source = (
+        'GMI = "97506-0"\ndef f(m, d):\n    """LOINC 97506-0 in a docstring is fine."""\n'
+        '    return f"{m:.2f}" + f"{m:.{d}f}" + str(round(m, 1)) + f"{m:,}"\n'
+    )
     tree = ast.parse(source)
     skip = docstrings(tree)
     codes = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in CODES and id(n) not in skip]
-    specs = [n for n in ast.walk(tree) if isinstance(n, ast.FormattedValue) and n.format_spec is not None]
     assert codes == ["97506-0"]
-    assert len(specs) == 1
+    assert [expression for _, expression in rounded_expressions(source)] == ["m", "m", "m"]

@@ -50,4 +50,5 @@ def sample_record(
         prior=PriorVersion(1, "0" * 64) if corrected else None, patient_reference="Patient/demo-001",
         patient_identifiers=(("urn:oid:1.2.840.114350.1.13.99", "MRN123456"),), device_key="dexcom-g6",
         mean_unit=mean_unit, tz_source="ehr", patient_name="Dana Demo", birth_date="1971-05-04", mrn="MRN123456",
+        family_name="Demo", given_names="Dana",
     )  # fmt: skip

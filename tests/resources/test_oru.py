@@ -180,7 +180,12 @@ def test_content_2_5_1() -> None:
     assert pid.component(3) == "MRN123456"
     assert pid.subcomponents(3, 4) == ["", "1.2.840.114350.1.13.99", "ISO"]
     assert pid.component(3, 5) == "MR"
-    assert pid.field(5) == "^^^^^^U"  # no invented name
+    assert pid.field(5) == "Demo^Dana"  # the name as the EHR gives it
+    assert pid.field(7) == "19710504"
+    anonymous = build_oru(dataclasses.replace(record, family_name=None, given_names=None, birth_date=None))
+    unnamed = parse_message(anonymous.text).segment("PID")
+    assert unnamed is not None
+    assert unnamed.field(5) == "^^^^^^U"  # not known: never an invented name
     obr = message.segment("OBR")
     assert obr is not None
     assert obr.field(4) == "107931-8^CGM summary panel^LN"
