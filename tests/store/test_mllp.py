@@ -239,3 +239,21 @@ def test_hash_field_separator_with_a_pipe_inside_msh_3_gives_a_well_formed_ack(
     with store.transaction() as session:
         reading = session.scalars(select(Reading)).one()
         assert reading.source_record_key == "HASH|1|1"  # MSH-10 as read, unescaped
+
+
+def test_two_patients_sharing_a_control_id_are_aa_and_a_resend_for_the_wrong_patient_is_ae(
+    listening: Running, store: Store
+) -> None:
+    """Issue 10, row 1, over a real socket: the same MSH-10 for another patient's own readings is stored (AA);
+    the same message re-sent with another patient's PID is AE, quarantined, and nothing is added to either."""
+    (first,) = hl7_messages(readings(3), per_message=3, control="COLL", mrn="MRN-A")
+    (other,) = hl7_messages(readings(3, seed=5), per_message=3, control="COLL", mrn="MRN-B")
+    other = other.replace("|45|", "|46|").replace("|74|", "|75|").replace("|103|", "|104|")  # B's own values
+    wrong = first.replace("MRN-A^^^SITE^MR", "MRN-B^^^SITE^MR")  # A's message, B's PID
+    acks = exchange(listening.port, first, other, wrong)
+    assert [msa(a)[0] for a in acks] == ["AA", "AA", "AE"]
+    assert msa(acks[1])[2] == "3 reading(s) stored, 0 already present"
+    assert "already filed for patient site:site-h:mrn:SITE|MRN-A" in msa(acks[2])[2]
+    with store.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Reading)) == 6
+        assert session.scalar(select(func.count()).select_from(QuarantineItem)) == 3
