@@ -47,7 +47,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP) static
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
 test: lint typecheck unit
 
