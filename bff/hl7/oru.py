@@ -55,7 +55,8 @@ from zoneinfo import ZoneInfo
 
 from bff.hl7.build import coded, esc_ft, message_text, msh, pid, ts, ts_ms
 from bff.resources.record import OutcomeRecord
-from engine.catalogue import SUMMARY_PANEL, filed, metric
+from engine import catalogue
+from engine.catalogue import BANDS, SUMMARY_PANEL, filed, metric
 
 #: OBX-3/OBR-4 coding system of glucobridge's own codes (the FHIR side uses `record.CODESYSTEM` for the same codes).
 GLUCOBRIDGE_SYSTEM = "GLUCOBRIDGE"
@@ -73,9 +74,10 @@ ED_TYPE, ED_SUBTYPE, ED_ENCODING = "AP", "PDF", "Base64"
 MSH10_PREFIX = "GB"
 _MESSAGE_KEY = "hl7v2-oru"
 
-#: The OBX order (catalogue keys): the times in ranges (as in the IG's TIR panel), the other summary measures, ours.
-ORDER = ("tbr_l2", "tbr_l1", "tir", "tar_l1", "tar_l2", "mean_glucose", "gmi", "cv", "sensor_active", "days_of_wear",
-         "gri", "hypo_events_l1", "hypo_events_l2")  # fmt: skip
+#: The OBX order (catalogue keys): the five bands (as in the IG's Times in Ranges panel), then every other catalogue
+#: metric that has a code, in catalogue order (a new coded metric is sent without touching this module).
+def obx_order() -> tuple[str, ...]:
+    return (*BANDS, *(m.key for m in catalogue.METRICS if m.codes and m.key not in BANDS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +185,7 @@ def _values(record: OutcomeRecord) -> list[tuple[str, tuple[str, str, str], tupl
     """(key, OBX-3, OBX-6, OBX-5) for each metric with a value, OBX-5 the catalogue's filed decimal (rounded once);
     null (no data) and non-finite values are left out. Concentrations in `record.mean_unit`."""
     out = []
-    for key in ORDER:
+    for key in obx_order():
         m = metric(key)
         value = filed(m, record.metrics, record.mean_unit)
         code = m.code(record.mean_unit)

@@ -33,8 +33,9 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from bff.resources.record import CODESYSTEM, IDENTIFIER_SYSTEM, OutcomeRecord, idempotency_key
-from engine import device_profile, isoformat_local
+from engine import catalogue, device_profile, isoformat_local
 from engine.catalogue import (
+    BANDS,
     IG_PROFILES,
     SUMMARY_PANEL,
     SUMMARY_PROFILE,
@@ -65,9 +66,11 @@ TIR_COMPONENTS = (
     ("timeInHigh", "tar_l1"),
     ("timeInVeryHigh", "tar_l2"),
 )
-#: The aggregated Observations of the summary panel, in order (catalogue keys; "times_in_ranges" is the panel).
-MEMBERS = ("mean_glucose", "times_in_ranges", "gmi", "cv", "days_of_wear", "sensor_active", "gri",
-           "hypo_events_l1", "hypo_events_l2")  # fmt: skip
+#: The aggregated Observations of the summary panel: the Times in Ranges panel (the five bands as components), then
+#: every other catalogue metric that has a code, in catalogue order (a metric added to the catalogue with a code is
+#: exported without touching this module).
+def member_keys() -> tuple[str, ...]:
+    return ("times_in_ranges", *(m.key for m in catalogue.METRICS if m.codes and m.key not in BANDS))
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class Member:
 def members(record: OutcomeRecord) -> list[Member]:
     """The aggregated Observations; units' display text follows the IG's fixed patterns ("mg/dl", "mmol/l")."""
     out = []
-    for key in MEMBERS:
+    for key in member_keys():
         if key == "times_in_ranges":
             panel = TIMES_IN_RANGES_PANEL
             out.append(Member(key, panel.system, panel.code, panel.display, TIMES_IN_RANGES_PROFILE, None, "%", "%"))

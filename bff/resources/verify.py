@@ -30,8 +30,8 @@ from bff.resources.signing import SigningError, verify_jws
 from bff.store.db import Store
 from bff.store.models import OutcomeWindow, Patient
 from bff.store.outcomes import OutcomeService, readings_ndjson
-from engine import ENGINE_VERSION, NO_TIME, OutcomePolicy, ReadingTable, WindowSpec, compute_cohort
-from engine.catalogue import LOINC, METRICS, MG_DL, filed
+from engine import ENGINE_VERSION, NO_TIME, OutcomePolicy, ReadingTable, WindowSpec, catalogue, compute_cohort
+from engine.catalogue import LOINC, MG_DL, filed
 from engine.report import build_report
 
 
@@ -106,7 +106,7 @@ def expected_values(document: Mapping[str, Any]) -> dict[str, Decimal]:
     this window carries if it follows from its readings (engine.catalogue: the same one rounding as the exporters)."""
     metrics = document["metrics"]
     out: dict[str, Decimal] = {}
-    for m in METRICS:
+    for m in catalogue.METRICS:
         for slot, code in m.codes.items():
             value = filed(m, metrics, slot or MG_DL)
             if value is not None:
