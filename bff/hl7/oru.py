@@ -74,6 +74,7 @@ ED_TYPE, ED_SUBTYPE, ED_ENCODING = "AP", "PDF", "Base64"
 MSH10_PREFIX = "GB"
 _MESSAGE_KEY = "hl7v2-oru"
 
+
 #: The OBX order (catalogue keys): the five bands (as in the IG's Times in Ranges panel), then every other catalogue
 #: metric that has a code, in catalogue order (a new coded metric is sent without touching this module).
 def obx_order() -> tuple[str, ...]:

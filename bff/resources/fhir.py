@@ -66,6 +66,8 @@ TIR_COMPONENTS = (
     ("timeInHigh", "tar_l1"),
     ("timeInVeryHigh", "tar_l2"),
 )
+
+
 #: The aggregated Observations of the summary panel: the Times in Ranges panel (the five bands as components), then
 #: every other catalogue metric that has a code, in catalogue order (a metric added to the catalogue with a code is
 #: exported without touching this module).

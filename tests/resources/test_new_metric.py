@@ -17,8 +17,10 @@ from engine import catalogue
 from engine.catalogue import GLUCOBRIDGE_CODES, ONE, Code, Condition, Kind, Metric
 from tests.resources.samples import sample_record
 
-TITR = Metric("titr", Condition.GLUCOSE, "Time in tight range 70-140 mg/dL (test stand-in)", "In tight range",
-              Kind.PERCENT, "time_in_range_pct", ONE, {"": Code(GLUCOBRIDGE_CODES, "titr-test", "TITR (test)")})  # fmt: skip
+TITR = Metric(
+    "titr", Condition.GLUCOSE, "Time in tight range 70-140 mg/dL (test stand-in)", "In tight range", Kind.PERCENT,
+    "time_in_range_pct", ONE, {"": Code(GLUCOBRIDGE_CODES, "titr-test", "TITR (test)")},
+)  # fmt: skip
 
 
 @pytest.fixture(name="with_titr")
