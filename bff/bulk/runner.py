@@ -251,8 +251,11 @@ class BulkRunner:
 
     def report(self, job: BulkJob) -> JobReport:
         totals = self.jobs.totals([job.id])[job.id]
-        return JobReport(job.id, job.site_key, job.scope, job.state, job.progress, job.error, job.transaction_time,
-                         job.exports, **totals)  # fmt: skip
+        moment = job.transaction_time
+        if moment is not None and moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)  # SQLite keeps no zone: it was written in UTC
+        return JobReport(job.id, job.site_key, job.scope, job.state, job.progress, job.error, moment, job.exports,
+                         **totals)  # fmt: skip
 
     # MARK: one job
 
@@ -385,7 +388,7 @@ class BulkRunner:
                                   error=None, **counts)  # fmt: skip
             finished = len([r for r in self.jobs.files(job.id, job.exports) if r.state == "done"])
             self._event(job, f"file {finished}/{total} done: {row.resource_type} {row.kind}, {got.lines} line(s), "
-                             + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "batch_id"))  # fmt: skip
+                             + _counts(row, counts))  # fmt: skip
         self.jobs.complete(job.id, self.now())
         if job.status_url:
             answer = await self.client.cancel(caps, job.status_url)  # the IG: DELETE when done, the server tidies up
@@ -497,6 +500,15 @@ def _lines(path: Path) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(value, dict):
                 yield value
+
+
+def _counts(row: FileRow, counts: dict[str, int]) -> str:
+    if row.kind == "error":
+        return f"{counts['quarantined']} error(s) quarantined"
+    if row.resource_type == "Patient":
+        return f"names and zones of {counts['already_present']} known patient(s) kept"
+    return f"{counts['added']} reading(s) added, {counts['already_present']} already present, " \
+           f"{counts['quarantined']} quarantined"  # fmt: skip
 
 
 def _what(answer: Answer) -> str:
