@@ -26,13 +26,18 @@ from bff.capabilities import SiteCapabilities, Vendor
 
 FHIR_JSON = "application/fhir+json"
 NDJSON = "application/fhir+ndjson"
-#: Read scopes an export needs (SMART v1 spelling, which v2 servers accept too). Epic grants by registration.
+#: Read scopes an export needs, one per type where wildcards are refused (Oracle Health), in SMART v1 spelling,
+#: which v2 servers accept too. Epic grants by registration; other servers get `system/*.read` (sekmet, for one,
+#: checks its status and file endpoints against `*`).
 BULK_SCOPES = ("system/Group.read", "system/Patient.read", "system/Observation.read")
+WILDCARD_SCOPES = ("system/*.read",)
 _BODY_LIMIT = 1 << 20  # a status or error body larger than this is not kept
 
 
 def bulk_scopes(caps: SiteCapabilities) -> tuple[str, ...]:
-    return () if caps.vendor is Vendor.EPIC else BULK_SCOPES
+    if caps.vendor is Vendor.EPIC:
+        return ()
+    return BULK_SCOPES if caps.vendor is Vendor.ORACLE else WILDCARD_SCOPES
 
 
 @dataclass(frozen=True, slots=True)
