@@ -300,13 +300,19 @@ async def _kickoff(request: AnyRequest, level: str, group_id: str | None) -> Res
     return fhir_response(outcome("information", "informational", "export accepted"), 202, {"Content-Location": status})
 
 
-@route("/sites/{site_key:str}/fhir/Group/{group_id:str}/$export", http_method=["GET", "POST"], status_code=202)
+# Routes name the type as a parameter: a static `Group` or `Patient` segment would take `/fhir/Patient` and
+# `/fhir/Group/{id}` away from the FHIR API's own routes (Litestar does not fall back from a static segment).
+@route("/sites/{site_key:str}/fhir/{rtype:str}/{rid:str}/$export", http_method=["GET", "POST"], status_code=202)
 async def group_export(request: AnyRequest) -> Response[Any]:
-    return await _kickoff(request, "group", path_param(request, "group_id"))
+    if path_param(request, "rtype") != "Group":
+        raise FhirError(404, "not-supported", "instance-level $export is only defined for Group")
+    return await _kickoff(request, "group", path_param(request, "rid"))
 
 
-@route("/sites/{site_key:str}/fhir/Patient/$export", http_method=["GET", "POST"], status_code=202)
+@route("/sites/{site_key:str}/fhir/{rtype:str}/$export", http_method=["GET", "POST"], status_code=202)
 async def patient_export(request: AnyRequest) -> Response[Any]:
+    if path_param(request, "rtype") != "Patient":
+        raise FhirError(404, "not-supported", "type-level $export is only defined for Patient")
     return await _kickoff(request, "patient", None)
 
 
