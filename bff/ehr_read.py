@@ -133,6 +133,12 @@ async def patient_banner(smart: SmartClient, http: httpx.AsyncClient, handle: st
         log.warning("patient banner unavailable: HTTP %s", response.status_code)
         return None
     patient = response.json()
+    return patient_demographics(patient) if isinstance(patient, dict) else None
+
+
+def patient_demographics(patient: dict[str, Any]) -> dict[str, str]:
+    """What a FHIR Patient resource says of the patient, as the store keeps it (`PatientOutcomesView.remember`):
+    names, birth date, sex, MRN, the `tz-code` zone and every identifier. Read at launch and from Bulk Data files."""
     family, given = _name_parts(patient)
     return {
         "name": _name(patient),

@@ -3,7 +3,9 @@
     /ehr/                                    the EHR shell (patient lists, charts with the app in an iframe)
     /sites/{site}/fhir                       FHIR R4 base (metadata, .well-known/smart-configuration, resources)
     /sites/{site}/auth/{authorize,token,jwks} SMART App Launch and Backend Services
+    /sites/{site}/fhir/…/$export, /sites/{site}/bulk/…   Bulk Data export, status and files (sandbox.bulk)
     /sandbox/sites/{site}/journal            what each site's FHIR server received (sandbox.journal)
+    /sandbox/sites/{site}/bulk/faults        the faults its Bulk Data export injects (sandbox.bulk)
 
 No cookies are used anywhere, and no page sends X-Frame-Options: every response carries
 `Content-Security-Policy: frame-ancestors 'self' <shell origin> <app origin> …`, so the sign-in pages work inside
@@ -24,7 +26,7 @@ from litestar.datastructures import State
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
 
-from sandbox import fhir_api, journal, shell, smart_routes
+from sandbox import bulk, fhir_api, journal, shell, smart_routes
 from sandbox.config import SandboxConfig
 from sandbox.mllp import AckListener
 from sandbox.oauth import OAuthError
@@ -77,8 +79,8 @@ def create_app(config: SandboxConfig | None = None) -> Litestar:
         return response
 
     app = Litestar(
-        route_handlers=[*fhir_api.ROUTES, *smart_routes.ROUTES, *shell.ROUTES, *journal.ROUTES],
-        state=State({"sandbox": sandbox, "journal": fhir_journal}),
+        route_handlers=[*bulk.ROUTES, *fhir_api.ROUTES, *smart_routes.ROUTES, *shell.ROUTES, *journal.ROUTES],
+        state=State({"sandbox": sandbox, "journal": fhir_journal, "bulk": bulk.BulkExports(list(sandbox.sites))}),
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         exception_handlers={FhirError: _fhir_error, OAuthError: _oauth_error},
         after_request=security_headers,
@@ -94,7 +96,7 @@ def create_app(config: SandboxConfig | None = None) -> Litestar:
                 "If-Match",
                 "Epic-Client-ID",
             ],
-            expose_headers=["Location", "ETag", "Last-Modified", "Retry-After"],
+            expose_headers=["Location", "ETag", "Last-Modified", "Retry-After", "Content-Location", "X-Progress"],
         ),
         openapi_config=None,
     )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from app.cli.admin import add_parser as add_admin_parser
+from app.cli.bulk import add_parser as add_bulk_parser
 from app.cli.common import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, BadInputError, InfrastructureError
 from app.cli.outbox import add_parser as add_outbox_parser
 from app.cli.outcomes import cmd_demo, cmd_outcomes
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_site_parser(sub)
     add_outbox_parser(sub)
     add_admin_parser(sub)
+    add_bulk_parser(sub)
     return parser
 
 

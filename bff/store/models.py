@@ -426,3 +426,75 @@ class AdminLoginFailures(Base):
     client: Mapped[str] = mapped_column(String(64), primary_key=True)
     window_start: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class BulkJob(Base):
+    """One Bulk Data `$export` of a site (bff.bulk), from kick-off to the last file ingested.
+
+    `state`: kicking_off → exporting (polling `status_url`) → downloading (`manifest` kept) → complete | failed |
+    cancelled. `slot` is the site's concurrent-job slot (0 … `[bulk] max_concurrent` − 1) held while the job is
+    active, NULL once it ends: the unique (site_key, slot) makes "at most max_concurrent jobs" hold across processes.
+    `scope` names what the `_since` watermark is kept for ("group:<id>", "patient", "system"). `exports` counts
+    kick-offs (a job whose files expired exports again). The lease (`lease_owner` = host:pid) keeps two processes
+    from driving one job; a lease whose process is gone (`kill -9`) is taken over by `glucobridge bulk resume`.
+    """
+
+    __tablename__ = "bulk_jobs"
+    __table_args__ = (UniqueConstraint("site_key", "slot"), Index("ix_bulk_jobs_site_state", "site_key", "state"))
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    site_key: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16))
+    slot: Mapped[int | None] = mapped_column(Integer)
+    kickoff_url: Mapped[str] = mapped_column(Text)
+    since: Mapped[datetime | None] = mapped_column(Timestamp)
+    status_url: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[str | None] = mapped_column(String(200))
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    transaction_time: Mapped[datetime | None] = mapped_column(Timestamp)
+    exports: Mapped[int] = mapped_column(Integer, default=1)
+    error: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class BulkFile(Base):
+    """A file of a Bulk Data manifest and how far it got: pending → done (ingested, or quarantined for an error
+    file), expired (the server dropped it: the job exported again), failed (after every retry). `export_no` is
+    the kick-off whose manifest listed it; `kind` output | error | deleted; `position` its index in that list."""
+
+    __tablename__ = "bulk_files"
+    __table_args__ = (UniqueConstraint("job_id", "export_no", "kind", "position"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("bulk_jobs.id", ondelete="CASCADE"), index=True)
+    export_no: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(8))
+    position: Mapped[int] = mapped_column(Integer)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    expected_count: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lines: Mapped[int | None] = mapped_column(Integer)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    batch_id: Mapped[int | None] = mapped_column(Integer)
+    added: Mapped[int] = mapped_column(Integer, default=0)
+    already_present: Mapped[int] = mapped_column(Integer, default=0)
+    quarantined: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    done_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class BulkWatermark(Base):
+    """The `_since` of a site's next export of `scope`: the `transactionTime` of the last export that completed
+    (advanced only then, so a failed or cancelled job never skips data)."""
+
+    __tablename__ = "bulk_watermarks"
+    site_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(200), primary_key=True)
+    since: Mapped[datetime] = mapped_column(Timestamp)
+    job_id: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
