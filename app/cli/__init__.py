@@ -19,6 +19,7 @@ from app.cli.outcomes import cmd_demo, cmd_outcomes
 from app.cli.patients import add_parser as add_patient_parser
 from app.cli.resources import FORMATS, cmd_export, cmd_verify
 from app.cli.sites import add_parser as add_site_parser
+from app.cli.worker import add_parser as add_worker_parser
 from app.cli.store import (
     cmd_db,
     cmd_ingest,
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_site_parser(sub)
     add_outbox_parser(sub)
     add_admin_parser(sub)
+    add_worker_parser(sub)
     return parser
 
 

@@ -67,7 +67,9 @@ def build_context(
     http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
     capabilities = CapabilityService(store, settings.sites_dir)
     if smart is None:
-        registry = SiteRegistry.from_toml_dir(settings.sites_dir, default_redirect_uri=f"{settings.public_url}/callback")
+        registry = SiteRegistry.from_toml_dir(
+            settings.sites_dir, default_redirect_uri=f"{settings.public_url}/callback"
+        )
         smart = create_smart_client(SmartSettings.from_env(os.environ), registry=registry, http=http,
                                     store=SqlLaunchStore(store), app_secret=settings.secret(),
                                     redis_url=settings.redis_url)  # fmt: skip

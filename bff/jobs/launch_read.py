@@ -6,10 +6,11 @@
                      ──► done (nothing more) | incomplete (stopped at the budget: the next launch continues) | failed
     the view polls `ehr_reads` and swaps in the fresh summary when the read is over
 
-The read uses the clinician's launch token, server-side: the job carries the launch handle sealed with the SMART
-client's token cipher (never in the clear, never in a log), and the worker asks `SmartClient.access_token` for
-the token. Search values are percent-encoded by httpx (`code` holds `|`). A `next` link is followed only to the
-launch's own FHIR server (the token never goes elsewhere), and every Observation must be the launch's patient's.
+The read uses the clinician's launch token, server-side: the job carries the launch handle and the patient sealed
+with the SMART client's token cipher (`seal`: never in the clear, so never in a queue's log), and the worker asks
+`SmartClient.access_token` for the token. Search values are percent-encoded by httpx (`code` holds `|`). A `next`
+link is followed only to the launch's own FHIR server (the token never goes elsewhere), and every Observation must
+be the launch's patient's.
 
 Where a read starts (`since`): after the patient's last stored CGM reading (any feed: what another door already
 delivered is not read again), never earlier than `FIRST_READ_DAYS` (the longest period the view shows). A read
@@ -45,7 +46,7 @@ from bff.jobs.queue import JobQueue
 from bff.jobs.requests import fhir_reference, read_request, recompute_request
 from bff.smart import LaunchNotFoundError, SmartError, TokenCipher, TokenCipherError
 from bff.store.db import Store
-from bff.store.ingest import IngestReport, Ingestor
+from bff.store.ingest import Ingestor, IngestReport
 from bff.store.models import EhrRead, Patient, PatientIdentifier, Reading
 
 log = logging.getLogger("glucobridge.jobs.launch_read")
@@ -189,6 +190,19 @@ class LaunchReads:
         return max(int(last), floor) if last is not None else floor
 
 
+def seal(cipher: TokenCipher, handle: str, patient: str) -> str:
+    return cipher.encrypt(orjson.dumps({"handle": handle, "patient": patient}).decode())
+
+
+def unseal(cipher: TokenCipher, sealed: str) -> tuple[str, str]:
+    """(handle, patient); ReadFailedError when it cannot be opened (the token keys were rotated)."""
+    try:
+        opened = orjson.loads(cipher.decrypt(sealed))
+        return str(opened["handle"]), str(opened["patient"])
+    except (TokenCipherError, orjson.JSONDecodeError, KeyError, TypeError):
+        raise ReadFailedError("the job's launch cannot be opened (were the token keys rotated?)") from None
+
+
 async def request_read(
     reads: LaunchReads, queue: JobQueue, cipher: TokenCipher, *, site: str, patient: str, handle: str,
     now: datetime | None = None,
@@ -196,7 +210,7 @@ async def request_read(
     """Queue a launch-time read of the patient when one is due (the view calls this when it opens); the status."""
     now = now or datetime.now(UTC)
     if await anyio.to_thread.run_sync(lambda: reads.mark_requested(site, patient, now)):
-        await queue.enqueue(read_request(site, patient, cipher.encrypt(handle)))
+        await queue.enqueue(read_request(site, patient, seal(cipher, handle, patient)))
     return await anyio.to_thread.run_sync(lambda: reads.status(site, patient))
 
 
@@ -264,20 +278,26 @@ def _same_server(url: str, base: str) -> bool:
 
 async def run(ctx: JobContext, payload: Mapping[str, Any]) -> dict[str, Any]:
     """The job: read, store, record; its result has counts only (no patient)."""
-    site, patient = str(payload["site"]), str(payload["patient"])
+    site = str(payload["site"])
+    try:
+        handle, patient = unseal(ctx.cipher, str(payload["sealed"]))
+    except ReadFailedError as exc:
+        log.warning("launch read at site %s: %s", site, exc)
+        return {"state": "failed", "error": str(exc)}
     reads = LaunchReads(ctx.store)
     now = ctx.clock()
     since = await anyio.to_thread.run_sync(lambda: reads.since_ms(site, patient, now))
     await anyio.to_thread.run_sync(lambda: reads.mark_started(site, patient, now, since))
     progress = _Progress()
     try:
-        complete = await _read(ctx, site, patient, str(payload["handle"]), since, progress)
+        complete = await _read(ctx, site, patient, handle, since, progress)
     except ReadFailedError as exc:
-        log.warning("launch read failed at site %s: %s", site, exc)
+        error = str(exc)
+        log.warning("launch read failed at site %s: %s", site, error)
         await anyio.to_thread.run_sync(lambda: reads.mark_finished(
             site, patient, ctx.clock(), state="failed", pages=progress.pages, received=progress.received,
-            added=progress.added, error=str(exc)))  # fmt: skip
-        return {"state": "failed", "error": str(exc), "pages": progress.pages, "added": progress.added}
+            added=progress.added, error=error))  # fmt: skip
+        return {"state": "failed", "error": error, "pages": progress.pages, "added": progress.added}
     except BaseException:
         await anyio.to_thread.run_sync(lambda: reads.mark_finished(
             site, patient, ctx.clock(), state="failed", pages=progress.pages, received=progress.received,
@@ -294,13 +314,9 @@ async def run(ctx: JobContext, payload: Mapping[str, Any]) -> dict[str, Any]:
             "in_order": progress.in_order}  # fmt: skip
 
 
-async def _read(ctx: JobContext, site: str, patient: str, sealed: str, since: int, progress: _Progress) -> bool:
+async def _read(ctx: JobContext, site: str, patient: str, handle: str, since: int, progress: _Progress) -> bool:
     """Page through the search until the EHR has no more (True) or the budget or page limit is reached (False)."""
     deadline = time.monotonic() + ctx.read_budget_s
-    try:
-        handle = ctx.cipher.decrypt(sealed)
-    except TokenCipherError:
-        raise ReadFailedError("the job's launch handle cannot be opened (were the token keys rotated?)") from None
     try:
         launch = await ctx.smart.launch(handle)
         token = await ctx.smart.access_token(handle)
@@ -318,13 +334,15 @@ async def _read(ctx: JobContext, site: str, patient: str, sealed: str, since: in
     base = launch.iss.rstrip("/")
     reference = fhir_reference(patient)
     url: str = f"{base}/Observation"
-    params: httpx.QueryParams | None = httpx.QueryParams([
-        ("patient", reference.removeprefix("Patient/")),
-        ("code", ",".join(search.codes)),
-        ("date", f"gt{_iso(since)}"),
-        *([("_sort", "date")] if search.sort_by_date else []),
-        ("_count", str(search.page_size)),
-    ])
+    params: httpx.QueryParams | None = httpx.QueryParams(
+        [
+            ("patient", reference.removeprefix("Patient/")),
+            ("code", ",".join(search.codes)),
+            ("date", f"gt{_iso(since)}"),
+            *([("_sort", "date")] if search.sort_by_date else []),
+            ("_count", str(search.page_size)),
+        ]
+    )
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
     ingestor = Ingestor(ctx.store)
     zone = caps.time_zone or None

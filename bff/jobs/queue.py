@@ -153,9 +153,7 @@ class StoreQueue:
         # the state, so of two callers racing here one queues it and the other finds it queued.
         finished = [JobState.FAILED.value] if request.once else [JobState.DONE.value, JobState.FAILED.value]
         with self.store.transaction() as session:
-            again = session.execute(
-                update(Job).where(Job.key == request.key, Job.state.in_(finished)).values(**values)
-            )
+            again = session.execute(update(Job).where(Job.key == request.key, Job.state.in_(finished)).values(**values))
             if again.rowcount:  # type: ignore[attr-defined]
                 return True
             if session.scalar(select(Job.id).where(Job.key == request.key)) is not None:

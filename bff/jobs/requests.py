@@ -2,7 +2,7 @@
 
 | kind | key | once | attempts | what it does (`bff.jobs.definitions`) |
 | --- | --- | --- | --- | --- |
-| `launch_read` | `launch-read:<site>:<digest of the EHR patient>` | no | 1 | a patient's CGM from the EHR (`bff.jobs.launch_read`) |
+| `launch_read` | `launch-read:<site>:<digest of the patient>` | no | 1 | the patient's CGM from the EHR |
 | `recompute_stale` | `recompute-stale` | no | 3 | the next version of every stale outcome window |
 | `corrections` | `corrections:<site>` | no | 3 | correction writes of signed windows that changed (to the outbox) |
 | `nightly_bulk` | `nightly-bulk:<site>:<local date the window opened>` | yes | 3 | the site's Bulk Data export |
@@ -38,10 +38,12 @@ def read_key(site: str, patient: str) -> str:
     return f"launch-read:{site}:{digest}"
 
 
-def read_request(site: str, patient: str, sealed_handle: str) -> JobRequest:
-    """One attempt: a failed read is read again at the next launch, with that launch's token."""
-    return JobRequest(LAUNCH_READ, read_key(site, patient), {"site": site, "patient": patient, "handle": sealed_handle},
-                      attempts=1, timeout_s=LAUNCH_READ_TIMEOUT_S)  # fmt: skip
+def read_request(site: str, patient: str, sealed: str) -> JobRequest:
+    """One attempt: a failed read is read again at the next launch, with that launch's token. `sealed` holds the
+    launch handle and the patient, encrypted (`bff.jobs.launch_read.seal`): a payload that reaches a log (SAQ
+    logs a failed job whole) names nobody and opens no launch."""
+    return JobRequest(LAUNCH_READ, read_key(site, patient), {"site": site, "sealed": sealed}, attempts=1,
+                      timeout_s=LAUNCH_READ_TIMEOUT_S)  # fmt: skip
 
 
 def recompute_request() -> JobRequest:
@@ -53,5 +55,6 @@ def corrections_request(site: str) -> JobRequest:
 
 
 def nightly_request(site: str, night: date) -> JobRequest:
-    return JobRequest(NIGHTLY_BULK, f"nightly-bulk:{site}:{night.isoformat()}", {"site": site, "night": night.isoformat()},
-                      attempts=3, timeout_s=6 * 3600.0, once=True)  # fmt: skip
+    day = night.isoformat()
+    return JobRequest(NIGHTLY_BULK, f"nightly-bulk:{site}:{day}", {"site": site, "night": day}, attempts=3,
+                      timeout_s=6 * 3600.0, once=True)  # fmt: skip

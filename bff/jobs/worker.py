@@ -132,7 +132,9 @@ class EmbeddedWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set; the jobs in hand are given back (or finish) before it returns."""
-        log.info("job worker %s: %d at a time, embedded queue (%s)", self.name, self.concurrency, self.ctx.store.dialect)
+        log.info(
+            "job worker %s: %d at a time, embedded queue (%s)", self.name, self.concurrency, self.queue.store.dialect
+        )
         loops = [asyncio.create_task(self._loop(stop)) for _ in range(self.concurrency)]
         if self.tick_s is not None:
             loops.append(asyncio.create_task(self._schedule(stop, self.tick_s)))

@@ -229,9 +229,7 @@ def test_two_embedded_workers_run_every_job_exactly_once(store: Store) -> None:
         stop = asyncio.Event()
         running = [asyncio.create_task(w.run(stop)) for w in workers]
         for _ in range(400):
-            if sum(runs.values()) >= len(names) and all(
-                queue.get_state(f"test:{n}") is JobState.DONE for n in names
-            ):
+            if sum(runs.values()) >= len(names) and all(queue.get_state(f"test:{n}") is JobState.DONE for n in names):
                 break
             await asyncio.sleep(0.05)
         stop.set()
