@@ -82,6 +82,8 @@ async def run_worker(
     store: Store | None = None,
 ) -> None:
     """Run jobs until `stop` is set (or, with `once`, until none is due)."""
+    # Request URLs carry patient ids (a launch read's search): keep the HTTP client's per-request lines out.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     store = store or Store(settings)
     if settings.redis_url:
         queue = redis_queue(settings.redis_url, QUEUE_NAME)
