@@ -20,8 +20,9 @@ public half at /.well-known/jwks.json, where the sandbox's `glucobridge-backend`
 (`--backend-jwks-url`). One `glucobridge outbox work` process with the same environment sends what clinicians
 sign. One `glucobridge worker` runs the jobs (the embedded queue in the store: no Redis): a launch reads the
 patient's newer CGM Observations from the sandbox EHR, and the scheduler's recomputes and corrections.
-`DemoStack(load_sites=())` loads nothing beforehand, so the first launch of a patient reads it all from the EHR. `/admin` has one named account, made at start with `glucobridge admin add-user` and a generated password;
-both are printed.
+`DemoStack(load_sites=())` loads nothing beforehand, so the first launch of a patient reads it all from the EHR.
+`/admin` has one named account, made at start with `glucobridge admin add-user` and a generated password; both
+are printed.
 
 Processes: every child runs in its own process group and writes its output to `<name>.log` in the work
 directory. `DemoStack.stop` sends SIGTERM to each group, waits up to `grace_s` and then kills what is left.
@@ -595,8 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = EXIT_FAILED
     try:
         _say(f"starting the sandbox EHR, loading {stack.days} days of each site's CGM data (FHIR export, or HL7 v2 "
-             "over MLLP for hl7-only; about two minutes for 90 days), starting the app, the outbox worker and the job worker; "
-             f"logs in {stack.workdir}")  # fmt: skip
+             "over MLLP for hl7-only; about two minutes for 90 days), starting the app, the outbox worker and the "
+             f"job worker; logs in {stack.workdir}")  # fmt: skip
         stack.start(cleanup=False)
         print(f"\n  EHR shell:  {stack.ehr_url}/ehr/   (choose a site and a patient: the app opens in the chart)")
         print(f"  App:        {stack.app_url}   (store: {stack.env['DATABASE_URL']})")
