@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from litestar_saq import CronJob, QueueConfig, SAQConfig, SAQPlugin
 from litestar_saq.base import Worker as SaqWorker
@@ -21,6 +21,7 @@ from saq.queue.redis import RedisQueue
 from saq.types import PartialTimersDict
 
 from bff.jobs.context import JobContext, build_context
+from bff.jobs.definitions import JOBS, JobKind
 from bff.jobs.queue import JobQueue, StoreQueue
 from bff.jobs.saq_queue import QUEUE_NAME, SaqQueue, redis_queue, saq_functions, saq_tick
 from bff.jobs.worker import EmbeddedWorker
@@ -44,9 +45,12 @@ def saq_config(
     concurrency: int = 4,
     burst: bool = False,
     timers: PartialTimersDict | None = None,
+    jobs: Mapping[str, JobKind] = JOBS,
+    schedule: bool = True,
+    grace_s: int = 10,
 ) -> SAQConfig:
     """litestar-saq's configuration of the queue: the job kinds, the scheduler every minute (one across workers)."""
-    tasks = saq_functions(context, SaqQueue(queue))
+    tasks = saq_functions(context, SaqQueue(queue), jobs)
     return SAQConfig(
         queue_instances={queue.name: queue},
         queue_configs=[
@@ -54,12 +58,14 @@ def saq_config(
                 broker_instance=queue.redis,
                 name=queue.name,
                 tasks=tasks,
-                scheduled_tasks=[] if burst else [CronJob(function=saq_tick(context), cron="* * * * *", timeout=50)],
+                scheduled_tasks=[CronJob(function=saq_tick(context), cron="* * * * *", timeout=50)]
+                if schedule and not burst
+                else [],
                 concurrency=concurrency,
                 burst=burst,
-                dequeue_timeout=1.0 if burst else 0.0,
+                dequeue_timeout=1.0,  # a stop is noticed within a second (0 would block in Redis until a job comes)
                 timers=timers,
-                shutdown_grace_period_s=10,
+                shutdown_grace_period_s=grace_s,  # jobs in hand may finish; then they are cancelled (retried)
             )
         ],
     )
@@ -67,9 +73,11 @@ def saq_config(
 
 def saq_worker(
     queue: RedisQueue, context: Callable[[], JobContext], *, concurrency: int = 4, burst: bool = False,
-    timers: PartialTimersDict | None = None,
+    timers: PartialTimersDict | None = None, jobs: Mapping[str, JobKind] = JOBS, schedule: bool = True,
+    grace_s: int = 10,
 ) -> SaqWorker:  # fmt: skip
-    config = saq_config(queue, context, concurrency=concurrency, burst=burst, timers=timers)
+    config = saq_config(queue, context, concurrency=concurrency, burst=burst, timers=timers, jobs=jobs,
+                        schedule=schedule, grace_s=grace_s)  # fmt: skip
     return SAQPlugin(config).get_workers()[queue.name]
 
 
