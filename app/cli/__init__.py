@@ -19,7 +19,6 @@ from app.cli.outcomes import cmd_demo, cmd_outcomes
 from app.cli.patients import add_parser as add_patient_parser
 from app.cli.resources import FORMATS, cmd_export, cmd_verify
 from app.cli.sites import add_parser as add_site_parser
-from app.cli.worker import add_parser as add_worker_parser
 from app.cli.store import (
     cmd_db,
     cmd_ingest,
@@ -28,6 +27,7 @@ from app.cli.store import (
     cmd_recompute,
     cmd_serve,
 )
+from app.cli.worker import add_parser as add_worker_parser
 from bff.ingest.records import Feed
 from bff.settings import SettingsError
 from engine import Method
