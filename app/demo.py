@@ -1,5 +1,5 @@
-"""`make demo`: the sandbox EHR, the clinician app and an outbox worker on embedded defaults, with every sandbox
-site's CGM data loaded the way that site delivers it. Also used by the end-to-end and browser tests.
+"""`make demo`: the sandbox EHR, the clinician app, an outbox worker and a job worker on embedded defaults, with
+every sandbox site's CGM data loaded the way that site delivers it. Also used by the end-to-end and browser tests.
 
 The sandbox runs in its own process (it is never imported here): `python -m sandbox serve`. Its sites deliver
 their CGM readings as `SITE_FEEDS` says:
@@ -18,8 +18,11 @@ Write-back: a Backend Services key (ES384, P-384) is made at start when there is
 the stack's work directory otherwise) and given to the app (`SMART_BACKEND_KEY_FILE`/`KID`), which serves its
 public half at /.well-known/jwks.json, where the sandbox's `glucobridge-backend` client reads it
 (`--backend-jwks-url`). One `glucobridge outbox work` process with the same environment sends what clinicians
-sign. `/admin` has one named account, made at start with `glucobridge admin add-user` and a generated password;
-both are printed.
+sign. One `glucobridge worker` runs the jobs (the embedded queue in the store: no Redis): a launch reads the
+patient's newer CGM Observations from the sandbox EHR, and the scheduler's recomputes and corrections.
+`DemoStack(load_sites=())` loads nothing beforehand, so the first launch of a patient reads it all from the EHR.
+`/admin` has one named account, made at start with `glucobridge admin add-user` and a generated password; both
+are printed.
 
 Processes: every child runs in its own process group and writes its output to `<name>.log` in the work
 directory. `DemoStack.stop` sends SIGTERM to each group, waits up to `grace_s` and then kills what is left.
@@ -228,7 +231,8 @@ class DemoStack:
     admin_user: str = "demo.engineer"
     admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     key_dir: Path | None = None  # where the Backend Services key is kept (default: the work directory)
-    worker: bool = True  # run `glucobridge outbox work`
+    worker: bool = True  # run `glucobridge outbox work` and `glucobridge worker`
+    load_sites: Sequence[str] | None = None  # the sites whose data is loaded at start (None: every site)
     mllp_port: int = 0  # glucobridge listen-mllp for the hl7-only site's results (0: a free port)
     site_mllp_port: int = 0  # the sandbox hl7-only site's own MLLP listener (0: a free port)
     days: int = 90  # days of CGM readings per patient in the sandbox (>= 14)
@@ -303,7 +307,7 @@ class DemoStack:
                 "--mllp-port", str(self.site_mllp_port), *self._seed_args(),
             ])  # fmt: skip
             self.wait_http(f"{self.ehr_url}/ehr/", sandbox)
-            self.load_data()
+            self.load_data(SITES if self.load_sites is None else self.load_sites)
             self.add_admin()
             app = self.spawn("app", "app", [
                 _bin("glucobridge"), "serve", "--host", "127.0.0.1", "--port", str(self.app_port),
@@ -386,8 +390,11 @@ class DemoStack:
         return next((c for c in self.children if c.process.poll() is not None), None)
 
     def start_worker(self) -> Child:
-        """One `glucobridge outbox work` for every site, with the app's environment; its log in the work dir."""
-        return self.spawn("outbox worker", "outbox-worker", [_bin("glucobridge"), "outbox", "work"])
+        """One `glucobridge outbox work` for every site and one `glucobridge worker` (the jobs), with the app's
+        environment; their logs in the work dir. Returns the outbox worker."""
+        outbox = self.spawn("outbox worker", "outbox-worker", [_bin("glucobridge"), "outbox", "work"])
+        self.spawn("job worker", "job-worker", [_bin("glucobridge"), "worker"])
+        return outbox
 
     def add_admin(self) -> None:
         """The demo's named /admin account, through the CLI (the password on standard input, never an argument)."""
@@ -589,8 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = EXIT_FAILED
     try:
         _say(f"starting the sandbox EHR, loading {stack.days} days of each site's CGM data (FHIR export, or HL7 v2 "
-             "over MLLP for hl7-only; about two minutes for 90 days), starting the app and the outbox worker; "
-             f"logs in {stack.workdir}")  # fmt: skip
+             "over MLLP for hl7-only; about two minutes for 90 days), starting the app, the outbox worker and the "
+             f"job worker; logs in {stack.workdir}")  # fmt: skip
         stack.start(cleanup=False)
         print(f"\n  EHR shell:  {stack.ehr_url}/ehr/   (choose a site and a patient: the app opens in the chart)")
         print(f"  App:        {stack.app_url}   (store: {stack.env['DATABASE_URL']})")

@@ -65,13 +65,26 @@
     var elt = e.detail.elt;
     if (e.detail.xhr && elt && elt.getAttribute) e.detail.xhr.focusAfter = elt.getAttribute("data-focus-after");
   });
+  // A swap nobody asked for (a poll bringing the fresh summary when the EHR read completes) keeps the focus where
+  // it was: on the new element with the same id, without scrolling.
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    var target = e.detail.target;
+    var active = document.activeElement;
+    if (e.detail.xhr && target && active && active.id && active !== document.body && target.contains(active)) {
+      e.detail.xhr.keepFocus = active.id;
+    }
+  });
   document.addEventListener("htmx:afterSettle", function (e) {
     draw(document);
     var region = e.target;
     if (e.detail.xhr && e.detail.xhr.focusAfter) {
       focusAfterSwap(e.detail.xhr.focusAfter, region);
       e.detail.xhr.focusAfter = null;
+    } else if (e.detail.xhr && e.detail.xhr.keepFocus) {
+      var kept = document.getElementById(e.detail.xhr.keepFocus);
+      if (kept && kept !== document.activeElement) kept.focus({ preventScroll: true });
     }
+    if (e.detail.xhr) e.detail.xhr.keepFocus = null;
     if (region && region.dataset && region.dataset.announce) announce(region.dataset.announce);
     noteStates(document, true);
   });

@@ -28,6 +28,7 @@ from app.cli.store import (
     cmd_recompute,
     cmd_serve,
 )
+from app.cli.worker import add_parser as add_worker_parser
 from bff.ingest.records import Feed
 from bff.settings import SettingsError
 from engine import Method
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_outbox_parser(sub)
     add_admin_parser(sub)
     add_bulk_parser(sub)
+    add_worker_parser(sub)
     return parser
 
 

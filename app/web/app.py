@@ -4,7 +4,9 @@
     GET  /standalone?iss=…               standalone launch (the EHR asks for the patient)
     GET  /callback?code=…&state=…        the code is redeemed server-side; → /v/{handle}/patients/{id}/
     GET  /v/{handle}/patients/{id}/      the view (?days=14|30|90[&page=n]); `…/summary` is its htmx partial,
-                                         `…/daily?days=…&page=n` a page of its daily profiles (page 1: the latest)
+                                         `…/daily?days=…&page=n` a page of its daily profiles (page 1: the latest);
+                                         opening it asks for a launch-time read of the patient's CGM from the EHR,
+                                         which `…/ehr-read` follows (app/web/freshness.py)
     POST /v/{handle}/patients/{id}/display-unit   (CSRF)
     GET  /api/v/{handle}/patients/{id}/agp        the AGP figure as JSON (data API, apart from the pages)
     GET  /.well-known/jwks.json          the app's public keys (SMART Backend Services)
@@ -46,7 +48,8 @@ from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from app.web import admin, writeback
+from app.jobs import build_queue
+from app.web import admin, freshness, writeback
 from app.web.common import (
     AppContext,
     check_days,
@@ -66,6 +69,9 @@ from bff.audit import audit_counted
 from bff.capabilities import CapabilityService
 from bff.clinical import PatientOutcomesView
 from bff.ehr_read import patient_banner
+from bff.jobs.context import token_cipher
+from bff.jobs.launch_read import LaunchReads
+from bff.jobs.queue import JobQueue
 from bff.settings import ROOT, Settings, get_settings
 from bff.smart import (
     DiscoveryError,
@@ -171,10 +177,13 @@ async def launch_home(request: Request[Any, Any, Any], handle: str) -> Response[
     )
 
 
-async def _summary_context(
-    ctx: AppContext, handle: str, found: LaunchContext, days: int, unit: str | None, page: int = 1
-) -> dict[str, Any]:
+async def summary_context(
+    ctx: AppContext, handle: str, found: LaunchContext, days: int, unit: str | None, page: int = 1,
+    *, request_read: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """What the summary shows; with `request_read` (the view opening) a launch-time EHR read is asked for first."""
     banner = await _banner(ctx, handle, found)
+    read_status = await freshness.launch_read_status(ctx, handle, found, request=request_read)
 
     def compute() -> tuple[dict[str, Any] | None, ZoneView | None]:
         public_id = ctx.view.public_id_for_launch(found.site_key, found.patient or "", banner)
@@ -188,10 +197,15 @@ async def _summary_context(
     document, zone = await anyio.to_thread.run_sync(compute)
     document = document or {"metrics": {"readings_used": 0}}
     shown = display_unit(document, unit)
+    unit_query = f"&unit={quote(unit)}" if unit else ""
+    base = f"/v/{handle}/patients/{found.patient}/"
     return {
         "summary": summary_view(document, days, shown, zone, page=page),
-        "unit_query": f"&unit={quote(unit)}" if unit else "",
-        "base": f"/v/{handle}/patients/{found.patient}/",
+        "unit_query": unit_query,
+        "base": base,
+        "ehr_read": freshness.read_view(read_status, zone.name if zone else str(document.get("tz") or "UTC")),
+        "ehr_read_status": read_status,
+        **freshness.poll_context(days, unit_query, base),
         "csrf_token": csrf_token(ctx.secret, handle),
         "engine_version": ENGINE_VERSION,
         "method": "time",
@@ -210,7 +224,8 @@ async def patient_view(
 ) -> Template:
     ctx = context_of(request)
     found = await launch_for(ctx, handle, patient)
-    context = await _summary_context(ctx, handle, found, check_days(days), check_unit(unit), _page(page))
+    context = await summary_context(ctx, handle, found, check_days(days), check_unit(unit), _page(page),
+                                    request_read=True)  # fmt: skip
     context.update(await _page_banner(ctx, handle, found))
     context["smart_style_url"] = found.smart_style_url
     return Template(
@@ -224,7 +239,7 @@ async def patient_summary(
 ) -> Template:
     ctx = context_of(request)
     found = await launch_for(ctx, handle, patient)
-    context = await _summary_context(ctx, handle, found, check_days(days), check_unit(unit))
+    context = await summary_context(ctx, handle, found, check_days(days), check_unit(unit))
     headers = {**headers_for(found.frame_ancestors), "Vary": "HX-Request"}
     if wants_fragment(request):
         return Template("patient/_summary.html", context=context, headers=headers)
@@ -239,7 +254,7 @@ async def patient_daily(
     """A page of the daily profiles: the fragment for htmx, the whole view at that page otherwise."""
     ctx = context_of(request)
     found = await launch_for(ctx, handle, patient)
-    context = await _summary_context(ctx, handle, found, check_days(days), check_unit(unit), _page(page))
+    context = await summary_context(ctx, handle, found, check_days(days), check_unit(unit), _page(page))
     headers = {**headers_for(found.frame_ancestors), "Vary": "HX-Request"}
     if wants_fragment(request):
         return Template("patient/_daily.html", context=context, headers=headers)
@@ -282,7 +297,7 @@ async def _banner(ctx: AppContext, handle: str, found: LaunchContext) -> dict[st
 async def agp_api(request: Request[Any, Any, Any], handle: str, patient: str, days: int = 14) -> Response[Any]:
     ctx = context_of(request)
     found = await launch_for(ctx, handle, patient)
-    context = await _summary_context(ctx, handle, found, check_days(days), None)
+    context = await summary_context(ctx, handle, found, check_days(days), None)
     summary = context["summary"]
     return Response({"days": summary.days, "unit": summary.unit, "figure": summary.agp_figure},
                     headers=headers_for(found.frame_ancestors))  # fmt: skip
@@ -345,9 +360,10 @@ def create_app(
     store: Store | None = None,
     smart: SmartClient | None = None,
     http: httpx.AsyncClient | None = None,
+    jobs: JobQueue | None = None,
     debug: bool = False,
 ) -> Litestar:
-    """The app; tests pass their own store, SMART service or HTTP transport."""
+    """The app; tests pass their own store, SMART service, HTTP transport or job queue."""
     settings = settings or get_settings()
     # Request URLs carry patient ids and launch handles: keep the HTTP client's per-request log lines out.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -365,7 +381,9 @@ def create_app(
                      writeback=WritebackService(store, capabilities), secret=settings.secret(),
                      any_site_frame_ancestors=origins, banners={},
                      admin_accounts=AdminAccounts(store, LockoutPolicy.from_settings(settings)),
-                     admin_sessions=AdminSessions(store, idle=timedelta(minutes=settings.admin_session_idle_min))
+                     admin_sessions=AdminSessions(store, idle=timedelta(minutes=settings.admin_session_idle_min)),
+                     jobs=jobs or build_queue(settings, store), reads=LaunchReads(store),
+                     handle_cipher=token_cipher(settings),
                      )  # fmt: skip
 
     async def start(app: Litestar) -> None:
@@ -373,11 +391,13 @@ def create_app(
 
     async def close_http(app: Litestar) -> None:
         await http.aclose()
+        if ctx.jobs is not None:
+            await ctx.jobs.close()
 
     return Litestar(
         route_handlers=[
             launch, standalone, callback, launch_home, patient_view, patient_summary, patient_daily, set_display_unit,
-            agp_api,
+            agp_api, freshness.ehr_read,
             jwks, healthz, *writeback.ROUTES, admin.router, admin.sign_in,
             create_static_files_router(path="/static", directories=[STATIC]),
         ],

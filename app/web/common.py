@@ -17,8 +17,10 @@ from bff.admin import AdminAccounts, AdminSessions
 from bff.audit import audit
 from bff.capabilities import CapabilityError, CapabilityService
 from bff.clinical import PatientOutcomesView
+from bff.jobs.launch_read import LaunchReads
+from bff.jobs.queue import JobQueue
 from bff.settings import Settings
-from bff.smart import BackendAuth, LaunchContext, LaunchNotFoundError, SmartClient
+from bff.smart import BackendAuth, LaunchContext, LaunchNotFoundError, SmartClient, TokenCipher
 from bff.store.db import Store
 from bff.writeback import WritebackService
 from engine import ENGINE_VERSION
@@ -44,6 +46,9 @@ class AppContext:
     admin_accounts: AdminAccounts
     admin_sessions: AdminSessions
     password_work: anyio.CapacityLimiter | None = None  # password checks at once (scrypt: CPU and 16 MiB each)
+    jobs: JobQueue | None = None  # where launch-time EHR reads are queued (bff.jobs)
+    reads: LaunchReads | None = None  # what the view shows of them
+    handle_cipher: TokenCipher | None = None  # seals a launch handle into a read job
 
 
 def context_of(request: Request[Any, Any, Any]) -> AppContext:

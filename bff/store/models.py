@@ -498,3 +498,66 @@ class BulkWatermark(Base):
     since: Mapped[datetime] = mapped_column(Timestamp)
     job_id: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(Timestamp)
+class Job(Base):
+    """A job of the embedded queue (`bff.jobs.queue.StoreQueue`, used when there is no Redis): one row per job key.
+
+    `key` names one job ("launch-read:<site>:<digest>", "nightly-bulk:<site>:<night>"): while it is queued or
+    running, enqueueing the same key again changes nothing; once it is done or failed, enqueueing it again queues it
+    anew on the same row, except `once` jobs, which a finished run closes for good. A worker claims a due job
+    (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: one guarded UPDATE under its single writer) with a lease it renews
+    while the job runs; a lease that expires (its worker died) lets another worker take the job as a new attempt.
+    `attempts` is the fencing token: a worker finishes a job only while the attempt it claimed is the current one.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("key"),
+        Index("ix_jobs_due", "state", "run_at"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))  # queued | running | done | failed
+    once: Mapped[bool] = mapped_column(Boolean, default=False)
+    run_at: Mapped[datetime] = mapped_column(Timestamp)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    timeout_s: Mapped[float] = mapped_column(Float, default=60.0)
+    worker: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class EhrRead(Base):
+    """The launch-time reads of a patient's CGM Observations from a site's EHR (`bff.jobs.launch_read`), whatever
+    queue runs them: what the view shows ("read from the EHR at 10:42"), polls while a read runs, and where the
+    next read starts when the last one stopped at its time budget.
+
+    `state`: queued | running | done (the EHR had nothing more) | incomplete (stopped at the time budget or the
+    page limit: the next read continues) | failed (`error` says why, without PHI). `resume_from_ms`: where the next
+    read starts when the last one stopped early over pages that were not in date order (else it starts after the
+    last stored reading). `fhir_patient` is the EHR's `Patient/<id>`.
+    """
+
+    __tablename__ = "ehr_reads"
+    __table_args__ = (UniqueConstraint("site_key", "fhir_patient"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    site_key: Mapped[str] = mapped_column(String(64))
+    fhir_patient: Mapped[str] = mapped_column(String(256))
+    state: Mapped[str] = mapped_column(String(16))
+    requested_at: Mapped[datetime] = mapped_column(Timestamp)
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_read_at: Mapped[datetime | None] = mapped_column(Timestamp)  # the last read that finished (done/incomplete)
+    since_ms: Mapped[int | None] = mapped_column(BigInteger)  # where the latest read started
+    resume_from_ms: Mapped[int | None] = mapped_column(BigInteger)
+    pages: Mapped[int] = mapped_column(Integer, default=0)
+    received: Mapped[int] = mapped_column(Integer, default=0)
+    added: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -227,7 +227,7 @@ def test_sigterm_stops_every_child_and_frees_the_ports(demo: Demo) -> None:
     """Last in the module: it ends the module's demo."""
     children = descendants(demo.process.pid)
     recorded = set(demo.lock["children"].values())
-    assert len(recorded) == 4  # sandbox EHR, MLLP listener, app, outbox worker
+    assert len(recorded) == 5  # sandbox EHR, MLLP listener, app, outbox worker, job worker
     assert recorded <= children
     workdir = demo.workdir
     demo.process.send_signal(signal.SIGTERM)

@@ -57,6 +57,17 @@ def fx_stack() -> Iterator[DemoStack]:
         stack.stop()
 
 
+@pytest.fixture(scope="session", name="fresh_stack")
+def fx_fresh_stack() -> Iterator[DemoStack]:
+    """A stack whose store starts empty: every patient's readings exist only in the sandbox EHR (14 days of them,
+    4,032 five-minute readings for a Dexcom patient), so a launch reads them from the EHR."""
+    stack = DemoStack(app_port=free_port(), ehr_port=free_port(), days=14, load_sites=()).start(quiet=True)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
 _CLIENTS: list[httpx.Client] = []
 
 

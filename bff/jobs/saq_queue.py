@@ -1,0 +1,132 @@
+"""The SAQ backend of the job queue: SAQ on Redis (`REDIS_URL`), in production. Same meaning as `StoreQueue`
+(`bff.jobs.queue`), by SAQ's own means:
+
+- **Keys**: a SAQ job's key is ours (`JobRequest.key`). SAQ refuses to enqueue a key that is still incomplete
+  (queued, scheduled or active: one Lua script, atomic in Redis), so two launches or two workers' schedulers
+  queue one job; a finished key may be enqueued again. A `once` key is closed for good by a marker
+  (`glucobridge:jobs:<queue>:once:<key>`, kept `ONCE_TTL_S`) set when its run succeeds; enqueueing it again is
+  refused, and a run that finds the marker (queued before the first one finished) does nothing.
+- **Claims**: a worker moves a job from the queued list to the active list with one `BLMOVE`, so two workers never
+  take one job.
+- **Restarts**: jobs are in Redis, not in any worker. A job whose worker died stays active until its timeout;
+  SAQ's sweep (every worker, each minute) then retries it while attempts are left (`retries`), else it fails.
+- **Scheduler**: `tick` is a SAQ cron job every minute with a unique key (`cron:tick`): one per minute across
+  all workers.
+
+`saq_functions` turns the job handlers (`bff.jobs.definitions.JOBS`) into SAQ functions named by their kind; the
+worker that runs them (litestar-saq's) is built in `app.jobs`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from saq import Queue
+from saq.job import Status
+from saq.queue.redis import RedisQueue
+from saq.types import Context
+
+from bff.jobs.context import JobContext
+from bff.jobs.definitions import JOBS, JobKind
+from bff.jobs.queue import JobRequest, JobState, retry_delay_s
+from bff.jobs.schedule import tick
+
+#: A closed `once` key is remembered this long (its night is long past by then).
+ONCE_TTL_S = 14 * 24 * 3600
+#: A finished SAQ job (its result and error) is kept this long in Redis.
+RESULT_TTL_S = 24 * 3600
+QUEUE_NAME = "glucobridge"
+
+_STATES = {
+    Status.NEW: JobState.QUEUED,
+    Status.QUEUED: JobState.QUEUED,
+    Status.ACTIVE: JobState.RUNNING,
+    Status.ABORTING: JobState.RUNNING,
+    Status.COMPLETE: JobState.DONE,
+    Status.FAILED: JobState.FAILED,
+    Status.ABORTED: JobState.FAILED,
+}
+
+
+def redis_queue(url: str, name: str = QUEUE_NAME) -> RedisQueue:
+    return RedisQueue.from_url(url, name=name)
+
+
+class SaqQueue:
+    backend = "saq"
+
+    def __init__(self, queue: Queue) -> None:
+        if not isinstance(queue, RedisQueue):
+            raise TypeError("the SAQ backend runs on Redis (REDIS_URL)")
+        self.queue = queue
+
+    def once_marker(self, key: str) -> str:
+        return f"glucobridge:jobs:{self.queue.name}:once:{key}"
+
+    async def closed(self, key: str) -> bool:
+        return bool(await self.queue.redis.exists(self.once_marker(key)))
+
+    async def close_key(self, key: str) -> None:
+        await self.queue.redis.set(self.once_marker(key), "1", ex=ONCE_TTL_S)
+
+    async def enqueue(self, request: JobRequest) -> bool:
+        if request.once and await self.closed(request.key):
+            return False
+        scheduled = int(request.run_at.astimezone(UTC).timestamp()) if request.run_at else 0
+        job = await self.queue.enqueue(
+            request.kind,
+            key=request.key,
+            timeout=math.ceil(request.timeout_s),
+            retries=request.attempts,
+            retry_delay=retry_delay_s(1),
+            retry_backoff=retry_delay_s(99),
+            ttl=RESULT_TTL_S,
+            scheduled=scheduled if scheduled > datetime.now(UTC).timestamp() else 0,
+            meta={"once": True} if request.once else {},
+            payload=dict(request.payload),
+        )
+        return job is not None
+
+    async def state(self, key: str) -> JobState | None:
+        job = await self.queue.job(key)
+        return None if job is None else _STATES[job.status]
+
+    async def close(self) -> None:
+        await self.queue.disconnect()
+
+
+def _function(kind: JobKind, context: Callable[[], JobContext], queue: SaqQueue) -> Callable[..., Any]:
+    async def run(ctx: Context, *, payload: Mapping[str, Any]) -> dict[str, Any]:
+        job = ctx.get("job")
+        once = bool(job is not None and job.meta.get("once"))
+        if once and job is not None and await queue.closed(job.key):
+            return {"skipped": "this key has run already"}
+        result = await kind.handler(context(), payload)
+        if once and job is not None:
+            await queue.close_key(job.key)
+        return result
+
+    run.__qualname__ = run.__name__ = kind.name  # SAQ names a function by its __qualname__
+    return run
+
+
+def saq_functions(
+    context: Callable[[], JobContext], queue: SaqQueue, jobs: Mapping[str, JobKind] = JOBS
+) -> list[Callable[..., Any]]:
+    """Each job kind as a SAQ function; `context` gives the worker's JobContext (built once the worker starts)."""
+    return [_function(kind, context, queue) for kind in jobs.values()]
+
+
+def saq_tick(context: Callable[[], JobContext]) -> Callable[..., Any]:
+    """The scheduler as a SAQ function (a cron job every minute, `app.jobs`)."""
+
+    async def run(ctx: Context) -> dict[str, Any]:
+        del ctx
+        report = await tick(context())
+        return {"nightly": list(report.nightly), "recompute": report.recompute, "corrections": list(report.corrections)}
+
+    run.__qualname__ = run.__name__ = "tick"
+    return run

@@ -1,0 +1,189 @@
+"""The SAQ backend against the real Redis at 127.0.0.1:6379, with litestar-saq's worker (as `glucobridge worker`
+runs it): one job per key, two workers never run one job twice, jobs survive a restart (a dead worker's job is
+swept and run again), a `once` key runs once. Skipped with the reason where Redis is not running, unless
+GLUCOBRIDGE_REQUIRE_SERVICES=1 (then it fails)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, cast
+
+import pytest
+import redis
+
+from app.jobs import saq_worker
+from bff.jobs.context import JobContext
+from bff.jobs.definitions import JobKind
+from bff.jobs.queue import JobRequest, JobState
+from bff.jobs.saq_queue import SaqQueue, redis_queue
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRE = os.environ.get("GLUCOBRIDGE_REQUIRE_SERVICES") == "1"
+
+
+@pytest.fixture(name="queue_name")
+def fx_queue_name() -> Iterator[str]:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        reason = f"Redis at {REDIS_URL} is not available: {type(exc).__name__}"
+        if REQUIRE:
+            pytest.fail(reason + " (GLUCOBRIDGE_REQUIRE_SERVICES=1)")
+        pytest.skip(reason)
+    name = f"gb-test-{uuid.uuid4().hex[:10]}"
+    try:
+        yield name
+    finally:
+        for pattern in (f"saq:{name}:*", f"saq:job:{name}:*", f"glucobridge:jobs:{name}:*"):
+            for key in client.scan_iter(pattern):
+                client.delete(key)
+        client.close()
+
+
+def counting(runs: Counter[str], sleep_s: float = 0.0) -> Mapping[str, JobKind]:
+    async def handler(ctx: JobContext, payload: Mapping[str, Any]) -> dict[str, Any]:
+        del ctx
+        runs[str(payload["name"])] += 1
+        await asyncio.sleep(sleep_s)
+        return {"ran": payload["name"]}
+
+    return {"test": JobKind("test", handler)}
+
+
+NO_CONTEXT = cast(Callable[[], JobContext], lambda: None)
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+def test_one_job_per_key_while_it_is_incomplete(queue_name: str) -> None:
+    async def main() -> None:
+        queue = SaqQueue(redis_queue(REDIS_URL, queue_name))
+        await queue.queue.connect()
+        try:
+            request = JobRequest("test", "launch-read:epic-like:abc", {"name": "a"})
+            assert await queue.enqueue(request) is True
+            assert await queue.enqueue(request) is False  # a second launch: the same job
+            assert await queue.state(request.key) is JobState.QUEUED
+            assert await queue.state("no-such-key") is None
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+
+
+def test_two_workers_never_run_one_job_twice(queue_name: str) -> None:
+    runs: Counter[str] = Counter()
+    names = [f"job-{i}" for i in range(30)]
+
+    async def main() -> None:
+        producer = SaqQueue(redis_queue(REDIS_URL, queue_name))
+        for name in names:
+            await producer.enqueue(JobRequest("test", f"test:{name}", {"name": name}))
+        # Two workers, each with its own connections (as two processes), racing for the same jobs.
+        workers = []
+        for _ in range(2):
+            queue = redis_queue(REDIS_URL, queue_name)
+            worker = saq_worker(queue, NO_CONTEXT, concurrency=5, jobs=counting(runs, 0.02), schedule=False, grace_s=1)
+            worker.SIGNALS = []
+            await queue.connect()
+            workers.append((queue, worker, asyncio.create_task(worker.start())))
+
+        async def all_done() -> bool:
+            states = [await producer.state(f"test:{n}") for n in names]
+            return all(s is JobState.DONE for s in states)
+
+        try:
+            await until(all_done, 30)
+        finally:
+            for queue, worker, task in workers:
+                await worker.stop()
+                await asyncio.wait([task], timeout=5)
+                await queue.disconnect()
+            await producer.close()
+
+    asyncio.run(main())
+    assert runs == Counter(names)
+
+
+def test_jobs_survive_a_restart_and_a_dead_workers_job_runs_again(queue_name: str) -> None:
+    runs: Counter[str] = Counter()
+
+    async def main() -> None:
+        before = SaqQueue(redis_queue(REDIS_URL, queue_name))
+        await before.queue.connect()
+        await before.enqueue(JobRequest("test", "test:waiting", {"name": "waiting"}))
+        await before.enqueue(JobRequest("test", "test:held", {"name": "held"}, attempts=2, timeout_s=1))
+        # A worker takes a job and dies with it: it is active in Redis, and nothing will finish it.
+        held = None
+        while held is None or held.key != "test:held":
+            held = await before.queue.dequeue(timeout=1)
+            assert held is not None
+            if held.key != "test:held":
+                await before.queue.retry(held, None)  # (put back the other one untouched)
+        held.attempts += 1
+        await held.update(status="active")
+        await before.close()  # every process stops
+
+        after_queue = redis_queue(REDIS_URL, queue_name)  # restarted
+        after = SaqQueue(after_queue)
+        worker = saq_worker(after_queue, NO_CONTEXT, concurrency=2, jobs=counting(runs),
+                            timers={"sweep": 1, "schedule": 1}, schedule=False, grace_s=1)  # fmt: skip
+        worker.SIGNALS = []
+        await after_queue.connect()
+        task = asyncio.create_task(worker.start())
+
+        async def both_done() -> bool:
+            return all([await after.state("test:waiting") is JobState.DONE,
+                        await after.state("test:held") is JobState.DONE])  # fmt: skip
+
+        try:
+            await until(both_done, 30)  # the held one once its timeout passed and the sweep found it
+            job = await after_queue.job("test:held")
+            assert job is not None
+            assert job.attempts == 2
+        finally:
+            await worker.stop()
+            await asyncio.wait([task], timeout=5)
+            await after.close()
+
+    asyncio.run(main())
+    assert runs == Counter({"waiting": 1, "held": 1})
+
+
+def test_a_once_key_runs_once(queue_name: str) -> None:
+    runs: Counter[str] = Counter()
+
+    async def main() -> None:
+        queue = redis_queue(REDIS_URL, queue_name)
+        saq = SaqQueue(queue)
+        worker = saq_worker(queue, NO_CONTEXT, concurrency=1, jobs=counting(runs), schedule=False, grace_s=1)
+        worker.SIGNALS = []
+        await queue.connect()
+        night = JobRequest("test", "nightly-bulk:epic-like:2026-12-07", {"name": "night"}, once=True)
+        assert await saq.enqueue(night)
+        task = asyncio.create_task(worker.start())
+        try:
+
+            async def done() -> bool:
+                return await saq.state(night.key) is JobState.DONE
+
+            await until(done, 15)
+            assert await saq.enqueue(night) is False  # the scheduler a minute later: nothing runs
+            assert await saq.closed(night.key)
+        finally:
+            await worker.stop()
+            await asyncio.wait([task], timeout=5)
+            await saq.close()
+
+    asyncio.run(main())
+    assert runs == Counter({"night": 1})
