@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import httpx
 
 from bff.capabilities import CapabilityService, SiteCapabilities
+from bff.jobs.bulk_job import bulk_starter
 from bff.jobs.queue import JobQueue
 from bff.jobs.seams import BulkStarter, CgmSearch, generic_cgm_search
 from bff.settings import Settings
@@ -82,5 +83,5 @@ def build_context(
         http=http,
         smart=smart,
         cipher=token_cipher(settings),
-        bulk=None,  # no Bulk Data client on this branch: bff.jobs.seams
+        bulk=bulk_starter(settings),  # None without a Backend Services key (the nightly job then says so)
     )

@@ -498,6 +498,8 @@ class BulkWatermark(Base):
     since: Mapped[datetime] = mapped_column(Timestamp)
     job_id: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
 class Job(Base):
     """A job of the embedded queue (`bff.jobs.queue.StoreQueue`, used when there is no Redis): one row per job key.
 

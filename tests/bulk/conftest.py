@@ -88,7 +88,8 @@ def fx_bulk_server() -> Iterator[BulkServer]:
 def site_toml(server: BulkServer, site: str, vendor: str, bulk: str) -> str:
     return (
         f'version = 1\nvendor = "{vendor}"\ntime_zone = "America/Chicago"\n\n[smart]\niss = "{server.fhir(site)}"\n'
-        f'client_id = "glucobridge"\n\n[bulk]\n{bulk}\n'
+        f'client_id = "glucobridge"\nscopes = ["launch", "openid", "fhirUser", "patient/Observation.read"]\n\n'
+        f"[bulk]\n{bulk}\n"
     )
 
 
