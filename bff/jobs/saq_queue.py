@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from saq import Queue
-from saq.job import Status
+from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 from saq.types import Context
 
@@ -72,6 +72,23 @@ class SaqQueue:
     async def close_key(self, key: str) -> None:
         await self.queue.redis.set(self.once_marker(key), "1", ex=ONCE_TTL_S)
 
+    def run_marker(self, job: Job) -> str:
+        # A retried job keeps its `queued` time; the same key enqueued again later gets a new one.
+        return f"glucobridge:jobs:{self.queue.name}:run:{job.key}:{job.queued}"
+
+    async def claim_run(self, job: Job) -> bool:
+        """SAQ delivers at least once: a worker's sweep takes a job another worker has just moved to its active
+        list (status not yet ACTIVE) for abandoned and queues it again. One marker per job run (NX, expiring after
+        the job's own timeout, so a run whose worker died is run again) lets exactly one delivery run it."""
+        timeout = max(1, int(job.timeout or 60))
+        return bool(await self.queue.redis.set(self.run_marker(job), "1", nx=True, ex=timeout))
+
+    async def keep_run(self, job: Job) -> None:
+        await self.queue.redis.expire(self.run_marker(job), RESULT_TTL_S)
+
+    async def release_run(self, job: Job) -> None:
+        await self.queue.redis.delete(self.run_marker(job))
+
     async def enqueue(self, request: JobRequest) -> bool:
         if request.once and await self.closed(request.key):
             return False
@@ -104,7 +121,17 @@ def _function(kind: JobKind, context: Callable[[], JobContext], queue: SaqQueue)
         once = bool(job is not None and job.meta.get("once"))
         if once and job is not None and await queue.closed(job.key):
             return {"skipped": "this key has run already"}
-        result = await kind.handler(context(), payload)
+        claimed = job is None or await queue.claim_run(job)
+        if not claimed:
+            return {"skipped": "a duplicate delivery of a run already under way or done"}
+        try:
+            result = await kind.handler(context(), payload)
+        except BaseException:
+            if job is not None:
+                await queue.release_run(job)  # a real failure: SAQ's retry must run it again
+            raise
+        if job is not None:
+            await queue.keep_run(job)
         if once and job is not None:
             await queue.close_key(job.key)
         return result

@@ -187,3 +187,48 @@ def test_a_once_key_runs_once(queue_name: str) -> None:
 
     asyncio.run(main())
     assert runs == Counter({"night": 1})
+
+
+def test_a_duplicate_delivery_of_one_run_runs_once_and_a_real_failure_runs_again(queue_name: str) -> None:
+    """SAQ delivers at least once: a worker's sweep can queue again a job another worker has just taken (its status
+    not yet ACTIVE). Two deliveries of the same run reach the function: one runs, the other is skipped; a run that
+    raised releases its claim, so SAQ's retry of it runs."""
+    from bff.jobs.saq_queue import saq_functions  # noqa: PLC0415
+
+    runs: Counter[str] = Counter()
+    failures = {"left": 1}
+
+    async def flaky(ctx: JobContext, payload: Mapping[str, Any]) -> dict[str, Any]:
+        del ctx
+        runs[str(payload["name"])] += 1
+        await asyncio.sleep(0.05)
+        if payload["name"] == "fails-once" and failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("the EHR went away")
+        return {}
+
+    async def main() -> None:
+        queue = SaqQueue(redis_queue(REDIS_URL, queue_name))
+        await queue.queue.connect()
+        try:
+            for name in ("dup", "fails-once"):
+                await queue.enqueue(JobRequest("test", f"test:{name}", {"name": name}))
+            (function,) = saq_functions(NO_CONTEXT, queue, {"test": JobKind("test", flaky)})
+            dup = await queue.queue.job("test:dup")
+            assert dup is not None
+            results = await asyncio.gather(
+                function({"job": dup}, payload={"name": "dup"}), function({"job": dup}, payload={"name": "dup"})
+            )
+            assert sorted(str(r) for r in results) == sorted(
+                ["{}", "{'skipped': 'a duplicate delivery of a run already under way or done'}"]
+            )
+            failing = await queue.queue.job("test:fails-once")
+            assert failing is not None
+            with pytest.raises(RuntimeError):
+                await function({"job": failing}, payload={"name": "fails-once"})
+            assert await function({"job": failing}, payload={"name": "fails-once"}) == {}  # the retry runs
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+    assert runs == Counter({"dup": 1, "fails-once": 2})
