@@ -373,9 +373,6 @@ def _check_consistency(where: str, write: WriteCaps, hl7v2: Hl7v2Caps, vendor: V
         raise CapabilityError(f'{where}: [write] channel fhir: a vendor = "hl7v2" site is written over HL7 v2 only')
     if write.pdf_path in ("hl7_ed", "hl7_mdm") and write.mode is WriteMode.FULL and (not hl7v2.host or not hl7v2.port):
         raise CapabilityError(f"{where}: [write] pdf_path {write.pdf_path} needs [hl7v2] host and port")
-    if write.encounter_policy == "hl7_creates" and write.channel is WriteChannel.FHIR:
-        raise CapabilityError(f"{where}: [write] encounter_policy hl7_creates is for a site written over HL7 v2 "
-                              "(a FHIR write cannot create an encounter)")  # fmt: skip
     if write.mode is WriteMode.READ_ONLY:
         return
     if write.channel is WriteChannel.NONE:

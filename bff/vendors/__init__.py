@@ -6,7 +6,7 @@
         .open_visit_search(patient)     the search for the patient's open visits (open_visit_lookup)
         .backend_scopes()               the system scopes a Backend Services token asks for at this site
         .results                        the shape the results are written in (`ResultsShape`)
-        .answer_is_duplicate(status, body) / .answer_is_refusal(status, body)   retry quirks
+        .quirks                         the site's launch and retry quirks (`QUIRKS`; `bff.outbox.retry` applies them)
     vendor_profile(vendor)              the rules of one vendor (`VendorProfile`), e.g. its default token lifetime
     PROFILES                            every profile, by `Vendor`
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bff.vendors import cgm_ig, epic, generic, hl7v2, oracle
 from bff.vendors.base import (
@@ -37,6 +37,8 @@ from bff.vendors.base import (
     ResultsShape,
     Vendor,
     VendorProfile,
+    answer_is_duplicate,
+    answer_is_refusal,
     has_wildcard,
     scope_syntax_ok,
     system_scopes,
@@ -87,12 +89,6 @@ class SiteProfile:
     def backend_scopes(self) -> tuple[str, ...]:
         return self.vendor.backend_scopes(self.caps)
 
-    def answer_is_duplicate(self, status: int | None, body: Any) -> bool:
-        return self.writer.answer_is_duplicate(self.quirks, status, body)
-
-    def answer_is_refusal(self, status: int | None, body: Any) -> bool:
-        return self.writer.answer_is_refusal(self.quirks, status, body)
-
 
 def profile_for(caps: SiteCapabilities) -> SiteProfile:
     """The vendor profile of a site, bound to its effective capability matrix."""
@@ -112,6 +108,8 @@ __all__ = [
     "SiteProfile",
     "Vendor",
     "VendorProfile",
+    "answer_is_duplicate",
+    "answer_is_refusal",
     "has_wildcard",
     "profile_for",
     "scope_syntax_ok",

@@ -20,7 +20,7 @@ the defaults a profile gives (the quirks, `[launch] encounter_expected`, `[rate_
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -101,18 +101,22 @@ def has_wildcard(scope: str) -> bool:
     return match is not None and (match.group(2) == "*" or match.group(3) == "*")
 
 
-def system_scopes(reads: Sequence[str], creates: Sequence[str], version: str) -> tuple[str, ...]:
-    """`system/` scopes to read (and search) `reads` and to create (and read back) `creates`, in v1 or v2 syntax."""
+def system_scopes(
+    reads: Sequence[str], creates: Sequence[str], version: str, updates: Sequence[str] = ()
+) -> tuple[str, ...]:
+    """`system/` scopes to read (and search) `reads`, to create (and read back) `creates`, and also to update
+    `updates` (a transaction's PUTs), in SMART v1 or v2 syntax."""
     out: dict[str, None] = {}
+    written = [*creates, *(t for t in updates if t not in creates)]
     for rtype in reads:
-        if rtype not in creates:
+        if rtype not in written:
             out[f"system/{rtype}.{'read' if version == 'v1' else 'rs'}"] = None
-    for rtype in creates:
+    for rtype in written:
         if version == "v1":
             out[f"system/{rtype}.read"] = None
             out[f"system/{rtype}.write"] = None
         else:
-            out[f"system/{rtype}.crs"] = None
+            out[f"system/{rtype}.{'crus' if rtype in updates else 'crs'}"] = None
     return tuple(out)
 
 
@@ -215,33 +219,47 @@ class VendorProfile:
         if caps.write.encounter_policy == "open_visit_lookup":
             reads.append("Encounter")
         creates: list[str] = []
+        updates: list[str] = []
         if caps.write.writes and caps.write.channel.value == "fhir":
-            creates = self.created_types(caps)
-        return system_scopes(reads, creates, version)
+            creates, updates = self.written_types(caps)
+            bundles = self.results in (ResultsShape.TRANSACTION, ResultsShape.CGM_SUBMISSION)
+            if bundles and caps.write.mode.value != "notes_only" and "no_wildcard_scopes" not in caps.launch.quirks:
+                # A transaction (or a submission) is one POST to the base that writes several types, and servers
+                # check it against `*` (sekmet-fhir does): ask for the wildcard where the site takes wildcards.
+                return ("system/*.read", "system/*.write") if version == "v1" else ("system/*.crus",)
+        return system_scopes(reads, creates, version, updates)
 
-    def created_types(self, caps: SiteCapabilities) -> list[str]:
-        """The resource types a FHIR write to this site may create (for the default Backend Services scopes)."""
+    def written_types(self, caps: SiteCapabilities) -> tuple[list[str], list[str]]:
+        """The resource types a FHIR write to this site creates, and those it also updates (PUT in a transaction),
+        for the default Backend Services scopes."""
         mode = caps.write.mode.value
-        types: list[str] = []
+        creates: list[str] = []
+        updates: list[str] = []
         if mode != "notes_only":
-            types.append("Observation")
+            creates.append("Observation")
         if mode in ("notes_only", "full"):
-            types.append("DocumentReference")
-        if self.results in (ResultsShape.TRANSACTION, ResultsShape.CGM_SUBMISSION) and mode != "notes_only":
-            types += ["Device", "Provenance"]
+            creates.append("DocumentReference")
+        if mode != "notes_only" and self.results in (ResultsShape.TRANSACTION, ResultsShape.CGM_SUBMISSION):
+            creates += ["Device", "Provenance"]
+            if "DocumentReference" not in creates:
+                creates.append("DocumentReference")  # the raw readings travel as a document
             if mode == "full":
-                types.append("DiagnosticReport")
-        return types
+                creates.append("DiagnosticReport")
+            if self.results is ResultsShape.TRANSACTION:
+                updates += ["Binary", "Provenance"]  # PUT with our ids: a resend changes nothing
+        return creates, updates
 
-    # MARK: retry quirks
 
-    def answer_is_duplicate(self, quirks: frozenset[str], status: int | None, body: Any) -> bool:
-        """Whether an error answer means the write is already there (`dedupe_59189`)."""
-        return "dedupe_59189" in quirks and status == 400 and _has_detail_code(body, "59189")
+def answer_is_duplicate(quirks: Collection[str], status: int | None, body: Any) -> bool:
+    """Whether an error answer means the write is already there (quirk `dedupe_59189`: Epic's 400 with detail code
+    59189, "Reading already exists")."""
+    return "dedupe_59189" in quirks and status == 400 and _has_detail_code(body, "59189")
 
-    def answer_is_refusal(self, quirks: frozenset[str], status: int | None, body: Any) -> bool:
-        """Whether a 5xx answer is in fact a refusal, certain not to have been applied (`required_field_500`)."""
-        return "required_field_500" in quirks and status == 500 and _has_issue_code(body, "required")
+
+def answer_is_refusal(quirks: Collection[str], status: int | None, body: Any) -> bool:
+    """Whether a 500 is in fact a refusal, certain not to have been applied (quirk `required_field_500`: Oracle
+    Health answers a missing required field with 500 and an OperationOutcome issue `required`)."""
+    return "required_field_500" in quirks and status == 500 and _has_issue_code(body, "required")
 
 
 def _issues(body: Any) -> list[Mapping[str, Any]]:
@@ -275,6 +293,8 @@ __all__ = [
     "ResultsShape",
     "Vendor",
     "VendorProfile",
+    "answer_is_duplicate",
+    "answer_is_refusal",
     "has_wildcard",
     "scope_syntax_ok",
     "system_scopes",

@@ -114,7 +114,7 @@ def test_sign_off_to_sekmet_writes_once_with_provenance(
                 auth = BackendAuth(client.client_id, client.pem, client.kid, client.alg, http=http)
                 patient = await create_patient(http, auth, sekmet.base_url)
                 Ingestor(sqlite_store).ingest(parser_for("fhir"), io.BytesIO(readings(patient)), site="sekmet",
-                                              source_name="feed.ndjson")  # fmt: skip
+                                              source_name="feed.ndjson", site_zone="America/Chicago")  # fmt: skip
                 public = PatientOutcomesView(sqlite_store).public_id("sekmet", patient)
                 assert public is not None
                 writeback, worker, _ = setup(sqlite_store, tmp_path, iss, client, http)
