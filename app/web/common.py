@@ -18,7 +18,7 @@ from bff.audit import audit
 from bff.capabilities import CapabilityError, CapabilityService
 from bff.clinical import PatientOutcomesView
 from bff.settings import Settings
-from bff.smart import BackendAuth, LaunchContext, LaunchNotFoundError, SmartClient
+from bff.smart import BackendAuth, LaunchContext, LaunchNotFoundError, SiteBackends, SmartClient
 from bff.store.db import Store
 from bff.writeback import WritebackService
 from engine import ENGINE_VERSION
@@ -44,6 +44,7 @@ class AppContext:
     admin_accounts: AdminAccounts
     admin_sessions: AdminSessions
     password_work: anyio.CapacityLimiter | None = None  # password checks at once (scrypt: CPU and 16 MiB each)
+    backends: SiteBackends | None = None  # Backend Services per site (their keys are in the JWKS too)
 
 
 def context_of(request: Request[Any, Any, Any]) -> AppContext:
