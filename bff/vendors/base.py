@@ -165,6 +165,7 @@ class VendorProfile:
     takes_transactions: bool = True
     takes_submission: bool = False  # `$submit-cgm-bundle`
     observations_are_flowsheet_rows: bool = False  # every Observation written must name a mapped row
+    pdf_path: str = "none"  # how the vendor takes the AGP PDF when the site says nothing else (`site probe`)
     open_encounter_statuses: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: {"R4": ("in-progress", "arrived", "triaged", "onleave"), "R5": ("in-progress",)}
     )

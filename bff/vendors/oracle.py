@@ -21,6 +21,7 @@ PROFILE = VendorProfile(
     refresh_min_interval_s=60,
     results=ResultsShape.SINGLE_OBSERVATIONS,
     takes_transactions=False,
+    pdf_path="cerner_docref",
     backend_scope_version="v1",
     probe_pattern=r"\b(oracle|cerner|millennium)\b",
 )
