@@ -1,38 +1,71 @@
 """The capability matrix: what each EHR site can do, from `sites/NAME.toml` plus audited run-time overrides.
 
-The matrix tables sit beside the `[smart]` table (read by `bff.smart.sites`, ignored here). Every key is
-checked: unknown keys, wrong types and wrong values are errors naming the file, the table and the key.
+`bff.sitefile` reads the file (the one reader of site files, for this matrix and for the SMART client); vendor
+defaults come from the vendor's profile (`bff.vendors`). Every key is checked: unknown keys, wrong types and wrong
+values are errors naming the file, the table and the key. Every key a site file may hold is below; the block is
+itself a valid site file, and tests/capabilities/test_site_keys.py proves what each key does (or that it is
+refused). Alternatives are in comments (`or:`); secrets are never in the file, only where to find them.
 
     version = 1                          # required: the file's own version number (bump it on every change)
-    vendor = "epic"                      # epic | oracle | generic | cgm-ig-receiver (see [fhir] cgm_ig_receiver)
+    vendor = "epic"                      # epic | oracle | generic | cgm-ig-receiver | hl7v2 (its bff/vendors profile)
     time_zone = "America/Chicago"        # IANA zone of the site's patients when nothing more specific is known
+
+    [smart]                              # the user launch (SMART App Launch), as the site registered the app
+    iss = "https://fhir.example.org/api/FHIR/R4"   # the launch's iss must be exactly this
+    client_id = "0f7c-prod"              # this site's client id (Epic: one per customer and environment)
+    redirect_uri = "https://cgm.example.org/callback"     # default: APP_PUBLIC_URL/callback
+    scopes = ["launch", "openid", "fhirUser", "patient/Observation.rs"]   # SMART v1 or v2 syntax
+    frame_ancestors = ["https://hyperdrive.example.org"]  # origins allowed to frame the app (CSP)
+    client_auth = "private_key_jwt"      # none (public, PKCE) | client_secret_basic | client_secret_post | private_key_jwt
+    private_key_file = "/run/keys/launch.pem"   # or: private_key_env = "NAME" (the PEM in an environment variable)
+    kid = "launch-1"                     # the key's id (JWT header; the app's JWKS publishes it)
+    alg = "ES384"                        # RS384 | ES384
+    jku = "https://cgm.example.org/.well-known/jwks.json"  # sent as the assertion's jku header
+    # with client_auth = "client_secret_basic" or "client_secret_post":
+    #   client_secret_env = "NAME"       or: client_secret_file = "/run/secrets/site"
+    authorization_endpoint = "https://fhir.example.org/oauth2/authorize"   # overrides smart-configuration
+    token_endpoint = "https://fhir.example.org/oauth2/token"               # overrides smart-configuration
+
+    [backend]                            # SMART Backend Services; absent keys: the deployment's SMART_BACKEND_*
+    client_id = "0f7c-backend-prod"
+    key_file = "/run/keys/backend.pem"   # or: key_env = "NAME"
+    kid = "backend-1"
+    alg = "ES384"                        # RS384 | ES384
+    jku = "https://cgm.example.org/.well-known/jwks.json"
+    token_endpoint = "https://fhir.example.org/oauth2/token"   # default: [smart] token_endpoint, else discovery
+    scopes = ["system/Observation.read", "system/Observation.write"]   # default: the vendor's, for the matrix
+    scope_version = "v1"                 # v1 | v2: the syntax of the default scopes (default: the vendor's)
 
     [fhir]
     version = "R4"                       # R4 | R5
-    iss_allow = []                       # further accepted iss values (the [smart] iss is always allowed)
-    cgm_ig_receiver = false              # true: an HL7 CGM IG data receiver (vendor reads "cgm-ig-receiver")
+    iss_allow = ["https://fhir-alt.example.org/api/FHIR/R4"]   # further iss values the site launches from
+    cgm_ig_receiver = false              # older spelling of vendor = "cgm-ig-receiver" (must agree with vendor)
 
     [write]
-    mode = "read_only"                   # read_only | flowsheet_only | notes_only | observations | full
-    channel = "none"                     # fhir | hl7v2 | none
+    mode = "full"                        # read_only | flowsheet_only | notes_only | observations | full
+    channel = "fhir"                     # fhir | hl7v2 | none
     observation_category = "vital-signs" # vital-signs | laboratory
-    note_type = ""                       # the site's note type id ("" none)
-    encounter_policy = "launch"          # launch | open_visit_lookup | hl7_creates | none
-    pdf_path = "none"                    # cerner_docref | hl7_ed | hl7_mdm | none
-    flowsheet_system = "urn:oid:…"       # the code system of the site's flowsheet row ids (Epic: an OID per site)
+    note_type = "cgm-summary"            # the site's note type id ("" none); also the MDM^T02 document type
+    encounter_policy = "open_visit_lookup"   # launch | open_visit_lookup | hl7_creates | none
+    pdf_path = "hl7_mdm"                 # cerner_docref | hl7_ed | hl7_mdm | none (hl7_*: needs [hl7v2])
+    flowsheet_system = "urn:oid:1.2.840.114350.1.13.0.1.7.2.707679"   # the code system of the site's row ids
     glucose_unit = "mg/dL"               # the unit glucose concentrations are filed in: mg/dL | mmol/L
     [write.flowsheet_rows]               # metric (a key of engine.catalogue with a code) -> flowsheet row id
     tir = "3040100123"
 
-    [hl7v2]                              # needed when write.channel = "hl7v2"
+    [read]                               # which Observations are the site's CGM readings (bff.vendors cgm_search)
+    category = "vital-signs"             # vital-signs | laboratory | any (default: the vendor's)
+    flowsheet_rows = { "mg/dL" = "3040100100" }   # reading unit -> the site's row id (needs flowsheet_system)
+
+    [hl7v2]                              # needed when write.channel = "hl7v2" or pdf_path is hl7_ed / hl7_mdm
     host = "10.0.0.5"
     port = 2575
     version = "2.5.1"                    # 2.5.1 | 2.3
-    sending_facility = ""
-    receiving_application = ""
-    receiving_facility = ""
+    sending_facility = "GLUCOBRIDGE"
+    receiving_application = "EPIC"
+    receiving_facility = "HOSPITAL"
 
-    [bulk]
+    [bulk]                               # read by the Bulk Data client (bff/bulk)
     available = false
     group_ids = []
     params = {}                          # extra $export parameters (string -> string)
@@ -41,12 +74,12 @@ checked: unknown keys, wrong types and wrong values are errors naming the file, 
     run_window = ""                      # "HH:MM-HH:MM" local to the site, "" any time
 
     [rate_limit]
-    rps = 5.0
+    rps = 5.0                            # writes per second to the site (the outbox's token bucket)
     burst = 10
-    refresh_min_interval_s = 60
+    refresh_min_interval_s = 60          # the least time between two refreshes of one launch (default: vendor's)
 
     [token]
-    expected_lifetime_s = 3600           # default: [smart] expected_token_lifetime_s, else Epic 3600, Oracle 570
+    expected_lifetime_s = 3600           # assumed when a token response has no expires_in (default: vendor's)
 
     [corrections]                        # a new outcome version after sign-off (a backfill)
     resign_pp = 5.0                      # a band (TIR, TAR, TBR) moving this many percentage points needs a new
@@ -54,8 +87,8 @@ checked: unknown keys, wrong types and wrong values are errors naming the file, 
     resign_mean_mg_dl = 10.0             #   (smaller changes are sent as corrections under the first sign-off)
 
     [launch]
-    encounter_expected = true
-    quirks = []                          # e.g. "need_patient_banner_string"
+    encounter_expected = true            # EHR launches carry an encounter; one without is audited (default: vendor's)
+    quirks = ["dedupe_59189", "authorize_post"]   # replaces the vendor's list; bff.vendors.QUIRKS says what each does
 
     [filter]                             # which patients the app may show ([] = no restriction)
     departments = []
