@@ -16,7 +16,7 @@ refused). Alternatives are in comments (`or:`); secrets are never in the file, o
     redirect_uri = "https://cgm.example.org/callback"     # default: APP_PUBLIC_URL/callback
     scopes = ["launch", "openid", "fhirUser", "patient/Observation.rs"]   # SMART v1 or v2 syntax
     frame_ancestors = ["https://hyperdrive.example.org"]  # origins allowed to frame the app (CSP)
-    client_auth = "private_key_jwt"      # none (public, PKCE) | client_secret_basic | client_secret_post | private_key_jwt
+    client_auth = "private_key_jwt"      # none (public) | client_secret_basic | client_secret_post | private_key_jwt
     private_key_file = "/run/keys/launch.pem"   # or: private_key_env = "NAME" (the PEM in an environment variable)
     kid = "launch-1"                     # the key's id (JWT header; the app's JWKS publishes it)
     alg = "ES384"                        # RS384 | ES384
