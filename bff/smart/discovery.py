@@ -169,29 +169,41 @@ class Discovery:
         self._http = http
         self._ttl = timedelta(seconds=ttl_s)
         self._clock = clock
-        self._configs: dict[str, SmartConfiguration] = {}
+        self._documents: dict[str, tuple[Any, datetime]] = {}
+        self._configs: dict[tuple[str, tuple[tuple[str, str], ...]], SmartConfiguration] = {}
         self._jwks: dict[str, tuple[KeySet, datetime]] = {}
         self._locks = KeyedLocks()
 
     async def configuration(self, iss: str, *, overrides: Mapping[str, str] | None = None) -> SmartConfiguration:
-        """The validated configuration of `iss` (from the cache while it is younger than the TTL). `overrides`
-        (the site's endpoints) replace the document's; one site owns an `iss`, so the cache is keyed by it."""
+        """The validated configuration of `iss` (the document from the cache while it is younger than the TTL).
+        `overrides` (a site's endpoints) replace the document's for this caller only: the user launch and Backend
+        Services of one site may name different token endpoints, so the document is cached, and what each caller
+        makes of it beside it."""
         iss = fhir_base(iss)
-        cached = self._configs.get(iss)
-        if cached is not None and self._clock() - cached.fetched_at < self._ttl:
-            return cached
-        async with self._locks.hold("config:" + iss):
-            cached = self._configs.get(iss)
-            if cached is not None and self._clock() - cached.fetched_at < self._ttl:
-                return cached
-            url = iss + WELL_KNOWN
-            document = await self._get_json(url, "smart-configuration", DiscoveryError)
-            try:
-                config = SmartConfiguration.parse(iss, document, fetched_at=self._clock(), overrides=overrides)
-            except DiscoveryError as exc:
-                raise DiscoveryError(f"{exc} ({url})") from None
-            self._configs[iss] = config
-            return config
+        url = iss + WELL_KNOWN
+        cached = self._documents.get(iss)
+        if cached is None or self._clock() - cached[1] >= self._ttl:
+            async with self._locks.hold("config:" + iss):
+                cached = self._documents.get(iss)
+                if cached is None or self._clock() - cached[1] >= self._ttl:
+                    document = await self._get_json(url, "smart-configuration", DiscoveryError)
+                    cached = (document, self._clock())
+                    self._parse(iss, url, document, cached[1], overrides)  # what cannot be used is not cached
+                    self._documents[iss] = cached
+        key = (iss, tuple(sorted((k, v) for k, v in (overrides or {}).items() if v)))
+        parsed = self._configs.get(key)
+        if parsed is None or parsed.fetched_at != cached[1]:
+            parsed = self._configs[key] = self._parse(iss, url, cached[0], cached[1], overrides)
+        return parsed
+
+    @staticmethod
+    def _parse(
+        iss: str, url: str, document: Any, fetched_at: datetime, overrides: Mapping[str, str] | None
+    ) -> SmartConfiguration:
+        try:
+            return SmartConfiguration.parse(iss, document, fetched_at=fetched_at, overrides=overrides)
+        except DiscoveryError as exc:
+            raise DiscoveryError(f"{exc} ({url})") from None
 
     async def jwks(self, jwks_uri: str, *, refresh: bool = False) -> KeySet:
         """The key set at `jwks_uri` (refetched when `refresh`, e.g. for a `kid` not seen before)."""
@@ -209,7 +221,7 @@ class Discovery:
 
     def forget(self, iss: str) -> None:
         """Drop the cached configuration of `iss` (the next call fetches it again)."""
-        self._configs.pop(fhir_base(iss), None)
+        self._documents.pop(fhir_base(iss), None)
 
     async def _get_json(self, url: str, what: str, error: Callable[[str], Exception]) -> Any:
         try:

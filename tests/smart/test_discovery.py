@@ -151,3 +151,19 @@ def test_a_backend_services_only_server_needs_no_pkce_nor_authorize_endpoint(ehr
     assert config.supports_grant("client_credentials")
     with pytest.raises(DiscoveryError, match="authorization_code"):
         config.require_grant("authorization_code")  # a user launch there is still refused, with the reason
+
+
+def test_overrides_apply_to_their_caller_only_and_the_document_is_fetched_once(ehr: FakeEhr) -> None:
+    """A site's user launch and its Backend Services may name different token endpoints (one iss, one cache)."""
+    backend_token = "https://auth.example.test/backend/token"
+
+    async def scenario() -> tuple[str, str, str]:
+        async with ehr.client() as http:
+            discovery = Discovery(http, clock=ehr.clock)
+            backend = await discovery.configuration(ISS, overrides={"token_endpoint": backend_token})
+            launch = await discovery.configuration(ISS)
+            again = await discovery.configuration(ISS, overrides={"token_endpoint": ""})
+            return backend.token_endpoint, launch.token_endpoint, again.token_endpoint
+
+    assert run(scenario()) == (backend_token, TOKEN_URL, TOKEN_URL)
+    assert len([r for r in ehr.requests if r.url.path.endswith("/smart-configuration")]) == 1
