@@ -12,9 +12,9 @@
 
 The modules: `epic` (Epic on FHIR), `oracle` (Oracle Health Millennium), `generic` (SMART R4/R5), `cgm_ig` (a
 HL7 CGM IG data receiver), `hl7v2` (an HL7 v2 results interface; also the write rules of every site whose write
-channel is HL7 v2). `base` says what a profile holds. Adding a vendor: a module here with its `PROFILE`, its
-entry in `PROFILES`, and a personality in the sandbox to test it against (plus a builder in `bff.broker.plan`
-only if it writes results in a shape no other vendor uses).
+channel is HL7 v2). `base` says what a profile holds. Adding a vendor: its name in `base.Vendor`, a module here
+with its `PROFILE`, its entry in `PROFILES`, and a personality in the sandbox to test it against (plus a builder
+in `bff.broker.plan` only if it writes results in a shape no other vendor uses).
 
 This package is read by `bff.capabilities` (vendor names and defaults), `bff.smart` (launch quirks, lifetimes),
 `bff.broker` (plan, guard and scopes) and `bff.outbox` (retry quirks); it imports none of them.
