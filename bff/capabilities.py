@@ -1,38 +1,71 @@
 """The capability matrix: what each EHR site can do, from `sites/NAME.toml` plus audited run-time overrides.
 
-The matrix tables sit beside the `[smart]` table (read by `bff.smart.sites`, ignored here). Every key is
-checked: unknown keys, wrong types and wrong values are errors naming the file, the table and the key.
+`bff.sitefile` reads the file (the one reader of site files, for this matrix and for the SMART client); vendor
+defaults come from the vendor's profile (`bff.vendors`). Every key is checked: unknown keys, wrong types and wrong
+values are errors naming the file, the table and the key. Every key a site file may hold is below; the block is
+itself a valid site file, and tests/capabilities/test_site_keys.py proves what each key does (or that it is
+refused). Alternatives are in comments (`or:`); secrets are never in the file, only where to find them.
 
     version = 1                          # required: the file's own version number (bump it on every change)
-    vendor = "epic"                      # epic | oracle | generic | cgm-ig-receiver (see [fhir] cgm_ig_receiver)
+    vendor = "epic"                      # epic | oracle | generic | cgm-ig-receiver | hl7v2 (its bff/vendors profile)
     time_zone = "America/Chicago"        # IANA zone of the site's patients when nothing more specific is known
+
+    [smart]                              # the user launch (SMART App Launch), as the site registered the app
+    iss = "https://fhir.example.org/api/FHIR/R4"   # the launch's iss must be exactly this
+    client_id = "0f7c-prod"              # this site's client id (Epic: one per customer and environment)
+    redirect_uri = "https://cgm.example.org/callback"     # default: APP_PUBLIC_URL/callback
+    scopes = ["launch", "openid", "fhirUser", "patient/Observation.rs"]   # SMART v1 or v2 syntax
+    frame_ancestors = ["https://hyperdrive.example.org"]  # origins allowed to frame the app (CSP)
+    client_auth = "private_key_jwt"      # none (public) | client_secret_basic | client_secret_post | private_key_jwt
+    private_key_file = "/run/keys/launch.pem"   # or: private_key_env = "NAME" (the PEM in an environment variable)
+    kid = "launch-1"                     # the key's id (JWT header; the app's JWKS publishes it)
+    alg = "ES384"                        # RS384 | ES384
+    jku = "https://cgm.example.org/.well-known/jwks.json"  # sent as the assertion's jku header
+    # with client_auth = "client_secret_basic" or "client_secret_post":
+    #   client_secret_env = "NAME"       or: client_secret_file = "/run/secrets/site"
+    authorization_endpoint = "https://fhir.example.org/oauth2/authorize"   # overrides smart-configuration
+    token_endpoint = "https://fhir.example.org/oauth2/token"               # overrides smart-configuration
+
+    [backend]                            # SMART Backend Services; absent keys: the deployment's SMART_BACKEND_*
+    client_id = "0f7c-backend-prod"
+    key_file = "/run/keys/backend.pem"   # or: key_env = "NAME"
+    kid = "backend-1"
+    alg = "ES384"                        # RS384 | ES384
+    jku = "https://cgm.example.org/.well-known/jwks.json"
+    token_endpoint = "https://fhir.example.org/oauth2/token"   # default: [smart] token_endpoint, else discovery
+    scopes = ["system/Observation.read", "system/Observation.write"]   # default: the vendor's, for the matrix
+    scope_version = "v1"                 # v1 | v2: the syntax of the default scopes (default: the vendor's)
 
     [fhir]
     version = "R4"                       # R4 | R5
-    iss_allow = []                       # further accepted iss values (the [smart] iss is always allowed)
-    cgm_ig_receiver = false              # true: an HL7 CGM IG data receiver (vendor reads "cgm-ig-receiver")
+    iss_allow = ["https://fhir-alt.example.org/api/FHIR/R4"]   # further iss values the site launches from
+    cgm_ig_receiver = false              # older spelling of vendor = "cgm-ig-receiver" (must agree with vendor)
 
     [write]
-    mode = "read_only"                   # read_only | flowsheet_only | notes_only | observations | full
-    channel = "none"                     # fhir | hl7v2 | none
+    mode = "full"                        # read_only | flowsheet_only | notes_only | observations | full
+    channel = "fhir"                     # fhir | hl7v2 | none
     observation_category = "vital-signs" # vital-signs | laboratory
-    note_type = ""                       # the site's note type id ("" none)
-    encounter_policy = "launch"          # launch | open_visit_lookup | hl7_creates | none
-    pdf_path = "none"                    # cerner_docref | hl7_ed | hl7_mdm | none
-    flowsheet_system = "urn:oid:…"       # the code system of the site's flowsheet row ids (Epic: an OID per site)
+    note_type = "cgm-summary"            # the site's note type id ("" none); also the MDM^T02 document type
+    encounter_policy = "open_visit_lookup"   # launch | open_visit_lookup | hl7_creates | none
+    pdf_path = "hl7_mdm"                 # cerner_docref | hl7_ed | hl7_mdm | none (hl7_*: needs [hl7v2])
+    flowsheet_system = "urn:oid:1.2.840.114350.1.13.0.1.7.2.707679"   # the code system of the site's row ids
     glucose_unit = "mg/dL"               # the unit glucose concentrations are filed in: mg/dL | mmol/L
     [write.flowsheet_rows]               # metric (a key of engine.catalogue with a code) -> flowsheet row id
     tir = "3040100123"
 
-    [hl7v2]                              # needed when write.channel = "hl7v2"
+    [read]                               # which Observations are the site's CGM readings (bff.vendors cgm_search)
+    category = "vital-signs"             # vital-signs | laboratory | any (default: the vendor's)
+    flowsheet_rows = { "mg/dL" = "3040100100" }   # reading unit -> the site's row id (needs flowsheet_system)
+
+    [hl7v2]                              # needed when write.channel = "hl7v2" or pdf_path is hl7_ed / hl7_mdm
     host = "10.0.0.5"
     port = 2575
     version = "2.5.1"                    # 2.5.1 | 2.3
-    sending_facility = ""
-    receiving_application = ""
-    receiving_facility = ""
+    sending_facility = "GLUCOBRIDGE"
+    receiving_application = "EPIC"
+    receiving_facility = "HOSPITAL"
 
-    [bulk]
+    [bulk]                               # read by the Bulk Data client (bff/bulk)
     available = false
     group_ids = []
     params = {}                          # extra $export parameters (string -> string)
@@ -41,12 +74,12 @@ checked: unknown keys, wrong types and wrong values are errors naming the file, 
     run_window = ""                      # "HH:MM-HH:MM" local to the site, "" any time
 
     [rate_limit]
-    rps = 5.0
+    rps = 5.0                            # writes per second to the site (the outbox's token bucket)
     burst = 10
-    refresh_min_interval_s = 60
+    refresh_min_interval_s = 60          # the least time between two refreshes of one launch (default: vendor's)
 
     [token]
-    expected_lifetime_s = 3600           # default: [smart] expected_token_lifetime_s, else Epic 3600, Oracle 570
+    expected_lifetime_s = 3600           # assumed when a token response has no expires_in (default: vendor's)
 
     [corrections]                        # a new outcome version after sign-off (a backfill)
     resign_pp = 5.0                      # a band (TIR, TAR, TBR) moving this many percentage points needs a new
@@ -54,8 +87,8 @@ checked: unknown keys, wrong types and wrong values are errors naming the file, 
     resign_mean_mg_dl = 10.0             #   (smaller changes are sent as corrections under the first sign-off)
 
     [launch]
-    encounter_expected = true
-    quirks = []                          # e.g. "need_patient_banner_string"
+    encounter_expected = true            # EHR launches carry an encounter; one without is audited (default: vendor's)
+    quirks = ["dedupe_59189", "authorize_post"]   # replaces the vendor's list; bff.vendors.QUIRKS says what each does
 
     [filter]                             # which patients the app may show ([] = no restriction)
     departments = []
@@ -71,7 +104,6 @@ from __future__ import annotations
 import copy
 import enum
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -83,26 +115,34 @@ from sqlalchemy import select
 
 from bff.actors import ReservedActorError, check_actor
 from bff.audit import audit
-from bff.smart.sites import normalise_iss
+from bff.sitefile import (
+    SITE_KEY,
+    BackendCaps,
+    FhirCaps,
+    FhirVersion,
+    LaunchCaps,
+    RateLimitCaps,
+    SiteFileError,
+    SmartTable,
+    Table,
+    normalise_iss,
+    parse_backend,
+    parse_fhir,
+    parse_launch,
+    parse_rate_limit,
+    parse_smart,
+    parse_token,
+    parse_vendor,
+)
+from bff.sitefile import load as _load
 from bff.store.db import Store
 from bff.store.models import AuditEvent, SiteOverride
-from engine.catalogue import CATALOGUE, MG_DL, MMOL_L
+from bff.vendors import PROFILES, Vendor, vendor_profile
+from engine.catalogue import CATALOGUE, MG_DL, MMOL_L, READING_UNITS
 
 
-class CapabilityError(ValueError):
+class CapabilityError(SiteFileError):
     """A capability matrix (file or override) that cannot be used; the message names file, table and key."""
-
-
-class Vendor(enum.StrEnum):
-    EPIC = "epic"
-    ORACLE = "oracle"
-    GENERIC = "generic"
-    CGM_IG_RECEIVER = "cgm-ig-receiver"
-
-
-class FhirVersion(enum.StrEnum):
-    R4 = "R4"
-    R5 = "R5"
 
 
 class WriteMode(enum.StrEnum):
@@ -120,20 +160,15 @@ class WriteChannel(enum.StrEnum):
 
 
 OBSERVATION_CATEGORIES = ("vital-signs", "laboratory")
+READ_CATEGORIES = ("vital-signs", "laboratory", "any")
 ENCOUNTER_POLICIES = ("launch", "open_visit_lookup", "hl7_creates", "none")
 PDF_PATHS = ("cerner_docref", "hl7_ed", "hl7_mdm", "none")
 HL7_VERSIONS = ("2.5.1", "2.3")
-DEFAULT_TOKEN_LIFETIME_S = {"epic": 3600, "oracle": 570}
-_SITE_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+#: The access token lifetime each vendor's tokens have (a site's [token] expected_lifetime_s overrides it).
+DEFAULT_TOKEN_LIFETIME_S = {vendor.value: profile.token_lifetime_s for vendor, profile in PROFILES.items()}
+_SITE_KEY = SITE_KEY
 _METRIC = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
 _WINDOW = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d")
-
-
-@dataclass(frozen=True, slots=True)
-class FhirCaps:
-    version: FhirVersion = FhirVersion.R4
-    iss_allow: tuple[str, ...] = ()
-    cgm_ig_receiver: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +199,14 @@ class WriteCaps:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadCaps:
+    """Which Observations are the site's CGM sensor readings (`bff.vendors` builds the searches from this)."""
+
+    category: str = "laboratory"  # vital-signs | laboratory | any (no category in the search)
+    flowsheet_rows: Mapping[str, str] = field(default_factory=dict)  # unit (mg/dL, mmol/L) -> the site's row id
+
+
+@dataclass(frozen=True, slots=True)
 class BulkCaps:
     available: bool = False
     group_ids: tuple[str, ...] = ()
@@ -174,23 +217,10 @@ class BulkCaps:
 
 
 @dataclass(frozen=True, slots=True)
-class RateLimitCaps:
-    rps: float = 5.0
-    burst: int = 10
-    refresh_min_interval_s: int = 60
-
-
-@dataclass(frozen=True, slots=True)
 class CorrectionCaps:
     resign_pp: float = 5.0
     resign_tbr_pp: float = 1.0
     resign_mean_mg_dl: float = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class LaunchCaps:
-    encounter_expected: bool = True
-    quirks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +245,9 @@ class SiteCapabilities:
     corrections: CorrectionCaps = CorrectionCaps()
     iss: str = ""  # the [smart] iss, when the file has one
     time_zone: str = ""  # the IANA zone of the site's patients when nothing more specific is known ("" none)
+    read: ReadCaps = ReadCaps()
+    backend: BackendCaps = field(default_factory=BackendCaps)
+    smart: SmartTable | None = None  # the [smart] table, when the file has one
 
     def allows_iss(self, iss: str) -> bool:
         """Exactly, as `bff.smart.sites.SiteRegistry.for_iss` (after the same `normalise_iss`)."""
@@ -229,81 +262,15 @@ class SiteCapabilities:
 
 # --- parsing -------------------------------------------------------------------------------------------------
 
-
-class _Table:
-    """Typed reads from one TOML table, with errors naming the file, the table and the key."""
-
-    def __init__(self, where: str, name: str, data: Any) -> None:
-        self.where = where
-        self.name = name
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise CapabilityError(f"{where}: [{name}] must be a table")
-        self.data: Mapping[str, Any] = data
-        self.seen: set[str] = set()
-
-    def _fail(self, key: str, what: str) -> CapabilityError:
-        return CapabilityError(f"{self.where}: [{self.name}] {key} {what}, got {self.data.get(key)!r}")
-
-    def get(self, key: str, default: Any) -> Any:
-        self.seen.add(key)
-        return self.data.get(key, default)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.get(key, default)
-        if not isinstance(value, bool):
-            raise self._fail(key, "must be true or false")
-        return value
-
-    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
-        value = self.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise self._fail(key, f"must be a whole number >= {minimum}")
-        return value
-
-    def number(self, key: str, default: float) -> float:
-        value = self.get(key, default)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise self._fail(key, "must be a positive number")
-        return float(value)
-
-    def text(self, key: str, default: str) -> str:
-        value = self.get(key, default)
-        if not isinstance(value, str):
-            raise self._fail(key, "must be a string")
-        return value
-
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.get(key, default)
-        if value not in choices:
-            raise self._fail(key, f"must be one of {', '.join(choices)}")
-        return str(value)
-
-    def words(self, key: str) -> tuple[str, ...]:
-        value = self.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self._fail(key, "must be a list of non-empty strings")
-        return tuple(value)
-
-    def strings(self, key: str, key_pattern: re.Pattern[str] | None = None) -> dict[str, str]:
-        value = self.get(key, {})
-        if not isinstance(value, Mapping) or not all(isinstance(v, str) and v for v in value.values()):
-            raise self._fail(key, "must be a table of non-empty strings")
-        if key_pattern is not None:
-            for name in value:
-                if not key_pattern.fullmatch(name):
-                    raise CapabilityError(f"{self.where}: [{self.name}.{key}] {name!r} is not a metric name")
-        return dict(value)
-
-    def done(self) -> None:
-        unknown = set(self.data) - self.seen
-        if unknown:
-            raise CapabilityError(f"{self.where}: [{self.name}] unknown keys: {', '.join(sorted(unknown))}")
-
-
-_TABLES = ("fhir", "write", "hl7v2", "bulk", "rate_limit", "token", "launch", "filter", "corrections")
+_TABLES = ("fhir", "write", "read", "hl7v2", "bulk", "rate_limit", "token", "launch", "filter", "corrections",
+           "backend")  # fmt: skip
 _TOP = frozenset({"version", "vendor", "time_zone", "smart", *_TABLES})
+#: Tables and keys that only the site's file may set (registrations and where tokens go), never an override.
+_FILE_ONLY = ("smart", "version", "backend")
+
+
+def _table(where: str, name: str, data: Any) -> Table:
+    return Table(where, name, data, CapabilityError)
 
 
 def parse_capabilities(key: str, data: Mapping[str, Any], *, source: str = "") -> SiteCapabilities:
@@ -322,28 +289,17 @@ def parse_capabilities(key: str, data: Mapping[str, Any], *, source: str = "") -
         raise CapabilityError(
             f'{where}: top-level time_zone must be an IANA time zone such as "America/Chicago", got {time_zone!r}'
         )
-    vendor_raw = data.get("vendor", "generic")
-    if vendor_raw not in {v.value for v in Vendor}:
-        raise CapabilityError(
-            f"{where}: top-level vendor must be one of {', '.join(v.value for v in Vendor)}, got {vendor_raw!r}"
-        )
-    smart = data.get("smart", {})
-    iss = smart.get("iss", "") if isinstance(smart, Mapping) else ""
-    iss = normalise_iss(iss) if isinstance(iss, str) else ""
+    vendor = parse_vendor(where, data, CapabilityError)
+    profile = vendor_profile(vendor)
+    launch = parse_launch(where, data.get("launch"), profile, CapabilityError)
+    quirks = frozenset(launch.quirks)
+    smart = None
+    if "smart" in data:
+        smart = parse_smart(where, data.get("smart"), quirks=quirks, redirect_required=False, error=CapabilityError)
+    iss = smart.iss if smart is not None else ""
+    fhir = parse_fhir(where, data.get("fhir"), vendor, CapabilityError)
 
-    t = _Table(where, "fhir", data.get("fhir"))
-    fhir = FhirCaps(
-        version=FhirVersion(t.choice("version", "R4", tuple(v.value for v in FhirVersion))),
-        iss_allow=t.words("iss_allow"),
-        cgm_ig_receiver=t.boolean("cgm_ig_receiver", False),
-    )
-    t.done()
-    for allowed in fhir.iss_allow:
-        if not re.fullmatch(r"https://\S+|http://(localhost|127\.0\.0\.1)(:\d+)?(/\S*)?", allowed):
-            raise CapabilityError(f"{where}: [fhir] iss_allow entries must be https URLs, got {allowed!r}")
-    vendor = Vendor.CGM_IG_RECEIVER if fhir.cgm_ig_receiver else Vendor(vendor_raw)
-
-    t = _Table(where, "write", data.get("write"))
+    t = _table(where, "write", data.get("write"))
     write = WriteCaps(
         mode=WriteMode(t.choice("mode", "read_only", tuple(m.value for m in WriteMode))),
         channel=WriteChannel(t.choice("channel", "none", tuple(c.value for c in WriteChannel))),
@@ -362,7 +318,23 @@ def parse_capabilities(key: str, data: Mapping[str, Any], *, source: str = "") -
             raise CapabilityError(f"{where}: [write.flowsheet_rows] {name!r} is not a metric that can be filed "
                                   f"(one of: {fileable})")  # fmt: skip
 
-    t = _Table(where, "hl7v2", data.get("hl7v2"))
+    t = _table(where, "read", data.get("read"))
+    read = ReadCaps(
+        category=t.choice("category", profile.reading_category, READ_CATEGORIES),
+        flowsheet_rows=t.strings("flowsheet_rows"),
+    )
+    t.done()
+    units = tuple(sorted(set(READING_UNITS.values())))
+    for unit in read.flowsheet_rows:
+        if unit not in units:
+            raise CapabilityError(f"{where}: [read.flowsheet_rows] {unit!r} is not a reading unit "
+                                  f"(one of: {', '.join(units)})")  # fmt: skip
+    if read.flowsheet_rows and not write.flowsheet_system:
+        raise CapabilityError(
+            f"{where}: [read] flowsheet_rows need [write] flowsheet_system (the code system of the site's row ids)"
+        )
+
+    t = _table(where, "hl7v2", data.get("hl7v2"))
     hl7v2 = Hl7v2Caps(
         host=t.text("host", ""),
         port=t.integer("port", 0),
@@ -375,7 +347,7 @@ def parse_capabilities(key: str, data: Mapping[str, Any], *, source: str = "") -
     if hl7v2.port > 65535:
         raise CapabilityError(f"{where}: [hl7v2] port must be at most 65535, got {hl7v2.port}")
 
-    t = _Table(where, "bulk", data.get("bulk"))
+    t = _table(where, "bulk", data.get("bulk"))
     bulk = BulkCaps(
         available=t.boolean("available", False),
         group_ids=t.words("group_ids"),
@@ -388,30 +360,16 @@ def parse_capabilities(key: str, data: Mapping[str, Any], *, source: str = "") -
     if bulk.run_window and not _WINDOW.fullmatch(bulk.run_window):
         raise CapabilityError(f"{where}: [bulk] run_window must be HH:MM-HH:MM, got {bulk.run_window!r}")
 
-    t = _Table(where, "rate_limit", data.get("rate_limit"))
-    rate = RateLimitCaps(
-        rps=t.number("rps", 5.0),
-        burst=t.integer("burst", 10, minimum=1),
-        refresh_min_interval_s=t.integer("refresh_min_interval_s", 60),
-    )
-    t.done()
+    rate = parse_rate_limit(where, data.get("rate_limit"), profile, CapabilityError)
+    lifetime = parse_token(where, data.get("token"), profile, CapabilityError)
+    backend = parse_backend(where, data.get("backend"), quirks=quirks, error=CapabilityError,
+                            smart_token_endpoint=smart.token_endpoint if smart else "")  # fmt: skip
 
-    smart_lifetime = smart.get("expected_token_lifetime_s") if isinstance(smart, Mapping) else None
-    default_lifetime = smart_lifetime if isinstance(smart_lifetime, int) else None
-    default_lifetime = default_lifetime or DEFAULT_TOKEN_LIFETIME_S.get(vendor.value, 3600)
-    t = _Table(where, "token", data.get("token"))
-    lifetime = t.integer("expected_lifetime_s", default_lifetime, minimum=1)
-    t.done()
-
-    t = _Table(where, "launch", data.get("launch"))
-    launch = LaunchCaps(encounter_expected=t.boolean("encounter_expected", True), quirks=t.words("quirks"))
-    t.done()
-
-    t = _Table(where, "filter", data.get("filter"))
+    t = _table(where, "filter", data.get("filter"))
     filt = FilterCaps(departments=t.words("departments"), patients=t.words("patients"))
     t.done()
 
-    t = _Table(where, "corrections", data.get("corrections"))
+    t = _table(where, "corrections", data.get("corrections"))
     corrections = CorrectionCaps(
         resign_pp=t.number("resign_pp", 5.0),
         resign_tbr_pp=t.number("resign_tbr_pp", 1.0),
@@ -423,7 +381,7 @@ def parse_capabilities(key: str, data: Mapping[str, Any], *, source: str = "") -
     return SiteCapabilities(
         key=key, version=version, vendor=vendor, fhir=fhir, write=write, hl7v2=hl7v2, bulk=bulk, rate_limit=rate,
         expected_token_lifetime_s=lifetime, launch=launch, filter=filt, corrections=corrections, iss=iss,
-        time_zone=time_zone,
+        time_zone=time_zone, read=read, backend=backend, smart=smart,
     )  # fmt: skip
 
 
@@ -436,6 +394,18 @@ def _is_zone(name: str) -> bool:
 
 
 def _check_consistency(where: str, write: WriteCaps, hl7v2: Hl7v2Caps, vendor: Vendor) -> None:
+    profile = vendor_profile(vendor)
+    if (
+        profile.encounter_required
+        and write.channel is WriteChannel.FHIR
+        and write.encounter_policy in ("none", "hl7_creates")
+    ):
+        raise CapabilityError(f"{where}: [write] encounter_policy {write.encounter_policy}: {profile.title} files "
+                              "FHIR writes to an open encounter only (launch or open_visit_lookup)")  # fmt: skip
+    if vendor is Vendor.HL7V2 and write.channel is WriteChannel.FHIR:
+        raise CapabilityError(f'{where}: [write] channel fhir: a vendor = "hl7v2" site is written over HL7 v2 only')
+    if write.pdf_path in ("hl7_ed", "hl7_mdm") and write.mode is WriteMode.FULL and (not hl7v2.host or not hl7v2.port):
+        raise CapabilityError(f"{where}: [write] pdf_path {write.pdf_path} needs [hl7v2] host and port")
     if write.mode is WriteMode.READ_ONLY:
         return
     if write.channel is WriteChannel.NONE:
@@ -448,14 +418,13 @@ def _check_consistency(where: str, write: WriteCaps, hl7v2: Hl7v2Caps, vendor: V
         )
     if write.mode is WriteMode.NOTES_ONLY and write.channel is WriteChannel.FHIR and not write.note_type:
         raise CapabilityError(f"{where}: [write] note_type is required when mode is notes_only over FHIR")
-    del vendor
 
 
 def load_file(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise CapabilityError(f"{path}: cannot be read as TOML: {exc}") from None
+        return _load(path)
+    except SiteFileError as exc:
+        raise CapabilityError(str(exc)) from None
 
 
 # --- overrides -----------------------------------------------------------------------------------------------
@@ -467,7 +436,7 @@ def check_path(path: str) -> list[str]:
     if not _PATH.fullmatch(path):
         raise CapabilityError(f"override path {path!r} must be dotted keys like write.mode")
     parts = path.split(".")
-    if parts[0] in ("smart", "version"):
+    if parts[0] in _FILE_ONLY:
         raise CapabilityError(f"override path {path!r}: {parts[0]} is set in the site's file only")
     if parts[0] not in _TOP:
         raise CapabilityError(f"override path {path!r}: unknown table {parts[0]!r}")
@@ -531,6 +500,12 @@ def as_dict(caps: SiteCapabilities) -> dict[str, Any]:
                        "refresh_min_interval_s": caps.rate_limit.refresh_min_interval_s},
         "token": {"expected_lifetime_s": caps.expected_token_lifetime_s},
         "launch": {"encounter_expected": caps.launch.encounter_expected, "quirks": list(caps.launch.quirks)},
+        "read": {"category": caps.read.category, "flowsheet_rows": dict(caps.read.flowsheet_rows)},
+        "backend": {"client_id": caps.backend.client_id, "key": caps.backend.key.describe() if caps.backend.key else "",
+                    "kid": caps.backend.kid, "alg": caps.backend.alg, "jku": caps.backend.jku,
+                    "token_endpoint": caps.backend.token_endpoint,
+                    "scopes": list(caps.backend.scopes) if caps.backend.scopes is not None else None,
+                    "scope_version": caps.backend.scope_version},
         "filter": {"departments": list(caps.filter.departments), "patients": list(caps.filter.patients)},
         "corrections": {"resign_pp": caps.corrections.resign_pp, "resign_tbr_pp": caps.corrections.resign_tbr_pp,
                         "resign_mean_mg_dl": caps.corrections.resign_mean_mg_dl},

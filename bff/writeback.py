@@ -127,10 +127,11 @@ class WritebackService:
         return outcome_record(self.store, patient, WindowSpec(days=days), site=site)
 
     def _context(
-        self, caps: SiteCapabilities, record: OutcomeRecord, encounter: str | None, unit: str, signer: str | None
-    ) -> WriteContext:
+        self, caps: SiteCapabilities, record: OutcomeRecord, encounter: str | None, unit: str, signer: str | None,
+        visit_note: str | None = None,
+    ) -> WriteContext:  # fmt: skip
         pdf = self._pdf(record) if pdf_wanted(caps) else None
-        return WriteContext(encounter=encounter, note_unit=unit, pdf=pdf, signer=signer)
+        return WriteContext(encounter=encounter, note_unit=unit, pdf=pdf, signer=signer, visit_note=visit_note)
 
     def review_record(
         self,
@@ -140,8 +141,10 @@ class WritebackService:
         encounter: str | None = None,
         note_unit: str = "mg/dL",
         signer_name: str | None = None,
+        visit_note: str | None = None,
     ) -> Review:
-        """What would be written, for the clinician `signer_name` (as the EHR names them; in the note)."""
+        """What would be written, for the clinician `signer_name` (as the EHR names them; in the note).
+        `visit_note`: why the patient's open visit was not found (a site that looks it up), for the refusal."""
         caps = self.capabilities.get(site)
         content = signed_content(record)
         content["encounter"] = encounter
@@ -152,7 +155,8 @@ class WritebackService:
         refusal = None
         if caps.write.writes:
             try:
-                writes = plan_writes(caps, record, self._context(caps, record, encounter, note_unit, signer_name))
+                context = self._context(caps, record, encounter, note_unit, signer_name, visit_note)
+                writes = plan_writes(caps, record, context)
             except PlanError as exc:
                 refusal = str(exc)
         window_id = int(record.extra["outcome_window_id"])
@@ -176,10 +180,12 @@ class WritebackService:
         encounter: str | None = None,
         note_unit: str = "mg/dL",
         signer_name: str | None = None,
+        visit_note: str | None = None,
     ) -> Review:
         return self.review_record(
-            site, self.record(site, patient, days), encounter=encounter, note_unit=note_unit, signer_name=signer_name
-        )
+            site, self.record(site, patient, days), encounter=encounter, note_unit=note_unit, signer_name=signer_name,
+            visit_note=visit_note,
+        )  # fmt: skip
 
     def sign(
         self,
@@ -194,6 +200,7 @@ class WritebackService:
         handle: str | None = None,
         in_context_grace_s: float = 0.0,
         signer_name: str | None = None,
+        visit_note: str | None = None,
     ) -> SignOffView:
         """Sign exactly the reviewed plan (`digest`); refused if it changed since. Signing twice returns the first.
 
@@ -202,8 +209,9 @@ class WritebackService:
         if not signer.strip():
             raise PlanError("a sign-off needs the signer's identity (the launch has no fhirUser)")
         review = self.review(
-            site, patient, days=days, encounter=encounter, note_unit=note_unit, signer_name=signer_name
-        )
+            site, patient, days=days, encounter=encounter, note_unit=note_unit, signer_name=signer_name,
+            visit_note=visit_note,
+        )  # fmt: skip
         if review.already_signed is not None:
             return self.status(review.already_signed)
         if review.digest != digest:
@@ -502,13 +510,15 @@ class WritebackService:
         encounter: str | None = None,
         note_unit: str = "mg/dL",
         signer_name: str | None = None,
+        visit_note: str | None = None,
     ) -> Review | None:
         """The plan of the corrections held for a new signature: the held window's current version, planned
         under the matrix now and this launch's encounter and unit (None when nothing is held)."""
         record = self.held_record(site, patient)
         if record is None:
             return None
-        return self.review_record(site, record, encounter=encounter, note_unit=note_unit, signer_name=signer_name)
+        return self.review_record(site, record, encounter=encounter, note_unit=note_unit, signer_name=signer_name,
+                                  visit_note=visit_note)  # fmt: skip
 
     def sign_correction(
         self,
@@ -521,6 +531,7 @@ class WritebackService:
         note_unit: str = "mg/dL",
         handle: str | None = None,
         signer_name: str | None = None,
+        visit_note: str | None = None,
     ) -> SignOffView:
         """A new sign-off for the corrections held `awaiting_signoff`; exactly the reviewed plan is sent under it.
 
@@ -529,7 +540,7 @@ class WritebackService:
         if not signer.strip():
             raise PlanError("a sign-off needs the signer's identity (the launch has no fhirUser)")
         review = self.review_correction(
-            site, patient, encounter=encounter, note_unit=note_unit, signer_name=signer_name
+            site, patient, encounter=encounter, note_unit=note_unit, signer_name=signer_name, visit_note=visit_note
         )
         if review is None:
             raise PlanError("no correction is waiting for a signature for this patient")

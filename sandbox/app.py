@@ -22,9 +22,10 @@ from typing import Any
 import httpx
 from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
-from litestar.datastructures import State
+from litestar.datastructures import MutableScopeHeaders, State
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
+from litestar.types import Message, Scope
 
 from sandbox import bulk, fhir_api, journal, shell, smart_routes
 from sandbox.config import SandboxConfig
@@ -73,17 +74,22 @@ def create_app(config: SandboxConfig | None = None) -> Litestar:
                 if listener is not None:
                     await listener.close()
 
-    async def security_headers(response: Response[Any]) -> Response[Any]:
-        response.headers["Content-Security-Policy"] = csp
-        response.headers["Referrer-Policy"] = "no-referrer"
-        return response
+    # A before_send hook, not after_request: Litestar caches a handler's resolved after_request on the handler,
+    # and the route handlers are module-level objects, so with two sandboxes in one process (the test suite) the
+    # second would answer with the first one's CSP.
+    async def security_headers(message: Message, scope: Scope) -> None:
+        if message["type"] != "http.response.start":
+            return
+        headers = MutableScopeHeaders.from_message(message)
+        headers["Content-Security-Policy"] = csp
+        headers["Referrer-Policy"] = "no-referrer"
 
     app = Litestar(
         route_handlers=[*bulk.ROUTES, *fhir_api.ROUTES, *smart_routes.ROUTES, *shell.ROUTES, *journal.ROUTES],
         state=State({"sandbox": sandbox, "journal": fhir_journal, "bulk": bulk.BulkExports(list(sandbox.sites))}),
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         exception_handlers={FhirError: _fhir_error, OAuthError: _oauth_error},
-        after_request=security_headers,
+        before_send=[security_headers],
         lifespan=[lifespan],
         cors_config=CORSConfig(
             allow_origins=["*"],

@@ -10,14 +10,21 @@
   inside the EHR's iframe (CSP `frame-ancestors` names the shell's and the app's origins, never DENY), and the
   pending request travels in a hidden field.
 - `POST {auth}/token`: authorization_code (PKCE), refresh_token and client_credentials with a JWT assertion
-  (sandbox.assertion), answered per personality (sandbox.oauth).
+  (sandbox.assertion), answered per personality (sandbox.oauth). A client authenticates as it is registered
+  (`ClientRegistration.auth_method`): public clients by `client_id` alone, confidential ones by a client secret in
+  an HTTP Basic header (client_secret_basic, RFC 6749 §2.3.1: id and secret form-urlencoded first) or in the body
+  (client_secret_post), or by a signed JWT assertion (private_key_jwt); any other way is `invalid_client` (401)
+  with a description saying what was expected. A client registered at other sites only is unknown here.
 - `GET {auth}/jwks`: the key that signs id_tokens.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 from litestar import Request, Response, get, post, route
 from litestar.response import Redirect, Template
@@ -61,6 +68,7 @@ def smart_configuration(site: Site) -> dict[str, Any]:
         "launch-standalone",
         "client-public",
         "client-confidential-asymmetric",
+        "client-confidential-symmetric",
         "context-ehr-patient",
         "context-ehr-encounter",
         "context-standalone-patient",
@@ -92,7 +100,12 @@ def smart_configuration(site: Site) -> dict[str, Any]:
         "jwks_uri": f"{site.auth_base}/jwks",
         "authorization_endpoint": f"{site.auth_base}/authorize",
         "token_endpoint": site.token_endpoint,
-        "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
+        "token_endpoint_auth_methods_supported": [
+            "private_key_jwt",
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "scopes_supported": [*CONTEXT_SCOPES, *resource_scopes],
@@ -172,7 +185,7 @@ async def authorize_endpoint(request: AnyRequest) -> Response[Any]:
     else:
         params = dict(request.query_params)
     config = site.config
-    client = config.client(params.get("client_id", ""))
+    client = config.client(params.get("client_id", ""), site.key)
     if client is None:
         return _error_page(400, "Unknown app", f"client_id {params.get('client_id', '')!r} is not registered here.")
     redirect_uri = params.get("redirect_uri", "")
@@ -317,16 +330,50 @@ async def decision(request: AnyRequest) -> Response[Any]:
 # MARK: token
 
 
+def _basic_credentials(header: str) -> tuple[str, str]:
+    """(client_id, secret) of an HTTP Basic header, each form-urlencoded (RFC 6749 §2.3.1)."""
+    try:
+        decoded = base64.b64decode(header.split(" ", 1)[1].strip(), validate=True).decode("utf-8")
+    except (IndexError, binascii.Error, UnicodeDecodeError):
+        raise OAuthError("invalid_client", "the Basic authorization header cannot be decoded", 401) from None
+    client_id, colon, secret = decoded.partition(":")
+    if not colon:
+        raise OAuthError("invalid_client", "the Basic authorization header has no client_id:secret", 401)
+    return unquote_plus(client_id), unquote_plus(secret)
+
+
+def _check_secret(client: ClientRegistration, secret: str) -> None:
+    if client.secret is None or not hmac.compare_digest(secret.encode(), client.secret.encode()):
+        raise OAuthError("invalid_client", f"wrong client secret for {client.client_id}", 401)
+
+
 async def _authenticate(site: Site, request: AnyRequest, form: dict[str, str]) -> ClientRegistration:
     config = site.config
+
+    def registered(client_id: str) -> ClientRegistration:
+        client = config.client(client_id, site.key)
+        if client is None:
+            raise OAuthError("invalid_client", f"unknown client_id {client_id!r} at this site", 401)
+        return client
+
+    def used_as_registered(client: ClientRegistration, method: str) -> ClientRegistration:
+        if client.auth_method != method:
+            raise OAuthError(
+                "invalid_client",
+                f"{client.client_id} is registered to authenticate with {client.auth_method}, not {method}",
+                401,
+            )
+        return client
+
     assertion = form.get("client_assertion")
+    basic = request.headers.get("authorization", "")
     if assertion:
         if form.get("client_assertion_type") != ASSERTION_TYPE:
             raise OAuthError("invalid_client", f"client_assertion_type must be {ASSERTION_TYPE}", 401)
         try:
-            return await verify_client_assertion(
+            client = await verify_client_assertion(
                 assertion,
-                clients=config.client,
+                clients=lambda client_id: config.client(client_id, site.key),
                 token_endpoint=site.token_endpoint,
                 cache=sandbox_of(request).jwks_cache,
                 seen_jti=site.auth.seen_jti,
@@ -335,13 +382,25 @@ async def _authenticate(site: Site, request: AnyRequest, form: dict[str, str]) -
             )
         except ClientAssertionError as exc:
             raise OAuthError(exc.error, exc.description, 401) from None
-    if request.headers.get("authorization", "").lower().startswith("basic "):
-        raise OAuthError("invalid_client", "client secrets are not accepted: use private_key_jwt", 401)
-    client = config.client(form.get("client_id", ""))
-    if client is None:
-        raise OAuthError("invalid_client", f"unknown client_id {form.get('client_id', '')!r}", 401)
+        return used_as_registered(client, "private_key_jwt")
+    if basic.lower().startswith("basic "):
+        client_id, secret = _basic_credentials(basic)
+        if form.get("client_id") not in (None, "", client_id):
+            raise OAuthError("invalid_client", "client_id in the body differs from the Basic header's", 401)
+        client = used_as_registered(registered(client_id), "client_secret_basic")
+        _check_secret(client, secret)
+        return client
+    if "client_secret" in form:
+        client = used_as_registered(registered(form.get("client_id", "")), "client_secret_post")
+        _check_secret(client, form["client_secret"])
+        return client
+    client = registered(form.get("client_id", ""))
     if client.confidential:
-        raise OAuthError("invalid_client", f"{client.client_id} must authenticate with a client_assertion", 401)
+        raise OAuthError(
+            "invalid_client",
+            f"{client.client_id} is a confidential client: authenticate with {client.auth_method}",
+            401,
+        )
     return client
 
 

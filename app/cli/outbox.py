@@ -8,8 +8,9 @@
     glucobridge outbox corrections [--site S]           correction writes for signed windows that have a newer
                                                         version now (the worker also looks every minute)
 
-The worker uses the app's settings: DATABASE_URL, REDIS_URL (shared rate limits), SITES_DIR and the
-SMART_BACKEND_* key (FHIR writes use a Backend Services system token; the key's JWKS is what the app serves).
+The worker uses the app's settings: DATABASE_URL, REDIS_URL (shared rate limits), SITES_DIR, and for FHIR writes a
+Backend Services system token per site: the site's `[backend]` client id and key where its file names them, else
+the SMART_BACKEND_* key (the keys' JWKS is what the app serves).
 """
 
 from __future__ import annotations
@@ -27,17 +28,16 @@ from typing import Any, TextIO
 import httpx
 
 from app.cli.common import BadInputError, open_store
-from bff.broker.broker import Broker, backend_token_source
+from bff.broker.broker import Broker
 from bff.capabilities import CapabilityError, CapabilityService, SiteCapabilities, WriteChannel
 from bff.outbox import queue
 from bff.outbox.worker import OutboxWorker, SiteRun
 from bff.settings import SettingsError, get_settings
-from bff.smart import SmartSettings, create_backend_auth
+from bff.smart import SiteBackends, SmartConfigError, SmartSettings
+from bff.smart.backends import registration
 from bff.store.db import Store
 from bff.store.models import WriteIntent
 from bff.writeback import WritebackService
-
-#: The Backend Services client id registered with each EHR (the app's JWKS holds its key).
 
 
 def _sites(capabilities: CapabilityService, wanted: Sequence[str] | None) -> list[str]:
@@ -53,17 +53,23 @@ def _sites(capabilities: CapabilityService, wanted: Sequence[str] | None) -> lis
 # MARK: work
 
 
-def _needs_token(capabilities: CapabilityService, sites: Sequence[str]) -> list[str]:
-    """The sites whose writes go over FHIR (they need a system token), by the matrix now."""
+def _needs_token(capabilities: CapabilityService, smart: SmartSettings, sites: Sequence[str]) -> list[str]:
+    """The sites whose writes go over FHIR (they need a system token), by the matrix now, that have no key: neither
+    their own ([backend] key_file) nor the deployment's (SMART_BACKEND_KEY_FILE)."""
     out = []
     for site in sites:
-        try:
-            caps = capabilities.get(site)
-        except CapabilityError:
-            continue  # the worker logs it and skips the site
-        if caps.write.writes and caps.write.channel is WriteChannel.FHIR:
+        caps = _caps(capabilities, site)  # a matrix that cannot be used: the worker logs it and skips the site
+        fhir = caps is not None and caps.write.writes and caps.write.channel is WriteChannel.FHIR
+        if caps is not None and fhir and registration(smart, caps.backend, caps.expected_token_lifetime_s) is None:
             out.append(site)
     return out
+
+
+def _caps(capabilities: CapabilityService, site: str) -> SiteCapabilities | None:
+    try:
+        return capabilities.get(site)
+    except CapabilityError:
+        return None
 
 
 def _run_line(run: SiteRun) -> str:
@@ -86,10 +92,11 @@ def cmd_work(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         capabilities = CapabilityService(store, settings.sites_dir)
         sites = _sites(capabilities, args.site)
-        if not smart.backend_key_file and (fhir := _needs_token(capabilities, sites)):
+        if fhir := _needs_token(capabilities, smart, sites):
             raise BadInputError(
-                f"site(s) {', '.join(fhir)} take FHIR writes, which need a Backend Services key: set "
-                "SMART_BACKEND_KEY_FILE and SMART_BACKEND_KID (the app serves its public key at /.well-known/jwks.json)"
+                f"site(s) {', '.join(fhir)} take FHIR writes, which need a Backend Services key: set [backend] "
+                "key_file and kid in the site's file, or SMART_BACKEND_KEY_FILE and SMART_BACKEND_KID (the app serves "
+                "the public keys at /.well-known/jwks.json)"
             )
         runs = asyncio.run(_work(store, capabilities, smart, settings.redis_url, args.site and sites, args.once, out))
     finally:
@@ -106,15 +113,13 @@ async def _work(
     sites: list[str] | None, once: bool, out: TextIO,
 ) -> list[SiteRun]:  # fmt: skip
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
-        try:
-            auth = create_backend_auth(smart, smart.backend_client_id, http=http)
-        except SettingsError as exc:
+        backends = SiteBackends(smart, http=http, environ=os.environ)
+        usable = [caps for site in (sites or capabilities.sites()) if (caps := _caps(capabilities, site))]
+        try:  # every key the worker will sign with, read now: a missing one stops it with the reason
+            backends.preload((caps.key, caps.backend, caps.expected_token_lifetime_s) for caps in usable)
+        except SmartConfigError as exc:
             raise BadInputError(str(exc)) from None
-
-        async def no_token(caps: SiteCapabilities, scopes: Sequence[str]) -> str:
-            raise RuntimeError(f"no Backend Services key is configured for {caps.key} (SMART_BACKEND_KEY_FILE)")
-
-        broker = Broker(http, backend_token_source(auth) if auth is not None else no_token)
+        broker = Broker(http, backends.token)
         worker = OutboxWorker(store, capabilities, broker, redis_url=redis_url)
         if once:
             return [await worker.run_site(site) for site in (sites or capabilities.sites())]

@@ -13,14 +13,9 @@ from typing import Any, TextIO
 import httpx
 
 from app.cli.common import BadInputError, InfrastructureError, open_store
-from bff.capabilities import (
-    DEFAULT_TOKEN_LIFETIME_S,
-    CapabilityError,
-    CapabilityService,
-    as_dict,
-    parse_capabilities,
-)
+from bff.capabilities import CapabilityError, CapabilityService, as_dict, parse_capabilities
 from bff.settings import get_settings
+from bff.vendors import PROFILES, Vendor, vendor_profile
 
 CGM_RECEIVER = "http://hl7.org/fhir/uv/cgm/CapabilityStatement/cgm-data-receiver"
 
@@ -148,23 +143,24 @@ def propose(iss: str, smart: Mapping[str, Any], capability: Mapping[str, Any]) -
     operations = _operations(capability)
     receiver = CGM_RECEIVER in instantiates or "submit-cgm-bundle" in operations
     if receiver:
-        vendor = "generic"
+        vendor = Vendor.CGM_IG_RECEIVER.value
         why["vendor"] = (
             f"CapabilityStatement instantiates {CGM_RECEIVER}" if CGM_RECEIVER in instantiates
             else "operation $submit-cgm-bundle"
         )  # fmt: skip
-    elif re.search(r"\bepic\b", hint, re.I):
-        vendor, why["vendor"] = "epic", f"software/publisher {hint!r} names Epic"
-    elif re.search(r"\b(oracle|cerner|millennium)\b", hint, re.I):
-        vendor, why["vendor"] = "oracle", f"software/publisher {hint!r} names Oracle/Cerner"
     else:
-        vendor, why["vendor"] = "generic", f"no vendor hint in software/publisher {hint!r}"
+        vendor, why["vendor"] = Vendor.GENERIC.value, f"no vendor hint in software/publisher {hint!r}"
+        for profile in PROFILES.values():  # each vendor profile says how its servers name themselves
+            if profile.probe_pattern and re.search(profile.probe_pattern, hint, re.I):
+                vendor, why["vendor"] = profile.vendor.value, f"software/publisher {hint!r} names {profile.title}"
+                break
     fhir_version = str(capability.get("fhirVersion", ""))
     version = "R5" if fhir_version.startswith("5.") else "R4"
     why["fhir.version"] = f"fhirVersion {fhir_version!r}"
 
     creates = _creates(capability)
     obs, doc = "Observation" in creates, "DocumentReference" in creates
+    profile = vendor_profile(vendor)
     write: dict[str, Any]
     if receiver:
         write = {"mode": "full", "channel": "fhir", "observation_category": "laboratory", "note_type": "cgm-summary",
@@ -174,16 +170,16 @@ def propose(iss: str, smart: Mapping[str, Any], capability: Mapping[str, Any]) -
         write = {"mode": "read_only", "channel": "none"}
         why["write.mode"] = "no resource supports create" if not creates else f"create only on {sorted(creates)}"
         why["write.channel"] = "set hl7v2 (and [hl7v2]) if the site takes results over an interface"
-    elif vendor == "epic" and obs:
+    elif profile.observations_are_flowsheet_rows and obs:
         write = {"mode": "flowsheet_only", "channel": "fhir", "observation_category": "vital-signs",
                  "encounter_policy": "launch", "flowsheet_rows": {"tir": "FILL-IN"}}  # fmt: skip
-        why["write.mode"] = "Epic Observation.Create writes flowsheet rows (notes after validation)"
+        why["write.mode"] = f"{profile.title} Observation.Create writes flowsheet rows (notes after validation)"
         why["write.flowsheet_rows"] = "ask the site's analyst for the row ids"
     elif obs and doc:
         write = {"mode": "full", "channel": "fhir", "note_type": "FILL-IN"}
         why["write.mode"] = "Observation and DocumentReference support create"
-        if vendor == "oracle":
-            write |= {"observation_category": "laboratory", "pdf_path": "cerner_docref"}
+        if profile.pdf_path != "none":
+            write |= {"observation_category": profile.reading_category, "pdf_path": profile.pdf_path}
     elif obs:
         write = {"mode": "observations", "channel": "fhir"}
         why["write.mode"] = "only Observation supports create"
@@ -193,7 +189,7 @@ def propose(iss: str, smart: Mapping[str, Any], capability: Mapping[str, Any]) -
 
     bulk: dict[str, Any] = {"available": "export" in operations}
     why["bulk.available"] = "$export operation" + ("" if bulk["available"] else " not") + " in the CapabilityStatement"
-    lifetime = DEFAULT_TOKEN_LIFETIME_S.get(vendor, 3600)
+    lifetime = profile.token_lifetime_s
     why["token.expected_lifetime_s"] = f"{vendor} default"
     scopes = smart.get("scopes_supported") or []
     data: dict[str, Any] = {
@@ -201,7 +197,7 @@ def propose(iss: str, smart: Mapping[str, Any], capability: Mapping[str, Any]) -
         "vendor": vendor,
         "smart": {"iss": iss.rstrip("/"), "client_id": "FILL-IN",
                   "scopes": ["launch", "openid", "fhirUser", "patient/Patient.read", "patient/Observation.read"]},
-        "fhir": {"version": version, "cgm_ig_receiver": receiver},
+        "fhir": {"version": version},
         "write": write,
         "bulk": bulk,
         "token": {"expected_lifetime_s": lifetime},

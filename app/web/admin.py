@@ -6,7 +6,9 @@
     GET  /admin/                                   sites: vendor, file and effective write mode (and who degraded
                                                    it, when, why), queue depth by state
     GET  /admin/sites/{key}                        the effective matrix (table and JSON), overrides with who and
-                                                   why, history, queue depth, last errors, open writes
+                                                   why, history, queue depth, last errors, open writes, and what
+                                                   the EHR answered to sign-ins and discovery (OAuth `error` and
+                                                   `error_description`: `launch.denied`, `smart.error`)
     GET  /admin/sites/{key}/intents/{id}           one write and its attempts
     POST /admin/sites/{key}/intents/{id}/retry     a failed or unknown write, again (reason required; audited)
     POST /admin/sites/{key}/intents/{id}/cancel    withdraw a write that is not confirmed (reason required; audited)
@@ -54,6 +56,7 @@ WAITING = ("awaiting_signoff", "deferred", "queued", "sending")
 RETRYABLE = frozenset({"failed", "unknown"})
 CANCELLABLE = frozenset({"queued", "deferred", "failed", "unknown", "awaiting_signoff"})
 HISTORY_EVENTS = ("site.degraded", "outbox.retry", "outbox.cancel")
+SMART_EVENTS = ("smart.error", "launch.denied")
 
 
 def admin_headers() -> dict[str, str]:
@@ -258,6 +261,38 @@ def _history(ctx: AppContext, site: str) -> list[AuditEvent]:
     return sorted(events, key=lambda e: e.id, reverse=True)[:100]
 
 
+@dataclass(frozen=True)
+class SmartErrorRow:
+    """What the EHR answered to a sign-in or a discovery, as audited (no patient identifiers in it)."""
+
+    at: datetime
+    last_at: datetime | None
+    count: int
+    event: str
+    where: str
+    error: str
+    description: str
+
+
+def _smart_errors(ctx: AppContext, site: str, limit: int = 20) -> list[SmartErrorRow]:
+    """The site's latest OAuth and discovery errors (`smart.error`, `launch.denied`), newest first."""
+    with ctx.store.transaction() as session:
+        rows = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.site_key == site, or_(*(AuditEvent.event == e for e in SMART_EVENTS)))
+            .order_by(AuditEvent.id.desc())
+            .limit(limit)
+        )
+        out = []
+        for row in rows:
+            d = row.detail or {}
+            where = str(d.get("where") or ("authorize" if row.event == "launch.denied" else ""))
+            description = d.get("error_description") or d.get("message") or ""
+            out.append(SmartErrorRow(row.at, row.last_at, row.count or 1, row.event, where,
+                                     str(d.get("error") or d.get("kind") or ""), str(description)))  # fmt: skip
+        return out
+
+
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     for key, value in data.items():
@@ -288,6 +323,7 @@ def _detail(ctx: AppContext, site: str) -> dict[str, Any]:
         "matrix": matrix,
         "matrix_json": matrix_json,
         "history": _history(ctx, site),
+        "smart_errors": _smart_errors(ctx, site),
         "attention": _intents(ctx, site, ATTENTION, newest_first=True, limit=20),
         "waiting": _intents(ctx, site, WAITING, newest_first=False, limit=50),
         "states": queue.STATES,

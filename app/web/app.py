@@ -1,6 +1,7 @@
 """The clinician app: SMART launch through the BFF, then the patient's AGP/TIR view.
 
-    GET  /launch?iss=…&launch=…          EHR launch: checks iss, redirects (same frame) to the EHR's authorize
+    GET  /launch?iss=…&launch=…          EHR launch: checks iss, redirects (same frame) to the EHR's authorize, or
+                                         posts it there (a form) where the EHR offers POST (bff.smart.launch)
     GET  /standalone?iss=…               standalone launch (the EHR asks for the patient)
     GET  /callback?code=…&state=…        the code is redeemed server-side; → /v/{handle}/patients/{id}/
     GET  /v/{handle}/patients/{id}/      the view (?days=14|30|90[&page=n]); `…/summary` is its htmx partial,
@@ -16,7 +17,9 @@
 Every patient-scoped request is checked against its launch: another patient is a 403, audited. Tokens stay in
 the BFF; the browser holds only the launch handle in the URL (one per tab), so two patients in two tabs never mix
 and nothing depends on cookies. Refused launches and callbacks (anybody can send them) are audited counted per
-client and minute (`bff.audit.audit_counted`), so a flood cannot fill the audit table.
+client and minute (`bff.audit.audit_counted`), so a flood cannot fill the audit table. What the EHR said when it
+refused (its OAuth `error` and `error_description`, a discovery problem) is audited under the site
+(`launch.denied`, `smart.error`) and shown on /admin; the clinician gets a plain message.
 
 Every response, whatever produced it, carries the security headers (`app.web.security.security_headers`, the
 app's before_send hook; HSTS over HTTPS). Row ids in paths are positive 64-bit integers: any other number names no
@@ -65,7 +68,7 @@ from app.web.common import (
 from app.web.presenters import ZoneView, display_unit, summary_view
 from app.web.security import csrf_token, security_headers
 from bff.admin import AdminAccounts, AdminSessions, LockoutPolicy
-from bff.audit import audit_counted
+from bff.audit import audit, audit_counted
 from bff.capabilities import CapabilityService
 from bff.clinical import PatientOutcomesView
 from bff.ehr_read import patient_banner
@@ -74,6 +77,7 @@ from bff.jobs.launch_read import LaunchReads
 from bff.jobs.queue import JobQueue
 from bff.settings import ROOT, Settings, get_settings
 from bff.smart import (
+    AuthorizeRedirect,
     DiscoveryError,
     IssNotAllowedError,
     LaunchContext,
@@ -83,7 +87,10 @@ from bff.smart import (
     SmartError,
     SmartSettings,
     SqlLaunchStore,
+    StateError,
+    TokenEndpointError,
     create_backend_auth,
+    create_site_backends,
     create_smart_client,
 )
 from bff.store.db import Store
@@ -114,10 +121,20 @@ async def standalone(request: Request[Any, Any, Any], iss: str = "") -> Response
     return await _begin(request, iss, None, standalone=True)
 
 
-async def _noise(request: Request[Any, Any, Any], event: str, **detail: Any) -> None:
+async def _noise(request: Request[Any, Any, Any], event: str, *, site: str | None = None, **detail: Any) -> None:
     """A refusal anybody can cause without signing in: audited counted (per client and minute)."""
     ctx, client = context_of(request), client_of(request)
-    await anyio.to_thread.run_sync(lambda: audit_counted(ctx.store, event, outcome="refused", client=client, **detail))
+    await anyio.to_thread.run_sync(
+        lambda: audit_counted(ctx.store, event, outcome="refused", site=site, client=client, **detail)
+    )
+
+
+async def _smart_error(request: Request[Any, Any, Any], where: str, exc: SmartError) -> None:
+    """What the EHR (or its configuration) said, under its site, for /admin: `smart.error`."""
+    detail: dict[str, Any] = {"where": where, "kind": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, TokenEndpointError):
+        detail.update(error=exc.error, error_description=exc.description, status=exc.status_code)
+    await _noise(request, "smart.error", site=exc.site_key, **detail)
 
 
 async def _begin(request: Request[Any, Any, Any], iss: str, launch_id: str | None, *, standalone: bool
@@ -133,10 +150,32 @@ async def _begin(request: Request[Any, Any, Any], iss: str, launch_id: str | Non
         return message(ctx, 400, "This launch cannot start", str(exc), "error")
     except DiscoveryError as exc:
         log.warning("smart discovery failed: %s", type(exc).__name__)
+        await _smart_error(request, "discovery", exc)
         return message(
             ctx, 502, "The EHR did not answer", "Its SMART configuration could not be read. Try again.", "error"
         )
+    if redirect.method == "POST":
+        return _authorize_post(redirect)
     return Redirect(redirect.url, status_code=302, headers=headers_for(redirect.frame_ancestors))
+
+
+def _authorize_post(redirect: AuthorizeRedirect) -> Template:
+    """The authorize request as a form the browser posts at once (static/authorize-post.js; a button without
+    JavaScript), in the same frame. The page may post only to the EHR's authorize endpoint."""
+    headers = headers_for(redirect.frame_ancestors)
+    origin = str(httpx.URL(redirect.endpoint).copy_with(path="/", query=None, fragment=None)).rstrip("/")
+    headers["Content-Security-Policy"] = headers["Content-Security-Policy"].replace(
+        "form-action 'self'", f"form-action {origin}"
+    )
+    return Template("launch/authorize_post.html", headers=headers,
+                    context={"endpoint": redirect.endpoint, "params": dict(redirect.params),
+                             "engine_version": ENGINE_VERSION})  # fmt: skip
+
+
+#: What the clinician reads when the EHR refused the sign-in; the EHR's own words are on /admin.
+SIGN_IN_FAILED = ("The EHR did not complete the sign-in. Open the app again from the EHR; if this keeps happening, "
+                  "your EHR team can see the reason on glucobridge's admin page.")  # fmt: skip
+SIGN_IN_STALE = "This sign-in has expired or was already used: open the app again from the EHR."
 
 
 @get("/callback")
@@ -149,13 +188,25 @@ async def callback(
 ) -> Response[Any]:
     ctx = context_of(request)
     if error:
-        await _noise(request, "launch.denied", error=error)
-        return message(ctx, 400, "Sign-in did not complete", error_description or error, "error")
+        site = await ctx.smart.abandon(oauth_state)
+        await _noise(request, "launch.denied", site=site, error=error,
+                     **({"error_description": error_description} if error_description else {}))  # fmt: skip
+        declined = error == "access_denied"
+        return message(ctx, 400, "Sign-in did not complete",
+                       "The sign-in was declined." if declined else SIGN_IN_FAILED, "error")  # fmt: skip
     try:
         done = await ctx.smart.complete(oauth_state, code)
     except SmartError as exc:
-        await _noise(request, "launch.refused", reason=type(exc).__name__)
-        return message(ctx, 400, "This launch cannot be completed", str(exc), "error")
+        await _noise(request, "launch.refused", site=exc.site_key, reason=type(exc).__name__)
+        if not isinstance(exc, StateError):
+            await _smart_error(request, "callback", exc)
+        text = SIGN_IN_STALE if isinstance(exc, StateError) else SIGN_IN_FAILED
+        return message(ctx, 400, "This launch cannot be completed", text, "error")
+    if done.context.encounter_missing:  # the site's launches carry an encounter; this one did not
+        await anyio.to_thread.run_sync(
+            lambda: audit(ctx.store, "launch.no_encounter", outcome="allowed", site=done.context.site_key,
+                          actor=done.context.fhir_user, handle=done.handle)
+        )  # fmt: skip
     if not done.patient:
         return Redirect(f"/v/{done.handle}/", status_code=303, headers=headers_for(done.frame_ancestors))
     return Redirect(f"/v/{done.handle}/patients/{done.patient}/", status_code=303,
@@ -305,8 +356,21 @@ async def agp_api(request: Request[Any, Any, Any], handle: str, patient: str, da
 
 @get("/.well-known/jwks.json", media_type=MediaType.JSON, sync_to_thread=False)
 def jwks(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    backend = context_of(request).backend
-    return backend.jwks() if backend is not None else {"keys": []}
+    """Every public key the app signs with: Backend Services (the deployment's and each site's own, `[backend]`)
+    and the user launch's client assertions (`[smart] client_auth = "private_key_jwt"`)."""
+    ctx = context_of(request)
+    keys = [*(ctx.backend.jwks()["keys"] if ctx.backend is not None else []),
+            *(ctx.backends.jwks()["keys"] if ctx.backends is not None else []),
+            *(ctx.smart.jwks()["keys"] if isinstance(ctx.smart, SmartClient) else [])]  # fmt: skip
+    return combined_jwks_of(keys)
+
+
+def combined_jwks_of(keys: list[dict[str, Any]]) -> dict[str, Any]:
+    """One JWKS, each `kid` once."""
+    unique: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        unique.setdefault(str(key.get("kid")), key)
+    return {"keys": list(unique.values())}
 
 
 @get("/healthz", sync_to_thread=False)
@@ -372,11 +436,16 @@ def create_app(
     smart_settings = SmartSettings.from_env(os.environ)
     registry = SiteRegistry.from_toml_dir(settings.sites_dir, default_redirect_uri=f"{settings.public_url}/callback")
     smart = smart or create_smart_client(smart_settings, registry=registry, http=http, store=SqlLaunchStore(store),
-                                         app_secret=settings.secret(), redis_url=settings.redis_url)  # fmt: skip
+                                         app_secret=settings.secret(), redis_url=settings.redis_url,
+                                         environ=os.environ)  # fmt: skip
     backend = create_backend_auth(smart_settings, smart_settings.backend_client_id, http=http)
+    # Each site's Backend Services registration, its key read now: a missing key stops the app with the reason.
+    discovery = smart.discovery if isinstance(smart, SmartClient) else None
+    backends = create_site_backends(smart_settings, http=http, registry=smart.registry, discovery=discovery,
+                                    environ=os.environ)  # fmt: skip
     origins = tuple(sorted({origin for site in smart.registry for origin in site.frame_ancestors}))
     capabilities = CapabilityService(store, settings.sites_dir)
-    ctx = AppContext(settings=settings, store=store, smart=smart, http=http, backend=backend,
+    ctx = AppContext(settings=settings, store=store, smart=smart, http=http, backend=backend, backends=backends,
                      view=PatientOutcomesView(store), capabilities=capabilities,
                      writeback=WritebackService(store, capabilities), secret=settings.secret(),
                      any_site_frame_ancestors=origins, banners={},

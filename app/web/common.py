@@ -20,7 +20,7 @@ from bff.clinical import PatientOutcomesView
 from bff.jobs.launch_read import LaunchReads
 from bff.jobs.queue import JobQueue
 from bff.settings import Settings
-from bff.smart import BackendAuth, LaunchContext, LaunchNotFoundError, SmartClient, TokenCipher
+from bff.smart import BackendAuth, LaunchContext, LaunchNotFoundError, SiteBackends, SmartClient, TokenCipher
 from bff.store.db import Store
 from bff.writeback import WritebackService
 from engine import ENGINE_VERSION
@@ -49,6 +49,7 @@ class AppContext:
     jobs: JobQueue | None = None  # where launch-time EHR reads are queued (bff.jobs)
     reads: LaunchReads | None = None  # what the view shows of them
     handle_cipher: TokenCipher | None = None  # seals a launch handle into a read job
+    backends: SiteBackends | None = None  # Backend Services per site (their keys are in the JWKS too)
 
 
 def context_of(request: Request[Any, Any, Any]) -> AppContext:

@@ -8,7 +8,9 @@
                                                          then answered with 286 (htmx stops polling)
 
 Each answers a fragment to htmx and a whole page otherwise (the same templates). Every request is checked
-against its launch like the patient view; the signer is the launch's fhirUser and the encounter the launch's.
+against its launch like the patient view; the signer is the launch's fhirUser and the encounter the launch's, or,
+at a site that looks it up (`encounter_policy = "open_visit_lookup"`), the patient's one open visit, searched with
+the clinician's token before the review and again before signing (`bff.encounters`).
 The review, the sign-off, its audit and the queue are `bff.writeback.WritebackService`'s.
 """
 
@@ -51,11 +53,13 @@ from bff.audit import audit
 from bff.broker.broker import Broker, launch_token_source, scopes_allow_create
 from bff.broker.plan import PlanError
 from bff.capabilities import CapabilityError
+from bff.encounters import VisitLookup, open_visit
 from bff.outbox import queue
 from bff.outbox.worker import OutboxWorker
 from bff.resources.load import NoReadingsError
-from bff.smart import LaunchContext
+from bff.smart import LaunchContext, SmartError
 from bff.store.outcomes import UnknownPatientError
+from bff.vendors import profile_for
 from bff.writeback import IntentView, Review, SignOffView, StaleReviewError
 from engine import ENGINE_VERSION
 
@@ -74,6 +78,7 @@ class Patient:
     handle: str
     launch: LaunchContext
     public_id: str | None  # the store's patient (None: no CGM data was ever ingested for them)
+    visit: VisitLookup | None = None  # the open visit looked up (open_visit_lookup, a launch without encounter)
 
     @property
     def site(self) -> str:
@@ -85,22 +90,45 @@ class Patient:
 
     @property
     def encounter(self) -> str | None:
-        """The launch's encounter as a reference ("Encounter/123"), as the plan files it."""
+        """The launch's encounter as a reference ("Encounter/123"), as the plan files it; else the open visit
+        looked up, if one was."""
         value = self.launch.encounter
         if not value:
-            return None
+            return self.visit.encounter if self.visit is not None else None
         parts = value.rstrip("/").split("/")
         return "/".join(parts[-2:]) if len(parts) >= 2 else f"Encounter/{value}"
+
+    @property
+    def visit_note(self) -> str | None:
+        return self.visit.reason if self.visit is not None else None
 
 
 async def _thread(fn: Callable[[], T]) -> T:
     return await anyio.to_thread.run_sync(fn)
 
 
-async def _patient(ctx: AppContext, handle: str, patient: str) -> Patient:
+async def _patient(ctx: AppContext, handle: str, patient: str, *, visit: bool = False) -> Patient:
+    """The launch's patient; with `visit`, their open visit too where the site looks it up."""
     found = await launch_for(ctx, handle, patient)
     public_id = await _thread(lambda: ctx.view.public_id(found.site_key, found.patient or ""))
-    return Patient(handle, found, public_id)
+    return Patient(handle, found, public_id, await _open_visit(ctx, handle, found) if visit else None)
+
+
+async def _open_visit(ctx: AppContext, handle: str, found: LaunchContext) -> VisitLookup | None:
+    """At a site whose encounter policy is open_visit_lookup, and a launch without an encounter: the lookup."""
+    if found.encounter or not found.patient:
+        return None
+    try:
+        caps = await _thread(lambda: ctx.capabilities.get(found.site_key))
+    except CapabilityError:
+        return None  # the review says why the site's settings cannot be used
+    if caps.write.encounter_policy != "open_visit_lookup":
+        return None
+    try:
+        token = await ctx.smart.access_token(handle)
+    except SmartError as exc:
+        return VisitLookup(None, f"the EHR token could not be renewed ({type(exc).__name__})")
+    return await open_visit(ctx.http, profile_for(caps), found.iss, token, found.patient)
 
 
 def _headers(p: Patient, **extra: str) -> dict[str, str]:
@@ -152,6 +180,7 @@ def _review_context(p: Patient, review: Review, days: int, note_unit: str, corre
         "entries": chart_entries(review.writes, content, review.tz),
         "signer": p.launch.fhir_user,
         "encounter": p.encounter,
+        "encounter_missing": p.launch.encounter_missing and p.encounter is None,
         "target_id": "correction-review" if correction else "send-to-chart",
     }
 
@@ -165,7 +194,7 @@ async def review_panel(
     correction: bool = False,
 ) -> Template:  # fmt: skip
     ctx = context_of(request)
-    p = await _patient(ctx, handle, patient)
+    p = await _patient(ctx, handle, patient, visit=True)
     days, chosen = check_days(days), check_unit(unit)
     if p.public_id is None:
         return _no_data(request, p)
@@ -177,7 +206,8 @@ async def review_panel(
         shown = days if held is None else round((held.window_end_ms - held.window_start_ms) / 86_400_000)
         record = held or ctx.writeback.record(p.site, public_id, shown)
         note_unit = display_unit(record.document, chosen)
-        review = ctx.writeback.review_record(p.site, record, encounter=p.encounter, note_unit=note_unit)
+        review = ctx.writeback.review_record(p.site, record, encounter=p.encounter, note_unit=note_unit,
+                                             visit_note=p.visit_note)  # fmt: skip
         return review, note_unit, shown
 
     try:
@@ -201,7 +231,7 @@ def _form_text(form: Any, name: str) -> str:
 @post("/v/{handle:str}/patients/{patient:str}/chart/signoffs")
 async def sign(request: Request[Any, Any, Any], handle: str, patient: str) -> Response[Any]:
     ctx = context_of(request)
-    p = await _patient(ctx, handle, patient)
+    p = await _patient(ctx, handle, patient, visit=True)
     form = await request.form()
     await require_csrf(ctx, request, form, handle, p.site, "chart/signoffs")
     digest = _form_text(form, "digest")
@@ -230,10 +260,12 @@ async def sign(request: Request[Any, Any, Any], handle: str, patient: str) -> Re
     def signed() -> SignOffView:
         if correction:
             return ctx.writeback.sign_correction(p.site, public_id, digest=digest, signer=signer,
-                                                 encounter=p.encounter, note_unit=note_unit, handle=handle)  # fmt: skip
+                                                 encounter=p.encounter, note_unit=note_unit, handle=handle,
+                                                 visit_note=p.visit_note)  # fmt: skip
         grace = _in_context_grace(p)
         return ctx.writeback.sign(p.site, public_id, digest=digest, signer=signer, days=days, encounter=p.encounter,
-                                  note_unit=note_unit, handle=handle, in_context_grace_s=grace)  # fmt: skip
+                                  note_unit=note_unit, handle=handle, in_context_grace_s=grace,
+                                  visit_note=p.visit_note)  # fmt: skip
 
     review_again = f"{p.base}chart/review?days={days}&unit={quote(note_unit)}" + ("&correction=1" if correction else "")
     try:

@@ -6,8 +6,10 @@
 FHIR writes go over HTTP with a SMART Backend Services system token for the site's FHIR base (`[smart] iss`,
 `token_endpoint` from its smart-configuration); HL7 v2 messages go over MLLP to `[hl7v2] host:port`. What a
 response *means* (confirmed, retry, unknown, failed) is decided by `bff.outbox.retry.classify`, not here.
-Vendor differences in *what* is sent live in `bff.broker.plan`; the transport is the same for every vendor, except
-the scopes a system token asks for (Epic: none, by registration; Oracle: each scope listed; others `system/*`).
+Vendor differences in *what* is sent live in `bff.broker.plan` (by the site's vendor profile, `bff.vendors`); the
+transport is the same for every vendor, except the scopes a system token asks for, which the profile gives (Epic:
+none, by registration; Oracle: each scope listed, SMART v1; others one per resource type, v2) unless the site's
+`[backend] scopes` lists them.
 """
 
 from __future__ import annotations
@@ -23,16 +25,13 @@ import httpx
 
 from bff.broker.guard import check
 from bff.broker.plan import PlannedWrite
-from bff.capabilities import SiteCapabilities, Vendor
+from bff.capabilities import SiteCapabilities
 from bff.hl7 import AckError, MllpClient, MllpConnectionError
+from bff.vendors import profile_for, system_scopes
 
 FHIR_JSON = "application/fhir+json"
-ORACLE_SCOPES = (
-    "system/Observation.read",
-    "system/Observation.write",
-    "system/DocumentReference.read",
-    "system/DocumentReference.write",
-)
+#: What an Oracle Health site that takes results and documents asks for (`scopes_for` computes each site's).
+ORACLE_SCOPES = system_scopes((), ("Observation", "DocumentReference"), "v1")
 
 
 class TokenSource(Protocol):
@@ -56,11 +55,8 @@ class SendResult:
 
 
 def scopes_for(caps: SiteCapabilities) -> tuple[str, ...]:
-    if caps.vendor is Vendor.EPIC:
-        return ()  # Epic grants by the APIs registered on the client
-    if caps.vendor is Vendor.ORACLE:
-        return ORACLE_SCOPES  # no wildcards at Oracle Health
-    return ("system/*.cruds",)
+    """The scopes a system token for this site asks for (`[backend] scopes`, else the vendor profile's)."""
+    return profile_for(caps).backend_scopes()
 
 
 def _json(response: httpx.Response) -> Any:

@@ -3,13 +3,17 @@
 The plan was made under the matrix of its day; the matrix may have changed since (an override, a degradation,
 a new file). Every item is checked again right before it is sent, and a write the site does not allow never
 reaches the transport: it is refused here with the reason (the outbox records it as failed, or deferred when
-the whole site is read-only).
+the whole site is read-only). What a vendor takes comes from its profile (`bff.vendors`: flowsheet rows only,
+transactions, `$submit-cgm-bundle`). Every FHIR resource that passes is then validated as FHIR of the site's
+release with fhir.resources (`bff.resources.structure`): an invalid one is refused here, not by the EHR.
 """
 
 from __future__ import annotations
 
 from bff.broker.plan import PlannedWrite
-from bff.capabilities import SiteCapabilities, Vendor, WriteChannel, WriteMode
+from bff.capabilities import SiteCapabilities, WriteChannel, WriteMode
+from bff.resources.structure import problems
+from bff.vendors import profile_for
 
 
 class WriteRefusedError(PermissionError):
@@ -43,22 +47,47 @@ def _bundle_types(write: PlannedWrite) -> list[tuple[str, set[str]]]:
     return out
 
 
+def _message_type(message: str | None) -> str:
+    """MSH-9's message code and trigger ("ORU^R01", "MDM^T02"), or ""."""
+    if not message or not message.startswith("MSH"):
+        return ""
+    fields = message.split("\r", 1)[0].split(message[3])
+    return "^".join(fields[8].split("^")[:2]) if len(fields) > 8 else ""
+
+
 def check(caps: SiteCapabilities, write: PlannedWrite) -> None:
-    """Raise WriteRefusedError unless the site's matrix allows exactly this request."""
+    """Raise WriteRefusedError unless the site's matrix allows exactly this request (and it is valid FHIR)."""
+    _check_allowed(caps, write)
+    if write.channel == "fhir" and write.body is not None:
+        found = problems(write.body, caps.fhir.version.value)
+        if found:
+            raise WriteRefusedError(
+                f"site {caps.key}: the {write.resource_type or 'request'} is not valid FHIR {caps.fhir.version.value}: "
+                + "; ".join(found[:5])
+            )
+
+
+def _check_allowed(caps: SiteCapabilities, write: PlannedWrite) -> None:
     mode = caps.write.mode
     site = caps.key
+    profile = profile_for(caps)
     if mode is WriteMode.READ_ONLY:
         raise WriteRefusedError(f"site {site} is read-only: nothing is written", read_only=True)
     if write.channel == "hl7v2":
         if caps.write.channel is not WriteChannel.HL7V2 and not (caps.hl7v2.host and caps.hl7v2.port):
             raise WriteRefusedError(f"site {site} has no HL7 v2 channel")
-        if write.kind != "hl7v2" or not write.message:
-            raise WriteRefusedError(f"site {site}: an HL7 v2 item must be an ORU^R01 message")
-        return
+        kind = _message_type(write.message)
+        if write.kind == "hl7v2" and kind == "ORU^R01":
+            return
+        if write.kind == "pdf" and kind == "MDM^T02":
+            if mode is not WriteMode.FULL or caps.write.pdf_path != "hl7_mdm":
+                raise WriteRefusedError(f"site {site} does not take the PDF as an MDM^T02 document")
+            return
+        raise WriteRefusedError(f"site {site}: an HL7 v2 item must be an ORU^R01 message (or the PDF as MDM^T02)")
     if caps.write.channel is not WriteChannel.FHIR:
         raise WriteRefusedError(f"site {site} takes no FHIR writes (write channel {caps.write.channel.value})")
     rtype = write.resource_type
-    flowsheet = write.kind == "flowsheet" or (caps.vendor is Vendor.EPIC and rtype == "Observation")
+    flowsheet = write.kind == "flowsheet" or (profile.writer.observations_are_flowsheet_rows and rtype == "Observation")
     if mode is WriteMode.FLOWSHEET_ONLY or flowsheet:
         if write.kind != "flowsheet" or rtype != "Observation":
             raise WriteRefusedError(f"site {site} takes flowsheet rows only, not {write.kind} ({rtype or 'nothing'})")
@@ -88,10 +117,9 @@ def check(caps: SiteCapabilities, write: PlannedWrite) -> None:
             )
         return
     if write.kind == "bundle":
-        receiver = caps.vendor is Vendor.CGM_IG_RECEIVER
-        if write.path == "$submit-cgm-bundle" and not receiver:
+        if write.path == "$submit-cgm-bundle" and not profile.writer.takes_submission:
             raise WriteRefusedError(f"site {site} is not a CGM IG receiver: no $submit-cgm-bundle")
-        if caps.vendor in (Vendor.EPIC, Vendor.ORACLE):
+        if write.path != "$submit-cgm-bundle" and not profile.writer.takes_transactions:
             raise WriteRefusedError(f"site {site} ({caps.vendor.value}) takes no transaction Bundles")
         for resource_type, cats in _bundle_types(write):
             if resource_type == "Observation" and cats != {wanted}:

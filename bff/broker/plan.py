@@ -5,21 +5,29 @@ outcome window becomes at one site; the clinician reviews and signs exactly that
 item as one write intent. Each item says how to find it again at the EHR (`readback`), for a write whose outcome
 is unknown.
 
-Vendor rules (ehr-realities.md §1.6–1.7, §2, §3, §5.2):
+The vendor's rules come from its profile (`bff.vendors`: `profile_for(caps)`); this module has one builder per
+shape of results (`ResultsShape`, ehr-realities.md §1.6–1.7, §2, §3, §5.2):
 
-- **Epic**: Observations only as flowsheet rows (category vital-signs, the site's row ids under its flowsheet
-  system, an open encounter, `effectiveDateTime`), one create per row, no conditional create, no transactions;
-  notes as text/plain DocumentReference. Read back by patient, row and instant.
-- **Oracle Health**: single Observations with exactly one category (the site's), `effectiveDateTime` only;
+- **flowsheet rows** (Epic): Observations only as flowsheet rows (category vital-signs, the site's row ids under
+  its flowsheet system, an open encounter, `effectiveDateTime`), one create per row, no conditional create, no
+  transactions; notes as text/plain DocumentReference. Read back by patient, row and instant.
+- **single Observations** (Oracle Health): exactly one category (the site's), `effectiveDateTime` only;
   identifiers are dropped on create, so read back by patient, code and instant; the PDF as a DocumentReference.
-- **generic SMART (R4/R5)**: one transaction Bundle with conditional creates on our business identifiers and a
-  Provenance (a resend creates nothing new); read back by identifier.
-- **CGM IG receiver**: `$submit-cgm-bundle` with the IG's data-submission Bundle; read back by identifier.
-- **HL7 v2** (channel hl7v2, or a PDF the site takes as ORU ED): one ORU^R01 over MLLP.
+- **transaction** (generic SMART R4/R5): one transaction Bundle with conditional creates on our business
+  identifiers and a Provenance (a resend creates nothing new); read back by identifier.
+- **CGM submission** (CGM IG receiver): `$submit-cgm-bundle` with the IG's data-submission Bundle.
+- **HL7 v2** (channel hl7v2, or a PDF the site takes over its interface): one ORU^R01 over MLLP; the PDF in it as
+  OBX ED (`pdf_path = "hl7_ed"`) or as its own MDM^T02 (`pdf_path = "hl7_mdm"`).
 
 Which items: `read_only` none; `flowsheet_only` the mapped flowsheet rows; `notes_only` the note;
-`observations` the results; `full` the results, the note (when the site names a note type, or is not Epic) and
-the PDF (when `pdf_path` says how). When FHIR and HL7 v2 could both carry an item, FHIR wins.
+`observations` the results; `full` the results, the note (when the site names a note type, or its vendor files
+notes without one) and the PDF (when `pdf_path` says how). When FHIR and HL7 v2 could both carry an item, FHIR
+wins.
+
+The encounter (`[write] encounter_policy`): `launch` files to the launch's encounter, required where the vendor
+files only to an open one (Epic); `open_visit_lookup` to the launch's encounter or else the patient's one open
+visit, looked up before planning (`bff.encounters`; none or several and the plan is refused, saying so);
+`hl7_creates` and `none` file no encounter (the interface makes one; the site takes none).
 """
 
 from __future__ import annotations
@@ -34,11 +42,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from bff.capabilities import FhirVersion, SiteCapabilities, Vendor, WriteChannel, WriteMode
+from bff.capabilities import FhirVersion, SiteCapabilities, WriteChannel, WriteMode
+from bff.hl7.mdm import build_mdm
 from bff.hl7.oru import build_oru
 from bff.resources import fhir
 from bff.resources.note import outcome_note
 from bff.resources.record import IDENTIFIER_SYSTEM, OutcomeRecord
+from bff.vendors import ResultsShape, profile_for
 from engine import isoformat_local
 from engine.catalogue import (
     CATALOGUE,
@@ -79,6 +89,7 @@ class WriteContext:
     note_unit: str = "mg/dL"
     signer: str | None = None  # the clinician as the EHR names them ("Dana Smith, MD"), shown in the note
     pdf: bytes | None = None  # the AGP report, when the site takes one
+    visit_note: str | None = None  # why no open visit was found (open_visit_lookup), for the refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +189,16 @@ def _patient(record: OutcomeRecord) -> str:
 
 
 def _encounter(caps: SiteCapabilities, context: WriteContext) -> str | None:
-    needed = caps.write.encounter_policy == "launch" and caps.vendor is Vendor.EPIC
-    if needed and not context.encounter:
+    policy = caps.write.encounter_policy
+    if policy in ("hl7_creates", "none"):
+        return None
+    if policy == "open_visit_lookup" and not context.encounter:
+        why = context.visit_note or "no open visit of the patient was looked up for this plan"
+        raise PlanError(
+            f"site {caps.key} files results to the patient's open visit: {why}. Launch the app from the visit "
+            "to file to, or ask the site to change its encounter policy"
+        )
+    if profile_for(caps).writer.encounter_required and not context.encounter:
         raise PlanError(
             f"site {caps.key} files results only to an open encounter: launch the app from an open encounter "
             "(this launch has none), or ask the site to change its encounter policy"
@@ -272,8 +291,9 @@ def _flowsheet(caps: SiteCapabilities, record: OutcomeRecord, context: WriteCont
 # --- Oracle: single Observations ------------------------------------------------------------------------------
 
 
-def _single_observations(caps: SiteCapabilities, record: OutcomeRecord) -> list[PlannedWrite]:
+def _single_observations(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> list[PlannedWrite]:
     patient = _patient(record)
+    encounter = _encounter(caps, context)
     instant = _instant(record)
     category = caps.write.observation_category
     out: list[PlannedWrite] = []
@@ -294,6 +314,8 @@ def _single_observations(caps: SiteCapabilities, record: OutcomeRecord) -> list[
             "effectiveDateTime": instant,
             "valueQuantity": _quantity(m, value, unit),
         }  # fmt: skip
+        if encounter:
+            body["encounter"] = {"reference": encounter}
         out.append(
             PlannedWrite(
                 kind="observations", channel="fhir", method="POST", path="Observation", metrics=(key,),
@@ -335,8 +357,9 @@ def _drop_dangling(node: Any, kept: set[str]) -> None:
 
 def _bundle(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> PlannedWrite:
     _patient(record)
+    encounter = _encounter(caps, context)
     version = _fhir_version(caps)
-    receiver = caps.vendor is Vendor.CGM_IG_RECEIVER
+    receiver = profile_for(caps).results is ResultsShape.CGM_SUBMISSION
     pdf = context.pdf if caps.write.mode is WriteMode.FULL else None
     bundle = fhir.outcome_bundle(record, version=version, pdf=pdf, ig_submission=receiver, include_raw=not receiver)
     # The Organization is left out (many EHRs take no Organization from an app; the Provenance names the engine).
@@ -362,6 +385,8 @@ def _bundle(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext
         resource = entry["resource"]
         if resource["resourceType"] == "Observation":
             resource["category"] = _category(caps.write.observation_category)
+        if encounter and resource["resourceType"] in ("Observation", "DiagnosticReport"):
+            resource["encounter"] = {"reference": encounter}
     summary_id = record.identifier_value("summary")
     tir = CATALOGUE["tir"]
     in_range = filed(tir, record.metrics)
@@ -426,13 +451,20 @@ def _pdf(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -
     )  # fmt: skip
 
 
+def _sending(caps: SiteCapabilities) -> tuple[str, str]:
+    return ("GLUCOBRIDGE", caps.hl7v2.sending_facility or "GLUCOBRIDGE")
+
+
+def _receiving(caps: SiteCapabilities) -> tuple[str, str]:
+    return (caps.hl7v2.receiving_application, caps.hl7v2.receiving_facility)
+
+
 def _oru(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext, *, with_pdf: bool) -> PlannedWrite:
     h = caps.hl7v2
     try:
         oru = build_oru(
             record, version=h.version, row_ids=dict(caps.write.flowsheet_rows) or None,
-            pdf=context.pdf if with_pdf else None, sending=("GLUCOBRIDGE", h.sending_facility or "GLUCOBRIDGE"),
-            receiving=(h.receiving_application, h.receiving_facility),
+            pdf=context.pdf if with_pdf else None, sending=_sending(caps), receiving=_receiving(caps),
         )  # fmt: skip
     except ValueError as exc:
         raise PlanError(f"the ORU^R01 cannot be built: {exc}") from None
@@ -443,15 +475,48 @@ def _oru(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext, *
     )  # fmt: skip
 
 
+def _mdm(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> PlannedWrite:
+    """The AGP report as its own document: MDM^T02 over the site's HL7 v2 interface (`pdf_path = "hl7_mdm"`)."""
+    h = caps.hl7v2
+    if context.pdf is None:
+        raise PlanError("the AGP report PDF was not rendered for this plan")
+    try:
+        mdm = build_mdm(record, context.pdf, version=h.version, document_type=caps.write.note_type or "CGM-AGP",
+                        sending=_sending(caps), receiving=_receiving(caps))  # fmt: skip
+    except ValueError as exc:
+        raise PlanError(f"the MDM^T02 cannot be built: {exc}") from None
+    return PlannedWrite(
+        kind="pdf", channel="hl7v2", method="SEND", path="", metrics=("pdf",),
+        summary=f"HL7 v2 MDM^T02 {mdm.control_id}: AGP report (PDF, {len(context.pdf):,} bytes) to {h.host}:{h.port}",
+        message=mdm.text,
+    )  # fmt: skip
+
+
 # --- the plan -------------------------------------------------------------------------------------------------
 
 
-def _results(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> list[PlannedWrite]:
-    if caps.vendor is Vendor.EPIC:
-        return _flowsheet(caps, record, context)
-    if caps.vendor is Vendor.ORACLE:
-        return _single_observations(caps, record)
+def _bundle_results(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> list[PlannedWrite]:
     return [_bundle(caps, record, context)]
+
+
+#: One builder per shape of results (`bff.vendors.ResultsShape`; HL7 v2 is planned by channel, below).
+RESULTS = {
+    ResultsShape.FLOWSHEET_ROWS: _flowsheet,
+    ResultsShape.SINGLE_OBSERVATIONS: _single_observations,
+    ResultsShape.TRANSACTION: _bundle_results,
+    ResultsShape.CGM_SUBMISSION: _bundle_results,
+}
+
+
+def _hl7_plan(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> list[PlannedWrite]:
+    mode, pdf_path = caps.write.mode, caps.write.pdf_path
+    if mode is WriteMode.NOTES_ONLY:
+        raise PlanError(f"site {caps.key} takes notes only, and notes over HL7 v2 (MDM) are not built yet")
+    full = mode is WriteMode.FULL
+    out = [_oru(caps, record, context, with_pdf=full and pdf_path == "hl7_ed")]
+    if full and pdf_path == "hl7_mdm":
+        out.append(_mdm(caps, record, context))
+    return out
 
 
 def plan_writes(caps: SiteCapabilities, record: OutcomeRecord, context: WriteContext) -> list[PlannedWrite]:
@@ -472,21 +537,22 @@ def plan_writes(caps: SiteCapabilities, record: OutcomeRecord, context: WriteCon
             "time_zone (sites/*.toml) or the patient's zone (glucobridge patient set … --tz), then review again"
         )
     if caps.write.channel is WriteChannel.HL7V2:
-        if mode is WriteMode.NOTES_ONLY:
-            raise PlanError(f"site {caps.key} takes notes only, and notes over HL7 v2 (MDM) are not built yet")
-        return [_oru(caps, record, context, with_pdf=mode is WriteMode.FULL and caps.write.pdf_path == "hl7_ed")]
+        return _hl7_plan(caps, record, context)
     if mode is WriteMode.FLOWSHEET_ONLY:
         return _flowsheet(caps, record, context)
     if mode is WriteMode.NOTES_ONLY:
         return [_note(caps, record, context)]
-    out = _results(caps, record, context)
+    site = profile_for(caps)
+    out = RESULTS[site.results](caps, record, context)
     if mode is WriteMode.FULL:
-        if caps.vendor is not Vendor.EPIC or caps.write.note_type:
+        if not site.writer.note_needs_type or caps.write.note_type:
             out.append(_note(caps, record, context))
         if caps.write.pdf_path == "cerner_docref" and context.pdf is not None:
             out.append(_pdf(caps, record, context))
-        elif caps.write.pdf_path in ("hl7_ed", "hl7_mdm") and caps.hl7v2.host and context.pdf is not None:
+        elif caps.write.pdf_path == "hl7_ed" and context.pdf is not None:
             out.append(_oru(caps, record, context, with_pdf=True))  # FHIR cannot carry it here: HL7 v2 can
+        elif caps.write.pdf_path == "hl7_mdm" and context.pdf is not None:
+            out.append(_mdm(caps, record, context))
     return out
 
 

@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 
 import httpx
 
-from bff.capabilities import CapabilityService, SiteCapabilities
+from bff.capabilities import CapabilityService
 from bff.jobs.bulk_job import bulk_starter
 from bff.jobs.queue import JobQueue
-from bff.jobs.seams import BulkStarter, CgmSearch, generic_cgm_search
+from bff.jobs.seams import BulkStarter, CgmSearchRule, vendor_cgm_search
 from bff.settings import Settings
 from bff.smart import SiteRegistry, SmartClient, SmartSettings, SqlLaunchStore, TokenCipher, create_smart_client
 from bff.store.db import Store
@@ -40,7 +40,7 @@ class JobContext:
     http: httpx.AsyncClient
     smart: SmartClient
     cipher: TokenCipher  # seals launch handles inside job payloads (the SMART client's token cipher)
-    cgm_search: Callable[[SiteCapabilities], CgmSearch] = generic_cgm_search
+    cgm_search: CgmSearchRule = vendor_cgm_search
     bulk: BulkStarter | None = None
     read_budget_s: float = READ_BUDGET_S
     clock: Callable[[], datetime] = field(default=utcnow)

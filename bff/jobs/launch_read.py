@@ -44,6 +44,7 @@ from bff.ingest.registry import parser_for
 from bff.jobs.context import JobContext
 from bff.jobs.queue import JobQueue
 from bff.jobs.requests import fhir_reference, read_request, recompute_request
+from bff.jobs.seams import PAGE_SIZE
 from bff.smart import LaunchNotFoundError, SmartError, TokenCipher, TokenCipherError
 from bff.store.db import Store
 from bff.store.ingest import Ingestor, IngestReport
@@ -330,18 +331,16 @@ async def _read(ctx: JobContext, site: str, patient: str, handle: str, since: in
         caps = await anyio.to_thread.run_sync(lambda: ctx.capabilities.get(site))
     except CapabilityError as exc:
         raise ReadFailedError(f"the site's matrix cannot be used: {exc}") from None
-    search = ctx.cgm_search(caps)
     base = launch.iss.rstrip("/")
     reference = fhir_reference(patient)
-    url: str = f"{base}/Observation"
+    since_at = datetime.fromtimestamp(since / 1000, UTC)
+    searches = ctx.cgm_search(caps, reference, since_at)  # the vendor profile's, for this site (bff/vendors)
+    if len(searches) != 1:
+        raise ReadFailedError(f"the site's profile asks for {len(searches)} searches: one is read at launch")
+    (search,) = searches
+    url: str = f"{base}/{search.resource_type}"
     params: httpx.QueryParams | None = httpx.QueryParams(
-        [
-            ("patient", reference.removeprefix("Patient/")),
-            ("code", ",".join(search.codes)),
-            ("date", f"gt{_iso(since)}"),
-            *([("_sort", "date")] if search.sort_by_date else []),
-            ("_count", str(search.page_size)),
-        ]
+        [*search.params, ("_sort", "date"), ("_count", str(PAGE_SIZE))]  # oldest first: a stop leaves no gap
     )
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
     ingestor = Ingestor(ctx.store)

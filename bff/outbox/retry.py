@@ -5,6 +5,10 @@ forms), and from one reference server as absolute epoch seconds: all three are p
 
 A create whose outcome is unknown (a timeout, a 5xx, a connection lost after the request went out) is never
 retried blindly: it must be reconciled by reading back first (ehr-realities §1.8, §6.6).
+
+Vendor habits are the site's retry quirks (`[launch] quirks`, defaults from its vendor profile, `bff.vendors`):
+`dedupe_59189` (Epic: 400 "Reading already exists" is confirmed) and `required_field_500` (Oracle Health: a 500
+with an OperationOutcome `required` is a refusal, not an unknown outcome).
 """
 
 from __future__ import annotations
@@ -12,15 +16,19 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
 
+from bff.vendors import answer_is_duplicate, answer_is_refusal
+
 # A number this large is a moment (epoch seconds, 2001-09-09 onwards), not a delay of 31 years.
 EPOCH_THRESHOLD = 1e9
 EPIC_DUPLICATE_CODE = "59189"  # Epic: the reading already exists (a duplicate of an earlier create)
+#: The quirks `classify` applies when the caller does not say (the rule before sites had quirks: 59189 anywhere).
+LEGACY_QUIRKS = frozenset({"dedupe_59189"})
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
@@ -57,36 +65,31 @@ def parse_retry_after(value: str | None, now: datetime, *, minimum_s: float, max
     return min(maximum_s, max(minimum_s, delay))
 
 
-def _is_epic_duplicate(body: Mapping[str, Any] | None) -> bool:
-    if not isinstance(body, Mapping) or body.get("resourceType", "OperationOutcome") != "OperationOutcome":
-        return False
-    issues = body.get("issue")
-    if not isinstance(issues, list):
-        return False
-    for issue in issues:
-        details = issue.get("details") if isinstance(issue, Mapping) else None
-        codings = details.get("coding") if isinstance(details, Mapping) else None
-        if isinstance(codings, list) and any(
-            isinstance(c, Mapping) and str(c.get("code", "")) == EPIC_DUPLICATE_CODE for c in codings
-        ):
-            return True
-    return False
-
-
-def classify(status: int | None, *, sent: bool, error: str | None, body: Mapping[str, Any] | None) -> Outcome:
+def classify(
+    status: int | None,
+    *,
+    sent: bool,
+    error: str | None,
+    body: Mapping[str, Any] | None,
+    quirks: Collection[str] | None = None,
+) -> Outcome:
     """The outcome of one write attempt.
 
     `status` is the HTTP status when a response arrived (else None); `sent` whether the request may have reached
     the server (False only for failures before any byte went out: DNS, connection refused, TLS handshake);
-    `error` the transport error, if any; `body` the parsed response body, if JSON.
+    `error` the transport error, if any; `body` the parsed response body, if JSON; `quirks` the site's
+    (`profile_for(caps).quirks`; None: `LEGACY_QUIRKS`).
     """
+    quirks = LEGACY_QUIRKS if quirks is None else quirks
     if status is None:
         # No response: safe to resend only if the request never left; otherwise it may have been applied.
         return Outcome.UNKNOWN if sent else Outcome.RETRY
     if 200 <= status < 300:
         return Outcome.CONFIRMED
-    if status == 400 and _is_epic_duplicate(body):
+    if answer_is_duplicate(quirks, status, body):
         return Outcome.CONFIRMED
+    if answer_is_refusal(quirks, status, body):
+        return Outcome.FAILED
     if status in (429, 503):
         return Outcome.RETRY
     if status >= 500:

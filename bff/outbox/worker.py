@@ -45,6 +45,7 @@ from bff.outbox.retry import Outcome, backoff_s, classify, degrades_site, parse_
 from bff.outbox.throttle import Breakers, Bucket, TokenBucket, make_bucket
 from bff.store.db import Store
 from bff.store.models import WriteIntent
+from bff.vendors import profile_for
 from bff.writeback import WritebackService
 
 log = logging.getLogger("glucobridge.outbox")
@@ -262,7 +263,8 @@ class OutboxWorker:
             return None
         run.sent += 1
         run.statuses.append(result.status)
-        outcome = classify(result.status, sent=result.sent, error=result.error, body=result.body)
+        outcome = classify(result.status, sent=result.sent, error=result.error, body=result.body,
+                           quirks=profile_for(caps).quirks)  # fmt: skip
         breaker = self.breakers[caps.key]
         if degrades_site(result.status) and in_context:
             # The clinician's token may not write here; that says nothing about the site: the worker sends it.

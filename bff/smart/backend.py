@@ -16,20 +16,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, RSAKey
 
 from bff.smart.clock import Clock, utc_now
-from bff.smart.crypto import random_token
 from bff.smart.discovery import Discovery
 from bff.smart.errors import BackendAuthError, DiscoveryError, SmartConfigError
 from bff.smart.locks import KeyedLocks
+from bff.smart.oauth import (
+    ALGORITHMS,
+    ASSERTION_TYPE,
+    MAX_ASSERTION_LIFETIME_S,
+    AssertionSigner,
+    ClientAuthentication,
+)
 from bff.smart.tokens import request_token
-
-ALGORITHMS = ("RS384", "ES384")
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-MAX_ASSERTION_LIFETIME_S = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,29 +38,11 @@ class _CachedToken:
     expires_at: datetime
 
 
-def _load_key(pem: str | bytes, alg: str, kid: str) -> RSAKey | ECKey:
-    try:
-        if alg == "RS384":
-            rsa = RSAKey.import_key(pem, parameters={"kid": kid})
-            if not rsa.is_private:
-                raise SmartConfigError("the Backend Services key must be a private key")
-            if rsa.raw_value.key_size < 2048:
-                raise SmartConfigError("an RS384 key must have at least 2048 bits")
-            return rsa
-        ec = ECKey.import_key(pem, parameters={"kid": kid})
-    except (JoseError, ValueError, TypeError) as exc:
-        raise SmartConfigError(
-            f"the Backend Services key cannot be read as a {alg} key: {type(exc).__name__}"
-        ) from None
-    if not ec.is_private:
-        raise SmartConfigError("the Backend Services key must be a private key")
-    if ec.curve_name != "P-384":
-        raise SmartConfigError(f"an ES384 key must be on curve P-384, not {ec.curve_name}")
-    return ec
-
-
 class BackendAuth:
-    """Client assertions and cached system tokens for one client id."""
+    """Client assertions and cached system tokens for one client id (and key).
+
+    `token_endpoint` overrides the one smart-configuration names (a site whose Backend Services go to another
+    URL); `expected_lifetime_s` is the token lifetime assumed when a token response has no `expires_in`."""
 
     def __init__(
         self,
@@ -77,72 +58,65 @@ class BackendAuth:
         backdate_s: int = 30,
         assertion_lifetime_s: int = 240,
         refresh_leeway_s: float = 60,
+        token_endpoint: str | None = None,
+        expected_lifetime_s: int = MAX_ASSERTION_LIFETIME_S,
     ) -> None:
         if alg not in ALGORITHMS:
             raise SmartConfigError(f"Backend Services alg must be one of {', '.join(ALGORITHMS)}, got {alg!r}")
         if not client_id or not kid:
             raise SmartConfigError("Backend Services needs a client id and a key id (kid)")
-        if backdate_s < 0 or assertion_lifetime_s <= 0 or backdate_s + assertion_lifetime_s > MAX_ASSERTION_LIFETIME_S:
-            raise SmartConfigError("the assertion must live at most 5 minutes from its iat")
         self.client_id = client_id
         self.kid = kid
         self.alg = alg
-        self._key = _load_key(private_key, alg, kid)
+        self.token_endpoint = token_endpoint or None
+        self._signer = AssertionSigner(
+            private_key, kid, alg, jku=jku, clock=clock, backdate_s=backdate_s, lifetime_s=assertion_lifetime_s
+        )
+        self._client = ClientAuthentication(client_id, "private_key_jwt", signer=self._signer)
         self._http = http
         self._discovery = discovery or Discovery(http, clock=clock)
         self._clock = clock
-        self._jku = jku
-        self._backdate = backdate_s
-        self._lifetime = assertion_lifetime_s
         self._leeway_s = refresh_leeway_s
+        self._expected_lifetime_s = expected_lifetime_s
         self._tokens: dict[tuple[str, str], _CachedToken] = {}
         self._locks = KeyedLocks()
 
     def assertion(self, token_endpoint: str) -> str:
         """A signed client assertion for `token_endpoint` (exactly the URL from smart-configuration)."""
-        now = int(self._clock().timestamp())
-        header: dict[str, Any] = {"alg": self.alg, "kid": self.kid, "typ": "JWT"}
-        if self._jku:
-            header["jku"] = self._jku
-        claims = {
-            "iss": self.client_id,
-            "sub": self.client_id,
-            "aud": token_endpoint,
-            "jti": random_token(),
-            "iat": now - self._backdate,
-            "exp": now + self._lifetime,
-        }
-        return jwt.encode(header, claims, self._key, algorithms=[self.alg])
+        return self._signer.sign(self.client_id, token_endpoint)
+
+    async def endpoint(self, iss: str) -> str:
+        """The token endpoint for the FHIR server `iss`: the override, else smart-configuration's."""
+        overrides = {"token_endpoint": self.token_endpoint} if self.token_endpoint else None
+        try:
+            config = await self._discovery.configuration(iss, overrides=overrides)
+            config.require_backend()
+        except DiscoveryError as exc:
+            error = BackendAuthError(f"cannot get a system token: {exc}")
+            error.site_key = exc.site_key
+            raise error from exc
+        return self.token_endpoint or config.token_endpoint
 
     async def token(self, iss: str, scopes: Sequence[str] = ()) -> str:
         """A system access token for the FHIR server `iss` (cached until shortly before it expires).
 
         `scopes` may be empty: Epic grants by the APIs registered on the client and needs none; Oracle Health
-        needs `system/...` scopes listed one by one.
+        needs `system/...` scopes listed one by one (`bff.vendors` gives each site's).
         """
-        try:
-            config = await self._discovery.configuration(iss)
-            config.require_grant("client_credentials")
-        except DiscoveryError as exc:
-            raise BackendAuthError(f"cannot get a system token: {exc}") from exc
+        token_endpoint = await self.endpoint(iss)
         scope = " ".join(scopes)
-        key = (config.token_endpoint, scope)
+        key = (token_endpoint, scope)
         cached = self._tokens.get(key)
         if cached is not None and self._fresh(cached):
             return cached.access_token
-        async with self._locks.hold(f"{config.token_endpoint} {scope}"):
+        async with self._locks.hold(f"{token_endpoint} {scope}"):
             cached = self._tokens.get(key)
             if cached is not None and self._fresh(cached):
                 return cached.access_token
-            form = {
-                "grant_type": "client_credentials",
-                "client_assertion_type": ASSERTION_TYPE,
-                "client_assertion": self.assertion(config.token_endpoint),
-                **({"scope": scope} if scope else {}),
-            }
-            answer = await request_token(self._http, config.token_endpoint, form, BackendAuthError)
+            form = {"grant_type": "client_credentials", **({"scope": scope} if scope else {})}
+            answer = await request_token(self._http, token_endpoint, form, BackendAuthError, auth=self._client)
             now = self._clock()
-            lifetime = timedelta(seconds=answer.expires_in or MAX_ASSERTION_LIFETIME_S)
+            lifetime = timedelta(seconds=answer.expires_in or self._expected_lifetime_s)
             self._tokens[key] = _CachedToken(answer.access_token, now, now + lifetime)
             return answer.access_token
 
@@ -152,9 +126,7 @@ class BackendAuth:
 
     def jwks(self) -> dict[str, list[dict[str, Any]]]:
         """The public JWKS with this key (`kid`, `alg`, `use`), to serve at `/.well-known/jwks.json`."""
-        public = dict(self._key.as_dict(private=False))
-        public.update({"kid": self.kid, "alg": self.alg, "use": "sig"})
-        return {"keys": [public]}
+        return {"keys": [self._signer.public_jwk()]}
 
     def _fresh(self, cached: _CachedToken) -> bool:
         """Backend tokens can live under 5 minutes: the margin is the leeway or half the lifetime."""
@@ -172,4 +144,4 @@ def combined_jwks(*auths: BackendAuth) -> dict[str, list[dict[str, Any]]]:
     return {"keys": list(keys.values())}
 
 
-__all__ = ["ALGORITHMS", "BackendAuth", "combined_jwks"]
+__all__ = ["ALGORITHMS", "ASSERTION_TYPE", "BackendAuth", "combined_jwks"]

@@ -7,11 +7,14 @@
 | `SMART_PRELOGIN_TTL_S` | `600` | how long a sign-in may take between the redirect and the callback |
 | `SMART_LAUNCH_TTL_S` | `43200` | the longest a launch lives (with a refresh token; without, its access token's life) |
 | `SMART_REFRESH_LEEWAY_S` | `60` | refresh an access token when it has less than this left |
-| `SMART_BACKEND_CLIENT_ID` | `glucobridge-backend` | the client id registered for Backend Services (system tokens) |
-| `SMART_BACKEND_KEY_FILE` | unset | PEM private key for Backend Services assertions (RS384: RSA ≥ 2048; ES384: P-384) |
+| `SMART_BACKEND_CLIENT_ID` | `glucobridge-backend` | the Backend Services client id (sites without their own) |
+| `SMART_BACKEND_KEY_FILE` | unset | PEM key for Backend Services assertions (RS384: RSA ≥ 2048; ES384: P-384) |
 | `SMART_BACKEND_KID` | unset | its key id (JWT header and JWKS) |
 | `SMART_BACKEND_ALG` | `ES384` | `RS384` or `ES384` |
 | `SMART_BACKEND_JKU` | unset | the JWKS URL registered with the EHR, sent as the `jku` header when set |
+
+Per site, `sites/*.toml` may name its own client id, client authentication and keys (`[smart]`, `[backend]`;
+`bff.sitefile`); secrets and keys are read at start-up from the environment variables or files the sites name.
 
 `REDIS_URL` (shared settings) switches the refresh lock to Redis, for several workers.
 """
@@ -26,6 +29,7 @@ import httpx
 
 from bff.settings import SettingsError
 from bff.smart.backend import ALGORITHMS, BackendAuth
+from bff.smart.backends import SiteBackends
 from bff.smart.clock import Clock, utc_now
 from bff.smart.crypto import FernetCipher, TokenCipher
 from bff.smart.discovery import Discovery
@@ -97,20 +101,40 @@ def create_smart_client(
     redis_url: str | None = None,
     lock: RefreshLock | None = None,
     clock: Clock = utc_now,
+    discovery: Discovery | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> SmartClient:
-    """A SmartClient wired from settings: one Discovery, the cipher, and a Redis lock when Redis is configured."""
+    """A SmartClient wired from settings: one Discovery, the cipher, and a Redis lock when Redis is configured.
+    Reads each site's client secret or key (from the environment variable or file its `[smart]` names)."""
     return SmartClient(
         registry,
         http,
         store,
         settings.cipher(app_secret),
         clock,
-        discovery=Discovery(http, ttl_s=settings.discovery_ttl_s, clock=clock),
+        discovery=discovery or Discovery(http, ttl_s=settings.discovery_ttl_s, clock=clock),
         lock=lock or make_refresh_lock(redis_url),
         prelogin_ttl_s=settings.prelogin_ttl_s,
         launch_ttl_s=settings.launch_ttl_s,
         refresh_leeway_s=settings.refresh_leeway_s,
+        environ=environ,
     )
+
+
+def create_site_backends(
+    settings: SmartSettings,
+    *,
+    http: httpx.AsyncClient,
+    registry: SiteRegistry | None = None,
+    discovery: Discovery | None = None,
+    environ: Mapping[str, str] | None = None,
+    clock: Clock = utc_now,
+) -> SiteBackends:
+    """Backend Services per site (`bff.smart.backends`); with a registry, every site's key is read now."""
+    backends = SiteBackends(settings, http=http, discovery=discovery, environ=environ, clock=clock)
+    if registry is not None:
+        backends.preload((site.key, site.backend, site.expected_token_lifetime_s) for site in registry)
+    return backends
 
 
 def create_backend_auth(
@@ -139,4 +163,4 @@ def create_backend_auth(
     )
 
 
-__all__ = ["SmartSettings", "create_backend_auth", "create_smart_client"]
+__all__ = ["SmartSettings", "create_backend_auth", "create_site_backends", "create_smart_client"]

@@ -1,11 +1,18 @@
 """SMART discovery: `{iss}/.well-known/smart-configuration`, validated and cached, and the JWKS it points to.
 
-Endpoints are always taken from this document, never built by hand: servers put their token endpoint on other
-hosts and paths, and Backend Services compare the assertion's `aud` with it as a string. A server that offers the
-authorization code grant (user launches) must offer PKCE S256, else its document is refused (Epic supports no
-`plain`; SMART v2 requires S256); a server with Backend Services only (`client_credentials`) needs neither PKCE
-nor an authorization endpoint. Successful answers are cached per `iss`
-(TTL, default 1 h), concurrent first fetches of one `iss` share one request, and failures are never cached.
+Endpoints are taken from this document (or from the site's file, `[smart] authorization_endpoint` and
+`token_endpoint`, which override it), never built by hand: servers put their token endpoint on other hosts and
+paths, and Backend Services compare the assertion's `aud` with it as a string.
+
+The document is read tolerantly: what is malformed (a relative or plain-http endpoint, a list that is not a list
+of strings) is an error, and so is a document without a `token_endpoint`; fields a flow does not need may be
+absent. Each flow then checks what it needs and names everything missing at once (`require_user_launch`,
+`require_backend`): a user launch needs an `authorization_endpoint`, the `authorization_code` grant (when the
+document lists grants), and PKCE S256 (when it lists methods; Epic has no `plain` and SMART v2 requires S256, which
+is always sent); Backend Services need the `client_credentials` grant (when listed). An absent
+`grant_types_supported` refuses no grant (servers that do only Backend Services often omit it). What was absent
+is kept in `missing` (shown on /admin). Successful answers are cached per `iss` (TTL, default 1 h), concurrent
+first fetches of one `iss` share one request, and failures are never cached.
 """
 
 from __future__ import annotations
@@ -31,10 +38,11 @@ DEFAULT_TTL_S = 3600.0
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
-def _strings(document: Mapping[str, Any], name: str) -> tuple[str, ...]:
+def _strings(document: Mapping[str, Any], name: str) -> tuple[str, ...] | None:
+    """A list of strings, or None when absent."""
     value = document.get(name)
     if value is None:
-        return ()
+        return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise DiscoveryError(f"smart-configuration: {name} must be a list of strings")
     return tuple(value)
@@ -54,9 +62,15 @@ def _endpoint(document: Mapping[str, Any], name: str, iss: str, *, required: boo
     return value
 
 
+#: Fields this client reads when present; their absence is recorded (`missing`), not an error by itself.
+OPTIONAL_FIELDS = ("authorization_endpoint", "jwks_uri", "issuer", "grant_types_supported",
+                   "code_challenge_methods_supported", "scopes_supported", "capabilities",
+                   "token_endpoint_auth_methods_supported")  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class SmartConfiguration:
-    """The parts of a smart-configuration document that this client relies on."""
+    """The parts of a smart-configuration document that this client relies on (lists None when absent)."""
 
     iss: str
     authorization_endpoint: str
@@ -69,39 +83,83 @@ class SmartConfiguration:
     capabilities: tuple[str, ...]
     token_endpoint_auth_methods_supported: tuple[str, ...]
     fetched_at: datetime
+    missing: tuple[str, ...] = ()  # optional fields the document did not have
+    overridden: tuple[str, ...] = ()  # endpoints the site's file set instead
 
     @classmethod
-    def parse(cls, iss: str, document: Any, *, fetched_at: datetime) -> SmartConfiguration:
-        """Validate a parsed document (pure). DiscoveryError names the first problem found."""
+    def parse(
+        cls, iss: str, document: Any, *, fetched_at: datetime, overrides: Mapping[str, str] | None = None
+    ) -> SmartConfiguration:
+        """Validate a parsed document (pure), with the site's endpoint `overrides` applied. DiscoveryError names
+        the first malformed value, or that the document (and the site) name no token endpoint. A document that
+        lists `authorization_code` must list PKCE S256."""
         if not isinstance(document, Mapping):
             raise DiscoveryError("smart-configuration is not a JSON object")
-        methods = _strings(document, "code_challenge_methods_supported")
-        # RFC 8414 §2: an absent grant_types_supported means ["authorization_code", "implicit"].
-        grants = _strings(document, "grant_types_supported") or ("authorization_code", "implicit")
-        user_launch = "authorization_code" in grants
-        if user_launch and "S256" not in methods:
-            raise DiscoveryError("smart-configuration does not offer PKCE S256 (code_challenge_methods_supported)")
-        issuer = document.get("issuer")
+        overrides = {k: v for k, v in (overrides or {}).items() if v}
+        merged = {**document, **overrides}
+        methods = _strings(merged, "code_challenge_methods_supported")
+        grants = _strings(merged, "grant_types_supported")
+        if grants is not None and "authorization_code" in grants and "S256" not in (methods or ()):
+            listed = f"lists {list(methods)}" if methods is not None else "is absent"
+            raise DiscoveryError(f"smart-configuration offers authorization_code but does not offer PKCE S256 "
+                                 f"(code_challenge_methods_supported {listed})")  # fmt: skip
+        issuer = merged.get("issuer")
         return cls(
             iss=iss,
-            authorization_endpoint=_endpoint(document, "authorization_endpoint", iss, required=user_launch) or "",
-            token_endpoint=_endpoint(document, "token_endpoint", iss, required=True) or "",
-            jwks_uri=_endpoint(document, "jwks_uri", iss, required=False),
+            authorization_endpoint=_endpoint(merged, "authorization_endpoint", iss, required=False) or "",
+            token_endpoint=_endpoint(merged, "token_endpoint", iss, required=True) or "",
+            jwks_uri=_endpoint(merged, "jwks_uri", iss, required=False),
             issuer=issuer if isinstance(issuer, str) and issuer else None,
-            grant_types_supported=grants,
-            code_challenge_methods_supported=methods,
-            scopes_supported=_strings(document, "scopes_supported"),
-            capabilities=_strings(document, "capabilities"),
-            token_endpoint_auth_methods_supported=_strings(document, "token_endpoint_auth_methods_supported"),
+            grant_types_supported=grants or (),
+            code_challenge_methods_supported=methods or (),
+            scopes_supported=_strings(merged, "scopes_supported") or (),
+            capabilities=_strings(merged, "capabilities") or (),
+            token_endpoint_auth_methods_supported=_strings(merged, "token_endpoint_auth_methods_supported") or (),
             fetched_at=fetched_at,
+            missing=tuple(name for name in OPTIONAL_FIELDS if merged.get(name) is None),
+            overridden=tuple(sorted(overrides)),
         )
 
     def supports_grant(self, grant_type: str) -> bool:
-        return grant_type in self.grant_types_supported
+        """Whether the grant may be used: listed, or the document lists no grants (the server will say)."""
+        return "grant_types_supported" in self.missing or grant_type in self.grant_types_supported
 
     def require_grant(self, grant_type: str) -> None:
         if not self.supports_grant(grant_type):
-            raise DiscoveryError(f"smart-configuration does not offer the {grant_type} grant")
+            raise DiscoveryError(
+                f"smart-configuration does not offer the {grant_type} grant "
+                f"(grant_types_supported lists {list(self.grant_types_supported)})"
+            )
+
+    def user_launch_problems(self) -> list[str]:
+        """Everything that stops a user launch here (empty: none)."""
+        problems = []
+        if not self.authorization_endpoint:
+            problems.append("it has no authorization_endpoint (nor does the site's [smart] authorization_endpoint)")
+        if not self.supports_grant("authorization_code"):
+            problems.append(f"grant_types_supported {list(self.grant_types_supported)} has no authorization_code")
+        methods = self.code_challenge_methods_supported
+        if "code_challenge_methods_supported" not in self.missing and "S256" not in methods:
+            problems.append(f"code_challenge_methods_supported {list(methods)} has no S256")
+        return problems
+
+    def require_user_launch(self) -> None:
+        problems = self.user_launch_problems()
+        if problems:
+            raise DiscoveryError(f"the smart-configuration of {self.iss} cannot be used for a user launch: "
+                                 + "; ".join(problems))  # fmt: skip
+
+    def require_backend(self) -> None:
+        if not self.supports_grant("client_credentials"):
+            raise DiscoveryError(
+                f"the smart-configuration of {self.iss} cannot be used for Backend Services: grant_types_supported "
+                f"{list(self.grant_types_supported)} has no client_credentials"
+            )
+
+    def offers_client_auth(self, method: str) -> bool:
+        """Whether the token endpoint says it takes this client authentication (or does not say)."""
+        listed = self.token_endpoint_auth_methods_supported
+        return "token_endpoint_auth_methods_supported" in self.missing or method in listed
 
 
 class Discovery:
@@ -111,24 +169,41 @@ class Discovery:
         self._http = http
         self._ttl = timedelta(seconds=ttl_s)
         self._clock = clock
-        self._configs: dict[str, SmartConfiguration] = {}
+        self._documents: dict[str, tuple[Any, datetime]] = {}
+        self._configs: dict[tuple[str, tuple[tuple[str, str], ...]], SmartConfiguration] = {}
         self._jwks: dict[str, tuple[KeySet, datetime]] = {}
         self._locks = KeyedLocks()
 
-    async def configuration(self, iss: str) -> SmartConfiguration:
-        """The validated configuration of `iss` (from the cache while it is younger than the TTL)."""
+    async def configuration(self, iss: str, *, overrides: Mapping[str, str] | None = None) -> SmartConfiguration:
+        """The validated configuration of `iss` (the document from the cache while it is younger than the TTL).
+        `overrides` (a site's endpoints) replace the document's for this caller only: the user launch and Backend
+        Services of one site may name different token endpoints, so the document is cached, and what each caller
+        makes of it beside it."""
         iss = fhir_base(iss)
-        cached = self._configs.get(iss)
-        if cached is not None and self._clock() - cached.fetched_at < self._ttl:
-            return cached
-        async with self._locks.hold("config:" + iss):
-            cached = self._configs.get(iss)
-            if cached is not None and self._clock() - cached.fetched_at < self._ttl:
-                return cached
-            document = await self._get_json(iss + WELL_KNOWN, "smart-configuration", DiscoveryError)
-            config = SmartConfiguration.parse(iss, document, fetched_at=self._clock())
-            self._configs[iss] = config
-            return config
+        url = iss + WELL_KNOWN
+        cached = self._documents.get(iss)
+        if cached is None or self._clock() - cached[1] >= self._ttl:
+            async with self._locks.hold("config:" + iss):
+                cached = self._documents.get(iss)
+                if cached is None or self._clock() - cached[1] >= self._ttl:
+                    document = await self._get_json(url, "smart-configuration", DiscoveryError)
+                    cached = (document, self._clock())
+                    self._parse(iss, url, document, cached[1], overrides)  # what cannot be used is not cached
+                    self._documents[iss] = cached
+        key = (iss, tuple(sorted((k, v) for k, v in (overrides or {}).items() if v)))
+        parsed = self._configs.get(key)
+        if parsed is None or parsed.fetched_at != cached[1]:
+            parsed = self._configs[key] = self._parse(iss, url, cached[0], cached[1], overrides)
+        return parsed
+
+    @staticmethod
+    def _parse(
+        iss: str, url: str, document: Any, fetched_at: datetime, overrides: Mapping[str, str] | None
+    ) -> SmartConfiguration:
+        try:
+            return SmartConfiguration.parse(iss, document, fetched_at=fetched_at, overrides=overrides)
+        except DiscoveryError as exc:
+            raise DiscoveryError(f"{exc} ({url})") from None
 
     async def jwks(self, jwks_uri: str, *, refresh: bool = False) -> KeySet:
         """The key set at `jwks_uri` (refetched when `refresh`, e.g. for a `kid` not seen before)."""
@@ -146,19 +221,19 @@ class Discovery:
 
     def forget(self, iss: str) -> None:
         """Drop the cached configuration of `iss` (the next call fetches it again)."""
-        self._configs.pop(fhir_base(iss), None)
+        self._documents.pop(fhir_base(iss), None)
 
     async def _get_json(self, url: str, what: str, error: Callable[[str], Exception]) -> Any:
         try:
             response = await self._http.get(url, headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:
-            raise error(f"{what} could not be fetched: {type(exc).__name__}") from exc
+            raise error(f"{what} could not be fetched: {type(exc).__name__} ({url})") from exc
         if response.status_code != 200:
-            raise error(f"{what} answered HTTP {response.status_code}")
+            raise error(f"{what} answered HTTP {response.status_code} ({url})")
         try:
             return response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise error(f"{what} is not JSON") from None
 
 
-__all__ = ["WELL_KNOWN", "Discovery", "SmartConfiguration"]
+__all__ = ["OPTIONAL_FIELDS", "WELL_KNOWN", "Discovery", "SmartConfiguration"]

@@ -4,9 +4,9 @@
     ├── SmartConfigError            a site file or a key that cannot be used (raised at start-up)
     ├── IssNotAllowedError          the launching `iss` is not on the allow-list: refuse, and audit it
     ├── LaunchRequestError          a launch request that cannot start (EHR launch without `launch`, ...)
-    ├── DiscoveryError              smart-configuration unreachable, malformed, or without PKCE S256
+    ├── DiscoveryError              smart-configuration unreachable or malformed, or missing what a flow needs
     ├── StateError                  the callback's `state` is unknown, expired or already used
-    ├── TokenEndpointError          the token endpoint refused or answered nonsense (`.error` is the OAuth code)
+    ├── TokenEndpointError          the token endpoint refused or answered nonsense (`.error`, `.description`)
     │   ├── TokenExchangeError      ... redeeming the authorization code
     │   ├── RefreshError            ... refreshing a launch's access token (or there is nothing to refresh with)
     │   └── BackendAuthError        ... the client_credentials grant of SMART Backend Services
@@ -22,7 +22,10 @@ from __future__ import annotations
 
 
 class SmartError(Exception):
-    """Base class of every error raised by `bff.smart`."""
+    """Base class of every error raised by `bff.smart`. `.site_key` names the site when it is known (the audit
+    records it, so that /admin shows the error under its site)."""
+
+    site_key: str | None = None
 
 
 class SmartConfigError(SmartError):
@@ -64,11 +67,17 @@ class TokenEndpointError(SmartError):
         description: str | None = None,
         status_code: int | None = None,
     ) -> None:
-        detail = f" ({error})" if error else ""
+        detail = f" ({error}: {_clip(description)})" if error and description else f" ({error})" if error else ""
         super().__init__(message + detail)
         self.error = error
         self.description = description
         self.status_code = status_code
+
+
+def _clip(text: str | None, limit: int = 300) -> str:
+    """A server's error_description, on one line and not too long (it ends up in logs and on /admin)."""
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 class TokenExchangeError(TokenEndpointError):

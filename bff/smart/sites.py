@@ -1,10 +1,14 @@
 """The EHR sites this app may be launched from: an allow-list keyed by `iss` (the FHIR base URL).
 
-One TOML file per site, `sites/<key>.toml`; the file name is the site key. SMART settings sit in a `[smart]`
-table so that the capability matrix can add its own tables beside it (tables other than `[smart]` are ignored
-here; unknown keys inside `[smart]` are an error, so that a typo does not silently fall back to a default):
+One TOML file per site, `sites/<key>.toml`; the file name is the site key. `bff.sitefile` reads it (the one
+reader of site files; its docstring lists the `[smart]` and `[backend]` keys): this module keeps what the SMART
+client needs, the `[smart]` table (client id, client authentication, endpoint overrides, scopes, frame
+ancestors), `[backend]`, and from the capability matrix `[fhir] iss_allow`, `[launch]`, `[rate_limit]
+refresh_min_interval_s` and `[token] expected_lifetime_s`. Tables it does not read are the matrix's
+(`bff.capabilities`, which refuses unknown ones); unknown keys inside `[smart]` are an error here, so that a typo
+does not silently fall back to a default.
 
-    vendor = "epic"                                   # epic | oracle | generic
+    vendor = "epic"                                   # epic | oracle | generic | cgm-ig-receiver | hl7v2
 
     [smart]
     iss = "https://ehr.example.org/api/FHIR/R4"       # the launch's iss must be exactly this (see normalise_iss)
@@ -12,61 +16,48 @@ here; unknown keys inside `[smart]` are an error, so that a typo does not silent
     redirect_uri = "https://cgm.example.org/callback" # optional when the loader is given a default
     scopes = ["launch", "openid", "fhirUser", "patient/Patient.read", "patient/Observation.read"]
     frame_ancestors = ["https://hyperdrive.example.org"]  # origins allowed to frame the app (CSP)
-    expected_token_lifetime_s = 3600                  # optional: Epic 3600, Oracle 570 by default
+    client_auth = "private_key_jwt"                   # none | client_secret_basic | client_secret_post | ...
 """
 
 from __future__ import annotations
 
-import re
-import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bff.sitefile import (
+    ORIGIN,
+    SITE_KEY,
+    BackendCaps,
+    ClientAuth,
+    SiteFileError,
+    fhir_base,
+    is_local,
+    load,
+    normalise_iss,
+    smart_view,
+    url_problem,
+)
 from bff.smart.errors import IssNotAllowedError, SmartConfigError
+from bff.vendors import Vendor
 
-VENDORS = ("epic", "oracle", "generic")
-DEFAULT_TOKEN_LIFETIME_S = {"epic": 3600, "oracle": 570, "generic": 3600}
-_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-_ORIGIN = re.compile(r"(https?)://(\*\.)?([A-Za-z0-9.-]+)(:\d{1,5})?")
-_LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
-_SMART_KEYS = frozenset({"iss", "client_id", "redirect_uri", "scopes", "frame_ancestors", "expected_token_lifetime_s"})
-
-
-def normalise_iss(iss: str) -> str:
-    """The only normalisation an `iss` gets before it is compared with a site's: surrounding whitespace is dropped.
-
-    The comparison is then exact, character for character: a trailing slash, the case of the scheme or host, a
-    default port or a percent-encoding all count. An EHR that launches with `https://ehr.example/fhir/` is refused
-    by a site whose file says `https://ehr.example/fhir` (and the other way round): the file must hold exactly
-    what the EHR sends."""
-    return iss.strip()
-
-
-def fhir_base(iss: str) -> str:
-    """The FHIR base URL named by an `iss`, without a trailing slash, for building URLs (`{base}/metadata`) and
-    caching what they answer. Never for deciding whether a launch is allowed: that is `SiteRegistry.for_iss`."""
-    return normalise_iss(iss).rstrip("/")
-
-
-def _is_local(host: str | None) -> bool:
-    return (host or "").lower() in _LOCAL_HOSTS
+VENDORS = tuple(v.value for v in Vendor)
 
 
 def _check_url(name: str, value: str) -> None:
-    """An absolute URL without a fragment; https, or http on a loopback host (the local sandbox EHR)."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("https", "http") or not parts.netloc or parts.fragment:
-        raise SmartConfigError(f"{name} must be an absolute http(s) URL without a fragment, got {value!r}")
-    if parts.scheme == "http" and not _is_local(parts.hostname):
-        raise SmartConfigError(f"{name} must use https (http only on localhost), got {value!r}")
+    problem = url_problem(value)
+    if problem:
+        raise SmartConfigError(f"{name} {problem}")
 
 
 @dataclass(frozen=True, slots=True)
 class SmartSite:
-    """One EHR site: where it launches from and how this app is registered there."""
+    """One EHR site: where it launches from and how this app is registered there.
+
+    Built from a site file by `site_from_mapping` (defaults from the vendor's profile); tests may build one
+    directly, when the launch quirks and intervals are none unless given."""
 
     key: str
     iss: str
@@ -77,9 +68,17 @@ class SmartSite:
     frame_ancestors: tuple[str, ...] = ()
     expected_token_lifetime_s: int = 3600
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    iss_allow: tuple[str, ...] = ()  # further iss values this site launches from ([fhir] iss_allow)
+    client_auth: ClientAuth = field(default_factory=ClientAuth)
+    authorization_endpoint: str = ""  # overrides discovery when set
+    token_endpoint: str = ""  # overrides discovery when set
+    quirks: frozenset[str] = frozenset()
+    encounter_expected: bool = False
+    refresh_min_interval_s: int = 0
+    backend: BackendCaps = field(default_factory=BackendCaps)
 
     def __post_init__(self) -> None:
-        if not _KEY.fullmatch(self.key):
+        if not SITE_KEY.fullmatch(self.key):
             raise SmartConfigError(f"site key {self.key!r} must be 1-64 of a-z, 0-9, '-' and '_'")
         object.__setattr__(self, "iss", normalise_iss(self.iss))
         _check_url(f"site {self.key}: iss", self.iss)
@@ -93,15 +92,24 @@ class SmartSite:
         if self.vendor not in VENDORS:
             raise SmartConfigError(f"site {self.key}: vendor must be one of {', '.join(VENDORS)}, got {self.vendor!r}")
         for origin in self.frame_ancestors:
-            match = _ORIGIN.fullmatch(origin)
+            match = ORIGIN.fullmatch(origin)
             if match is None:
                 raise SmartConfigError(
                     f"site {self.key}: frame_ancestors entries must be origins (scheme://host[:port]), got {origin!r}"
                 )
-            if match.group(1) == "http" and not _is_local(match.group(3)):
+            if match.group(1) == "http" and not is_local(match.group(3)):
                 raise SmartConfigError(f"site {self.key}: frame ancestor {origin!r} must use https")
         if self.expected_token_lifetime_s <= 0:
             raise SmartConfigError(f"site {self.key}: expected_token_lifetime_s must be positive")
+        for name in ("authorization_endpoint", "token_endpoint"):
+            value = getattr(self, name)
+            if value:
+                _check_url(f"site {self.key}: {name}", value)
+
+    @property
+    def issuers(self) -> tuple[str, ...]:
+        """Every iss the site launches from: its `iss`, then `[fhir] iss_allow`."""
+        return (self.iss, *self.iss_allow)
 
     def launch_scopes(self, *, standalone: bool) -> tuple[str, ...]:
         """The scopes to request: an EHR launch needs `launch`; a standalone launch asks for a patient instead."""
@@ -116,42 +124,30 @@ def site_from_mapping(
 ) -> SmartSite:
     """A site from the parsed contents of its TOML file (pure; `source` names the file in errors)."""
     where = source or f"site {key}"
-    smart = data.get("smart")
-    if not isinstance(smart, Mapping):
-        raise SmartConfigError(f"{where}: no [smart] table")
-    unknown = set(smart) - _SMART_KEYS
-    if unknown:
-        raise SmartConfigError(f"{where}: unknown keys in [smart]: {', '.join(sorted(unknown))}")
-    vendor = data.get("vendor", "generic")
-
-    def text(name: str, default: str | None = None) -> str:
-        value = smart.get(name, default)
-        if not isinstance(value, str) or not value:
-            raise SmartConfigError(f"{where}: smart.{name} must be a non-empty string")
-        return value
-
-    def words(name: str) -> tuple[str, ...]:
-        value = smart.get(name, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise SmartConfigError(f"{where}: smart.{name} must be a list of strings")
-        return tuple(value)
-
-    lifetime = smart.get("expected_token_lifetime_s", DEFAULT_TOKEN_LIFETIME_S.get(str(vendor), 3600))
-    if not isinstance(lifetime, int) or isinstance(lifetime, bool):
-        raise SmartConfigError(f"{where}: smart.expected_token_lifetime_s must be a whole number of seconds")
-    if not isinstance(vendor, str):
-        raise SmartConfigError(f"{where}: vendor must be a string")
+    try:
+        view = smart_view(data, where=where, default_redirect_uri=default_redirect_uri)
+    except SiteFileError as exc:
+        raise SmartConfigError(str(exc)) from None
+    smart = view.smart
     try:
         return SmartSite(
             key=key,
-            iss=text("iss"),
-            client_id=text("client_id"),
-            redirect_uri=text("redirect_uri", default_redirect_uri),
-            scopes=words("scopes"),
-            vendor=vendor,
-            frame_ancestors=words("frame_ancestors"),
-            expected_token_lifetime_s=lifetime,
-            extra={k: v for k, v in data.items() if k not in ("smart", "vendor")},
+            iss=smart.iss,
+            client_id=smart.client_id,
+            redirect_uri=smart.redirect_uri,
+            scopes=smart.scopes,
+            vendor=view.vendor.value,
+            frame_ancestors=smart.frame_ancestors,
+            expected_token_lifetime_s=view.expected_token_lifetime_s,
+            extra=view.extra,
+            iss_allow=view.fhir.iss_allow,
+            client_auth=smart.client_auth,
+            authorization_endpoint=smart.authorization_endpoint,
+            token_endpoint=smart.token_endpoint,
+            quirks=frozenset(view.launch.quirks),
+            encounter_expected=view.launch.encounter_expected,
+            refresh_min_interval_s=view.rate_limit.refresh_min_interval_s,
+            backend=view.backend,
         )
     except SmartConfigError as exc:
         raise SmartConfigError(f"{where}: {exc}") from None
@@ -167,20 +163,22 @@ class SiteRegistry:
         for site in sites:
             if site.key in self._by_key:
                 raise SmartConfigError(f"two sites have the key {site.key!r}")
-            if fhir_base(site.iss) in bases:  # the same server, perhaps spelled with and without a trailing slash
-                raise SmartConfigError(f"sites {bases[fhir_base(site.iss)].key} and {site.key} have the same iss")
             self._by_key[site.key] = site
-            self._by_iss[site.iss] = site
-            bases[fhir_base(site.iss)] = site
+            for iss in site.issuers:
+                # the same server, perhaps spelled with and without a trailing slash, may launch one site only
+                if fhir_base(iss) in bases and bases[fhir_base(iss)] is not site:
+                    raise SmartConfigError(f"sites {bases[fhir_base(iss)].key} and {site.key} have the same iss")
+                self._by_iss[iss] = site
+                bases[fhir_base(iss)] = site
 
     @classmethod
     def from_toml_files(cls, paths: Sequence[Path], *, default_redirect_uri: str | None = None) -> SiteRegistry:
         sites = []
         for path in paths:
             try:
-                data = tomllib.loads(path.read_text(encoding="utf-8"))
-            except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                raise SmartConfigError(f"{path}: cannot be read as TOML: {exc}") from None
+                data = load(path)
+            except SiteFileError as exc:
+                raise SmartConfigError(str(exc)) from None
             sites.append(
                 site_from_mapping(path.stem, data, source=str(path), default_redirect_uri=default_redirect_uri)
             )
@@ -194,7 +192,8 @@ class SiteRegistry:
         return cls.from_toml_files(paths, default_redirect_uri=default_redirect_uri)
 
     def for_iss(self, iss: str) -> SmartSite:
-        """The site launching from `iss`; IssNotAllowedError when it is not on the allow-list (exactly)."""
+        """The site launching from `iss` (its `iss` or one of `[fhir] iss_allow`); IssNotAllowedError when it is not
+        on the allow-list (exactly)."""
         site = self._by_iss.get(normalise_iss(iss)) if iss else None
         if site is None:
             raise IssNotAllowedError(iss)

@@ -20,6 +20,7 @@ from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
 
 from bff.smart.errors import IdTokenError, TokenEndpointError
+from bff.smart.oauth import ClientAuthentication
 from bff.smart.sites import fhir_base
 
 # Asymmetric only: never `none`, never HMAC with a key the server chose.
@@ -135,11 +136,25 @@ def oauth_error(body: bytes) -> tuple[str | None, str | None]:
 
 
 async def request_token(
-    http: httpx.AsyncClient, token_endpoint: str, form: Mapping[str, str], error: type[TokenEndpointError]
+    http: httpx.AsyncClient,
+    token_endpoint: str,
+    form: Mapping[str, str],
+    error: type[TokenEndpointError],
+    auth: ClientAuthentication | None = None,
 ) -> TokenResponse:
-    """POST a form to the token endpoint and parse the answer; `error` for every failure (never with secrets)."""
+    """POST a token request and parse the answer; `error` for every failure (never with secrets).
+
+    With `auth`, `form` holds the grant's parameters (`grant_type` first among them) and authlib adds the client's
+    authentication (`bff.smart.oauth.ClientAuthentication`); without, `form` is sent as it is. A refusal keeps the
+    server's `error` and `error_description` on the exception (`.error`, `.description`), for the audit.
+    """
     try:
-        response = await http.post(token_endpoint, data=dict(form), headers={"Accept": "application/json"})
+        if auth is not None:
+            params = dict(form)
+            url, headers, body = auth.token_request(token_endpoint, params.pop("grant_type"), **params)
+            response = await http.post(url, content=body.encode("ascii"), headers=headers)
+        else:
+            response = await http.post(token_endpoint, data=dict(form), headers={"Accept": "application/json"})
     except httpx.HTTPError as exc:
         raise error(f"the token endpoint could not be reached: {type(exc).__name__}: {exc}") from None
     if response.status_code != 200:
@@ -151,10 +166,10 @@ async def request_token(
             status_code=response.status_code,
         )
     try:
-        body = response.json()
+        body_json = response.json()
     except (ValueError, UnicodeDecodeError):
         raise error("the token endpoint did not answer JSON", status_code=response.status_code) from None
-    return parse_token_response(body, error)
+    return parse_token_response(body_json, error)
 
 
 def id_token_kid(id_token: str) -> str | None:

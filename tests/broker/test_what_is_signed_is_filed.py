@@ -28,8 +28,10 @@ PATHS = {
     "epic-flowsheet": ("epic-like", {}),
     "oracle-observations": ("oracle-like", {}),
     "cgm-ig-receiver": ("cgm-receiver", {}),
-    "generic-r4": ("cgm-receiver", {"fhir.cgm_ig_receiver": False}),
-    "generic-r5": ("cgm-receiver", {"fhir.cgm_ig_receiver": False, "fhir.version": "R5"}),
+    # The receiver's server as a generic SMART site (issue 12: cgm-receiver.toml says vendor = "cgm-ig-receiver",
+    # where it said vendor = "generic" plus [fhir] cgm_ig_receiver = true; the override follows).
+    "generic-r4": ("cgm-receiver", {"vendor": "generic"}),
+    "generic-r5": ("cgm-receiver", {"vendor": "generic", "fhir.version": "R5"}),
     "hl7v2": ("hl7-only", {}),
 }
 

@@ -47,13 +47,40 @@ def test_a_document_that_is_not_an_object_is_refused() -> None:
         parse(["not", "an", "object"])
 
 
-def test_grant_types_default_to_authorization_code(ehr: FakeEhr) -> None:
+def test_absent_grant_types_refuse_no_grant(ehr: FakeEhr) -> None:
+    """Issue 12 (this test used to assert RFC 8414's default, authorization_code only): a server that omits
+    grant_types_supported, often one doing Backend Services only, is neither assumed to do user launches alone nor
+    refused for PKCE; each flow is tried and the server answers. What was absent is recorded."""
     document = ehr.smart_configuration()
     del document["grant_types_supported"]
+    del document["code_challenge_methods_supported"]
     config = parse(document)
     config.require_grant("authorization_code")
-    with pytest.raises(DiscoveryError, match="client_credentials"):
-        config.require_grant("client_credentials")
+    config.require_grant("client_credentials")
+    config.require_backend()
+    config.require_user_launch()
+    assert {"grant_types_supported", "code_challenge_methods_supported"} <= set(config.missing)
+
+
+def test_what_a_user_launch_lacks_is_named_all_at_once(ehr: FakeEhr) -> None:
+    document = {k: v for k, v in ehr.smart_configuration().items() if k != "authorization_endpoint"}
+    document["grant_types_supported"] = ["client_credentials"]
+    config = parse(document)
+    config.require_backend()
+    with pytest.raises(DiscoveryError) as info:
+        config.require_user_launch()
+    assert "no authorization_endpoint" in str(info.value)
+    assert "has no authorization_code" in str(info.value)
+
+
+def test_the_site_may_override_the_endpoints(ehr: FakeEhr) -> None:
+    document = {k: v for k, v in ehr.smart_configuration().items() if k != "token_endpoint"}
+    with pytest.raises(DiscoveryError, match="no token_endpoint"):
+        parse(document)
+    other = "https://other.example.test/oauth2/token"
+    config = SmartConfiguration.parse(ISS, document, fetched_at=FakeClock()(), overrides={"token_endpoint": other})
+    assert config.token_endpoint == other
+    assert config.overridden == ("token_endpoint",)
 
 
 def test_the_configuration_is_cached_for_the_ttl(ehr: FakeEhr) -> None:
@@ -124,3 +151,19 @@ def test_a_backend_services_only_server_needs_no_pkce_nor_authorize_endpoint(ehr
     assert config.supports_grant("client_credentials")
     with pytest.raises(DiscoveryError, match="authorization_code"):
         config.require_grant("authorization_code")  # a user launch there is still refused, with the reason
+
+
+def test_overrides_apply_to_their_caller_only_and_the_document_is_fetched_once(ehr: FakeEhr) -> None:
+    """A site's user launch and its Backend Services may name different token endpoints (one iss, one cache)."""
+    backend_token = "https://auth.example.test/backend/token"
+
+    async def scenario() -> tuple[str, str, str]:
+        async with ehr.client() as http:
+            discovery = Discovery(http, clock=ehr.clock)
+            backend = await discovery.configuration(ISS, overrides={"token_endpoint": backend_token})
+            launch = await discovery.configuration(ISS)
+            again = await discovery.configuration(ISS, overrides={"token_endpoint": ""})
+            return backend.token_endpoint, launch.token_endpoint, again.token_endpoint
+
+    assert run(scenario()) == (backend_token, TOKEN_URL, TOKEN_URL)
+    assert len([r for r in ehr.requests if r.url.path.endswith("/smart-configuration")]) == 1
