@@ -719,7 +719,7 @@ def _bulk_max_concurrent(tmp_path: Path) -> None:
     with pytest.raises(CapabilityError, match="max_concurrent"):
         caps_of(changed(BULK, bulk__max_concurrent=0))
     # The slots it gives (a second job while one holds the only slot is refused): tests/bulk/test_cli_kill.py and
-    # tests/bulk/test_sandbox_export.py::test_*max_concurrent*.
+    # tests/bulk/test_sandbox_export.py::test_at_most_max_concurrent_jobs_per_site.
 
 
 @effect("bulk.poll_floor_s")
