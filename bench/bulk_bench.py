@@ -132,7 +132,8 @@ def client(base: str, folder: Path) -> dict[str, Any]:
     sites = folder / "sites"
     sites.mkdir()
     (sites / "bench.toml").write_text(f'version = 1\ntime_zone = "America/Chicago"\n[smart]\niss = "{base}/fhir"\n'
-                                      f'client_id = "bench"\n[bulk]\navailable = true\npoll_floor_s = 1\n')  # fmt: skip
+                                      f'client_id = "bench"\nscopes = ["launch", "patient/Observation.read"]\n'
+                                      f'[bulk]\navailable = true\npoll_floor_s = 1\n')  # fmt: skip
     store = Store(Settings(database_url=f"sqlite:///{folder / 'bench.db'}"))
 
     async def main() -> Any:
