@@ -172,7 +172,7 @@ def run(*, quick: bool = False, full: bool = False) -> None:
             server.server_close()
     if done.returncode:
         print(f"bulk: failed\n{done.stderr[-3000:]}")
-        return
+        raise SystemExit(1)  # a bench section that failed is never a figure
     m = json.loads(done.stdout.strip().splitlines()[-1])
     rows = [(f"{patients:,}", f"{readings:,}", m["state"], f"{m['added']:,}", f"{m['seconds']:.1f} s",
              f"{m['added'] / m['seconds']:,.0f}/s", f"{m['peak_rss_mb']:,.0f} MB")]  # fmt: skip
