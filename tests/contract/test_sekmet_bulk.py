@@ -76,7 +76,8 @@ def test_bulk_export_from_sekmet_fills_the_store_once(
             sites.mkdir()
             (sites / "sekmet.toml").write_text(
                 f'version = 1\nvendor = "generic"\ntime_zone = "America/Chicago"\n[smart]\niss = "{sekmet.base_url}"\n'
-                f'client_id = "gb"\nscopes = ["launch", "openid", "fhirUser", "patient/Observation.read"]\n[bulk]\navailable = true\ngroup_ids = ["{group}"]\npoll_floor_s = 1\n'
+                f'client_id = "gb"\nscopes = ["launch", "openid", "fhirUser", "patient/Observation.read"]\n'
+                f'[bulk]\navailable = true\ngroup_ids = ["{group}"]\npoll_floor_s = 1\n'
             )
             bulk = BulkClient(http, backend_token_source(auth), forget_token=auth.forget)
             events: list[str] = []
