@@ -468,7 +468,7 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
 
     n_used = np.bincount(p, minlength=n_b).astype(np.int64)
     seg = _Segments(n_used)  # the rows are grouped by patient: per-patient sums are segment reductions
-    all_whole = _all_whole(mg)
+    whole, is_whole, all_whole = _whole_values(mg)
     mean, sd, lbgi, hbgi = _statistics(seg, p, mg, n_used, all_whole)
 
     # Local days (§9, §10).
@@ -527,7 +527,7 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
         p, t, weight_ms, sh.has_window[pa:pb], w_start, w_end, policy.long_gap_min * MIN_MS, n_b
     )
     ev_p, ev_l, ev_s, ev_e = _events(p, t, weight_ms, interval, band, policy)
-    agp_n, agp = _agp(p, mg, local, n_b, policy)
+    agp_n, agp = _agp(p, mg, (whole, is_whole, all_whole), local, n_b, policy)
     offset = np.int32(pa)
     return _Part(
         per_patient={
@@ -714,7 +714,8 @@ def _gaps(
         parts_e.append(t[inner + 1])
         ends = t + weight_ms
         last_end = np.full(n_p, np.iinfo(np.int64).min, dtype=np.int64)
-        np.maximum.at(last_end, p, ends)
+        has = np.flatnonzero(n_used)
+        last_end[has] = np.maximum.reduceat(ends, firsts)  # the rows are grouped by patient
         with_data = np.flatnonzero(n_used > 0).astype(np.int32)
         tail = with_data[w_end[with_data] - last_end[with_data] >= long_gap_ms]
         parts_p.append(tail)
@@ -788,7 +789,14 @@ def _events(
     return ep[order], el[order], es[order], ee[order]
 
 
-def _agp(p: NDArray[np.int32], mg: F64, local: I64, n_p: int, policy: OutcomePolicy) -> tuple[I64, F64]:
+def _agp(
+    p: NDArray[np.int32],
+    mg: F64,
+    whole: tuple[I64, NDArray[np.bool_], bool],
+    local: I64,
+    n_p: int,
+    policy: OutcomePolicy,
+) -> tuple[I64, F64]:
     """§10 AGP percentiles per patient and local time-of-day bin (type 7), optionally 1-4-1 smoothed."""
     n_bins = 1440 // policy.agp_bin_min
     out = np.full((n_p * n_bins, len(PERCENTILES)), np.nan)
@@ -796,21 +804,21 @@ def _agp(p: NDArray[np.int32], mg: F64, local: I64, n_p: int, policy: OutcomePol
     if p.size:
         row = p.astype(np.int64) * n_bins + (local % DAY_MS) // (policy.agp_bin_min * MIN_MS)
         counts = np.bincount(row, minlength=n_p * n_bins).astype(np.int64)
-        _fill_percentiles(out, counts, row, mg)
+        _fill_percentiles(out, counts, row, mg, whole)
     agp = out.reshape(n_p, n_bins, len(PERCENTILES))
     if policy.agp_smoothing is Smoothing.ONE_FOUR_ONE:
         agp = _smooth_141(agp)
     return counts.reshape(n_p, n_bins), agp
 
 
-def _fill_percentiles(out: F64, counts: I64, row: I64, mg: F64) -> None:
+def _fill_percentiles(out: F64, counts: I64, row: I64, mg: F64, whole: tuple[I64, NDArray[np.bool_], bool]) -> None:
     """Exact type-7 percentiles per (patient, bin) row, by one integer sort of the whole block.
 
     Each value is replaced by its rank among the block's distinct values (`_value_ranks`), so sorting the keys
     `row × K + rank` orders every row at once; the order statistics are then read back as the values themselves,
     so the result is exactly that of sorting each row's values (ties are equal values, whatever their order).
     """
-    values, rank = _value_ranks(mg)
+    values, rank = _value_ranks(mg, *whole)
     k = values.shape[0]
     key = row * k + rank
     if counts.shape[0] * k <= 1 << 32:
@@ -833,31 +841,48 @@ def _fill_percentiles(out: F64, counts: I64, row: I64, mg: F64) -> None:
 _WHOLE_LIMIT = 1 << 16
 
 
-def _all_whole(mg: F64) -> bool:
-    """Whether every value is a whole number below _WHOLE_LIMIT (whole mg/dL): their sums are then exact."""
-    return bool((np.minimum(mg, _WHOLE_LIMIT).astype(np.int64) == mg).all())
+def _whole_values(mg: F64) -> tuple[I64, NDArray[np.bool_], bool]:
+    """Each value as a whole number (clipped to _WHOLE_LIMIT), whether it is that number, whether all are.
 
-
-def _value_ranks(mg: F64) -> tuple[F64, I64]:
-    """The distinct values in ascending order and each value's index among them.
-
-    Most values are whole mg/dL numbers: they are ranked by counting. The others (mmol/L conversions, fractions)
-    are sorted among themselves only, then merged; the ranks are exact for any finite values.
+    Sums of whole numbers are exact in any order; whole values are ranked by counting (`_value_ranks`).
     """
     whole = np.minimum(mg, _WHOLE_LIMIT).astype(np.int64)
     is_whole = whole == mg
-    if bool(is_whole.all()):
+    return whole, is_whole, bool(is_whole.all())
+
+
+def _value_ranks(mg: F64, whole: I64, is_whole: NDArray[np.bool_], all_whole: bool) -> tuple[F64, I64]:
+    """The distinct values in ascending order and each value's index among them.
+
+    Most values are whole mg/dL numbers: they are ranked by counting. The others (mmol/L conversions, fractions)
+    are ranked among themselves by a sort of those few, and each rank is shifted by the number of distinct values
+    of the other kind below it; the ranks are exact for any finite values.
+    """
+    if all_whole:
         present = np.bincount(whole) > 0
         values = np.flatnonzero(present).astype(np.float64)
         table = np.cumsum(present) - 1
         return values, table[whole]
     other = np.flatnonzero(~is_whole)
-    whole_values = np.flatnonzero(np.bincount(whole[is_whole], minlength=1) > 0)
-    values = np.sort(np.concatenate((whole_values.astype(np.float64), np.unique(mg[other]))))
-    table = np.zeros(int(whole_values[-1]) + 1 if whole_values.size else 1, dtype=np.int64)
-    table[whole_values] = np.searchsorted(values, whole_values.astype(np.float64))
-    rank = table[np.where(is_whole, whole, 0)]
-    rank[other] = np.searchsorted(values, mg[other])
+    other_values, other_rank = np.unique(mg[other], return_inverse=True)
+    size = int(whole.max()) + 1
+    present = np.bincount(whole[is_whole], minlength=size) > 0
+    whole_values = np.flatnonzero(present)
+    # A whole value's rank: whole values below it, plus values of the other kind below it.
+    table = np.zeros(size, dtype=np.int64)
+    table[whole_values] = np.arange(whole_values.size) + np.searchsorted(other_values, whole_values.astype(float))
+    rank = table[whole]
+    # Another value's rank: other values below it, plus whole values at or below its floor.
+    whole_at_or_below = np.cumsum(present, dtype=np.int64)
+
+    def below(v: F64) -> I64:
+        out: I64 = whole_at_or_below[np.minimum(np.floor(v), size - 1).astype(np.int64)]
+        return out
+
+    rank[other] = other_rank.reshape(-1) + below(mg[other])
+    values = np.empty(whole_values.size + other_values.size)
+    values[table[whole_values]] = whole_values
+    values[np.arange(other_values.size) + below(other_values)] = other_values
     return values, rank
 
 
