@@ -485,7 +485,10 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
         day_group = np.cumsum(day_starts) - 1
         day_patient, day_num = p[day_first], day_number[day_first]
     n_days = day_num.shape[0]
-    day_readings = np.bincount(day_group, minlength=n_days).astype(np.int64)
+    if day_first is None:
+        day_readings = np.bincount(day_group, minlength=n_days).astype(np.int64)
+    else:
+        day_readings = np.diff(np.append(day_first, day_number.shape[0]))
 
     # One weighted count per (local day, night/day, band, target class) gives the bands, the target classes and
     # the periods of the days and, summed over each patient's days, of the patients. The weights are whole
@@ -500,7 +503,8 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
     target_weight = by_class.sum(axis=(1, 2))
     period_weight = by_class.sum(axis=3)
     period_target_weight = by_class.sum(axis=2)
-    period_readings = np.bincount(p64 * 2 + period, minlength=n_b * 2).reshape(n_b, 2).astype(np.int64)
+    day_time_readings = seg.count(period)
+    period_readings = np.stack([n_used - day_time_readings, day_time_readings], axis=1)
 
     # Activity: union of [t, t + w) over all streams (§9).
     seg_base = p64 * _BIG - seg.spread(seg.firsts(t)) if p.size else p64
@@ -523,6 +527,7 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
     else:  # whole numbers: the sum is exact in any order
         day_mg = np.add.reduceat(mg, day_first) if n_days else np.zeros(0)
 
+    readings_mmol = seg.count(unit == GlucoseUnit.MMOL_L)
     gap_p, gap_s, gap_e = _gaps(
         p, t, weight_ms, sh.has_window[pa:pb], w_start, w_end, policy.long_gap_min * MIN_MS, n_b
     )
@@ -537,10 +542,10 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
             "period_target_weight": period_target_weight,
             "period_readings": period_readings,
             "readings_used": n_used,
-            "readings_mg_dl": np.bincount(p[unit == GlucoseUnit.MG_DL], minlength=n_b).astype(np.int64),
-            "readings_mmol_l": np.bincount(p[unit == GlucoseUnit.MMOL_L], minlength=n_b).astype(np.int64),
-            "sensor_low": np.bincount(p[flag == 1], minlength=n_b).astype(np.int64),
-            "sensor_high": np.bincount(p[flag == 2], minlength=n_b).astype(np.int64),
+            "readings_mg_dl": n_used - readings_mmol,
+            "readings_mmol_l": readings_mmol,
+            "sensor_low": seg.count(flag == 1),
+            "sensor_high": seg.count(flag == 2),
             "ambiguous": ambiguous,
             "excluded": excluded,
             "mean_mg_dl": mean,
@@ -632,6 +637,14 @@ class _Segments:
         out = np.zeros(self.lengths.shape[0], dtype=values.dtype)
         if self.nonempty.size:
             out[self.nonempty] = np.add.reduceat(values, self.starts)
+        return out
+
+    def count(self, mask: NDArray[np.bool_]) -> I64:
+        """How many rows of each segment are True."""
+        running = np.zeros(mask.shape[0] + 1, dtype=np.int64)
+        np.cumsum(mask, out=running[1:])
+        ends = np.cumsum(self.lengths)
+        out: I64 = running[ends] - running[ends - self.lengths]
         return out
 
     def firsts(self, values: NDArray[Any]) -> NDArray[Any]:
