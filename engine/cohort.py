@@ -482,7 +482,9 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
         day_patient, day_num = uniq[0].astype(np.int32), uniq[1]
     else:
         day_first = np.flatnonzero(day_starts)
-        day_group = np.cumsum(day_starts) - 1
+        day_group = np.empty(day_starts.shape[0], dtype=np.int64)
+        np.cumsum(day_starts, out=day_group)  # into an int64 array: many times faster than cumsum of a bool array
+        day_group -= 1
         day_patient, day_num = p[day_first], day_number[day_first]
     n_days = day_num.shape[0]
     if day_first is None:
@@ -641,10 +643,9 @@ class _Segments:
 
     def count(self, mask: NDArray[np.bool_]) -> I64:
         """How many rows of each segment are True."""
-        running = np.zeros(mask.shape[0] + 1, dtype=np.int64)
-        np.cumsum(mask, out=running[1:])
-        ends = np.cumsum(self.lengths)
-        out: I64 = running[ends] - running[ends - self.lengths]
+        out = np.zeros(self.lengths.shape[0], dtype=np.int64)
+        if self.nonempty.size:
+            out[self.nonempty] = np.add.reduceat(mask, self.starts, dtype=np.int64)
         return out
 
     def firsts(self, values: NDArray[Any]) -> NDArray[Any]:
