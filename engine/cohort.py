@@ -473,6 +473,7 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
 
     # Local days (§9, §10).
     day_number = local // DAY_MS
+    time_of_day = local - day_number * DAY_MS
     day_starts = _starts(p, day_number)
     day_first: I64 | None = None
     if day_number.size and not bool((np.diff(day_number)[~day_starts[1:]] >= 0).all()):
@@ -495,8 +496,8 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
     # One weighted count per (local day, night/day, band, target class) gives the bands, the target classes and
     # the periods of the days and, summed over each patient's days, of the patients. The weights are whole
     # numbers (ms, or 1 per reading), so these sums are exact in any order.
-    period = (local % DAY_MS) >= 6 * 60 * MIN_MS
-    cls = (period * N_BANDS + band) * 3 + target
+    period = time_of_day >= 6 * 60 * MIN_MS
+    cls = (period.view(np.int8) * np.int8(N_BANDS) + band) * np.int8(3) + target  # 0..29: int8 suffices
     by_day = np.bincount(day_group * 30 + cls, weights=weight, minlength=n_days * 30).astype(np.float64)
     by_day = by_day.reshape(n_days, 2, N_BANDS, 3)
     by_class = np.zeros((n_b, 2, N_BANDS, 3))
@@ -534,7 +535,7 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
         p, t, weight_ms, sh.has_window[pa:pb], w_start, w_end, policy.long_gap_min * MIN_MS, n_b
     )
     ev_p, ev_l, ev_s, ev_e = _events(p, t, weight_ms, interval, band, policy)
-    agp_n, agp = _agp(p, mg, (whole, is_whole, all_whole), local, n_b, policy)
+    agp_n, agp = _agp(p, mg, (whole, is_whole, all_whole), time_of_day, n_b, policy)
     offset = np.int32(pa)
     return _Part(
         per_patient={
@@ -758,7 +759,7 @@ def _events(
         rec_ms = policy.hypo_recovery_minutes * MIN_MS
         for level in (1, 2):
             # state 0: below the level's bound, 1: between (level 2 only: 54–69), 2: at or above 70.
-            state = np.minimum(band, 2) if level == 2 else np.where(band <= 1, 0, 2).astype(np.int8)
+            state = np.minimum(band, 2) if level == 2 else (band >= 2).view(np.int8) * np.int8(2)
             if not bool((state == 0).any()):
                 continue
             run_start = brk | _starts(state)
@@ -807,7 +808,7 @@ def _agp(
     p: NDArray[np.int32],
     mg: F64,
     whole: tuple[I64, NDArray[np.bool_], bool],
-    local: I64,
+    time_of_day: I64,
     n_p: int,
     policy: OutcomePolicy,
 ) -> tuple[I64, F64]:
@@ -816,7 +817,7 @@ def _agp(
     out = np.full((n_p * n_bins, len(PERCENTILES)), np.nan)
     counts = np.zeros(n_p * n_bins, dtype=np.int64)
     if p.size:
-        row = p.astype(np.int64) * n_bins + (local % DAY_MS) // (policy.agp_bin_min * MIN_MS)
+        row = p.astype(np.int64) * n_bins + time_of_day // (policy.agp_bin_min * MIN_MS)
         counts = np.bincount(row, minlength=n_p * n_bins).astype(np.int64)
         _fill_percentiles(out, counts, row, mg, whole)
     agp = out.reshape(n_p, n_bins, len(PERCENTILES))
