@@ -81,8 +81,16 @@ def utc_offsets_ms(zone: str, times_ms: NDArray[np.int64]) -> NDArray[np.int64]:
     transitions, offsets = _rules_for(zone, int(times_ms.min()), int(times_ms.max()))
     if offsets.size == 1:
         return np.full(times_ms.shape, offsets[0], dtype=np.int64)
-    index = np.searchsorted(transitions, times_ms, side="right") - 1
-    return offsets[index]
+    lo, hi = (np.searchsorted(transitions, [times_ms.min(), times_ms.max()], side="right") - 1).tolist()
+    if hi - lo > 4:
+        index = np.searchsorted(transitions, times_ms, side="right") - 1
+        out: NDArray[np.int64] = offsets[index]
+        return out
+    # A few transitions in the span (a DST change or two): one comparison per transition, no search per instant.
+    result = np.full(times_ms.shape, offsets[lo], dtype=np.int64)
+    for k in range(lo + 1, hi + 1):
+        result += (times_ms >= transitions[k]) * (offsets[k] - offsets[k - 1])
+    return result
 
 
 def span_offsets_ms(
