@@ -30,7 +30,8 @@ def test_the_view_reads_the_stored_outcome_and_shows_a_stale_one_with_its_age(st
     store = _store(stack)
     try:
         with store.transaction() as session:
-            pid = session.scalar(select(Patient.id).where(Patient.public_id == f"site:epic-like:fhir|Patient/{patient}"))
+            public_id = f"site:epic-like:fhir|Patient/{patient}"
+            pid = session.scalar(select(Patient.id).where(Patient.public_id == public_id))
             rows = session.scalars(select(StandardOutcome).where(StandardOutcome.patient_id == pid)).all()
             assert {r.days for r in rows} == {14, 30, 90}  # computed once at the first view, every period
             assert all(r.document is not None and r.digest for r in rows)
