@@ -73,8 +73,10 @@ def _load(store: Store, n: int, days: int) -> int:
                                 1.0 if unit == "mg/dL" else 18.0, int(cohort.flag[i]), "cgm", False, "fhir",
                                 int(cohort.source[i]), "", "", 1, now))  # fmt: skip
         for table_name in ("patients", "device_streams", "readings"):
-            cursor.execute(f"SELECT setval(pg_get_serial_sequence('{table_name}', 'id'), (SELECT max(id) FROM {table_name}))")
-        cursor.execute("ANALYZE")
+            cursor.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table_name}', 'id'), (SELECT max(id) FROM {table_name}))"
+            )
+        cursor.execute("ANALYZE patients, device_streams, readings")
         raw.commit()
     finally:
         raw.close()

@@ -226,13 +226,18 @@ def read(session: Session, patient: Patient, days: int) -> Materialized | None:
 # MARK: recomputing
 
 
-def claim(session: Session, owner: str, limit: int, *, now: datetime | None = None) -> list[int]:
-    """Claim up to `limit` stale rows nobody holds (or whose holder's lease ended). Returns their ids."""
+def claim(
+    session: Session, owner: str, limit: int, *, now: datetime | None = None, before: datetime | None = None
+) -> list[int]:
+    """Claim up to `limit` stale rows nobody holds (or whose holder's lease ended), stale since `before` at the
+    latest when given. Returns their ids."""
     now = now or datetime.now(UTC)
     claimable = and_(
         StandardOutcome.stale_since.is_not(None),
         or_(StandardOutcome.claim_expires_at.is_(None), StandardOutcome.claim_expires_at < now),
     )
+    if before is not None:
+        claimable = and_(claimable, StandardOutcome.stale_since <= before)
     query = select(StandardOutcome.id).where(claimable).order_by(StandardOutcome.stale_since).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
@@ -249,15 +254,18 @@ def claim(session: Session, owner: str, limit: int, *, now: datetime | None = No
 
 
 def refresh(store: Store, *, limit: int | None = None, chunk: int = CHUNK, owner: str | None = None) -> RefreshReport:
-    """Recompute stale standard outcomes, a chunk at a time, until none is left to claim (or `limit` rows)."""
+    """Recompute stale standard outcomes, a chunk at a time, until none is left to claim (or `limit` rows). Rows
+    that went stale after the call began are left for the next call, so readings arriving all the time cannot keep
+    one call going."""
     total = RefreshReport()
     owner_base = owner or worker_name()
+    began = datetime.now(UTC)
     while limit is None or total.claimed < limit:
         token = f"{owner_base}:{uuid.uuid4().hex[:8]}"[:64]
         claimed_at = datetime.now(UTC)
         size = chunk * len(STANDARD_DAYS) if limit is None else min(chunk * len(STANDARD_DAYS), limit - total.claimed)
         with store.transaction() as session:
-            ids = claim(session, token, size, now=claimed_at)
+            ids = claim(session, token, size, now=claimed_at, before=began)
         if not ids:
             break
         with store.transaction() as session:
