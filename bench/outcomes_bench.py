@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import statistics
 import time
 import uuid
@@ -181,8 +180,9 @@ def run(*, quick: bool = False, patients: int | None = None, backfill: bool = Fa
                     size += len(orjson.dumps(outcome_bundle(record, include_raw=False)))
                     exported += 1
         cpu = time.process_time() - cpu
+        each = f"{size / max(exported, 1) / 1024:,.0f} KiB each"
         rows.append(("export: FHIR Bundles from stored rows", f"{exported:,} windows", f"{cpu:.2f} s CPU",
-                     f"{exported / cpu:,.0f} windows/s/core", f"{size / max(exported, 1) / 1024:,.0f} KiB each", ""))  # fmt: skip
+                     f"{exported / cpu:,.0f} windows/s/core", each, ""))  # fmt: skip
         print(table(rows, ("measure", "n", "", "", "", "")))
         with store.transaction() as session:
             sizes = dict(session.execute(text(
