@@ -342,7 +342,7 @@ def _recompute(session: Session, ids: Sequence[int], token: str, claimed_at: dat
             update(StandardOutcome)
             .where(StandardOutcome.id == row.id, StandardOutcome.claimed_by == token)
             .values(version=new_version, policy_hash=policy.policy_hash, window_start_ms=start_ms,
-                    window_end_ms=end_ms, tz=patients[row.patient_id].tz, document=json.loads(canonical_json(document)),
+                    window_end_ms=end_ms, tz=patients[row.patient_id].tz, document=document,
                     digest=digest, engine_version=ENGINE_VERSION, readings_count=count, readings_max_id=max_id,
                     computed_at=now, claimed_by=None, claim_expires_at=None)
         )  # fmt: skip
@@ -414,33 +414,45 @@ def _load_table(session: Session, patients: Sequence[Patient], bounds: Mapping[i
         ).bindparams(bindparam("p", expanding=True))
         rows = list(session.execute(statement, {"p": with_window, "a": low, "b": high}).all())
     cols: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [()] * 11
+    patient_col = np.array(cols[0], dtype=np.int64)
     time_col = np.array(cols[2], dtype=np.int64)
     keep = np.ones(len(rows), dtype=np.bool_)
     if rows:  # each patient's own window
-        starts = np.array([bounds.get(p, (0, 0))[0] for p in cols[0]], dtype=np.int64)
-        ends = np.array([bounds.get(p, (0, 0))[1] for p in cols[0]], dtype=np.int64)
+        order = sorted(bounds)
+        lookup = np.searchsorted(np.array(order, dtype=np.int64), patient_col)
+        starts = np.array([bounds[p][0] for p in order], dtype=np.int64)[lookup]
+        ends = np.array([bounds[p][1] for p in order], dtype=np.int64)[lookup]
         keep = (time_col >= starts) & (time_col < ends)
-    picked = [int(i) for i in np.flatnonzero(keep)]
+    picked = np.flatnonzero(keep)
 
-    def col(k: int) -> list[Any]:
-        values = cols[k]
-        return [values[i] for i in picked]
+    def col(k: int, dtype: Any = None) -> Any:
+        return np.asarray(cols[k], dtype=dtype)[picked] if rows else np.zeros(0, dtype=dtype or object)
 
-    stream_ids = col(7)
-    stream_keys = sorted({(index[int(p)], int(s)) for p, s in zip(col(0), stream_ids, strict=True)})
-    code = {s: i for i, (_p, s) in enumerate(stream_keys)}
-    device_of = dict(zip(stream_ids, col(6), strict=True))
+    patient_rows = col(0, np.int64)
+    stream_ids = col(7, np.int64)
+    # The streams, by patient then id (as the single-patient path codes them).
+    stream_keys = sorted(
+        {(index[int(p)], int(s)) for p, s in zip(patient_rows.tolist(), stream_ids.tolist(), strict=True)}
+    )
+    device_of = {int(s): d for s, d in zip(cols[7], cols[6], strict=True)}
+    patient_code = np.array([index[p.id] for p in patients], dtype=np.int32)
+    patient_order = np.array([p.id for p in patients], dtype=np.int64)
+    sort = np.argsort(patient_order)
+    stream_order = np.array([s for _p, s in stream_keys], dtype=np.int64)
+    stream_sort = np.argsort(stream_order)
+    sessions = col(10, object)
+    units = col(4, object)
     return ReadingTable(
-        patient=np.array([index[int(p)] for p in col(0)], dtype=np.int32),
-        time_ms=time_col[np.array(picked, dtype=np.int64)],
-        value=np.array(col(3), dtype=np.float64),
-        unit=np.array([0 if u == "mg/dL" else 1 for u in col(4)], dtype=np.int8),
-        flag=np.array(col(5), dtype=np.int8),
-        stream=np.array([code[int(s)] for s in stream_ids], dtype=np.int32),
-        session_start_ms=np.array([NO_TIME if v is None else v for v in col(10)], dtype=np.int64),
-        source=np.array(col(8), dtype=np.int8),
-        received=np.array(col(1), dtype=np.int64),
-        ambiguous=np.array([bool(v) for v in col(9)], dtype=np.bool_),
+        patient=patient_code[sort][np.searchsorted(patient_order[sort], patient_rows)].astype(np.int32),
+        time_ms=time_col[picked],
+        value=col(3, np.float64),
+        unit=(units != "mg/dL").astype(np.int8),
+        flag=col(5, np.int8),
+        stream=stream_sort[np.searchsorted(stream_order[stream_sort], stream_ids)].astype(np.int32),
+        session_start_ms=np.array([NO_TIME if v is None else v for v in sessions], dtype=np.int64),
+        source=col(8, np.int8),
+        received=col(1, np.int64),
+        ambiguous=col(9, np.bool_),
         patient_ids=tuple(p.public_id for p in patients),
         zones=tuple(p.tz for p in patients),
         stream_patient=np.array([p for p, _s in stream_keys], dtype=np.int32),
