@@ -103,6 +103,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -537,6 +538,7 @@ class CapabilityService:
         self.store = store
         self.sites_dir = Path(sites_dir)
         self._files: dict[str, _Cached] = {}
+        self._effective: dict[str, tuple[tuple[int, str], SiteCapabilities]] = {}
         self._now = now or (lambda: datetime.now(UTC))
 
     def sites(self) -> list[str]:
@@ -565,7 +567,15 @@ class CapabilityService:
             return {row.path: row.value for row in rows}
 
     def get(self, site: str) -> SiteCapabilities:
-        return effective(site, self.file_data(site), self.overrides(site), source=str(self.path(site)))
+        """The effective matrix, parsed once per change of its file or its overrides (not per request)."""
+        data, overrides = self.file_data(site), self.overrides(site)
+        key = (self._files[site].mtime_ns, json.dumps(overrides, sort_keys=True, default=str))
+        cached = self._effective.get(site)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        caps = effective(site, data, overrides, source=str(self.path(site)))
+        self._effective[site] = (key, caps)
+        return caps
 
     def set(self, site: str, path: str, value: Any, *, who: str, reason: str) -> SiteCapabilities:
         """Validate the matrix with the change, then store and audit it (old and new value). `who` is a person's

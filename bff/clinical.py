@@ -1,21 +1,44 @@
-"""What the clinician view reads: the glucobridge patient behind an EHR patient, and their outcomes."""
+"""What the clinician view reads: the glucobridge patient behind an EHR patient, and their outcomes.
+
+The standard periods (14, 30, 90 days) are read from their materialized row (bff.store.windows): one row, no
+readings. A patient never computed is computed once now and stored; a stale row is shown as it is, with its age,
+while the recompute job writes the next one (`ShownOutcome.stale`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 
-from bff.store import zones
+from bff.store import windows, zones
 from bff.store.db import Store
 from bff.store.models import AuditEvent, Patient, PatientIdentifier
 from bff.store.outcomes import OutcomeService, UnknownPatientError
 from engine import WindowSpec
 
 
+@dataclass(frozen=True, slots=True)
+class ShownOutcome:
+    """The document a view shows, and how fresh it is: `computed_at` None means computed for this request."""
+
+    document: dict[str, Any]
+    digest: str
+    computed_at: datetime | None = None
+    stale_since: datetime | None = None
+    stale_reason: str | None = None
+    version: int = 0
+
+    @property
+    def stale(self) -> bool:
+        return self.stale_since is not None
+
+
 class PatientOutcomesView:
-    """Maps a site's FHIR patient to the store's patient and computes the view's document (nothing is saved)."""
+    """Maps a site's FHIR patient to the store's patient and reads the view's document (materialized, or computed
+    on request for a period that is not a standard one)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -89,7 +112,30 @@ class PatientOutcomesView:
             patient = session.scalar(select(Patient).where(Patient.public_id == public_id))
             return zones.Zone("UTC", "unknown") if patient is None else zones.Zone(patient.tz, patient.tz_source)
 
+    def outcome(self, public_id: str, days: int) -> ShownOutcome | None:
+        """The stored standard outcome of the patient (computed and stored now if it never was); another period is
+        computed on request. None: no such patient."""
+        if days not in windows.STANDARD_DAYS:
+            document = self.document(public_id, days)
+            return None if document is None else ShownOutcome(document, windows.document_digest(document))
+        for attempt in range(2):
+            with self.store.transaction() as session:
+                patient = session.scalar(select(Patient).where(Patient.public_id == public_id))
+                if patient is None:
+                    return None
+                row = windows.read(session, patient, days)
+                patient_id = patient.id
+            if row is not None:
+                return ShownOutcome(row.document, row.digest, row.computed_at, row.stale_since, row.stale_reason,
+                                    row.version)  # fmt: skip
+            if attempt == 0:
+                windows.refresh_patients(self.store, [patient_id])
+        # Another worker holds the claim of this first computation: computed for this request, not stored.
+        document = self.document(public_id, days)
+        return None if document is None else ShownOutcome(document, windows.document_digest(document))
+
     def document(self, public_id: str, days: int) -> dict[str, Any] | None:
+        """The view's document computed on request from the readings (nothing is saved)."""
         try:
             result = self.outcomes.compute(public_id, WindowSpec(days=days), save=False, include_traces=True)
         except UnknownPatientError:

@@ -20,6 +20,7 @@ from bff.hl7 import MllpLimits
 from bff.ingest.records import Feed, FeedFormatError, FeedItem, ParseOptions, Parser, reading_from_json
 from bff.ingest.registry import parser_for
 from bff.settings import get_settings
+from bff.store import windows
 from bff.store.db import Store, make_engine, upgrade
 from bff.store.ingest import READING_CONTEXT, IngestError, Ingestor
 from bff.store.mllp import MllpListener
@@ -203,6 +204,7 @@ def cmd_recompute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise BadInputError("say what to recompute: --stale")
     store = open_store()
     try:
+        found, standard = windows.sweep_and_refresh(store)
         results = OutcomeService(store).recompute_stale()
     finally:
         store.dispose()
@@ -215,6 +217,8 @@ def cmd_recompute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             f"version {row.version}\t{'new version' if result.created else 'unchanged'}\t{row.input_digest[:12]}\n"
         )
     out.write(f"{len(results)} stale outcome window(s) recomputed\n")
+    out.write(f"{standard.computed} standard outcome(s) recomputed ({standard.changed} changed; "
+              f"{found} patient(s) with readings no ingestion reported)\n")  # fmt: skip
     return 0
 
 

@@ -33,7 +33,7 @@ import hashlib
 import logging
 import os
 import traceback
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -53,6 +53,7 @@ from litestar.template.config import TemplateConfig
 
 from app.jobs import build_queue
 from app.web import admin, freshness, writeback
+from app.web.charts import chart_cache, charts_key, etag, matches
 from app.web.common import (
     AppContext,
     check_days,
@@ -65,16 +66,17 @@ from app.web.common import (
     require_csrf,
     wants_fragment,
 )
-from app.web.presenters import ZoneView, display_unit, summary_view
+from app.web.presenters import ZoneView, age_text, charts_of, display_unit, summary_view
 from app.web.security import csrf_token, security_headers
 from bff.admin import AdminAccounts, AdminSessions, LockoutPolicy
 from bff.audit import audit, audit_counted
 from bff.capabilities import CapabilityService
-from bff.clinical import PatientOutcomesView
+from bff.clinical import PatientOutcomesView, ShownOutcome
 from bff.ehr_read import patient_banner
 from bff.jobs.context import token_cipher
 from bff.jobs.launch_read import LaunchReads
 from bff.jobs.queue import JobQueue
+from bff.jobs.requests import recompute_request
 from bff.settings import ROOT, Settings, get_settings
 from bff.smart import (
     AuthorizeRedirect,
@@ -232,26 +234,43 @@ async def summary_context(
     ctx: AppContext, handle: str, found: LaunchContext, days: int, unit: str | None, page: int = 1,
     *, request_read: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
-    """What the summary shows; with `request_read` (the view opening) a launch-time EHR read is asked for first."""
+    """What the summary shows; with `request_read` (the view opening) a launch-time EHR read is asked for first.
+
+    The document is the stored outcome (`PatientOutcomesView.outcome`); a stale one is shown with its age while the
+    recompute job, asked for here, writes the next; its charts come from the chart cache by the outcome's digest."""
     banner = await _banner(ctx, handle, found)
     read_status = await freshness.launch_read_status(ctx, handle, found, request=request_read)
 
-    def compute() -> tuple[dict[str, Any] | None, ZoneView | None]:
+    def compute() -> tuple[ShownOutcome | None, ZoneView | None, dict[str, Any] | None, str]:
         public_id = ctx.view.public_id_for_launch(found.site_key, found.patient or "", banner)
         if public_id is None:
-            return None, None
+            return None, None, None, ""
         if banner:  # what the EHR says of the patient: names for the chart artefacts, and the zone (source ehr)
             ctx.view.remember(found.site_key, found.patient or "", banner)
         zone = ctx.view.zone(public_id)
-        return ctx.view.document(public_id, days), ZoneView(zone.name, zone.source)
+        shown_outcome = ctx.view.outcome(public_id, days)
+        if shown_outcome is None:
+            return None, ZoneView(zone.name, zone.source), None, ""
+        shown = display_unit(shown_outcome.document, unit)
+        key = charts_key(shown_outcome.digest, days, shown, page)
+        charts = ctx.charts.get(key) if ctx.charts is not None else None
+        if charts is None:
+            charts = charts_of(shown_outcome.document, days, shown, page)
+            if ctx.charts is not None:
+                ctx.charts.put(key, charts)
+        return shown_outcome, ZoneView(zone.name, zone.source), charts, key
 
-    document, zone = await anyio.to_thread.run_sync(compute)
-    document = document or {"metrics": {"readings_used": 0}}
+    outcome, zone, charts, key = await anyio.to_thread.run_sync(compute)
+    document = outcome.document if outcome is not None else {"metrics": {"readings_used": 0}}
+    if outcome is not None and outcome.stale and ctx.jobs is not None:
+        await ctx.jobs.enqueue(recompute_request())  # one key: every view of every stale outcome meets on it
     shown = display_unit(document, unit)
     unit_query = f"&unit={quote(unit)}" if unit else ""
     base = f"/v/{handle}/patients/{found.patient}/"
     return {
-        "summary": summary_view(document, days, shown, zone, page=page),
+        "summary": summary_view(document, days, shown, zone, page=page, charts=charts),
+        "outcome_freshness": outcome_freshness(outcome),
+        "charts_key": key,
         "unit_query": unit_query,
         "base": base,
         "ehr_read": freshness.read_view(read_status, zone.name if zone else str(document.get("tz") or "UTC")),
@@ -261,6 +280,20 @@ async def summary_context(
         "engine_version": ENGINE_VERSION,
         "method": "time",
     }
+
+
+def outcome_freshness(outcome: ShownOutcome | None, now: datetime | None = None) -> str:
+    """How fresh the shown outcome is, in words, when it is not (never silently stale)."""
+    if outcome is None or not outcome.stale or outcome.computed_at is None:
+        return ""
+    return (f"These outcomes were computed {age_text(outcome.computed_at, now or datetime.now(UTC))}; newer readings "
+            "are being computed and will show when you reload.")  # fmt: skip
+
+
+def _not_modified(request: Request[Any, Any, Any], tag: str, headers: dict[str, str]) -> Response[Any] | None:
+    if matches(request.headers.get("if-none-match"), tag):
+        return Response(b"", status_code=304, headers={**headers, "ETag": tag})
+    return None
 
 
 def _page(page: int) -> int:
@@ -301,14 +334,18 @@ async def patient_summary(
 @get("/v/{handle:str}/patients/{patient:str}/daily")
 async def patient_daily(
     request: HTMXRequest, handle: str, patient: str, days: int = 14, unit: str | None = None, page: int = 1
-) -> Template:
+) -> Response[Any]:
     """A page of the daily profiles: the fragment for htmx, the whole view at that page otherwise."""
     ctx = context_of(request)
     found = await launch_for(ctx, handle, patient)
     context = await summary_context(ctx, handle, found, check_days(days), check_unit(unit), _page(page))
     headers = {**headers_for(found.frame_ancestors), "Vary": "HX-Request"}
     if wants_fragment(request):
-        return Template("patient/_daily.html", context=context, headers=headers)
+        # The fragment is the daily charts of one outcome version and display choice, and its own links.
+        tag = etag("daily", context["charts_key"], context["base"], context["unit_query"])
+        return _not_modified(request, tag, headers) or Template(
+            "patient/_daily.html", context=context, headers={**headers, "ETag": tag}
+        )
     context.update(await _page_banner(ctx, handle, found))
     return Template("patient/view.html", context=context, headers=headers)
 
@@ -350,8 +387,11 @@ async def agp_api(request: Request[Any, Any, Any], handle: str, patient: str, da
     found = await launch_for(ctx, handle, patient)
     context = await summary_context(ctx, handle, found, check_days(days), None)
     summary = context["summary"]
-    return Response({"days": summary.days, "unit": summary.unit, "figure": summary.agp_figure},
-                    headers=headers_for(found.frame_ancestors))  # fmt: skip
+    headers = headers_for(found.frame_ancestors)
+    tag = etag("agp", context["charts_key"])
+    return _not_modified(request, tag, headers) or Response(
+        {"days": summary.days, "unit": summary.unit, "figure": summary.agp_figure}, headers={**headers, "ETag": tag}
+    )
 
 
 @get("/.well-known/jwks.json", media_type=MediaType.JSON, sync_to_thread=False)
@@ -452,7 +492,7 @@ def create_app(
                      admin_accounts=AdminAccounts(store, LockoutPolicy.from_settings(settings)),
                      admin_sessions=AdminSessions(store, idle=timedelta(minutes=settings.admin_session_idle_min)),
                      jobs=jobs or build_queue(settings, store), reads=LaunchReads(store),
-                     handle_cipher=token_cipher(settings),
+                     handle_cipher=token_cipher(settings), charts=chart_cache(settings.redis_url),
                      )  # fmt: skip
 
     async def start(app: Litestar) -> None:

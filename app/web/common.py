@@ -12,6 +12,7 @@ from litestar.exceptions import HTTPException
 from litestar.plugins.htmx import HTMXRequest
 from litestar.response import Template
 
+from app.web.charts import ChartCache
 from app.web.security import SECURITY_HEADERS, client_address, content_security_policy, csrf_ok
 from bff.admin import AdminAccounts, AdminSessions
 from bff.audit import audit
@@ -50,6 +51,7 @@ class AppContext:
     reads: LaunchReads | None = None  # what the view shows of them
     handle_cipher: TokenCipher | None = None  # seals a launch handle into a read job
     backends: SiteBackends | None = None  # Backend Services per site (their keys are in the JWKS too)
+    charts: ChartCache | None = None  # the view's charts by outcome digest (app.web.charts)
 
 
 def context_of(request: Request[Any, Any, Any]) -> AppContext:

@@ -546,10 +546,36 @@ def _events_tile(key: str, threshold_mg_dl: float, unit: str, metrics: Mapping[s
     return Tile(f"{label} {unit}", shown(m, metrics, none="0 events"), note="≥15 min each")
 
 
+def charts_of(document: Mapping[str, Any], days: int, unit: str, page: int = 1) -> dict[str, Any]:
+    """The view's charts and their text alternatives, as JSON: what is worth building once per outcome version
+    and display choice (app.web.charts caches it by the outcome's digest)."""
+    used = int(document.get("metrics", {}).get("readings_used") or 0)
+    if not used:
+        return {"agp_figure": None, "agp_hours": [], "daily": None}
+    daily = daily_page(document, days, unit, page)
+    return {
+        "agp_figure": agp_figure(document.get("agp", {}), unit, document),
+        "agp_hours": [dataclasses.asdict(h) for h in hourly_agp(document, unit)],
+        "daily": None if daily is None else dataclasses.asdict(daily),
+    }
+
+
+def _daily_from(data: Mapping[str, Any] | None) -> DailyPage | None:
+    if data is None:
+        return None
+    fields = dict(data)
+    fields["panels"] = [DayPanel(**p) for p in data["panels"]]
+    fields["hourly"] = [(str(h), list(v)) for h, v in data["hourly"]]
+    return DailyPage(**fields)
+
+
 def summary_view(document: Mapping[str, Any], days: int, unit: str, zone: ZoneView | None = None, *,
-                 page: int = 1, now: datetime | None = None) -> SummaryView:  # fmt: skip
+                 page: int = 1, now: datetime | None = None,
+                 charts: Mapping[str, Any] | None = None) -> SummaryView:  # fmt: skip
+    """What the summary shows; `charts` is `charts_of(document, days, unit, page)` when a cache has it."""
     metrics = document.get("metrics", {})
     used = int(metrics.get("readings_used") or 0)
+    charts = charts if charts is not None else charts_of(document, days, unit, page)
     dates = window_dates(document.get("window"))  # local dates; the window's end is exclusive
     period_text = f"{dates_text(dates[0], dates[-1])} ({len(dates)} days)" if dates else ""
     units = document.get("units", {})
@@ -569,7 +595,6 @@ def summary_view(document: Mapping[str, Any], days: int, unit: str, zone: ZoneVi
         _events_tile("hypo_events_l1", THRESHOLDS_MG_DL[1], unit, metrics),
         _events_tile("hypo_events_l2", THRESHOLDS_MG_DL[0], unit, metrics),
     ]  # fmt: skip
-    agp = document.get("agp", {})
     sufficient = bool(metrics.get("sufficient"))
     active = CATALOGUE["sensor_active"]
     sufficiency_text = (
@@ -580,7 +605,7 @@ def summary_view(document: Mapping[str, Any], days: int, unit: str, zone: ZoneVi
     last_text = ""
     if then is not None:
         last_text = f"{date_text(then.date())} {then:%H:%M}, {age_text(then, now or datetime.now(UTC))}"
-    hours = hourly_agp(document, unit) if used else []
+    hours = [HourRow(**h) for h in charts["agp_hours"]]
     if not used:
         announcement = f"No CGM data in the last {days} days."
     else:
@@ -596,7 +621,7 @@ def summary_view(document: Mapping[str, Any], days: int, unit: str, zone: ZoneVi
         tiles=tiles,
         unit=unit,
         unit_note=unit_note,
-        agp_figure=agp_figure(agp, unit, document) if used else None,
+        agp_figure=charts["agp_figure"],
         excluded_text=", ".join(f"{k.replace('_', ' ')} {v}" for k, v in excluded.items()) or "none",
         zone=zone or ZoneView(str(document.get("tz") or "UTC")),
         period_text=period_text,
@@ -604,7 +629,7 @@ def summary_view(document: Mapping[str, Any], days: int, unit: str, zone: ZoneVi
         last_reading_text=last_text,
         agp_hours=hours,
         agp_summary=agp_summary(hours, unit),
-        daily=daily_page(document, days, unit, page) if used else None,
+        daily=_daily_from(charts["daily"]),
         announcement=announcement,
         thresholds_text=", ".join(glucose_text(mg, unit) for mg in THRESHOLDS_MG_DL) + f" {unit}",
     )

@@ -18,14 +18,18 @@ from bff.capabilities import CapabilityError
 from bff.jobs import launch_read
 from bff.jobs.context import JobContext
 from bff.jobs.requests import CORRECTIONS, LAUNCH_READ, NIGHTLY_BULK, RECOMPUTE_STALE, corrections_request
+from bff.store import windows
 from bff.store.outcomes import OutcomeService
 
 Handler = Callable[[JobContext, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 
 
 async def recompute_stale(ctx: JobContext, payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The next version of every stale outcome window; then the sites that write look for corrections."""
+    """The patients' stale standard outcomes (`bff.store.windows`: the watermark sweep, then chunks through the
+    batch engine, claimed so two workers never compute one), and the next version of every stale outcome window;
+    then the sites that write look for corrections."""
     del payload
+    found, standard = await anyio.to_thread.run_sync(lambda: windows.sweep_and_refresh(ctx.store))
     results = await anyio.to_thread.run_sync(OutcomeService(ctx.store).recompute_stale)
     queued = []
     if results:
@@ -36,7 +40,9 @@ async def recompute_stale(ctx: JobContext, payload: Mapping[str, Any]) -> dict[s
                 continue
             if writes and await ctx.queue.enqueue(corrections_request(site)):
                 queued.append(site)
-    return {"recomputed": len(results), "corrections_queued": queued}
+    return {"recomputed": len(results), "standard_found": found, "standard_computed": standard.computed,
+            "standard_changed": standard.changed, "standard_still_stale": standard.still_stale,
+            "corrections_queued": queued}  # fmt: skip
 
 
 async def corrections(ctx: JobContext, payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ once: each job it asks for is queued once, however many workers tick.
   belongs to the night it opened; "" any time, once a day): `nightly-bulk:<site>:<night>`, a `once` key, so a
   night's export runs once however many minutes of the window the scheduler sees, and a failed one is tried
   again while the window lasts;
-- **stale recomputes**, when outcome windows are stale (readings arrived, a zone changed): `recompute-stale`;
+- **stale recomputes**, when outcome windows or standard outcomes are stale (readings arrived, a zone changed),
+  or readings are past the standard outcomes' sweep mark (`bff.store.windows.pending`): `recompute-stale`;
 - **corrections**, for each site that takes writes: `corrections:<site>` (cheap when nothing changed).
 """
 
@@ -24,6 +25,7 @@ from sqlalchemy import func, select
 from bff.capabilities import CapabilityError, SiteCapabilities
 from bff.jobs.context import JobContext
 from bff.jobs.requests import corrections_request, nightly_request, recompute_request
+from bff.store import windows
 from bff.store.models import OutcomeWindow
 
 log = logging.getLogger("glucobridge.jobs.schedule")
@@ -96,7 +98,8 @@ async def tick(ctx: JobContext, now: datetime | None = None) -> TickReport:
 
     def stale_windows() -> int:
         with ctx.store.transaction() as session:
-            return int(session.scalar(select(func.count()).where(OutcomeWindow.status == "stale")) or 0)
+            stale = int(session.scalar(select(func.count()).where(OutcomeWindow.status == "stale")) or 0)
+            return stale + int(windows.pending(session))
 
     recompute = bool(await anyio.to_thread.run_sync(stale_windows)) and await ctx.queue.enqueue(recompute_request())
     return TickReport(tuple(nightly), recompute, tuple(corrections))

@@ -563,3 +563,51 @@ class EhrRead(Base):
     received: Mapped[int] = mapped_column(Integer, default=0)
     added: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class StandardOutcome(Base):
+    """A patient's standard window (the last 14, 30 or 90 local days up to the midnight after the last reading),
+    materialized: what the view, export and cohorts read instead of computing it per request (bff.store.windows).
+
+    One row per patient and period; `version` counts the computations whose document differed (0: never computed,
+    `document` NULL). `readings_count`/`readings_max_id` are the watermark the document was computed from (the
+    patient's CGM readings, which are never updated in value, moved or deleted: a new reading changes one of them),
+    with `tz` and `engine_version`. `stale_since` set: newer readings, a zone change or a new engine; the row is
+    shown with its age until the recompute job (claimed by `claimed_by` until `claim_expires_at`) writes it again.
+    `digest` is the SHA-256 of the document's canonical JSON: chart caches and ETags are keyed by it.
+    """
+
+    __tablename__ = "standard_outcomes"
+    __table_args__ = (
+        UniqueConstraint("patient_id", "days"),
+        Index("ix_standard_outcomes_stale", "stale_since"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    days: Mapped[int] = mapped_column(SmallInteger)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    policy_hash: Mapped[str | None] = mapped_column(String(64))
+    window_start_ms: Mapped[int | None] = mapped_column(BigInteger)
+    window_end_ms: Mapped[int | None] = mapped_column(BigInteger)
+    tz: Mapped[str | None] = mapped_column(String(64))
+    document: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    digest: Mapped[str | None] = mapped_column(String(64))
+    engine_version: Mapped[str | None] = mapped_column(String(16))
+    readings_count: Mapped[int | None] = mapped_column(Integer)
+    readings_max_id: Mapped[int | None] = mapped_column(BigInteger)
+    computed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    stale_since: Mapped[datetime | None] = mapped_column(Timestamp)
+    stale_reason: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claim_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class OutcomeSweep(Base):
+    """How far the recompute job's watermark sweep has looked through `readings` (by id): readings above it that
+    no ingestion hook reported still make their patient's standard outcomes stale (bff.store.windows.sweep)."""
+
+    __tablename__ = "outcome_sweeps"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    readings_id: Mapped[int] = mapped_column(BigInteger)
+    pending_id: Mapped[int] = mapped_column(BigInteger)  # the high mark seen last time: the next sweep starts there
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)

@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from bff.store import windows
 from bff.store.models import OutcomeWindow, Patient
 
 #: Sources from the strongest to the weakest.
@@ -149,4 +150,6 @@ def apply(session: Session, patient: Patient, zone: Zone, now: datetime) -> str 
             .where(OutcomeWindow.patient_id == patient.id, OutcomeWindow.status == "current")
             .values(status="stale", stale_since=now, stale_reason=reason)
         )
+        if patient.id is not None:  # the materialized standard outcomes
+            windows.mark_stale(session, [patient.id], now=now, reason=reason)
     return reason if moved else None

@@ -1,0 +1,460 @@
+"""Standard outcomes, materialized: each patient's 14, 30 and 90 local days, computed once per change, read by all.
+
+The view (bff.clinical), the chart fragments and the data API read a `StandardOutcome` row instead of computing
+the document per request. A row is exactly what `OutcomeService.compute(public_id, WindowSpec(days=N),
+save=False, include_traces=True)` gives at the time (tests/store/test_windows.py proves it on SQLite and
+PostgreSQL), as canonical JSON, with its SHA-256 (`digest`: chart caches and ETags are keyed by it), the engine
+version, the patient's zone and the readings watermark it was computed from.
+
+How a row goes stale, three ways, any one enough:
+
+1. **a hook**: ingestion calls `mark_stale(session, patient_ids)` in the transaction that stores the readings
+   (zone changes do it in `bff.store.zones.apply`); a patient's first readings make its rows (pending: no document);
+2. **the watermark sweep** (`sweep`, each recompute job): readings whose id is above the sweep mark name their
+   patients; a patient whose rows were computed from fewer readings (`readings_max_id` below theirs) is stale. The
+   mark lags one sweep behind the highest id seen, so a transaction still open at one sweep is seen by the next;
+3. **at read time**: a row of another engine version or another zone than the patient's is shown as stale.
+
+`refresh` recomputes stale rows in chunks, one `engine.compute_cohort` per chunk and period: it claims rows
+(PostgreSQL `FOR UPDATE SKIP LOCKED`; SQLite a guarded UPDATE under its single writer) with a lease, so two
+workers never compute one row, and a worker that died mid-chunk leaves rows that another claims when the lease ends.
+A row is written back only by the claim that holds it, and it stays stale when readings arrived after the claim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import and_, bindparam, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from bff.store.db import Store
+from bff.store.models import OutcomeSweep, Patient, Reading, StandardOutcome
+from engine import ENGINE_VERSION, NO_TIME, OutcomePolicy, ReadingTable, WindowSpec, compute_cohort, resolve_window
+from engine.report import build_report
+
+#: The periods the view offers (app.web.common.PERIODS), each materialized.
+STANDARD_DAYS = (14, 30, 90)
+#: Patients per `compute_cohort` call.
+CHUNK = 200
+#: How long a claim holds its rows (a chunk takes well under a second per hundred patients).
+CLAIM = timedelta(minutes=5)
+SWEEP = "readings"
+
+
+@dataclass(frozen=True, slots=True)
+class Materialized:
+    """A stored standard outcome as the view reads it."""
+
+    days: int
+    version: int
+    document: dict[str, Any]
+    digest: str
+    computed_at: datetime
+    stale_since: datetime | None
+    stale_reason: str | None
+
+    @property
+    def stale(self) -> bool:
+        return self.stale_since is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshReport:
+    claimed: int = 0  # rows this worker claimed
+    computed: int = 0  # rows written
+    changed: int = 0  # rows whose document changed (a new version)
+    still_stale: int = 0  # written, but readings arrived after the claim: stale again
+
+
+def canonical_json(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def document_digest(document: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(document)).hexdigest()
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}"
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """SQLite gives timestamps back naive (in UTC)."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+# MARK: staleness
+
+
+def _insert(session: Session) -> Any:
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+def mark_stale(
+    session: Session, patient_ids: Iterable[int], *, now: datetime | None = None, reason: str = "readings arrived"
+) -> int:
+    """The patients' standard outcomes are stale (made, pending, for a patient that has none yet). Call it in the
+    transaction that stores their readings. Returns the rows it made stale."""
+    ids = sorted({int(p) for p in patient_ids})
+    if not ids:
+        return 0
+    now = now or datetime.now(UTC)
+    insert = _insert(session)
+    marked = 0
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        rows = [{"patient_id": p, "days": d, "version": 0, "stale_since": now, "stale_reason": reason}
+                for p in part for d in STANDARD_DAYS]  # fmt: skip
+        session.execute(insert(StandardOutcome).values(rows).on_conflict_do_nothing())
+        # Every row of these patients: the stale mark moves on, so a recompute that claimed before it stays stale.
+        result = session.execute(
+            update(StandardOutcome)
+            .where(StandardOutcome.patient_id.in_(part))
+            .values(stale_since=now, stale_reason=reason)
+        )
+        marked += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return marked
+
+
+def sweep(session: Session, *, now: datetime | None = None) -> int:
+    """Readings no hook reported (see the module): their patients' rows are made stale. Returns the patients."""
+    now = now or datetime.now(UTC)
+    mark = session.get(OutcomeSweep, SWEEP, with_for_update=True)
+    high = int(session.scalar(select(func.max(Reading.id))) or 0)
+    if mark is None:
+        mark = OutcomeSweep(name=SWEEP, readings_id=0, pending_id=high, updated_at=now)
+        session.add(mark)
+        start = 0
+    else:
+        start = mark.readings_id
+    latest = dict(
+        session.execute(
+            select(Reading.patient_id, func.max(Reading.id))
+            .where(Reading.id > start, Reading.kind == "cgm")
+            .group_by(Reading.patient_id)
+        ).all()
+    )
+    stale: set[int] = set()
+    if latest:
+        known: dict[int, int | None] = {}
+        for part in _parts(sorted(latest), 1000):
+            known.update(
+                session.execute(
+                    select(StandardOutcome.patient_id, func.min(func.coalesce(StandardOutcome.readings_max_id, -1)))
+                    .where(StandardOutcome.patient_id.in_(part), StandardOutcome.stale_since.is_(None))
+                    .group_by(StandardOutcome.patient_id)
+                ).all()
+            )
+        have = _patients_with_rows(session, latest)
+        stale = {p for p, high_id in latest.items() if p not in have or (p in known and (known[p] or -1) < high_id)}
+        mark_stale(session, stale, now=now, reason="readings arrived (found by the watermark sweep)")
+    # A new engine: every fresh row of another version is stale.
+    session.execute(
+        update(StandardOutcome)
+        .where(StandardOutcome.stale_since.is_(None), StandardOutcome.engine_version != ENGINE_VERSION)
+        .values(stale_since=now, stale_reason=f"engine {ENGINE_VERSION}")
+    )
+    mark.readings_id, mark.pending_id, mark.updated_at = max(start, mark.pending_id), max(high, start), now
+    return len(stale)
+
+
+def _patients_with_rows(session: Session, patients: Iterable[int]) -> set[int]:
+    have: set[int] = set()
+    for part in _parts(sorted(patients), 1000):
+        have.update(
+            session.scalars(select(StandardOutcome.patient_id).where(StandardOutcome.patient_id.in_(part)).distinct())
+        )
+    return have
+
+
+def _parts(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def pending(session: Session) -> bool:
+    """Whether the recompute job has work: a stale row, or readings past the sweep mark."""
+    if session.scalar(select(StandardOutcome.id).where(StandardOutcome.stale_since.is_not(None)).limit(1)):
+        return True
+    mark = session.get(OutcomeSweep, SWEEP)
+    high = session.scalar(select(func.max(Reading.id)))
+    return high is not None and (mark is None or high > mark.pending_id or mark.readings_id < mark.pending_id)
+
+
+def stale_count(session: Session) -> int:
+    return int(session.scalar(select(func.count()).where(StandardOutcome.stale_since.is_not(None))) or 0)
+
+
+# MARK: reading
+
+
+def read(session: Session, patient: Patient, days: int) -> Materialized | None:
+    """The stored standard outcome (None when it was never computed); stale also when the patient's zone or the
+    engine changed since."""
+    row = session.execute(
+        select(StandardOutcome.version, StandardOutcome.document, StandardOutcome.digest, StandardOutcome.computed_at,
+               StandardOutcome.stale_since, StandardOutcome.stale_reason, StandardOutcome.tz,
+               StandardOutcome.engine_version)
+        .where(StandardOutcome.patient_id == patient.id, StandardOutcome.days == days)
+    ).first()  # fmt: skip
+    if row is None or row.document is None or row.computed_at is None:
+        return None
+    stale_since, reason = _utc(row.stale_since), row.stale_reason
+    if stale_since is None and row.tz != patient.tz:
+        stale_since, reason = _utc(row.computed_at), f"zone changed from {row.tz} to {patient.tz}"
+    if stale_since is None and row.engine_version != ENGINE_VERSION:
+        stale_since, reason = _utc(row.computed_at), f"engine {row.engine_version} → {ENGINE_VERSION}"
+    computed_at = _utc(row.computed_at)
+    assert computed_at is not None
+    return Materialized(days, row.version, row.document, str(row.digest), computed_at, stale_since, reason)
+
+
+# MARK: recomputing
+
+
+def claim(
+    session: Session, owner: str, limit: int, *, now: datetime | None = None, before: datetime | None = None
+) -> list[int]:
+    """Claim up to `limit` stale rows nobody holds (or whose holder's lease ended), stale since `before` at the
+    latest when given. Returns their ids."""
+    now = now or datetime.now(UTC)
+    claimable = and_(
+        StandardOutcome.stale_since.is_not(None),
+        or_(StandardOutcome.claim_expires_at.is_(None), StandardOutcome.claim_expires_at < now),
+    )
+    if before is not None:
+        claimable = and_(claimable, StandardOutcome.stale_since <= before)
+    query = select(StandardOutcome.id).where(claimable).order_by(StandardOutcome.stale_since).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    ids = list(session.scalars(query))
+    if not ids:
+        return []
+    session.execute(
+        update(StandardOutcome)
+        .where(StandardOutcome.id.in_(ids), claimable)  # re-checked: a row another claim took since is left alone
+        .values(claimed_by=owner, claim_expires_at=now + CLAIM)
+    )
+    return list(session.scalars(select(StandardOutcome.id).where(StandardOutcome.id.in_(ids),
+                                                                   StandardOutcome.claimed_by == owner)))  # fmt: skip
+
+
+def refresh(store: Store, *, limit: int | None = None, chunk: int = CHUNK, owner: str | None = None) -> RefreshReport:
+    """Recompute stale standard outcomes, a chunk at a time, until none is left to claim (or `limit` rows). Rows
+    that went stale after the call began are left for the next call, so readings arriving all the time cannot keep
+    one call going."""
+    total = RefreshReport()
+    owner_base = owner or worker_name()
+    began = datetime.now(UTC)
+    while limit is None or total.claimed < limit:
+        token = f"{owner_base}:{uuid.uuid4().hex[:8]}"[:64]
+        claimed_at = datetime.now(UTC)
+        size = chunk * len(STANDARD_DAYS) if limit is None else min(chunk * len(STANDARD_DAYS), limit - total.claimed)
+        with store.transaction() as session:
+            ids = claim(session, token, size, now=claimed_at, before=began)
+        if not ids:
+            break
+        with store.transaction() as session:
+            done = _recompute(session, ids, token, claimed_at)
+        total = RefreshReport(
+            total.claimed + len(ids),
+            total.computed + done.computed,
+            total.changed + done.changed,
+            total.still_stale + done.still_stale,
+        )
+    return total
+
+
+def sweep_and_refresh(store: Store, *, chunk: int = CHUNK) -> tuple[int, RefreshReport]:
+    """What the recompute job does: the watermark sweep, then every stale row (patients found, rows refreshed)."""
+    with store.transaction() as session:
+        found = sweep(session)
+    return found, refresh(store, chunk=chunk)
+
+
+def refresh_patients(store: Store, patient_ids: Iterable[int]) -> RefreshReport:
+    """Mark and recompute these patients' rows now (a view of a patient never computed; the CLI)."""
+    ids = sorted(set(patient_ids))
+    with store.transaction() as session:
+        mark_stale(session, ids, reason="asked for")
+        rows = list(session.scalars(select(StandardOutcome.id).where(StandardOutcome.patient_id.in_(ids))))
+    token = f"{worker_name()}:{uuid.uuid4().hex[:8]}"[:64]
+    claimed_at = datetime.now(UTC)
+    with store.transaction() as session:
+        session.execute(
+            update(StandardOutcome)
+            .where(StandardOutcome.id.in_(rows), or_(StandardOutcome.claim_expires_at.is_(None),
+                                                     StandardOutcome.claim_expires_at < claimed_at))
+            .values(claimed_by=token, claim_expires_at=claimed_at + CLAIM)
+        )  # fmt: skip
+        mine = list(
+            session.scalars(
+                select(StandardOutcome.id).where(StandardOutcome.id.in_(rows), StandardOutcome.claimed_by == token)
+            )
+        )
+    if not mine:
+        return RefreshReport()
+    with store.transaction() as session:
+        done = _recompute(session, mine, token, claimed_at)
+    return RefreshReport(len(mine), done.computed, done.changed, done.still_stale)
+
+
+def _recompute(session: Session, ids: Sequence[int], token: str, claimed_at: datetime) -> RefreshReport:
+    rows = session.execute(
+        select(StandardOutcome.id, StandardOutcome.patient_id, StandardOutcome.days, StandardOutcome.digest,
+               StandardOutcome.version)
+        .where(StandardOutcome.id.in_(ids), StandardOutcome.claimed_by == token)
+    ).all()  # fmt: skip
+    patient_ids = sorted({r.patient_id for r in rows})
+    if not patient_ids:
+        return RefreshReport()
+    patients = {p.id: p for p in session.scalars(select(Patient).where(Patient.id.in_(patient_ids)))}
+    # The watermark first: readings stored after it are at worst computed again, never missed.
+    marks = watermarks(session, patient_ids)
+    policy = OutcomePolicy()
+    documents: dict[tuple[int, int], tuple[dict[str, Any], int | None, int | None]] = {}
+    for days in STANDARD_DAYS:
+        wanted = [p for p in patient_ids if any(r.patient_id == p and r.days == days for r in rows)]
+        if wanted:
+            documents.update(compute_documents(session, [patients[p] for p in wanted], days, policy, marks))
+    now = datetime.now(UTC)
+    computed = changed = still = 0
+    for row in rows:
+        document, start_ms, end_ms = documents[(row.patient_id, row.days)]
+        digest = document_digest(document)
+        count, max_id, _last = marks.get(row.patient_id, (0, None, None))
+        new_version = row.version + (1 if digest != row.digest else 0)
+        session.execute(
+            update(StandardOutcome)
+            .where(StandardOutcome.id == row.id, StandardOutcome.claimed_by == token)
+            .values(version=new_version, policy_hash=policy.policy_hash, window_start_ms=start_ms,
+                    window_end_ms=end_ms, tz=patients[row.patient_id].tz, document=document,
+                    digest=digest, engine_version=ENGINE_VERSION, readings_count=count, readings_max_id=max_id,
+                    computed_at=now, claimed_by=None, claim_expires_at=None)
+        )  # fmt: skip
+        # Fresh unless readings (or a zone) arrived after the claim: then it stays stale for the next round.
+        cleared = session.execute(
+            update(StandardOutcome)
+            .where(StandardOutcome.id == row.id, StandardOutcome.stale_since <= claimed_at)
+            .values(stale_since=None, stale_reason=None)
+        )
+        computed += 1
+        changed += int(digest != row.digest)
+        still += 0 if cleared.rowcount else 1  # type: ignore[attr-defined]
+    return RefreshReport(len(rows), computed, changed, still)
+
+
+def watermarks(session: Session, patient_ids: Sequence[int]) -> dict[int, tuple[int, int | None, int | None]]:
+    """Per patient: how many CGM readings, the highest reading id, the last reading's time."""
+    out: dict[int, tuple[int, int | None, int | None]] = {}
+    for part in _parts(list(patient_ids), 1000):
+        for p, n, high, last in session.execute(
+            select(Reading.patient_id, func.count(), func.max(Reading.id), func.max(Reading.observed_ms))
+            .where(Reading.patient_id.in_(part), Reading.kind == "cgm")
+            .group_by(Reading.patient_id)
+        ):
+            out[int(p)] = (int(n), int(high), int(last))
+    return out
+
+
+def compute_documents(
+    session: Session,
+    patients: Sequence[Patient],
+    days: int,
+    policy: OutcomePolicy,
+    marks: Mapping[int, tuple[int, int | None, int | None]],
+) -> dict[tuple[int, int], tuple[dict[str, Any], int | None, int | None]]:
+    """The view's document of each patient's last `days` days, in one `compute_cohort` call (as the single
+    patient path computes it: the window resolved in the patient's zone from their last CGM reading)."""
+    spec = WindowSpec(days=days)
+    bounds: dict[int, tuple[int, int]] = {}
+    for patient in patients:
+        last = marks.get(patient.id, (0, None, None))[2]
+        window = resolve_window(spec, patient.tz, last)
+        if window is not None:
+            bounds[patient.id] = (window.start_ms, window.end_ms)
+    table = _load_table(session, patients, bounds)
+    result = compute_cohort(table, policy, spec)
+    report = build_report(result, include_traces=True)
+    out: dict[tuple[int, int], tuple[dict[str, Any], int | None, int | None]] = {}
+    for i, patient in enumerate(patients):
+        start, end = bounds.get(patient.id, (None, None))
+        out[(patient.id, days)] = (dict(report.patients[i].document), start, end)
+    return out
+
+
+def _load_table(session: Session, patients: Sequence[Patient], bounds: Mapping[int, tuple[int, int]]) -> ReadingTable:
+    """Every CGM reading (every copy) of the patients inside their own windows, straight into columns."""
+    index = {p.id: i for i, p in enumerate(patients)}
+    rows: list[Any] = []
+    with_window = [p.id for p in patients if p.id in bounds]
+    if with_window:
+        low = min(bounds[p][0] for p in with_window)
+        high = max(bounds[p][1] for p in with_window)
+        statement = text(
+            "SELECT r.patient_id, r.id, r.observed_ms, r.value_original, r.unit_original, r.flag, d.device_key, "
+            "r.stream_id, r.source_rank, r.ambiguous_time, s.started_ms FROM readings r "
+            "JOIN device_streams d ON d.id = r.stream_id LEFT JOIN sensor_sessions s ON s.id = r.session_id "
+            "WHERE r.patient_id IN :p AND r.kind = 'cgm' AND r.observed_ms >= :a AND r.observed_ms < :b "
+            "ORDER BY r.patient_id, r.stream_id, r.observed_ms, r.id"
+        ).bindparams(bindparam("p", expanding=True))
+        rows = list(session.execute(statement, {"p": with_window, "a": low, "b": high}).all())
+    cols: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [()] * 11
+    patient_col = np.array(cols[0], dtype=np.int64)
+    time_col = np.array(cols[2], dtype=np.int64)
+    keep = np.ones(len(rows), dtype=np.bool_)
+    if rows:  # each patient's own window
+        order = sorted(bounds)
+        lookup = np.searchsorted(np.array(order, dtype=np.int64), patient_col)
+        starts = np.array([bounds[p][0] for p in order], dtype=np.int64)[lookup]
+        ends = np.array([bounds[p][1] for p in order], dtype=np.int64)[lookup]
+        keep = (time_col >= starts) & (time_col < ends)
+    picked = np.flatnonzero(keep)
+
+    def col(k: int, dtype: Any = None) -> Any:
+        return np.asarray(cols[k], dtype=dtype)[picked] if rows else np.zeros(0, dtype=dtype or object)
+
+    patient_rows = col(0, np.int64)
+    stream_ids = col(7, np.int64)
+    # The streams, by patient then id (as the single-patient path codes them).
+    stream_keys = sorted(
+        {(index[int(p)], int(s)) for p, s in zip(patient_rows.tolist(), stream_ids.tolist(), strict=True)}
+    )
+    device_of = {int(s): d for s, d in zip(cols[7], cols[6], strict=True)}
+    patient_code = np.array([index[p.id] for p in patients], dtype=np.int32)
+    patient_order = np.array([p.id for p in patients], dtype=np.int64)
+    sort = np.argsort(patient_order)
+    stream_order = np.array([s for _p, s in stream_keys], dtype=np.int64)
+    stream_sort = np.argsort(stream_order)
+    sessions = col(10, object)
+    units = col(4, object)
+    return ReadingTable(
+        patient=patient_code[sort][np.searchsorted(patient_order[sort], patient_rows)].astype(np.int32),
+        time_ms=time_col[picked],
+        value=col(3, np.float64),
+        unit=(units != "mg/dL").astype(np.int8),
+        flag=col(5, np.int8),
+        stream=stream_sort[np.searchsorted(stream_order[stream_sort], stream_ids)].astype(np.int32),
+        session_start_ms=np.array([NO_TIME if v is None else v for v in sessions], dtype=np.int64),
+        source=col(8, np.int8),
+        received=col(1, np.int64),
+        ambiguous=col(9, np.bool_),
+        patient_ids=tuple(p.public_id for p in patients),
+        zones=tuple(p.tz for p in patients),
+        stream_patient=np.array([p for p, _s in stream_keys], dtype=np.int32),
+        stream_device=tuple(device_of[s] for _p, s in stream_keys),
+    )

@@ -1,0 +1,180 @@
+"""Materialized standard outcomes (bff.store.windows): the stored document is the on-request one, exactly; readings
+make it stale (by the hook or by the watermark sweep); the recompute writes it once, even with two workers at once."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select, update
+
+from bff.ingest.records import Feed, FeedReading, PatientRef
+from bff.store import windows
+from bff.store.db import Store
+from bff.store.ingest import Ingestor
+from bff.store.models import Patient, StandardOutcome
+from bff.store.outcomes import OutcomeService
+from engine import GlucoseUnit, WindowSpec
+
+NOW = datetime(2024, 12, 1, tzinfo=UTC)
+
+
+def readings(patient: str, start: datetime, hours: int, *, offset: int | None = None, device: str = "dexcom-g6",
+             unit: GlucoseUnit = GlucoseUnit.MG_DL, step_min: int = 5, tag: str = "") -> list[FeedReading]:  # fmt: skip
+    out = []
+    for i in range(hours * 60 // step_min):
+        moment = start + timedelta(minutes=step_min * i, seconds=i % 7)
+        value = 40.0 + (i * 37) % 320
+        if unit is GlucoseUnit.MMOL_L:
+            value = round(value / 18.0, 1)
+        out.append(FeedReading(patient=PatientRef("mrn", patient), time_ms=int(moment.timestamp() * 1000),
+                               value=value, unit=unit, device=device, record_key=f"{patient}-{tag}{device}-{i}",
+                               utc_offset_min=offset))  # fmt: skip
+    return out
+
+
+def ingest(store: Store, items: list[FeedReading], feed: Feed = Feed.FHIR) -> None:
+    Ingestor(store, clock=lambda: NOW).ingest_items(items, site="site-a", feed=feed, source_name="t")
+
+
+def cohort(store: Store) -> list[str]:
+    """Three patients: a zone inferred from offsets with a DST change, mixed units, two devices and a copy from
+    another feed, plus gaps; and one patient with a single day."""
+    ingest(store, readings("A", datetime(2024, 10, 20, tzinfo=UTC), 24 * 12, offset=-240)
+           + readings("A", datetime(2024, 11, 9, tzinfo=UTC), 24 * 12, offset=-300, tag="w"))  # fmt: skip
+    ingest(store, readings("B", datetime(2024, 9, 1, tzinfo=UTC), 24 * 50, unit=GlucoseUnit.MMOL_L)
+           + readings("B", datetime(2024, 10, 25, tzinfo=UTC), 24 * 30, device="libre-2", step_min=15))  # fmt: skip
+    ingest(
+        store, readings("B", datetime(2024, 10, 25, tzinfo=UTC), 24 * 3, device="libre-2", step_min=15), feed=Feed.CSV
+    )  # the same readings again from another feed: copies the engine resolves
+    ingest(store, readings("C", datetime(2024, 11, 30, 6, tzinfo=UTC), 10))
+    return ["site:site-a:mrn|A", "site:site-a:mrn|B", "site:site-a:mrn|C"]
+
+
+def on_request(store: Store, public_id: str, days: int) -> dict:
+    result = OutcomeService(store).compute(public_id, WindowSpec(days=days), save=False, include_traces=True)
+    return json.loads(json.dumps(dict(result.report.patients[0].document)))
+
+
+def stored(store: Store, public_id: str, days: int) -> windows.Materialized | None:
+    with store.transaction() as session:
+        patient = session.scalar(select(Patient).where(Patient.public_id == public_id))
+        assert patient is not None
+        return windows.read(session, patient, days)
+
+
+def patient_ids(store: Store) -> list[int]:
+    with store.transaction() as session:
+        return list(session.scalars(select(Patient.id).order_by(Patient.id)))
+
+
+def test_the_stored_window_is_the_on_request_computation_exactly(store: Store) -> None:
+    ids = cohort(store)
+    with store.transaction() as session:
+        # No ingestion hook ran (A's zone change made its rows); the watermark sweep finds B and C.
+        assert windows.sweep(session) == 2
+        assert windows.stale_count(session) == 9
+    report = windows.refresh(store, chunk=2)  # two chunks: patients of a chunk share one compute_cohort call
+    assert (report.claimed, report.computed, report.changed, report.still_stale) == (9, 9, 9, 0)
+    for public_id in ids:
+        for days in windows.STANDARD_DAYS:
+            row = stored(store, public_id, days)
+            assert row is not None
+            assert not row.stale
+            assert row.version == 1
+            expected = on_request(store, public_id, days)
+            assert row.document == expected, (public_id, days)
+            assert row.digest == windows.document_digest(expected)
+    assert stored(store, ids[0], 14).document["tz"] == "America/New_York"  # type: ignore[union-attr]
+
+
+def test_new_readings_make_it_stale_and_the_job_makes_it_fresh(store: Store) -> None:
+    ids = cohort(store)
+    windows.refresh_patients(store, patient_ids(store))
+    before = stored(store, ids[2], 14)
+    assert before is not None
+    assert not before.stale
+    ingest(store, readings("C", datetime(2024, 11, 30, 16, tzinfo=UTC), 6, tag="more"))
+    with store.transaction() as session:
+        # the hook (ingestion calls it in its transaction) …
+        c = session.scalar(select(Patient.id).where(Patient.public_id == ids[2]))
+        assert windows.mark_stale(session, [c]) == 3
+    shown = stored(store, ids[2], 14)
+    assert shown is not None
+    assert shown.stale
+    assert shown.document == before.document
+    assert windows.refresh(store).computed == 3
+    after = stored(store, ids[2], 14)
+    assert after is not None
+    assert not after.stale
+    assert after.version == 2
+    assert after.document == on_request(store, ids[2], 14) != before.document
+
+
+def test_the_sweep_catches_readings_no_hook_reported(store: Store) -> None:
+    ids = cohort(store)
+    with store.transaction() as session:
+        windows.sweep(session)
+    windows.refresh(store)
+    with store.transaction() as session:
+        assert windows.sweep(session) == 0
+    ingest(store, readings("A", datetime(2024, 11, 21, 1, tzinfo=UTC), 3, offset=-300, tag="late"))
+    with store.transaction() as session:
+        assert windows.sweep(session) == 1  # patient A only
+    assert stored(store, ids[0], 30).stale  # type: ignore[union-attr]
+    assert not stored(store, ids[1], 30).stale  # type: ignore[union-attr]
+    windows.refresh(store)
+    assert stored(store, ids[0], 30).document == on_request(store, ids[0], 30)  # type: ignore[union-attr]
+
+
+def test_readings_during_a_recompute_leave_it_stale(store: Store) -> None:
+    ids = cohort(store)
+    with store.transaction() as session:
+        windows.mark_stale(session, patient_ids(store), now=NOW)
+    claimed_at = datetime.now(UTC)
+    with store.transaction() as session:
+        claimed = windows.claim(session, "w1", 100, now=claimed_at)
+        later = claimed_at + timedelta(seconds=1)
+        windows.mark_stale(session, patient_ids(store)[:1], now=later)  # readings for A arrive meanwhile
+    with store.transaction() as session:
+        done = windows._recompute(session, claimed, "w1", claimed_at)
+    assert (done.computed, done.still_stale) == (9, 3)
+    assert stored(store, ids[0], 14).stale
+    assert not stored(store, ids[1], 14).stale
+
+
+def test_two_recomputes_at_once_compute_each_window_once(store: Store) -> None:
+    cohort(store)
+    with store.transaction() as session:
+        windows.mark_stale(session, patient_ids(store))
+    results: list[windows.RefreshReport] = []
+    go = threading.Barrier(2)
+
+    def run(name: str) -> None:
+        go.wait()
+        results.append(windows.refresh(store, chunk=1, owner=name))
+
+    threads = [threading.Thread(target=run, args=(f"w{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r.computed for r in results) == 9
+    with store.transaction() as session:
+        assert session.scalar(select(func.max(StandardOutcome.version))) == 1
+        assert windows.stale_count(session) == 0
+
+
+def test_a_zone_change_or_a_new_engine_shows_the_row_stale(store: Store) -> None:
+    ids = cohort(store)
+    windows.refresh_patients(store, patient_ids(store))
+    with store.transaction() as session:
+        session.execute(update(StandardOutcome).values(engine_version="0.0.0"))
+    row = stored(store, ids[1], 14)
+    assert row is not None
+    assert row.stale
+    assert "engine" in (row.stale_reason or "")
+    with store.transaction() as session:
+        windows.sweep(session)
+        assert windows.stale_count(session) == 9
