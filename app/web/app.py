@@ -455,6 +455,8 @@ def create_app(
 
     async def close_http(app: Litestar) -> None:
         await http.aclose()
+        if ctx.outbox is not None:
+            ctx.outbox.close()
         if ctx.jobs is not None:
             await ctx.jobs.close()
 
