@@ -11,7 +11,8 @@ benches. A request handler builds nothing: it uses what its process was given at
 - `outbox_worker(...)`: the outbox worker; the web app keeps one per process for the clinician's in-context send.
 
 Functions, not a container: each takes what it needs and returns a plain object, so a test passes its own fakes to
-the function (or to the service's constructor) and nothing is looked up by name.
+the function (or to the service's constructor) and nothing is looked up by name. The job side (SAQ, the job kinds,
+the Bulk client) is imported by the functions that build it: an outbox worker or a CLI command does not load it.
 """
 
 from __future__ import annotations
@@ -19,20 +20,21 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
 from bff.broker.broker import Broker
 from bff.capabilities import CapabilityService
-from bff.jobs.bulk_job import bulk_starter
-from bff.jobs.context import JobContext, token_cipher
 from bff.jobs.queue import JobQueue, StoreQueue
-from bff.jobs.saq_queue import SaqQueue, redis_queue
 from bff.outbox.worker import OutboxWorker, WorkerConfig
 from bff.settings import Settings
 from bff.smart import SiteRegistry, SmartClient, SmartSettings, SqlLaunchStore, create_smart_client
 from bff.store.db import Store
 from bff.writeback import WritebackService
+
+if TYPE_CHECKING:
+    from bff.jobs.context import JobContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,8 @@ def services(settings: Settings, *, store: Store | None = None) -> Services:
 def job_queue(settings: Settings, store: Store) -> JobQueue:
     """What enqueues jobs: SAQ on Redis when REDIS_URL is set, else the embedded queue on the store."""
     if settings.redis_url:
+        from bff.jobs.saq_queue import SaqQueue, redis_queue  # noqa: PLC0415 - SAQ and the job kinds: only with Redis
+
         return SaqQueue(redis_queue(settings.redis_url))
     return StoreQueue(store)
 
@@ -77,6 +81,9 @@ def job_context(
     smart: SmartClient | None = None,
 ) -> JobContext:
     """A job worker's services (the environment's SMART_* for the EHR client); `close()` it when done."""
+    from bff.jobs.bulk_job import bulk_starter  # noqa: PLC0415 - the Bulk client: only a job worker needs it
+    from bff.jobs.context import JobContext, token_cipher  # noqa: PLC0415
+
     http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
     return JobContext(
         settings=core.settings,
