@@ -5,6 +5,8 @@
   scheduler as a SAQ cron job every minute. The web app only enqueues: it takes the same queue instance and does
   not install the plugin (whose start-up hook would run a heartbeat thread in every web process).
 - Otherwise: the embedded queue on the store (`bff.jobs.queue.StoreQueue`) and its worker (`bff.jobs.worker`).
+
+The queue the web app enqueues on and the jobs' services are built by `bff.bootstrap` (`job_queue`, `job_context`).
 """
 
 from __future__ import annotations
@@ -20,22 +22,16 @@ from litestar_saq.base import Worker as SaqWorker
 from saq.queue.redis import RedisQueue
 from saq.types import PartialTimersDict
 
-from bff.jobs.context import JobContext, build_context
+from bff import bootstrap
+from bff.jobs.context import JobContext
 from bff.jobs.definitions import JOBS, JobKind
-from bff.jobs.queue import JobQueue, StoreQueue
+from bff.jobs.queue import StoreQueue
 from bff.jobs.saq_queue import QUEUE_NAME, SaqQueue, redis_queue, saq_functions, saq_tick
 from bff.jobs.worker import EmbeddedWorker
 from bff.settings import Settings
 from bff.store.db import Store
 
 log = logging.getLogger("glucobridge.jobs")
-
-
-def build_queue(settings: Settings, store: Store) -> JobQueue:
-    """What enqueues jobs: SAQ on Redis when REDIS_URL is set, else the embedded queue on the store."""
-    if settings.redis_url:
-        return SaqQueue(redis_queue(settings.redis_url))
-    return StoreQueue(store)
 
 
 def saq_config(
@@ -92,10 +88,10 @@ async def run_worker(
     """Run jobs until `stop` is set (or, with `once`, until none is due)."""
     # Request URLs carry patient ids (a launch read's search): keep the HTTP client's per-request lines out.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    store = store or Store(settings)
+    core = bootstrap.services(settings, store=store)
     if settings.redis_url:
         queue = redis_queue(settings.redis_url, QUEUE_NAME)
-        ctx = build_context(settings, SaqQueue(queue), store=store)
+        ctx = bootstrap.job_context(core, SaqQueue(queue))
         worker = saq_worker(queue, lambda: ctx, concurrency=concurrency, burst=once)
         worker.SIGNALS = []  # the caller handles signals (stop)
         await queue.connect()
@@ -112,8 +108,8 @@ async def run_worker(
             await ctx.close()
             await queue.disconnect()
         return
-    embedded = StoreQueue(store)
-    ctx = build_context(settings, embedded, store=store)
+    embedded = StoreQueue(core.store)
+    ctx = bootstrap.job_context(core, embedded)
     worker_ = EmbeddedWorker(embedded, ctx, concurrency=concurrency)
     try:
         if once:

@@ -28,16 +28,16 @@ from typing import Any, TextIO
 import httpx
 
 from app.cli.common import BadInputError, open_store
+from bff import bootstrap
 from bff.broker.broker import Broker
 from bff.capabilities import CapabilityError, CapabilityService, SiteCapabilities, WriteChannel
 from bff.outbox import queue
-from bff.outbox.worker import OutboxWorker, SiteRun
+from bff.outbox.worker import SiteRun
 from bff.settings import SettingsError, get_settings
 from bff.smart import SiteBackends, SmartConfigError, SmartSettings
 from bff.smart.backends import registration
 from bff.store.db import Store
 from bff.store.models import WriteIntent
-from bff.writeback import WritebackService
 
 
 def _sites(capabilities: CapabilityService, wanted: Sequence[str] | None) -> list[str]:
@@ -90,7 +90,8 @@ def cmd_work(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # request URLs carry patient references: keep them out
     store = open_store()
     try:
-        capabilities = CapabilityService(store, settings.sites_dir)
+        core = bootstrap.services(settings, store=store)
+        capabilities = core.capabilities
         sites = _sites(capabilities, args.site)
         if fhir := _needs_token(capabilities, smart, sites):
             raise BadInputError(
@@ -98,7 +99,7 @@ def cmd_work(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 "key_file and kid in the site's file, or SMART_BACKEND_KEY_FILE and SMART_BACKEND_KID (the app serves "
                 "the public keys at /.well-known/jwks.json)"
             )
-        runs = asyncio.run(_work(store, capabilities, smart, settings.redis_url, args.site and sites, args.once, out))
+        runs = asyncio.run(_work(core, smart, args.site and sites, args.once, out))
     finally:
         store.dispose()
     for run in runs:
@@ -109,9 +110,9 @@ def cmd_work(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 async def _work(
-    store: Store, capabilities: CapabilityService, smart: SmartSettings, redis_url: str | None,
-    sites: list[str] | None, once: bool, out: TextIO,
-) -> list[SiteRun]:  # fmt: skip
+    core: bootstrap.Services, smart: SmartSettings, sites: list[str] | None, once: bool, out: TextIO
+) -> list[SiteRun]:
+    capabilities = core.capabilities
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
         backends = SiteBackends(smart, http=http, environ=os.environ)
         usable = [caps for site in (sites or capabilities.sites()) if (caps := _caps(capabilities, site))]
@@ -120,7 +121,7 @@ async def _work(
         except SmartConfigError as exc:
             raise BadInputError(str(exc)) from None
         broker = Broker(http, backends.token)
-        worker = OutboxWorker(store, capabilities, broker, redis_url=redis_url)
+        worker = bootstrap.outbox_worker(core, broker)
         if once:
             return [await worker.run_site(site) for site in (sites or capabilities.sites())]
         stop = asyncio.Event()
@@ -184,8 +185,8 @@ def cmd_corrections(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     store = open_store()
     code = 0
     try:
-        capabilities = CapabilityService(store, get_settings().sites_dir)
-        service = WritebackService(store, capabilities)
+        core = bootstrap.services(get_settings(), store=store)
+        capabilities, service = core.capabilities, core.writeback
         for site in _sites(capabilities, [args.site] if args.site else None):
             try:
                 created = service.propose_corrections(site)

@@ -51,11 +51,11 @@ from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from app.jobs import build_queue
 from app.web import admin, freshness, writeback
 from app.web.charts import chart_cache, charts_key, etag, matches
 from app.web.common import (
     AppContext,
+    BannerCache,
     check_days,
     check_unit,
     client_of,
@@ -68,9 +68,10 @@ from app.web.common import (
 )
 from app.web.presenters import ZoneView, age_text, charts_of, display_unit, summary_view
 from app.web.security import csrf_token, security_headers
+from bff import bootstrap
 from bff.admin import AdminAccounts, AdminSessions, LockoutPolicy
 from bff.audit import audit, audit_counted
-from bff.capabilities import CapabilityService
+from bff.broker.broker import Broker
 from bff.clinical import PatientOutcomesView, ShownOutcome
 from bff.ehr_read import patient_banner
 from bff.jobs.context import token_cipher
@@ -84,19 +85,15 @@ from bff.smart import (
     IssNotAllowedError,
     LaunchContext,
     LaunchRequestError,
-    SiteRegistry,
     SmartClient,
     SmartError,
     SmartSettings,
-    SqlLaunchStore,
     StateError,
     TokenEndpointError,
     create_backend_auth,
     create_site_backends,
-    create_smart_client,
 )
 from bff.store.db import Store
-from bff.writeback import WritebackService
 from engine import ENGINE_VERSION
 
 log = logging.getLogger("glucobridge.app")
@@ -373,9 +370,7 @@ async def _page_banner(ctx: AppContext, handle: str, found: LaunchContext) -> di
 
 
 async def _banner(ctx: AppContext, handle: str, found: LaunchContext) -> dict[str, str] | None:
-    if handle not in ctx.banners:
-        ctx.banners[handle] = await patient_banner(ctx.smart, ctx.http, handle)
-    return ctx.banners[handle]
+    return await ctx.banners.get(handle, lambda: patient_banner(ctx.smart, ctx.http, handle))
 
 
 # MARK: data API
@@ -467,32 +462,32 @@ def create_app(
     jobs: JobQueue | None = None,
     debug: bool = False,
 ) -> Litestar:
-    """The app; tests pass their own store, SMART service, HTTP transport or job queue."""
+    """The app; tests pass their own store, SMART service, HTTP transport or job queue. Its services are built by
+    `bff.bootstrap`, once per process; no handler builds one."""
     settings = settings or get_settings()
     # Request URLs carry patient ids and launch handles: keep the HTTP client's per-request log lines out.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    store = store or Store(settings)
+    core = bootstrap.services(settings, store=store)
+    store = core.store
     http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
     smart_settings = SmartSettings.from_env(os.environ)
-    registry = SiteRegistry.from_toml_dir(settings.sites_dir, default_redirect_uri=f"{settings.public_url}/callback")
-    smart = smart or create_smart_client(smart_settings, registry=registry, http=http, store=SqlLaunchStore(store),
-                                         app_secret=settings.secret(), redis_url=settings.redis_url,
-                                         environ=os.environ)  # fmt: skip
+    smart = smart or bootstrap.smart_client(settings, store, http)
     backend = create_backend_auth(smart_settings, smart_settings.backend_client_id, http=http)
     # Each site's Backend Services registration, its key read now: a missing key stops the app with the reason.
     discovery = smart.discovery if isinstance(smart, SmartClient) else None
     backends = create_site_backends(smart_settings, http=http, registry=smart.registry, discovery=discovery,
                                     environ=os.environ)  # fmt: skip
     origins = tuple(sorted({origin for site in smart.registry for origin in site.frame_ancestors}))
-    capabilities = CapabilityService(store, settings.sites_dir)
     ctx = AppContext(settings=settings, store=store, smart=smart, http=http, backend=backend, backends=backends,
-                     view=PatientOutcomesView(store), capabilities=capabilities,
-                     writeback=WritebackService(store, capabilities), secret=settings.secret(),
-                     any_site_frame_ancestors=origins, banners={},
+                     view=PatientOutcomesView(store), capabilities=core.capabilities, writeback=core.writeback,
+                     secret=settings.secret(), any_site_frame_ancestors=origins, banners=BannerCache(),
                      admin_accounts=AdminAccounts(store, LockoutPolicy.from_settings(settings)),
                      admin_sessions=AdminSessions(store, idle=timedelta(minutes=settings.admin_session_idle_min)),
-                     jobs=jobs or build_queue(settings, store), reads=LaunchReads(store),
+                     jobs=jobs or bootstrap.job_queue(settings, store), reads=LaunchReads(store),
                      handle_cipher=token_cipher(settings), charts=chart_cache(settings.redis_url),
+                     # The in-context send's worker (the clinician's token is its broker, per send); the system
+                     # token's broker is there for its type only: this process never works the queue.
+                     outbox=bootstrap.outbox_worker(core, Broker(http, backends.token)),
                      )  # fmt: skip
 
     async def start(app: Litestar) -> None:
@@ -500,6 +495,8 @@ def create_app(
 
     async def close_http(app: Litestar) -> None:
         await http.aclose()
+        if ctx.outbox is not None:
+            ctx.outbox.close()
         if ctx.jobs is not None:
             await ctx.jobs.close()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +23,7 @@ from bff.capabilities import CapabilityError, CapabilityService
 from bff.clinical import PatientOutcomesView
 from bff.jobs.launch_read import LaunchReads
 from bff.jobs.queue import JobQueue
+from bff.outbox.worker import OutboxWorker
 from bff.settings import Settings
 from bff.smart import BackendAuth, LaunchContext, LaunchNotFoundError, SiteBackends, SmartClient, TokenCipher
 from bff.store.db import Store
@@ -27,6 +31,51 @@ from bff.writeback import WritebackService
 from engine import ENGINE_VERSION
 
 PERIODS = (14, 30, 90)
+
+Banner = dict[str, str]
+
+
+class BannerCache:
+    """The patient banner (name, birth date, sex, MRN) read from the EHR, per launch handle, so that the pages of
+    one launch read it once: at most `max_entries` launches, each for `ttl_s` seconds (least recently used out
+    first). PHI: nothing keeps it longer; the next page after that reads it again (a banner that could not be
+    read, None, is kept as long, so an EHR that refuses is not asked on every page).
+
+    Used from the event loop only (no lock)."""
+
+    def __init__(self, *, ttl_s: float = 300.0, max_entries: int = 1024,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.ttl_s, self.max_entries, self._clock = ttl_s, max_entries, clock
+        self._entries: OrderedDict[str, tuple[float, Banner | None]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def cached(self, handle: str) -> Banner | None:
+        """The banner if one is held and fresh, else None (nothing is read)."""
+        entry = self._entries.get(handle)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            del self._entries[handle]
+            return None
+        self._entries.move_to_end(handle)
+        return entry[1]
+
+    async def get(self, handle: str, read: Callable[[], Awaitable[Banner | None]]) -> Banner | None:
+        """The launch's banner: the held one while fresh, else `read()` (and held)."""
+        if handle in self._entries and self._entries[handle][0] > self._clock():
+            self._entries.move_to_end(handle)
+            return self._entries[handle][1]
+        banner = await read()
+        now = self._clock()
+        self._entries[handle] = (now + self.ttl_s, banner)
+        self._entries.move_to_end(handle)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        for key in [k for k, (expires, _) in self._entries.items() if expires <= now]:  # what is left stale
+            del self._entries[key]
+        return banner
 
 
 @dataclass
@@ -43,7 +92,7 @@ class AppContext:
     writeback: WritebackService
     secret: bytes
     any_site_frame_ancestors: tuple[str, ...]  # every configured EHR origin, for pages outside a known launch
-    banners: dict[str, dict[str, str] | None]
+    banners: BannerCache
     admin_accounts: AdminAccounts
     admin_sessions: AdminSessions
     password_work: anyio.CapacityLimiter | None = None  # password checks at once (scrypt: CPU and 16 MiB each)
@@ -52,6 +101,7 @@ class AppContext:
     handle_cipher: TokenCipher | None = None  # seals a launch handle into a read job
     backends: SiteBackends | None = None  # Backend Services per site (their keys are in the JWKS too)
     charts: ChartCache | None = None  # the view's charts by outcome digest (app.web.charts)
+    outbox: OutboxWorker | None = None  # this process's one worker for the clinician's in-context send
 
 
 def context_of(request: Request[Any, Any, Any]) -> AppContext:

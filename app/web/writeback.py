@@ -55,7 +55,6 @@ from bff.broker.plan import PlanError
 from bff.capabilities import CapabilityError
 from bff.encounters import VisitLookup, open_visit
 from bff.outbox import queue
-from bff.outbox.worker import OutboxWorker
 from bff.resources.load import NoReadingsError
 from bff.smart import LaunchContext, SmartError
 from bff.store.outcomes import UnknownPatientError
@@ -145,7 +144,7 @@ def _render(
         "base": p.base, "csrf_token": csrf_token(ctx.secret, p.handle), "engine_version": ENGINE_VERSION,
         "smart_style_url": p.launch.smart_style_url, "state_labels": STATE_LABELS, "poll_active": POLL_ACTIVE,
         "poll_waiting": POLL_WAITING, "utc_text": utc_text,
-        "patient_name": (ctx.banners.get(p.handle) or {}).get("name"),  # for the page's title (cached by the view)
+        "patient_name": (ctx.banners.cached(p.handle) or {}).get("name"),  # the page's title (read by the view)
         **context,
     }  # fmt: skip
     page = not wants_fragment(request)
@@ -297,16 +296,17 @@ _CREATES = {"flowsheet": ("Observation",), "observations": ("Observation",), "no
 async def _send_in_context(ctx: AppContext, p: Patient, handle: str, view: SignOffView) -> SignOffView:
     """When the clinician's own launch may create what was signed, send it now with their token (the EHR then
     shows the clinician as its author); otherwise, or for what fails, the outbox worker sends it with the app's
-    system token. Never raises: the sign-off is stored either way."""
+    system token. Never raises: the sign-off is stored either way.
+
+    The send goes through the process's one outbox worker (`ctx.outbox`, built at start by `bff.bootstrap`: its
+    buckets and breakers are the process's), with a broker holding this launch's token; no worker is built here."""
     queued = [i.id for i in view.intents if i.state == "queued"]
     kinds = {i.kind for i in view.intents if i.state == "queued"}
     types = sorted({t for kind in kinds for t in _CREATES.get(kind, ("Bundle",))})
     try:
-        if queued and kinds <= set(_CREATES) and scopes_allow_create(p.launch.scopes, types):
+        if ctx.outbox and queued and kinds <= set(_CREATES) and scopes_allow_create(p.launch.scopes, types):
             broker = Broker(ctx.http, launch_token_source(ctx.smart, handle))
-            worker = OutboxWorker(ctx.store, ctx.capabilities, broker, writeback=ctx.writeback,
-                                  redis_url=ctx.settings.redis_url)  # fmt: skip
-            await worker.send_in_context(p.site, queued, broker)
+            await ctx.outbox.send_in_context(p.site, queued, broker)
     except Exception:  # the worker will send what is left; the clinician sees the badge move either way
         log.exception("sending a sign-off in context failed at site %s", p.site)
     finally:  # what was not sent in context is the worker's at once

@@ -8,7 +8,7 @@
     launch_read.py  a patient's CGM Observations from the EHR at launch, and what the view shows of it
     schedule.py     the scheduler (`tick`, every minute on every worker; keys make that safe)
     worker.py       the embedded queue's worker
-    context.py      what a job runs with (`JobContext`, `build_context`)
+    context.py      what a job runs with (`JobContext`; built by `bff.bootstrap.job_context`)
     seams.py        where the vendor profiles (which search finds CGM readings) and the Bulk client plug in
 
 `glucobridge worker` runs the jobs (`app/jobs.py` picks the backend: SAQ with litestar-saq's worker when

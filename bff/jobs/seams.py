@@ -1,7 +1,7 @@
 """Where other parts plug into the jobs: which FHIR search finds a site's CGM readings, and how a Bulk export starts.
 
 Both are plain values of the `JobContext` (`bff.jobs.context`), set where the context is built
-(`bff.jobs.context.build_context`), so a job never decides them itself:
+(`bff.bootstrap.job_context`), so a job never decides them itself:
 
 - `JobContext.cgm_search(caps, patient, since)`: the search of the launch-time read, the site's vendor profile's
   (`bff.vendors`: the catalogue's reading codes, the site's `[read]` rows and category).

@@ -19,6 +19,10 @@ One pass over a site (`run_site`):
 
 The database is the only shared state: several workers may run (claims are exclusive; PostgreSQL uses
 SKIP LOCKED). A database outage pauses the worker; results already received are recorded when it is back.
+
+The database work is synchronous SQLAlchemy, so it runs in the worker's own bounded thread pool
+(`WorkerConfig.db_threads`), never on its event loop: one site's slow query does not stall another site's sends.
+Each step opens its own session, so the steps of concurrent sites share nothing but the connection pool.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -46,7 +51,6 @@ from bff.outbox.throttle import Breakers, Bucket, TokenBucket, make_bucket
 from bff.store.db import Store
 from bff.store.models import WriteIntent
 from bff.vendors import profile_for
-from bff.writeback import WritebackService
 
 log = logging.getLogger("glucobridge.outbox")
 T = TypeVar("T")
@@ -69,6 +73,16 @@ class WorkerConfig:
     corrections_every_s: float = 60.0  # look for backfilled outcomes of signed windows (correction writes)
     db_retry_s: float = 1.0
     db_retry_max_s: float = 30.0
+    db_threads: int = 4  # database steps at once (each holds a pooled connection while it runs)
+
+
+class SignOffPlans(Protocol):
+    """What the worker asks of the sign-offs (`bff.writeback.WritebackService`, which itself enqueues through
+    `bff.outbox.queue`: the worker is handed it, and so imports nothing of it)."""
+
+    def expand_plans(self, caps: SiteCapabilities) -> list[int]: ...
+
+    def propose_corrections(self, site: str) -> list[int]: ...
 
 
 @dataclass
@@ -125,11 +139,11 @@ class OutboxWorker:
         capabilities: CapabilityService,
         broker: Broker,
         *,
+        writeback: SignOffPlans,
         config: WorkerConfig | None = None,
         redis_url: str | None = None,
         now: Callable[[], datetime] = _utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        writeback: WritebackService | None = None,
     ) -> None:
         self.store = store
         self.capabilities = capabilities
@@ -138,10 +152,15 @@ class OutboxWorker:
         self.redis_url = redis_url
         self._now = now
         self._sleep = sleep
-        self.writeback = writeback or WritebackService(store, capabilities, now=now)
+        self.writeback = writeback
         self._buckets: dict[str, tuple[tuple[float, int], Bucket]] = {}
         self.breakers = Breakers(self.config.breaker_threshold, self.config.breaker_cool_down_s)
         self._corrections_last: dict[str, float] = {}
+        self._db_pool = ThreadPoolExecutor(max(1, self.config.db_threads), thread_name_prefix="outbox-db")
+
+    def close(self) -> None:
+        """Let the database threads go (idle ones; a step in flight finishes)."""
+        self._db_pool.shutdown(wait=False)
 
     # --- plumbing ----------------------------------------------------------------------------------------------
 
@@ -159,11 +178,13 @@ class OutboxWorker:
         return cached[1]
 
     async def _db(self, what: str, fn: Callable[[], T]) -> T:
-        """Run a database step, waiting out an outage (PostgreSQL restarting) instead of losing a result."""
+        """Run a database step in the worker's thread pool (off the event loop), waiting out an outage
+        (PostgreSQL restarting) instead of losing a result."""
         delay = self.config.db_retry_s
+        loop = asyncio.get_running_loop()
         while True:
             try:
-                return fn()
+                return await loop.run_in_executor(self._db_pool, fn)
             except DBAPIError as exc:  # an outage (OperationalError, a dropped connection); other errors are bugs
                 if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
                     raise
@@ -176,7 +197,7 @@ class OutboxWorker:
     async def run_site(self, site: str) -> SiteRun:
         run = SiteRun(site)
         try:
-            caps = self.capabilities.get(site)
+            caps = await self._db("matrix", lambda: self.capabilities.get(site))  # the file and its overrides
         except CapabilityError as exc:
             log.error("site %s: capability matrix unusable, nothing sent: %s", site, exc)
             return run
@@ -207,7 +228,7 @@ class OutboxWorker:
         same rules as the queue: the site's matrix, its bucket, classification, read-back. What cannot be sent now
         (the site is read-only, throttled, or the token lacks a scope) stays with the worker."""
         run = SiteRun(site)
-        caps = self.capabilities.get(site)
+        caps = await self._db("matrix", lambda: self.capabilities.get(site))
         if not caps.write.writes or not self.breakers[site].allow():
             return run
         intents = await self._db("claim", lambda: queue.claim(
@@ -407,12 +428,13 @@ class OutboxWorker:
         async def one(site: str) -> None:
             while time.monotonic() < deadline:
                 await self.run_site(site)
-                if open_count(queue.counts_by_state(self.store, site)) == 0:
+                if open_count(await self._db("counts", lambda: queue.counts_by_state(self.store, site))) == 0:
                     return
                 await self._sleep(tick_s)
 
         await asyncio.gather(*(one(site) for site in chosen))
-        return {site: queue.counts_by_state(self.store, site) for site in chosen}
+        return {site: await self._db("counts", lambda s=site: queue.counts_by_state(self.store, s))  # type: ignore[misc]
+                for site in chosen}  # fmt: skip
 
 
 def _detail(result: SendResult) -> str:
@@ -425,4 +447,4 @@ def _detail(result: SendResult) -> str:
     return text[:2000] or f"HTTP {result.status}"
 
 
-__all__ = ["OutboxWorker", "SiteRun", "WorkerConfig"]
+__all__ = ["OutboxWorker", "SignOffPlans", "SiteRun", "WorkerConfig"]

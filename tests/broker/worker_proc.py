@@ -8,21 +8,19 @@ from pathlib import Path
 
 import httpx
 
+from bff import bootstrap
 from bff.broker.broker import Broker, backend_token_source
-from bff.capabilities import CapabilityService
-from bff.outbox.worker import OutboxWorker, WorkerConfig
+from bff.outbox.worker import WorkerConfig
 from bff.settings import Settings
 from bff.smart.backend import BackendAuth
-from bff.store.db import Store
 
 
 async def main(db_url: str, sites_dir: str, key_file: str, site: str) -> None:
-    store = Store(Settings(database_url=db_url))
+    core = bootstrap.services(Settings(database_url=db_url, sites_dir=sites_dir))
     async with httpx.AsyncClient(timeout=30) as http:
         auth = BackendAuth("outbox-test", Path(key_file).read_bytes(), "outbox-1", "ES384", http=http)
-        capabilities = CapabilityService(store, sites_dir)
-        worker = OutboxWorker(store, capabilities, Broker(http, backend_token_source(auth), timeout_s=30),
-                              config=WorkerConfig(lease_s=2.0))  # fmt: skip
+        worker = bootstrap.outbox_worker(core, Broker(http, backend_token_source(auth), timeout_s=30),
+                                         config=WorkerConfig(lease_s=2.0))  # fmt: skip
         print("ready", flush=True)
         await worker.run([site], idle_s=0.1)
 

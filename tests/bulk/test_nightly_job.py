@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bff.jobs.context import build_context
+from bff import bootstrap
 from bff.jobs.definitions import nightly_bulk
 from bff.jobs.queue import StoreQueue
 from bff.settings import Settings
@@ -29,7 +29,7 @@ def test_the_nightly_job_exports_the_site_with_the_apps_key(
     settings = Settings(database_url=store.engine.url.render_as_string(hide_password=False), sites_dir=str(sites_dir))
 
     async def run() -> dict[str, object]:
-        ctx = build_context(settings, StoreQueue(store), store=store)
+        ctx = bootstrap.job_context(bootstrap.services(settings, store=store), StoreQueue(store))
         try:
             assert ctx.bulk is not None
             return await nightly_bulk(ctx, {"site": "oracle-like", "night": "2026-11-26"})
@@ -52,7 +52,7 @@ def test_without_a_backend_key_the_nightly_job_says_there_is_no_client(
     settings = Settings(database_url=store.engine.url.render_as_string(hide_password=False), sites_dir=str(sites_dir))
 
     async def run() -> dict[str, object]:
-        ctx = build_context(settings, StoreQueue(store), store=store)
+        ctx = bootstrap.job_context(bootstrap.services(settings, store=store), StoreQueue(store))
         try:
             return await nightly_bulk(ctx, {"site": "oracle-like", "night": "2026-11-26"})
         finally:

@@ -13,10 +13,10 @@ from fhir.resources import get_fhir_model_class as r5_model
 from fhir.resources.R4B import get_fhir_model_class as r4_model
 
 from bff.resources.fhir import IG, SHA256_SYSTEM, document_reference, outcome_bundle, submit_parameters
-from bff.resources.profiles import ProfileSet
 from bff.resources.record import IDENTIFIER_SYSTEM
 from bff.resources.signing import generate_key_pem, load_signer
 from bff.resources.verify import VerifyReport, verify_bundle, verify_signature
+from tests.resources.profiles import ProfileSet
 from tests.resources.samples import sample_record
 
 IG_FOLDER = Path(__file__).resolve().parents[3] / "shared" / "reference" / "cgm-ig"

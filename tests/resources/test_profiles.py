@@ -1,4 +1,4 @@
-"""bff.resources.profiles against the HL7 CGM IG 1.0.0 (StructureDefinitions and examples in shared/reference/cgm-ig).
+"""tests.resources.profiles against the HL7 CGM IG 1.0.0 (StructureDefinitions and examples in shared/reference/cgm-ig).
 
 Every IG example validates against the profile the IG's ImplementationGuide resource gives it (`exampleCanonical`);
 a catalogue of mutations of those examples fails with exactly the expected errors; and @medplum/core 4.5.2 (npm,
@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from bff.resources import profiles
-from bff.resources.profiles import CGM_PROFILE_BASE, IGNotFoundError, Issue, ProfileSet, bundle_resolver, errors
+from tests.resources import profiles
+from tests.resources.profiles import CGM_PROFILE_BASE, IGNotFoundError, Issue, ProfileSet, bundle_resolver, errors
 
 REQUIRE = os.environ.get("GLUCOBRIDGE_REQUIRE_SERVICES") == "1"
 REPO = Path(__file__).resolve().parents[2]
