@@ -22,13 +22,14 @@ offset; the parsers keep its payload as text (CSV: the line read as Latin-1, so 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-
-import orjson
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
+
+import orjson
 
 MAX_DEPTH = 64
 MAX_RECORD_BYTES = 1 << 20
@@ -146,10 +147,10 @@ def loads_bounded(text: str) -> Any:
     is nested deeper than `MAX_DEPTH`, holds a NUL character or a lone surrogate, or is not JSON."""
     value: Any = _FAILED
     if not _LONG_DIGITS.search(text):
-        try:  # orjson (several times faster) reads what json reads to the same values, and refuses the rest
+        # orjson (several times faster) reads what json reads to the same values, and refuses the rest: what it
+        # refuses is read again by json below, for the same reason as always (or a value json accepts: NaN, …).
+        with contextlib.suppress(orjson.JSONDecodeError):
             value = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            pass  # read again by json below, for the same reason as always (or a value json accepts: NaN, …)
     try:
         if value is _FAILED:
             value = json.loads(text)
