@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 from datetime import date, datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import DBAPIError
-
-from bff.settings import get_settings
-from bff.store.db import SchemaError, Store
-from engine import WindowSpec
+if TYPE_CHECKING:  # the command line's start-up imports this module: the database and engine load when used
+    from bff.store.db import Store
+    from engine import WindowSpec
 
 EXIT_BAD_INPUT = 2
 EXIT_INFRASTRUCTURE = 3
@@ -41,6 +40,8 @@ def bound(text: str) -> int | date:
 
 
 def window_from(args: argparse.Namespace) -> WindowSpec:
+    from engine import WindowSpec  # noqa: PLC0415 - see the imports above
+
     if (args.start is None) != (args.end is None):
         raise BadInputError("--from and --to go together")
     if args.start is not None:
@@ -51,6 +52,11 @@ def window_from(args: argparse.Namespace) -> WindowSpec:
 
 
 def open_store() -> Store:
+    from sqlalchemy.exc import DBAPIError  # noqa: PLC0415 - see the imports above
+
+    from bff.settings import get_settings  # noqa: PLC0415
+    from bff.store.db import SchemaError, Store  # noqa: PLC0415
+
     try:
         return Store(get_settings())
     except SchemaError as exc:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+import app.cli
 from app.cli.common import BadInputError, open_store, window_from
 from bff.hl7 import Hl7ParseError
 from bff.hl7.oru import build_oru
@@ -29,7 +30,7 @@ from bff.settings import get_settings
 from bff.store.outcomes import UnknownPatientError
 from engine import EngineError, Method, OutcomePolicy
 
-FORMATS = ("fhir-r4", "fhir-r5", "hl7v2", "pdf", "note")
+FORMATS = app.cli.FORMATS  # written out where the parser is built, which imports no command module
 
 
 def _record(args: argparse.Namespace) -> OutcomeRecord:

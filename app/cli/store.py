@@ -16,16 +16,12 @@ from sqlalchemy.exc import DBAPIError
 
 from app.cli.common import BadInputError, InfrastructureError, open_store
 from bff.capabilities import CapabilityError, load_file, parse_capabilities
-from bff.hl7 import MllpLimits
 from bff.ingest.records import Feed, FeedFormatError, FeedItem, ParseOptions, Parser, reading_from_json
 from bff.ingest.registry import parser_for
 from bff.settings import get_settings
-from bff.store import windows
 from bff.store.db import Store, make_engine, upgrade
 from bff.store.ingest import READING_CONTEXT, IngestError, Ingestor
-from bff.store.mllp import MllpListener
 from bff.store.models import QuarantineItem
-from bff.store.outcomes import OutcomeService
 from engine import EngineError
 from engine.timezones import check_zone
 
@@ -204,6 +200,9 @@ def cmd_recompute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise BadInputError("say what to recompute: --stale")
     store = open_store()
     try:
+        from bff.store import windows  # noqa: PLC0415 - only this command needs the engine
+        from bff.store.outcomes import OutcomeService  # noqa: PLC0415
+
         found, standard = windows.sweep_and_refresh(store)
         results = OutcomeService(store).recompute_stale()
     finally:
@@ -245,6 +244,9 @@ def cmd_db(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_listen_mllp(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from bff.hl7 import MllpLimits  # noqa: PLC0415 - only this command needs the MLLP server
+    from bff.store.mllp import MllpListener  # noqa: PLC0415
+
     options = _options(args)
     try:
         limits = MllpLimits(idle_timeout_s=args.idle_timeout, max_connections=args.max_connections)

@@ -22,11 +22,14 @@ offset; the parsers keep its payload as text (CSV: the line read as Latin-1, so 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
+
+import orjson
 
 MAX_DEPTH = 64
 MAX_RECORD_BYTES = 1 << 20
@@ -37,6 +40,8 @@ MAX_TEXT_CHARS = 1024
 SHOWN_CHARS = 60
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+#: A number orjson would read differently from `json` (past 64 bits it gives a float, not an int).
+_LONG_DIGITS = re.compile(r"\d{19}")
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
 
 
@@ -134,11 +139,21 @@ def read_lines(stream: IO[bytes], limit: int = MAX_RECORD_BYTES, *, split_cr: bo
 # MARK: JSON text
 
 
+_FAILED = object()
+
+
 def loads_bounded(text: str) -> Any:
     """One JSON value from text already held to `MAX_RECORD_BYTES`, refused (ValueError, with the reason) when it
     is nested deeper than `MAX_DEPTH`, holds a NUL character or a lone surrogate, or is not JSON."""
+    value: Any = _FAILED
+    if not _LONG_DIGITS.search(text):
+        # orjson (several times faster) reads what json reads to the same values, and refuses the rest: what it
+        # refuses is read again by json below, for the same reason as always (or a value json accepts: NaN, …).
+        with contextlib.suppress(orjson.JSONDecodeError):
+            value = orjson.loads(text)
     try:
-        value = json.loads(text)
+        if value is _FAILED:
+            value = json.loads(text)
     except RecursionError:
         raise ValueError(f"nested more than {MAX_DEPTH} levels deep") from None
     except ValueError as exc:

@@ -1,11 +1,18 @@
 """Ingestion: one input (a file or a message) into the store, in one transaction.
 
-    parse (streaming) → validate → resolve patient, device stream, session → insert by deterministic key
-    → record conflicts → reconcile copies across feeds → mark outcome windows stale → close the batch
+    digest → parse (streaming) → validate → resolve patient, device stream, session → key
+    → load the chunk into a staging table (PostgreSQL: COPY; SQLite: one executemany)
+    → one set-based merge per chunk (INSERT … SELECT … ON CONFLICT DO NOTHING) → record conflicts
+    → reconcile copies across feeds → mark outcome windows stale → close the batch
 
 A crash or a lost database connection anywhere rolls the whole batch back: nothing is half-written, and
 running the same input again completes it. Re-ingesting an input adds nothing (every reading has a
-deterministic key). Every record that cannot be used is kept in quarantine with the reason.
+deterministic key), and an input already stored whole is not read again: its digest, with everything that
+decides how it is read, names the earlier batch (`input_key`). Every record that cannot be used is kept in
+quarantine with the reason.
+
+Where a caller learns what changed: `IngestReport.changed_patients`, the ids of the patients whose stored
+readings (CGM or scans) or zone this input changed, filled in `_Run.finish` just before the transaction commits.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import IO, Any
 import numpy as np
 import orjson
 from sqlalchemy import Table, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -37,7 +45,7 @@ from bff.ingest.records import (
     reading_to_json,
 )
 from bff.ingest.validate import EARLIEST_MS, check_time, check_value, reportable_range
-from bff.store import zones
+from bff.store import windows, zones
 from bff.store.db import Store
 from bff.store.models import (
     DeviceStream,
@@ -101,6 +109,12 @@ class IngestReport:
     reconciled: int = 0
     zones: list[str] = field(default_factory=list)  # zone changes this input caused ("zone changed from … to …")
     problems: list[str] = field(default_factory=list)  # the first few quarantine reasons, for the caller
+    #: The patients (database ids) whose stored readings or zone this input changed: the one place a caller
+    #: (e.g. materialized outcomes) learns whose outcomes to recompute. Empty when nothing was added.
+    changed_patients: set[int] = field(default_factory=set)
+    #: The earlier batch this input was found identical to (same digest, site, feed, patient and options, every
+    #: record stored): nothing was read again. None when the input was read.
+    same_as_batch: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +122,7 @@ class IngestReport:
             "added": self.added, "already_present": self.already_present, "conflicts": self.conflicts,
             "quarantined": self.quarantined, "skipped": self.skipped, "stale_windows": self.stale_windows,
             "duplicates_reconciled": self.reconciled, "zone_changes": len(self.zones), "first_problems": self.problems,
+            "same_as_batch": self.same_as_batch,
         }  # fmt: skip
 
 
@@ -137,11 +152,16 @@ def reading_key(site: str, feed: str, reading: FeedReading, patient: str) -> uui
 
     128 bits of SHA-256: collisions are out of reach at any realistic number of readings.
     """
+    return uuid.UUID(hex=_key_hex(site, feed, reading, patient))
+
+
+def _key_hex(site: str, feed: str, reading: FeedReading, patient: str) -> str:
+    """`reading_key` as 32 hex digits (what the staging table is loaded with: no UUID object per reading)."""
     if reading.record_key:
         basis = f"{site}|{feed}|{reading.sender}|{patient}|{reading.record_key}"
     else:
         basis = f"{site}|{feed}|{patient}|{reading.device}|{reading.stream}|{reading.time_ms}|{reading.unit.label}"
-    return uuid.UUID(bytes=hashlib.sha256(basis.encode()).digest()[:16])
+    return _sha256(basis.encode()).digest()[:16].hex()
 
 
 def record_hash(site: str, feed: str, reading: FeedReading) -> int | None:
@@ -152,8 +172,37 @@ def record_hash(site: str, feed: str, reading: FeedReading) -> int | None:
     """
     if not reading.record_key:
         return None
-    digest = hashlib.sha256(f"{site}|{feed}|{reading.sender}|{reading.record_key}".encode()).digest()
+    digest = _sha256(f"{site}|{feed}|{reading.sender}|{reading.record_key}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+_sha256 = hashlib.sha256
+
+
+def input_key(content_sha256: str, *, site: str, feed: str, patient: str | None, options: ParseOptions,
+              site_zone: str | None) -> str:  # fmt: skip
+    """SHA-256 of an input's content digest and of everything that decides how it is read: two runs with the same
+    key read the same records into the same patients (reading keys are deterministic), so once a batch with this
+    key stored every record, the same input again can only add nothing."""
+    parts = [content_sha256, site, feed, patient or "", options.input_tz or "", options.date_order or "",
+             site_zone or ""]  # fmt: skip
+    return hashlib.sha256(orjson.dumps(parts)).hexdigest()
+
+
+def content_digest(stream: IO[bytes]) -> str | None:
+    """The SHA-256 of a seekable stream's remaining bytes, read before parsing (the stream is put back where it
+    was); None for a stream that cannot seek (its digest is then taken while it is parsed)."""
+    try:
+        if not stream.seekable():
+            return None
+        start = stream.tell()
+    except (AttributeError, OSError, ValueError):
+        return None
+    sha = hashlib.sha256()
+    while block := stream.read(1 << 20):
+        sha.update(block)
+    stream.seek(start)
+    return sha.hexdigest()
 
 
 class Ingestor:
@@ -165,10 +214,14 @@ class Ingestor:
         *,
         clock: Callable[[], datetime] = utcnow,
         on_chunk: Callable[[int], None] | None = None,
+        copy: bool | None = None,
     ) -> None:
+        """`copy`: load each chunk into the staging table with PostgreSQL's COPY (the default there); False loads
+        it with one executemany, the path SQLite always takes. The merge after it is the same statement."""
         self.store = store
         self.clock = clock
         self.on_chunk = on_chunk  # called with the count of readings written so far, after each chunk
+        self.copy = store.dialect == "postgresql" if copy is None else copy and store.dialect == "postgresql"
 
     def ingest(
         self,
@@ -184,6 +237,14 @@ class Ingestor:
         """`site_zone`: the site's default zone (sites/NAME.toml `time_zone`) for patients nothing else places;
         `options.input_tz`, when given, is the feed's own statement of its patients' zone."""
         options = options or ParseOptions()
+        digest = content_digest(stream)
+        key = None
+        if digest is not None:
+            key = input_key(digest, site=site, feed=str(parser.feed), patient=patient, options=options,
+                            site_zone=site_zone)  # fmt: skip
+            skipped_run = self._same_as_before(key, digest, site=site, feed=parser.feed, source_name=source_name)
+            if skipped_run is not None:
+                return skipped_run
         reader = _HashingReader(stream)
         items = parser.parse(io.BufferedReader(reader, buffer_size=1 << 16), options)
         with self.store.transaction() as session:
@@ -191,7 +252,42 @@ class Ingestor:
                        site_zone=site_zone, feed_zone=options.input_tz)  # fmt: skip
             run.consume(items)
             skipped = getattr(parser, "skipped", None)
+            if key is None:  # the digest is known only now: the next run of this input can be skipped
+                key = input_key(reader.sha.hexdigest(), site=site, feed=str(parser.feed), patient=patient,
+                                options=options, site_zone=site_zone)  # fmt: skip
+            run.batch.input_sha256 = key
             return run.finish(reader.sha.hexdigest(), dict(skipped) if isinstance(skipped, dict) else {})
+
+    def _same_as_before(self, key: str, digest: str, *, site: str, feed: Feed, source_name: str) -> IngestReport | None:
+        """When a batch with this input key stored every record (nothing quarantined), the input is not read again:
+        every reading in it is already present. The run is still recorded as a batch of its own, naming the
+        earlier one. A batch that quarantined anything is read again, so its records are counted again."""
+        with self.store.transaction() as session:
+            earlier = session.scalar(
+                select(IngestBatch)
+                .where(
+                    IngestBatch.input_sha256 == key,
+                    IngestBatch.site_key == site,
+                    IngestBatch.finished_at.is_not(None),
+                    IngestBatch.quarantined == 0,
+                )
+                .order_by(IngestBatch.id)
+                .limit(1)
+            )
+            if earlier is None:
+                return None
+            now = self.clock()
+            batch = IngestBatch(
+                site_key=site, feed=str(feed), source_name=source_name[:500], content_sha256=digest,
+                input_sha256=key, started_at=now, finished_at=now, received=earlier.received, added=0,
+                already_present=earlier.received, conflicts=0, quarantined=0, skipped=dict(earlier.skipped or {}),
+            )  # fmt: skip
+            session.add(batch)
+            session.flush()
+            return IngestReport(
+                batch_id=batch.id, site=site, feed=str(feed), received=earlier.received,
+                already_present=earlier.received, skipped=dict(earlier.skipped or {}), same_as_batch=earlier.id,
+            )  # fmt: skip
 
     def ingest_items(
         self,
@@ -242,6 +338,7 @@ class _Run:
         self.on_chunk = owner.on_chunk
         self.settings = owner.store.settings
         self.dialect = owner.store.dialect
+        self.copy = owner.copy
         self.now = owner.clock()
         self.now_ms = int(self.now.timestamp() * 1000)
         self.site = site
@@ -265,6 +362,7 @@ class _Run:
         self.ranges: dict[tuple[str, GlucoseUnit], tuple[float, float]] = {}
         self.touched: dict[int, list[int]] = {}  # stream id -> [min ms, max ms] of readings added
         self.touched_patients: dict[int, list[int]] = {}
+        self.changed: set[int] = set()  # patients with readings added (any kind) or a zone changed
         self.staging_ready = False
         self.held_problems: dict[str, _HeldProblem] = {}
         self.quarantine_staging_ready = False
@@ -311,8 +409,7 @@ class _Run:
             pending.result()
         refused, self.refused = self.refused, []
         for reading, reason in refused:
-            self.report.received += 1  # it was counted as written; `problem` takes it back
-            self.problem(reading, reason)
+            self.problem(reading, reason)  # counted as received when read; `problem` moves it to quarantined
 
     def quarantine(self, problem: FeedProblem) -> None:
         """Keep the record with its reason. Problems are buffered and written a set at a time (`flush_quarantine`);
@@ -410,7 +507,7 @@ class _Run:
     def write(self, chunk: list[FeedReading]) -> None:
         """Check, resolve and key a chunk of readings, then hand it to the writer. The common case stays cheap."""
         rows: list[tuple[Any, ...]] = []
-        keyed: dict[uuid.UUID, FeedReading] = {}
+        keyed: dict[str, FeedReading] = {}  # reading key (32 hex digits) -> reading
         records: dict[tuple[int, int, float, str], int] = {}  # (record hash, time, value, unit) -> patient id
         tolerance = self.settings.future_tolerance_min * 60_000
         earliest, latest = EARLIEST_MS, self.now_ms + tolerance
@@ -470,7 +567,7 @@ class _Run:
                     continue
             stream_id = self.streams.get((patient_id, reading.device)) or self.stream_for(patient_id, reading.device)
             session_id = self.session_for(stream_id, reading) if reading.session_key else None
-            key = reading_key(site, feed, reading, self.public_ids[patient_id])
+            key = _key_hex(site, feed, reading, self.public_ids[patient_id])
             keyed[key] = reading
             factor = MMOL_L_TO_MG_DL if unit is GlucoseUnit.MMOL_L else 1.0
             rows.append((
@@ -632,30 +729,39 @@ class _Run:
             conn.exec_driver_sql("CREATE TEMP TABLE gb_staging AS SELECT * FROM readings WHERE 0")
         self.staging_ready = True
 
-    def insert(self, rows: list[tuple[Any, ...]], keyed: dict[uuid.UUID, FeedReading]) -> None:
+    def insert(self, rows: list[tuple[Any, ...]], keyed: dict[str, FeedReading]) -> None:
         """Hand the chunk to the writer thread (after the previous chunk is written)."""
         self.drain()
         self.pending = self.writer.submit(self._insert_locked, rows, keyed)
 
-    def _insert_locked(self, rows: list[tuple[Any, ...]], keyed: dict[uuid.UUID, FeedReading]) -> None:
+    def _insert_locked(self, rows: list[tuple[Any, ...]], keyed: dict[str, FeedReading]) -> None:
         with self.lock:
             self._insert_now(rows, keyed)
         if self.on_chunk is not None:
             self.on_chunk(self.report.added + self.report.already_present)
 
-    def _insert_now(self, rows: list[tuple[Any, ...]], keyed: dict[uuid.UUID, FeedReading]) -> None:
+    def _insert_now(self, rows: list[tuple[Any, ...]], keyed: dict[str, FeedReading]) -> None:
+        """Load the chunk into the staging table, then merge it into `readings` with one statement.
+
+        Loading is the only step that differs between the paths: PostgreSQL's COPY (`self.copy`), or one
+        executemany (SQLite, and PostgreSQL when asked). Keys go in as 32 hex digits, which both a PostgreSQL
+        uuid and SQLite's UUID column (32 hex characters) take as they are."""
         self._staging()
         conn = self.session.connection()
         cols = ", ".join(_COLUMNS)
-        if self.dialect == "postgresql":
+        if self.copy:
             raw = conn.connection.driver_connection
             with raw.cursor().copy(f"COPY gb_staging ({cols}) FROM STDIN") as copy:  # type: ignore[union-attr]
                 for row in rows:
                     copy.write_row(row)
         else:
-            marks = ", ".join("?" for _ in _COLUMNS)
-            as_text = [(row[0].hex, *row[1:]) for row in rows]  # SQLite stores UUIDs as 32 hex characters
-            conn.exec_driver_sql(f"INSERT INTO gb_staging ({cols}) VALUES ({marks})", as_text)
+            mark = "%s" if self.dialect == "postgresql" else "?"
+            marks = ", ".join(mark for _ in _COLUMNS)
+            conn.exec_driver_sql(f"INSERT INTO gb_staging ({cols}) VALUES ({marks})", rows)
+        if self.dialect == "postgresql":
+            # The planner knows nothing of a fresh temporary table: without statistics it joins the chunk to
+            # `readings` by scanning the whole of it, once per chunk (quadratic over a large input).
+            conn.exec_driver_sql("ANALYZE gb_staging")
         offered = len(rows) - self._refuse_other_patients_records(keyed)
         if self.dialect == "postgresql":
             # What was added, summed up by the server: per stream, the span and the count.
@@ -678,13 +784,14 @@ class _Run:
             self._conflicts()
         conn.exec_driver_sql("DELETE FROM gb_staging")
         for patient_id, stream_id, kind, lo, hi, _count in spans:
+            self.changed.add(int(patient_id))
             if kind != "cgm":
                 continue
             for table, key in ((self.touched, int(stream_id)), (self.touched_patients, int(patient_id))):
                 span = table.setdefault(key, [int(lo), int(hi)])
                 span[0], span[1] = min(span[0], int(lo)), max(span[1], int(hi))
 
-    def _refuse_other_patients_records(self, keyed: dict[uuid.UUID, FeedReading]) -> int:
+    def _refuse_other_patients_records(self, keyed: dict[str, FeedReading]) -> int:
         """Take out of the staged chunk every record already filed for another patient (same sender, record key,
         time and value): a re-send for the wrong patient. They are quarantined (by the reading thread), never
         filed twice. Returns how many were taken out."""
@@ -703,7 +810,7 @@ class _Run:
             ).all()
         )
         for staged_key, owner in found:
-            key = staged_key if isinstance(staged_key, uuid.UUID) else uuid.UUID(hex=str(staged_key))
+            key = staged_key.hex if isinstance(staged_key, uuid.UUID) else str(staged_key)
             self.refused.append((keyed[key], _other_patients_record(keyed[key], f"for patient {owners.get(owner)}")))
             conn.execute(text("DELETE FROM gb_staging WHERE reading_key = :key"), {"key": staged_key})
         return len(found)
@@ -728,6 +835,7 @@ class _Run:
         self.reconcile()
         self.mark_stale()
         self.place()
+        windows.mark_stale(session, self.touched_patients, now=self.now)  # standard outcomes: recomputed by a job
         batch = self.batch
         batch.content_sha256 = content_sha256
         batch.finished_at = self.now
@@ -738,6 +846,7 @@ class _Run:
         batch.quarantined = self.report.quarantined
         batch.skipped = skipped
         self.report.skipped = skipped
+        self.report.changed_patients = set(self.changed)  # the hook: these patients' readings or zone changed
         session.flush()
         return self.report
 
@@ -834,6 +943,7 @@ class _Run:
             change = zones.apply(self.session, patient, zone, self.now)
             if change:
                 self.report.zones.append(change)
+                self.changed.add(patient_id)
 
     def mark_stale(self) -> None:
         if not self.touched_patients:
@@ -888,8 +998,10 @@ def _ensure_site(session: Session, site: str, now: datetime) -> None:
     if not site or len(site) > 64:
         raise IngestError(f"a site key of 1–64 characters is needed, got {site!r}")
     if session.get(Site, site) is None:
-        session.add(Site(key=site, name=site, created_at=now))
-        session.flush()
+        # Two processes may meet a new site at once (two workers reading two patients of it): the second insert
+        # does nothing instead of failing the read with a unique violation.
+        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        session.execute(insert(Site).values(key=site, name=site, created_at=now).on_conflict_do_nothing())
 
 
 def _spans(inserted: Sequence[Any]) -> list[tuple[int, int, str, int, int, int]]:

@@ -122,6 +122,10 @@ class IngestBatch(Base):
     feed: Mapped[str] = mapped_column(String(16))
     source_name: Mapped[str] = mapped_column(String(500))
     content_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    #: SHA-256 of the content digest and everything that decides how the input is read (site, feed, --patient,
+    #: parse options, the site's zone): an input already ingested whole under the same key is skipped
+    #: (`bff.store.ingest`). NULL when the digest was not known before reading (a stream that cannot seek).
+    input_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     started_at: Mapped[datetime] = mapped_column(Timestamp)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
     received: Mapped[int] = mapped_column(Integer, default=0)
