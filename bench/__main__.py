@@ -24,6 +24,7 @@ import argparse
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable
 
 # One core: numpy's element-wise work is single-threaded; keep any BLAS the same.
@@ -53,12 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     sizes.add_argument("--full", action="store_true", help="the acceptance sizes of issue 13 (about half an hour)")
     args = parser.parse_args(argv)
     began = time.perf_counter()
+    failed = []
     for name in args.sections or list(SECTIONS):
         started = time.perf_counter()
-        SECTIONS[name](args.quick, args.full)
-        print(f"\n[{name}: {time.perf_counter() - started:.0f} s]", flush=True)
-    print(f"\n[bench: {time.perf_counter() - began:.0f} s in all]")
-    return 0
+        try:
+            SECTIONS[name](args.quick, args.full)
+        except Exception:  # one section that cannot run (a stack that did not start) does not hide the others
+            traceback.print_exc()
+            failed.append(name)
+        print(f"\n[{name}: {time.perf_counter() - started:.0f} s{' FAILED' if name in failed else ''}]", flush=True)
+    print(f"\n[bench: {time.perf_counter() - began:.0f} s in all{'; failed: ' + ', '.join(failed) if failed else ''}]")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
