@@ -103,8 +103,8 @@ def soak(total: int = 10_000, rates: dict[str, tuple[float, int]] | None = None,
         proxy = subprocess.Popen([py, "-m", "sandbox", "faultproxy", "--upstream", ehr_base, "--port", str(proxy_port)],
                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
-            wait_http(f"{ehr_base}/ehr/", ehr, timeout_s=30)
-            wait_http(f"{proxy_base}/__faults__/journal", proxy, timeout_s=30)
+            wait_http(f"{ehr_base}/ehr/", ehr, timeout_s=120)  # a busy machine: the sandbox takes a while
+            wait_http(f"{proxy_base}/__faults__/journal", proxy, timeout_s=120)
             for site, (rps, burst) in rates.items():
                 httpx.post(f"{proxy_base}/__faults__/rate", json={"path_prefix": f"/sites/{site}/fhir", "rps": rps,
                            "burst": burst, "retry_after_form": "seconds"}).raise_for_status()  # fmt: skip
