@@ -10,9 +10,9 @@ write is left or failed, and the EHR committed exactly as many writes as there a
 
 Skipped with the reason without PostgreSQL or Redis, unless GLUCOBRIDGE_REQUIRE_SERVICES=1 (then it fails).
 
-Opt-in for now (GLUCOBRIDGE_MULTIPROCESS=1): it was written on a machine so loaded (load average above 20 on 2
-cores) that the app's two processes never answered within 5 minutes, so it has not yet run to its end once; it
-joins `make test` when it has passed on a quiet machine.
+Opt-in for now (GLUCOBRIDGE_MULTIPROCESS=1): it fails today. Two reads of one site's patients, run at once by the
+two job workers on an empty store, both insert the site's row (UniqueViolation on pk_sites), and one read fails.
+It joins `make test` when that race is fixed.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ REQUIRE = os.environ.get("GLUCOBRIDGE_REQUIRE_SERVICES") == "1"
 SITE = "oracle-like"  # its writes go through the outbox (a system token), none in context
 GLUCOBRIDGE = str(Path(sys.executable).parent / "glucobridge")
 PATIENTS = 3
-OPT_IN = "opt-in until it has run to its end once: GLUCOBRIDGE_MULTIPROCESS=1"
+OPT_IN = "opt-in (GLUCOBRIDGE_MULTIPROCESS=1) until the sites-row race it finds is fixed (docs/deploy.md)"
 pytestmark = pytest.mark.skipif(os.environ.get("GLUCOBRIDGE_MULTIPROCESS") != "1", reason=OPT_IN)
 STARTUP_S = 300.0  # on a quiet machine the whole stack is up in seconds; a loaded one can take minutes
 
@@ -149,7 +149,9 @@ def test_two_of_each_process_no_duplicate_job_no_duplicate_write_no_lost_work(st
 
         until(lambda: all(read(p) in ("done", "failed", "incomplete") for p in chosen), "the reads", stack)
         statuses = {p: reads.status(SITE, p) for p in chosen}
-        assert {p: s.state for p, s in statuses.items() if s} == dict.fromkeys(chosen, "done")
+        assert {p: s.state for p, s in statuses.items() if s} == dict.fromkeys(chosen, "done"), [
+            s.error for s in statuses.values() if s
+        ]
         for status in statuses.values():
             assert status is not None
             assert status.received > 0
