@@ -9,7 +9,8 @@ from one signed plan with distinct instants and identifiers.
 
 Reported: drain time against the time the rates alone allow (the baseline: writes / rate per site, the slowest
 site bounding), requests the EHR throttled, the busiest second per site against its limit, duplicates at the
-EHR (a body committed twice), and the worker process's peak memory.
+EHR (a body committed twice), and the worker's own memory: the worker runs in a process of its own (as
+`glucobridge outbox work` does), which reports its resident set before the drain and its peak (VmHWM).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import copy
 import http.server
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -66,8 +66,8 @@ class SoakResult:
     ideal_s: float
     per_site: dict[str, dict[str, Any]]
     duplicates: int
-    peak_rss_mib: float  # the worker process's resident memory at its highest while draining
-    rss_before_mib: float  # ... and just before (the EHR seed mirror and the queued writes are loaded)
+    peak_rss_mib: float  # the worker process's resident memory at its highest (its VmHWM, /proc/<pid>/status)
+    rss_before_mib: float  # ... and just before the drain (imports, store, broker made)
     states: dict[str, dict[str, int]]
 
 
@@ -103,8 +103,8 @@ def soak(total: int = 10_000, rates: dict[str, tuple[float, int]] | None = None,
         proxy = subprocess.Popen([py, "-m", "sandbox", "faultproxy", "--upstream", ehr_base, "--port", str(proxy_port)],
                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
-            wait_http(f"{ehr_base}/ehr/", ehr, timeout_s=30)
-            wait_http(f"{proxy_base}/__faults__/journal", proxy, timeout_s=30)
+            wait_http(f"{ehr_base}/ehr/", ehr, timeout_s=120)  # a busy machine: the sandbox takes a while
+            wait_http(f"{proxy_base}/__faults__/journal", proxy, timeout_s=120)
             for site, (rps, burst) in rates.items():
                 httpx.post(f"{proxy_base}/__faults__/rate", json={"path_prefix": f"/sites/{site}/fhir", "rps": rps,
                            "burst": burst, "retry_after_form": "seconds"}).raise_for_status()  # fmt: skip
@@ -167,30 +167,16 @@ def _run(total: int, rates: dict[str, tuple[float, int]], tmp: Path, key: jwk.EC
                           payload=write.as_json(), now=now)  # fmt: skip
     if not quiet:
         print(f"queued {total:,} writes in {time.perf_counter() - started:.1f} s", flush=True)
-    rss_before = _rss_mib()
-    peak = [rss_before]
-    sampling = threading.Event()
-
-    def sample() -> None:
-        while not sampling.wait(0.1):
-            peak[0] = max(peak[0], _rss_mib())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-
-    async def drain() -> float:
-        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=20)) as client:
-            auth = BackendAuth(CLIENT, key.as_pem(private=True), "soak-1", "ES384", http=client)
-            broker = Broker(client, backend_token_source(auth), timeout_s=30)
-            worker = OutboxWorker(store, capabilities, broker, writeback=writeback,
-                                  config=WorkerConfig(batch=50, retry_min_s=0.05, backoff_base_s=0.2))  # fmt: skip
-            t0 = time.perf_counter()
-            await worker.drain(sites, timeout_s=900, tick_s=0.02)
-            return time.perf_counter() - t0
-
-    drain_s = asyncio.run(drain())
-    sampling.set()
-    sampler.join()
+    # The worker is a process of its own (as `glucobridge outbox work` is): its memory is its own, not this one's
+    # (the EHR seed mirror, the queued writes' plans, or whatever an earlier bench section left behind).
+    key_file = tmp / "backend.pem"
+    key_file.write_bytes(key.as_pem(private=True))
+    done = subprocess.run([sys.executable, "-m", "bench.soak_bench", "drain", url, str(sites_dir), str(key_file),
+                           ",".join(sites)], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    if done.returncode:
+        raise RuntimeError(f"the soak's worker process failed:\n{done.stderr[-3000:]}")
+    drained = json.loads(done.stdout.strip().splitlines()[-1])
     journal = httpx.get(f"{proxy_base}/__faults__/journal", timeout=60).json()
     states = {site: queue.counts_by_state(store, site) for site in sites}
     per: dict[str, dict[str, Any]] = {}
@@ -212,13 +198,40 @@ def _run(total: int, rates: dict[str, tuple[float, int]], tmp: Path, key: jwk.EC
             "confirmed": states[site]["confirmed"]}  # fmt: skip
     store.dispose()
     ideal = max(counts[s] / rates[s][0] for s in sites)
-    return SoakResult(total, drain_s, ideal, per, duplicates, peak[0], rss_before, states)
+    return SoakResult(total, drained["drain_s"], ideal, per, duplicates, drained["peak_rss_mib"],
+                      drained["rss_before_mib"], states)  # fmt: skip
 
 
-def _rss_mib() -> float:
-    """Resident memory of this process now (Linux /proc), in MiB."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+def _status_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS now, VmHWM its peak), in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def drain_in_this_process(db_url: str, sites_dir: str, key_file: str, sites: list[str]) -> dict[str, float]:
+    """The soak's worker: drain every site's queue, then report the drain time and this process's memory (its
+    resident set just before the drain, and its peak: the kernel's high-water mark, VmHWM)."""
+    store = Store(Settings(database_url=db_url))
+    capabilities = CapabilityService(store, sites_dir)
+    writeback = WritebackService(store, capabilities)
+
+    async def drain() -> tuple[float, float]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=20)) as client:
+            auth = BackendAuth(CLIENT, Path(key_file).read_bytes(), "soak-1", "ES384", http=client)
+            broker = Broker(client, backend_token_source(auth), timeout_s=30)
+            worker = OutboxWorker(store, capabilities, broker, writeback=writeback,
+                                  config=WorkerConfig(batch=50, retry_min_s=0.05, backoff_base_s=0.2))  # fmt: skip
+            before = _status_mib("VmRSS")
+            t0 = time.perf_counter()
+            await worker.drain(sites, timeout_s=900, tick_s=0.02)
+            return time.perf_counter() - t0, before
+
+    drain_s, before = asyncio.run(drain())
+    store.dispose()
+    return {"drain_s": drain_s, "rss_before_mib": before, "peak_rss_mib": _status_mib("VmHWM")}
 
 
 def _bytes(lines: list[bytes]) -> Any:
@@ -227,9 +240,9 @@ def _bytes(lines: list[bytes]) -> Any:
     return io.BytesIO(b"\n".join(lines))
 
 
-def run(*, quick: bool = False) -> None:
-    total = 1_500 if quick else 10_000
-    print(f"\n## soak: {total:,} queued writes across 3 sites with different throttles, one worker, SQLite\n")
+def run(*, quick: bool = False, full: bool = False) -> None:
+    total = 10_000 if full else (600 if quick else 3_000)
+    print(f"\n## soak: {total:,} queued writes, 3 sites with different throttles, one worker process, SQLite\n")
     result = soak(total)
     rows = [
         (site, f"{p['writes']:,}", f"{p['confirmed']:,}", f"{p['committed']:,}", f"{p['limit']:g}/s +{p['burst']}",
@@ -240,9 +253,13 @@ def run(*, quick: bool = False) -> None:
     print(
         f"\ndrain {result.drain_s:.1f} s against {result.ideal_s:.1f} s that the rates allow "
         f"({result.ideal_s / result.drain_s:.2f} of the ideal); duplicates at the EHR: {result.duplicates}; "
-        f"worker process memory while draining: peak {result.peak_rss_mib:.0f} MiB resident "
-        f"(from {result.rss_before_mib:.0f} MiB before the drain)"
+        f"the worker process's own memory: peak {result.peak_rss_mib:.0f} MiB resident (VmHWM) "
+        f"({result.rss_before_mib:.0f} MiB just before the drain)"
     )
 
 
-__all__ = ["RATES", "SoakResult", "run", "soak"]
+__all__ = ["RATES", "SoakResult", "drain_in_this_process", "run", "soak"]
+
+if __name__ == "__main__":  # the worker process: python -m bench.soak_bench drain DB_URL SITES_DIR KEY_FILE SITES
+    assert sys.argv[1] == "drain", sys.argv
+    print(json.dumps(drain_in_this_process(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5].split(","))))
