@@ -10,9 +10,9 @@ write is left or failed, and the EHR committed exactly as many writes as there a
 
 Skipped with the reason without PostgreSQL or Redis, unless GLUCOBRIDGE_REQUIRE_SERVICES=1 (then it fails).
 
-Opt-in for now (GLUCOBRIDGE_MULTIPROCESS=1): it fails today. Two reads of one site's patients, run at once by the
-two job workers on an empty store, both insert the site's row (UniqueViolation on pk_sites), and one read fails.
-It joins `make test` when that race is fixed.
+Its first runs found a race: two reads of one site's patients, run at once by the two job workers on an empty store,
+both inserted the site's row (UniqueViolation on pk_sites) and one read failed; a new site is now inserted with
+ON CONFLICT DO NOTHING.
 """
 
 from __future__ import annotations
@@ -51,8 +51,6 @@ REQUIRE = os.environ.get("GLUCOBRIDGE_REQUIRE_SERVICES") == "1"
 SITE = "oracle-like"  # its writes go through the outbox (a system token), none in context
 GLUCOBRIDGE = str(Path(sys.executable).parent / "glucobridge")
 PATIENTS = 3
-OPT_IN = "opt-in (GLUCOBRIDGE_MULTIPROCESS=1) until the sites-row race it finds is fixed (docs/deploy.md)"
-pytestmark = pytest.mark.skipif(os.environ.get("GLUCOBRIDGE_MULTIPROCESS") != "1", reason=OPT_IN)
 STARTUP_S = 300.0  # on a quiet machine the whole stack is up in seconds; a loaded one can take minutes
 
 
@@ -194,9 +192,11 @@ def test_two_of_each_process_no_duplicate_job_no_duplicate_write_no_lost_work(st
         journal = httpx.get(f"{stack.ehr_url}/sandbox/sites/{SITE}/journal", params={"writes": "1"}).json()
         committed = [e for e in journal if e["status"] in (200, 201)]
         assert len(committed) == len(sent)  # each write reached the EHR: none lost, none twice
-        # And none twice by content: each patient's sign-off writes each resource (path and codes) once.
+        # And none twice by content: each patient's sign-off writes the same resources (path and codes) the same
+        # number of times (Oracle: two DocumentReferences, the note and the PDF, which the journal cannot tell
+        # apart), so one patient's write sent twice shows as a count that is not a multiple of the patients.
         written = Counter(f"{e['path']} {json.dumps(e['codes'], sort_keys=True)}" for e in committed)
-        assert set(written.values()) == {PATIENTS}, written
+        assert written and all(n % PATIENTS == 0 for n in written.values()), written
         assert stack.exited() is None  # every process still running: none fell over along the way
     finally:
         store.dispose()
