@@ -24,6 +24,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -669,7 +670,8 @@ def _bulk_runner(tmp_path: Path, caps: SiteCapabilities) -> Any:
             del site
             return caps
 
-    return BulkRunner(cast(Any, None), cast(Any, _Caps()), cast(Any, None), work_dir=tmp_path)
+    store = SimpleNamespace(dialect="sqlite")  # the runner's ingestor asks the dialect; nothing here reaches a store
+    return BulkRunner(cast(Any, store), cast(Any, _Caps()), cast(Any, None), work_dir=tmp_path)
 
 
 BULK = changed(GENERIC, smart={"iss": "https://fhir.example.test/r4", "client_id": "c", "scopes": ["launch"]},

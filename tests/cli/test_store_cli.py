@@ -102,7 +102,12 @@ def test_outcomes_from_the_store_equal_outcomes_from_the_csv(cli: object) -> Non
     assert a["window"] == b["window"]
     assert a["agp"] == b["agp"]
     code, out, _ = run("recompute", "--stale")  # type: ignore[operator]
-    assert out.endswith("0 stale outcome window(s) recomputed\n")
+    assert out.splitlines() == [  # the ingest left the patient's three standard periods pending; none signed
+        "0 stale outcome window(s) recomputed",
+        "3 standard outcome(s) recomputed (3 changed; 0 patient(s) with readings no ingestion reported)",
+    ]
+    code, out, _ = run("recompute", "--stale")  # type: ignore[operator]
+    assert out.splitlines()[1].startswith("0 standard outcome(s) recomputed")  # fresh now: nothing to do again
 
 
 def test_patient_set_and_link_are_audited_changes(cli: object) -> None:
