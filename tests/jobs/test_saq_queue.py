@@ -147,7 +147,7 @@ def test_jobs_survive_a_restart_and_a_dead_workers_job_runs_again(queue_name: st
                         await after.state("test:held") is JobState.DONE])  # fmt: skip
 
         try:
-            await until(both_done, 30)  # the held one once its timeout passed and the sweep found it
+            await until(both_done, 60)  # the held one: swept, its abort wait (5 s) ended, run again
             job = await after_queue.job("test:held")
             assert job is not None
             assert job.attempts == 2
