@@ -15,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import redis
 
@@ -25,6 +25,7 @@ from engine import ENGINE_VERSION
 CHARTS_VERSION = "1"
 TTL_S = 900
 MAX_ENTRIES = 256
+V = TypeVar("V")
 
 
 class ChartCache(Protocol):
@@ -33,39 +34,51 @@ class ChartCache(Protocol):
     def put(self, key: str, value: dict[str, Any]) -> None: ...
 
 
-class MemoryCache:
-    """At most `max_entries` entries, each for `ttl` seconds (least recently used first out)."""
+class ExpiringLru(Generic[V]):
+    """At most `max_entries` entries, each for `ttl` seconds, least recently used first out; expired entries go
+    whenever one is stored. The one in-process cache of the app (charts here, the banner in app.web.common): what
+    it holds may be PHI, so nothing is kept without a bound and a TTL. Thread-safe."""
 
-    def __init__(self, *, ttl: float = TTL_S, max_entries: int = MAX_ENTRIES,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(self, *, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl, self.max_entries, self.clock = ttl, max_entries, clock
-        self._entries: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def lookup(self, key: str) -> tuple[bool, V | None]:
+        """(True, the value) while a fresh entry is held (the value may itself be None), else (False, None)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                return None
+                return False, None
             if entry[0] <= self.clock():
                 del self._entries[key]
-                return None
+                return False, None
             self._entries.move_to_end(key)
-            return entry[1]
+            return True, entry[1]
 
-    def put(self, key: str, value: dict[str, Any]) -> None:
+    def put(self, key: str, value: V) -> None:
         with self._lock:
             now = self.clock()
             self._entries[key] = (now + self.ttl, value)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
-            expired = [k for k, (until, _v) in self._entries.items() if until <= now]
-            for k in expired:
+            for k in [k for k, (until, _v) in self._entries.items() if until <= now]:
                 del self._entries[k]
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class MemoryCache(ExpiringLru[dict[str, Any]]):
+    """The charts' cache without Redis: at most MAX_ENTRIES entries, each for TTL_S seconds."""
+
+    def __init__(self, *, ttl: float = TTL_S, max_entries: int = MAX_ENTRIES,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        super().__init__(ttl=ttl, max_entries=max_entries, clock=clock)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.lookup(key)[1]
 
 
 class RedisCache:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +14,7 @@ from litestar.exceptions import HTTPException
 from litestar.plugins.htmx import HTMXRequest
 from litestar.response import Template
 
-from app.web.charts import ChartCache
+from app.web.charts import ChartCache, ExpiringLru
 from app.web.security import SECURITY_HEADERS, client_address, content_security_policy, csrf_ok
 from bff.admin import AdminAccounts, AdminSessions
 from bff.audit import audit
@@ -39,42 +38,25 @@ class BannerCache:
     """The patient banner (name, birth date, sex, MRN) read from the EHR, per launch handle, so that the pages of
     one launch read it once: at most `max_entries` launches, each for `ttl_s` seconds (least recently used out
     first). PHI: nothing keeps it longer; the next page after that reads it again (a banner that could not be
-    read, None, is kept as long, so an EHR that refuses is not asked on every page).
-
-    Used from the event loop only (no lock)."""
+    read, None, is kept as long, so an EHR that refuses is not asked on every page)."""
 
     def __init__(self, *, ttl_s: float = 300.0, max_entries: int = 1024,
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
-        self.ttl_s, self.max_entries, self._clock = ttl_s, max_entries, clock
-        self._entries: OrderedDict[str, tuple[float, Banner | None]] = OrderedDict()
+        self._held: ExpiringLru[Banner | None] = ExpiringLru(ttl=ttl_s, max_entries=max_entries, clock=clock)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._held)
 
     def cached(self, handle: str) -> Banner | None:
         """The banner if one is held and fresh, else None (nothing is read)."""
-        entry = self._entries.get(handle)
-        if entry is None:
-            return None
-        if entry[0] <= self._clock():
-            del self._entries[handle]
-            return None
-        self._entries.move_to_end(handle)
-        return entry[1]
+        return self._held.lookup(handle)[1]
 
     async def get(self, handle: str, read: Callable[[], Awaitable[Banner | None]]) -> Banner | None:
         """The launch's banner: the held one while fresh, else `read()` (and held)."""
-        if handle in self._entries and self._entries[handle][0] > self._clock():
-            self._entries.move_to_end(handle)
-            return self._entries[handle][1]
-        banner = await read()
-        now = self._clock()
-        self._entries[handle] = (now + self.ttl_s, banner)
-        self._entries.move_to_end(handle)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-        for key in [k for k, (expires, _) in self._entries.items() if expires <= now]:  # what is left stale
-            del self._entries[key]
+        found, banner = self._held.lookup(handle)
+        if not found:
+            banner = await read()
+            self._held.put(handle, banner)
         return banner
 
 
