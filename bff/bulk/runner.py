@@ -214,12 +214,9 @@ class BulkRunner:
 
     async def resume(self, site: str, job_id: int | None = None) -> list[JobReport]:
         """Drive the site's unfinished jobs (or the one named) on from their record."""
-        ids = [job_id] if job_id is not None else [j.id for j in self.jobs.active(site)]
         reports = []
-        for one in ids:
-            job = self.jobs.get(one)
-            if job is None or job.site_key != site:
-                raise BulkError(f"no bulk job {one} at site {site}")
+        for one in self._job_ids(site, job_id):
+            job = self._site_job(site, one)
             if job.state not in ACTIVE:
                 reports.append(self.report(job))
                 continue
@@ -231,12 +228,9 @@ class BulkRunner:
     async def cancel(self, site: str, job_id: int | None = None) -> list[JobReport]:
         """Cancel the site's unfinished jobs (or the one named): DELETE at the server, then state cancelled."""
         caps = self.capabilities.get(site)
-        ids = [job_id] if job_id is not None else [j.id for j in self.jobs.active(site)]
         reports = []
-        for one in ids:
-            job = self.jobs.get(one)
-            if job is None or job.site_key != site:
-                raise BulkError(f"no bulk job {one} at site {site}")
+        for one in self._job_ids(site, job_id):
+            job = self._site_job(site, one)
             if job.state in ACTIVE:
                 if job.status_url:
                     answer = await self.client.cancel(caps, job.status_url)
@@ -245,6 +239,16 @@ class BulkRunner:
                 self._remove_files(one)
             reports.append(self.report(job))
         return reports
+
+    def _job_ids(self, site: str, job_id: int | None) -> list[int]:
+        """The job named, else the site's unfinished ones."""
+        return [job_id] if job_id is not None else [j.id for j in self.jobs.active(site)]
+
+    def _site_job(self, site: str, job_id: int) -> BulkJob:
+        job = self.jobs.get(job_id)
+        if job is None or job.site_key != site:
+            raise BulkError(f"no bulk job {job_id} at site {site}")
+        return job
 
     def status(self, site: str, limit: int = 20) -> list[JobReport]:
         return [self.report(job) for job in self.jobs.recent(site, limit)]
