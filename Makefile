@@ -46,8 +46,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The suite on TEST_WORKERS processes (pytest-xdist; a file's tests and the web tests' demo stack each stay on one
+# worker), then the tests marked serial on their own (with GLUCOBRIDGE_PG_RESTART=1 they restart PostgreSQL).
+# Both parts always run; either failing fails the target. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 unit: $(STAMP) static
-	$(BIN)/pytest --durations=25
+	@status=0; \
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup -m "not serial" --durations=25 $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/pytest -m serial --durations=5 $(PYTEST_ARGS) || status=$$((status ? status : $$?)); \
+	exit $$status
 
 test: lint typecheck unit
 

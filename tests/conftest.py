@@ -19,6 +19,31 @@ from bff.admin import passwords
 from bff.settings import Settings
 from bff.store.db import Store, make_engine, upgrade
 
+#: The demo stacks of tests/web (a 90-day one and an empty one), started once per test process: under xdist every
+#: test that uses one runs on the same worker, so each stack starts once in the whole run.
+STACK_FIXTURES = frozenset({"stack", "fresh_stack"})
+WEB = Path(__file__).resolve().parent / "web"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its own hook appends them to the node ids)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`make test` runs on several workers (pytest-xdist, --dist loadgroup): a file's tests stay together (their
+    module-scoped servers and browsers start once), and tests/web's stack users share one worker."""
+    for item in items:
+        path = Path(str(item.path))
+        uses_stack = STACK_FIXTURES & set(getattr(item, "fixturenames", ()))
+        group = "web-stack" if uses_stack and path.is_relative_to(WEB) else path.relative_to(config.rootpath).as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """xdist groups by a suffix it writes into each node id; a pytest that ignores that write (pytest-xdist#1386)
+    would spread the groups silently, so each worker would start its own demo stack. Say so instead."""
+    if getattr(session.config.option, "loadgroup", False) and session.items and "@" not in session.items[0].nodeid:
+        raise pytest.UsageError("pytest-xdist --dist loadgroup is not grouping with this pytest (pytest-xdist#1386)")
+
+
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REQUIRE = os.environ.get("GLUCOBRIDGE_REQUIRE_SERVICES") == "1"
 

@@ -191,6 +191,7 @@ def _restart_postgres(application_name: str) -> None:
     assert killed, "the worker had no connection to terminate"
 
 
+@pytest.mark.serial  # with GLUCOBRIDGE_PG_RESTART=1 it restarts the server every other test uses
 def test_a_postgresql_restart_mid_send_loses_and_doubles_nothing(ehr, proxy, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import threading  # noqa: PLC0415
     import uuid  # noqa: PLC0415

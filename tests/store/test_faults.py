@@ -162,6 +162,7 @@ def _terminate(application_name: str) -> int:
         admin.dispose()
 
 
+@pytest.mark.serial  # with GLUCOBRIDGE_PG_RESTART=1 it restarts the server every other test uses
 def test_postgresql_lost_mid_ingest_is_reported_and_never_half_applied(big_csv: Path, tmp_path: Path) -> None:
     """The database goes away while a batch is open. In CI (GLUCOBRIDGE_PG_RESTART=1, the suite alone on the
     server) PostgreSQL really restarts; elsewhere (other suites may share the server) the server terminates the
