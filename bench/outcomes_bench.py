@@ -42,7 +42,7 @@ from bff.resources.fhir import outcome_bundle
 from bff.settings import ROOT, Settings
 from bff.store import windows
 from bff.store.db import Store, make_engine, upgrade
-from bff.store.models import Patient, StandardOutcome
+from bff.store.models import Patient
 from tests.conftest import PgSchema, postgres_available
 from tests.resources.samples import sample_record
 
@@ -163,19 +163,10 @@ def run(*, quick: bool = False, patients: int | None = None, backfill: bool = Fa
         exported = size = 0
         with store.transaction() as session:
             last = 0
-            while True:
-                page = session.execute(
-                    select(StandardOutcome.id, Patient.public_id, StandardOutcome.document)
-                    .join(Patient, Patient.id == StandardOutcome.patient_id)
-                    .where(StandardOutcome.id > last, StandardOutcome.days == 14)
-                    .order_by(StandardOutcome.id)
-                    .limit(500)
-                ).all()
-                if not page:
-                    break
-                for row_id, public_id, document in page:
-                    last = row_id
-                    record = dataclasses.replace(template, patient_id=public_id, document=document,
+            while page := windows.summaries(session, 14, after=last, limit=500):
+                for stored in page:
+                    last = stored.row_id
+                    record = dataclasses.replace(template, patient_id=stored.public_id, document=stored.document,
                                                  patient_reference=None)  # fmt: skip
                     size += len(orjson.dumps(outcome_bundle(record, include_raw=False)))
                     exported += 1

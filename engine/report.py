@@ -319,20 +319,21 @@ def _traces(result: CohortResult, rows: range, zone: str) -> list[dict[str, Any]
     mg = table.value[idx] * np.where(table.unit[idx] == GlucoseUnit.MMOL_L, MMOL_L_TO_MG_DL, 1.0)
     local = to_local_ms(zone, t)
     short = result.policy.short_gap_min * MIN_MS
+    day = local // DAY_MS
+    minute = (local % DAY_MS) / MIN_MS
+    # A day starts where the local date changes; inside a day a break longer than short_gap is a None.
+    starts = np.flatnonzero(np.r_[True, day[1:] != day[:-1]])
+    ends = np.r_[starts[1:], day.size]
+    breaks = np.r_[False, np.diff(t) > short]
     out: list[dict[str, Any]] = []
-    current: dict[str, Any] | None = None
-    prev_t = 0
-    for ti, li, v in zip(t.tolist(), local.tolist(), mg.tolist(), strict=True):
-        day = date(1970, 1, 1) + timedelta(days=li // DAY_MS)
-        if current is None or current["date"] != day.isoformat():
-            current = {"date": day.isoformat(), "minute": [], "value": []}
-            out.append(current)
-        elif ti - prev_t > short:
-            current["minute"].append(None)
-            current["value"].append(None)
-        current["minute"].append((li % DAY_MS) / MIN_MS)
-        current["value"].append(v)
-        prev_t = ti
+    epoch = date(1970, 1, 1)
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        minutes, values = minute[a:b].tolist(), mg[a:b].tolist()
+        cuts = (np.flatnonzero(breaks[a + 1 : b]) + 1).tolist()
+        for cut in reversed(cuts):  # from the end, so earlier positions stay put
+            minutes.insert(cut, None)
+            values.insert(cut, None)
+        out.append({"date": (epoch + timedelta(days=int(day[a]))).isoformat(), "minute": minutes, "value": values})
     return out
 
 

@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, bindparam, func, or_, select, text, update
+from sqlalchemy import String, Table, and_, bindparam, cast, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -223,6 +223,45 @@ def read(session: Session, patient: Patient, days: int) -> Materialized | None:
     return Materialized(days, row.version, row.document, str(row.digest), computed_at, stale_since, reason)
 
 
+@dataclass(frozen=True, slots=True)
+class StoredSummary:
+    """A stored standard outcome without its daily traces: what an export or a cohort list needs of it."""
+
+    row_id: int
+    public_id: str
+    days: int
+    version: int
+    digest: str
+    window_start_ms: int | None
+    window_end_ms: int | None
+    tz: str | None
+    engine_version: str | None
+    policy_hash: str | None
+    stale: bool
+    document: dict[str, Any]  # the document's `metrics` and `sufficiency` only
+
+
+def summaries(session: Session, days: int, *, after: int = 0, limit: int = 500) -> list[StoredSummary]:
+    """One page of computed standard outcomes of a period, by row id after `after`. Only the document's metrics
+    and sufficiency are read from the database (not the traces, which are most of its size)."""
+    rows = session.execute(
+        select(StandardOutcome.id, Patient.public_id, StandardOutcome.version, StandardOutcome.digest,
+               StandardOutcome.window_start_ms, StandardOutcome.window_end_ms, StandardOutcome.tz,
+               StandardOutcome.engine_version, StandardOutcome.policy_hash, StandardOutcome.stale_since,
+               StandardOutcome.document["metrics"], StandardOutcome.document["sufficiency"])
+        .join(Patient, Patient.id == StandardOutcome.patient_id)
+        .where(StandardOutcome.days == days, StandardOutcome.id > after, StandardOutcome.digest.is_not(None))
+        .order_by(StandardOutcome.id)
+        .limit(limit)
+    ).all()  # fmt: skip
+    return [
+        StoredSummary(row_id=r[0], public_id=r[1], days=days, version=r[2], digest=str(r[3]), window_start_ms=r[4],
+                      window_end_ms=r[5], tz=r[6], engine_version=r[7], policy_hash=r[8], stale=r[9] is not None,
+                      document={"metrics": r[10], "sufficiency": r[11]})
+        for r in rows
+    ]  # fmt: skip
+
+
 # MARK: recomputing
 
 
@@ -326,36 +365,43 @@ def _recompute(session: Session, ids: Sequence[int], token: str, claimed_at: dat
     # The watermark first: readings stored after it are at worst computed again, never missed.
     marks = watermarks(session, patient_ids)
     policy = OutcomePolicy()
-    documents: dict[tuple[int, int], tuple[dict[str, Any], int | None, int | None]] = {}
-    for days in STANDARD_DAYS:
-        wanted = [p for p in patient_ids if any(r.patient_id == p and r.days == days for r in rows)]
-        if wanted:
-            documents.update(compute_documents(session, [patients[p] for p in wanted], days, policy, marks))
+    wanted = {days: [patients[r.patient_id] for r in rows if r.days == days] for days in STANDARD_DAYS}
+    documents = compute_documents(session, {d: ps for d, ps in wanted.items() if ps}, policy, marks)
     now = datetime.now(UTC)
-    computed = changed = still = 0
+    table: Table = StandardOutcome.__table__  # type: ignore[assignment]  # a declarative class's table is a Table
+    written = []
+    changed = 0
     for row in rows:
         document, start_ms, end_ms = documents[(row.patient_id, row.days)]
-        digest = document_digest(document)
+        canonical = canonical_json(document)
+        digest = hashlib.sha256(canonical).hexdigest()
         count, max_id, _last = marks.get(row.patient_id, (0, None, None))
-        new_version = row.version + (1 if digest != row.digest else 0)
-        session.execute(
-            update(StandardOutcome)
-            .where(StandardOutcome.id == row.id, StandardOutcome.claimed_by == token)
-            .values(version=new_version, policy_hash=policy.policy_hash, window_start_ms=start_ms,
-                    window_end_ms=end_ms, tz=patients[row.patient_id].tz, document=document,
-                    digest=digest, engine_version=ENGINE_VERSION, readings_count=count, readings_max_id=max_id,
-                    computed_at=now, claimed_by=None, claim_expires_at=None)
-        )  # fmt: skip
-        # Fresh unless readings (or a zone) arrived after the claim: then it stays stale for the next round.
-        cleared = session.execute(
-            update(StandardOutcome)
-            .where(StandardOutcome.id == row.id, StandardOutcome.stale_since <= claimed_at)
-            .values(stale_since=None, stale_reason=None)
-        )
-        computed += 1
         changed += int(digest != row.digest)
-        still += 0 if cleared.rowcount else 1  # type: ignore[attr-defined]
-    return RefreshReport(len(rows), computed, changed, still)
+        written.append({"row_id": row.id, "version": row.version + (1 if digest != row.digest else 0),
+                        "policy_hash": policy.policy_hash, "window_start_ms": start_ms, "window_end_ms": end_ms,
+                        "tz": patients[row.patient_id].tz, "document": canonical.decode(), "digest": digest,
+                        "engine_version": ENGINE_VERSION, "readings_count": count, "readings_max_id": max_id,
+                        "computed_at": now, "claimed_by": None, "claim_expires_at": None})  # fmt: skip
+    # One statement for the chunk (executemany), each row only while this claim holds it; the document goes as the
+    # canonical JSON text its digest was taken of (serialised once; PostgreSQL reads the text as json).
+    values: dict[str, Any] = {k: bindparam(k) for k in written[0] if k not in ("row_id", "document")}
+    document_text = bindparam("document", type_=String)
+    postgres = session.get_bind().dialect.name == "postgresql"  # SQLite keeps JSON as the text itself
+    values["document"] = cast(document_text, table.c.document.type) if postgres else document_text
+    session.connection().execute(
+        table.update().where(table.c.id == bindparam("row_id"), table.c.claimed_by == token).values(values), written
+    )
+    # Fresh unless readings (or a zone) arrived after the claim: then it stays stale for the next round.
+    ids = [row.id for row in rows]
+    session.execute(
+        update(StandardOutcome)
+        .where(StandardOutcome.id.in_(ids), StandardOutcome.stale_since <= claimed_at)
+        .values(stale_since=None, stale_reason=None)
+    )
+    still = session.scalar(
+        select(func.count()).where(StandardOutcome.id.in_(ids), StandardOutcome.stale_since.is_not(None))
+    )
+    return RefreshReport(len(rows), len(rows), changed, int(still or 0))
 
 
 def watermarks(session: Session, patient_ids: Sequence[int]) -> dict[int, tuple[int, int | None, int | None]]:
@@ -373,88 +419,104 @@ def watermarks(session: Session, patient_ids: Sequence[int]) -> dict[int, tuple[
 
 def compute_documents(
     session: Session,
-    patients: Sequence[Patient],
-    days: int,
+    periods: Mapping[int, Sequence[Patient]],
     policy: OutcomePolicy,
     marks: Mapping[int, tuple[int, int | None, int | None]],
 ) -> dict[tuple[int, int], tuple[dict[str, Any], int | None, int | None]]:
-    """The view's document of each patient's last `days` days, in one `compute_cohort` call (as the single
-    patient path computes it: the window resolved in the patient's zone from their last CGM reading)."""
-    spec = WindowSpec(days=days)
-    bounds: dict[int, tuple[int, int]] = {}
-    for patient in patients:
-        last = marks.get(patient.id, (0, None, None))[2]
-        window = resolve_window(spec, patient.tz, last)
-        if window is not None:
-            bounds[patient.id] = (window.start_ms, window.end_ms)
-    table = _load_table(session, patients, bounds)
-    result = compute_cohort(table, policy, spec)
-    report = build_report(result, include_traces=True)
+    """The view's document of each patient's last `days` days for each period, one `compute_cohort` call per period
+    (as the single patient path computes it: the window resolved in the patient's zone from their last CGM
+    reading). The readings are read once, for the widest window of each patient, and shared by the periods."""
+    bounds: dict[int, dict[int, tuple[int, int]]] = {}
+    for days, patients in periods.items():
+        spec = WindowSpec(days=days)
+        bounds[days] = {}
+        for patient in patients:
+            last = marks.get(patient.id, (0, None, None))[2]
+            window = resolve_window(spec, patient.tz, last)
+            if window is not None:
+                bounds[days][patient.id] = (window.start_ms, window.end_ms)
+    columns = _fetch(session, [b for period in bounds.values() for b in period.items()])
     out: dict[tuple[int, int], tuple[dict[str, Any], int | None, int | None]] = {}
-    for i, patient in enumerate(patients):
-        start, end = bounds.get(patient.id, (None, None))
-        out[(patient.id, days)] = (dict(report.patients[i].document), start, end)
+    for days, patients in periods.items():
+        table = _load_table(columns, patients, bounds[days])
+        report = build_report(compute_cohort(table, policy, WindowSpec(days=days)), include_traces=True)
+        for i, patient in enumerate(patients):
+            start, end = bounds[days].get(patient.id, (None, None))
+            out[(patient.id, days)] = (dict(report.patients[i].document), start, end)
     return out
 
 
-def _load_table(session: Session, patients: Sequence[Patient], bounds: Mapping[int, tuple[int, int]]) -> ReadingTable:
-    """Every CGM reading (every copy) of the patients inside their own windows, straight into columns."""
+def _fetch(session: Session, windows: Sequence[tuple[int, tuple[int, int]]]) -> list[Any]:
+    """The columns of every CGM reading (every copy) of the patients from the earliest start to the latest end of
+    their windows (patient id, window), one query: (patient, id, time, value, unit, flag, device, stream, source,
+    ambiguous, session start), as numpy arrays (object arrays for text and nullable columns)."""
+    names = (np.int64, np.int64, np.int64, np.float64, object, np.int8, object, np.int64, np.int8, np.bool_, object)
+    if not windows:
+        return [np.zeros(0, dtype=t) for t in names]
+    ids = sorted({p for p, _w in windows})
+    low = min(w[0] for _p, w in windows)
+    high = max(w[1] for _p, w in windows)
+    statement = text(
+        "SELECT r.patient_id, r.id, r.observed_ms, r.value_original, r.unit_original, r.flag, d.device_key, "
+        "r.stream_id, r.source_rank, r.ambiguous_time, s.started_ms FROM readings r "
+        "JOIN device_streams d ON d.id = r.stream_id LEFT JOIN sensor_sessions s ON s.id = r.session_id "
+        "WHERE r.patient_id IN :p AND r.kind = 'cgm' AND r.observed_ms >= :a AND r.observed_ms < :b "
+        "ORDER BY r.patient_id, r.stream_id, r.observed_ms, r.id"
+    ).bindparams(bindparam("p", expanding=True))
+    rows = session.execute(statement, {"p": ids, "a": low, "b": high}).all()
+    if not rows:
+        return [np.zeros(0, dtype=t) for t in names]
+    return [np.array(col, dtype=t) for col, t in zip(zip(*rows, strict=True), names, strict=True)]
+
+
+def _load_table(
+    columns: Sequence[Any], patients: Sequence[Patient], bounds: Mapping[int, tuple[int, int]]
+) -> ReadingTable:
+    """The readings of `columns` (`_fetch`) that fall in each patient's own window, as the engine's table."""
     index = {p.id: i for i, p in enumerate(patients)}
-    rows: list[Any] = []
-    with_window = [p.id for p in patients if p.id in bounds]
-    if with_window:
-        low = min(bounds[p][0] for p in with_window)
-        high = max(bounds[p][1] for p in with_window)
-        statement = text(
-            "SELECT r.patient_id, r.id, r.observed_ms, r.value_original, r.unit_original, r.flag, d.device_key, "
-            "r.stream_id, r.source_rank, r.ambiguous_time, s.started_ms FROM readings r "
-            "JOIN device_streams d ON d.id = r.stream_id LEFT JOIN sensor_sessions s ON s.id = r.session_id "
-            "WHERE r.patient_id IN :p AND r.kind = 'cgm' AND r.observed_ms >= :a AND r.observed_ms < :b "
-            "ORDER BY r.patient_id, r.stream_id, r.observed_ms, r.id"
-        ).bindparams(bindparam("p", expanding=True))
-        rows = list(session.execute(statement, {"p": with_window, "a": low, "b": high}).all())
-    cols: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [()] * 11
-    patient_col = np.array(cols[0], dtype=np.int64)
-    time_col = np.array(cols[2], dtype=np.int64)
-    keep = np.ones(len(rows), dtype=np.bool_)
-    if rows:  # each patient's own window
-        order = sorted(bounds)
-        lookup = np.searchsorted(np.array(order, dtype=np.int64), patient_col)
-        starts = np.array([bounds[p][0] for p in order], dtype=np.int64)[lookup]
-        ends = np.array([bounds[p][1] for p in order], dtype=np.int64)[lookup]
-        keep = (time_col >= starts) & (time_col < ends)
+    patient_col, time_col = columns[0], columns[2]
+    keep = np.zeros(len(patient_col), dtype=np.bool_)
+    if bounds and len(patient_col):  # each patient's own window; rows of other patients (other periods) left out
+        order = np.array(sorted(bounds), dtype=np.int64)
+        lookup = np.minimum(np.searchsorted(order, patient_col), len(order) - 1)
+        member = order[lookup] == patient_col
+        starts = np.array([bounds[int(p)][0] for p in order], dtype=np.int64)[lookup]
+        ends = np.array([bounds[int(p)][1] for p in order], dtype=np.int64)[lookup]
+        keep = member & (time_col >= starts) & (time_col < ends)
     picked = np.flatnonzero(keep)
 
     def col(k: int, dtype: Any = None) -> Any:
-        return np.asarray(cols[k], dtype=dtype)[picked] if rows else np.zeros(0, dtype=dtype or object)
+        return columns[k][picked] if dtype is None else columns[k][picked].astype(dtype, copy=False)
 
     patient_rows = col(0, np.int64)
     stream_ids = col(7, np.int64)
-    # The streams, by patient then id (as the single-patient path codes them).
-    stream_keys = sorted(
-        {(index[int(p)], int(s)) for p, s in zip(patient_rows.tolist(), stream_ids.tolist(), strict=True)}
-    )
-    device_of = {int(s): d for s, d in zip(cols[7], cols[6], strict=True)}
     patient_code = np.array([index[p.id] for p in patients], dtype=np.int32)
     patient_order = np.array([p.id for p in patients], dtype=np.int64)
     sort = np.argsort(patient_order)
-    stream_order = np.array([s for _p, s in stream_keys], dtype=np.int64)
-    stream_sort = np.argsort(stream_order)
-    sessions = col(10, object)
-    units = col(4, object)
+    row_code = patient_code[sort][np.searchsorted(patient_order[sort], patient_rows)].astype(np.int32)
+    # The streams, by patient then id (as the single-patient path codes them); a stream has one patient.
+    streams, first = np.unique(stream_ids, return_index=True)
+    stream_code = row_code[first]
+    by_patient = np.lexsort((streams, stream_code))
+    stream_order, stream_patient = streams[by_patient], stream_code[by_patient]
+    stream_sort = np.argsort(stream_order, kind="stable")
+    device_of = dict(zip(stream_ids.tolist(), col(6).tolist(), strict=True))
+    sessions = col(10)
+    missing = np.array([v is None for v in sessions.tolist()], dtype=np.bool_)
+    units = col(4)
     return ReadingTable(
-        patient=patient_code[sort][np.searchsorted(patient_order[sort], patient_rows)].astype(np.int32),
+        patient=row_code,
         time_ms=time_col[picked],
         value=col(3, np.float64),
         unit=(units != "mg/dL").astype(np.int8),
         flag=col(5, np.int8),
         stream=stream_sort[np.searchsorted(stream_order[stream_sort], stream_ids)].astype(np.int32),
-        session_start_ms=np.array([NO_TIME if v is None else v for v in sessions], dtype=np.int64),
+        session_start_ms=np.where(missing, NO_TIME, sessions).astype(np.int64),
         source=col(8, np.int8),
         received=col(1, np.int64),
         ambiguous=col(9, np.bool_),
         patient_ids=tuple(p.public_id for p in patients),
         zones=tuple(p.tz for p in patients),
-        stream_patient=np.array([p for p, _s in stream_keys], dtype=np.int32),
-        stream_device=tuple(device_of[s] for _p, s in stream_keys),
+        stream_patient=stream_patient.astype(np.int32),
+        stream_device=tuple(device_of[int(s)] for s in stream_order.tolist()),
     )

@@ -4,6 +4,7 @@ make it stale (by the hook or by the watermark sweep); the recompute writes it o
 from __future__ import annotations
 
 import json
+import math
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -182,3 +183,32 @@ def test_a_zone_change_or_a_new_engine_shows_the_row_stale(store: Store) -> None
     with store.transaction() as session:
         windows.sweep(session)
         assert windows.stale_count(session) == 9
+
+
+def test_summaries_page_through_a_period_with_the_stored_metrics_and_no_traces(store: Store) -> None:
+    ids = cohort(store)
+    windows.refresh(store)
+    with store.transaction() as session:
+        first = windows.summaries(session, 30, limit=2)
+        rest = windows.summaries(session, 30, after=first[-1].row_id, limit=2)
+        assert windows.summaries(session, 30, after=rest[-1].row_id) == []
+    pages = first + rest
+    assert [len(first), len(rest)] == [2, 1]
+    assert [s.public_id for s in pages] == ids
+    for summary in pages:
+        full = stored(store, summary.public_id, 30)
+        assert full is not None
+        assert summary.document == {"metrics": full.document["metrics"], "sufficiency": full.document["sufficiency"]}
+        assert (summary.days, summary.version, summary.digest, summary.stale) == (30, full.version, full.digest, False)
+        assert summary.window_end_ms is not None
+        assert summary.tz == full.document["tz"]
+    ingest(store, readings("C", datetime(2024, 11, 30, 16, tzinfo=UTC), 6, tag="more"))
+    with store.transaction() as session:
+        assert [s.stale for s in windows.summaries(session, 30)] == [False, False, True]  # newer readings for C
+
+
+def test_json_columns_read_with_orjson_and_fall_back_for_nan() -> None:
+    from bff.store.db import read_json  # noqa: PLC0415
+
+    assert read_json(b'{"a":[1,2.5,null],"b":"\\u00e9"}') == {"a": [1, 2.5, None], "b": "é"}
+    assert math.isnan(read_json('{"a": NaN}')["a"])  # SQLAlchemy's default writer allows NaN in SQLite JSON
