@@ -46,6 +46,7 @@ def test_the_view_reads_the_stored_outcome_and_shows_a_stale_one_with_its_age(st
         store.dispose()
     again = flow.app.get(flow.view_url)
     assert "These outcomes were computed 2 h 5 min ago; newer readings are being computed" in again.text
+    assert again.text.count('role="status"') == 1  # the page's one live region (base.html's announcer), no other
     assert 'class="tir-bar"' in again.text  # the stored numbers are shown meanwhile
 
 
