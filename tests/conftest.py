@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -60,12 +61,30 @@ def postgres_available() -> str | None:
     return None
 
 
+def unavailable(reason: str) -> NoReturn:
+    """Skip with the reason a service is missing; in CI (GLUCOBRIDGE_REQUIRE_SERVICES=1) fail instead."""
+    if REQUIRE:
+        pytest.fail(reason + " (GLUCOBRIDGE_REQUIRE_SERVICES=1)")
+    pytest.skip(reason)
+
+
 def need_postgres() -> None:
     reason = postgres_available()
     if reason:
-        if REQUIRE:
-            pytest.fail(reason + " (GLUCOBRIDGE_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
+        unavailable(reason)
+
+
+def need_redis(url: str) -> None:
+    """Return when Redis at `url` answers a PING, else `unavailable`."""
+    import redis  # noqa: PLC0415 - only the tests that use Redis load it
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        unavailable(f"Redis at {url} is not available: {type(exc).__name__}")
+    finally:
+        client.close()
 
 
 class PgSchema:

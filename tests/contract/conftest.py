@@ -12,18 +12,16 @@ one key type (sekmet answers 500 to an ES384 assertion when the client's JWKS al
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 from joserfc.jwk import ECKey, RSAKey
 
+from tests.conftest import unavailable
 from tests.peers.sekmet import PeerUnavailable, SekmetServer, ensure_sekmet, running_sekmet
-
-REQUIRE = os.environ.get("GLUCOBRIDGE_REQUIRE_SERVICES") == "1"
 
 
 @dataclass(frozen=True)
@@ -52,18 +50,12 @@ def _client(client_id: str, alg: str, scopes: str) -> BackendClient:
     return BackendClient(client_id, alg, kid, key.as_pem(private=True), scopes, public)
 
 
-def _unavailable(reason: str) -> NoReturn:
-    if REQUIRE:
-        pytest.fail(f"{reason} (GLUCOBRIDGE_REQUIRE_SERVICES=1)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session", name="sekmet_venv")
 def fx_sekmet_venv() -> Path:
     try:
         return ensure_sekmet()
     except PeerUnavailable as exc:
-        _unavailable(f"sekmet-fhir is not available: {exc}")
+        unavailable(f"sekmet-fhir is not available: {exc}")
 
 
 @pytest.fixture(scope="session", name="sekmet_clients")
@@ -85,5 +77,5 @@ def fx_sekmet(
         try:
             server = stack.enter_context(running_sekmet(directory, registrations, venv=sekmet_venv))
         except PeerUnavailable as exc:
-            _unavailable(f"sekmet-fhir did not start: {exc}")
+            unavailable(f"sekmet-fhir did not start: {exc}")
         yield server

@@ -42,12 +42,11 @@ from bff.outbox import queue
 from bff.settings import Settings
 from bff.store.db import Store, make_engine, upgrade
 from bff.writeback import WritebackService
-from tests.conftest import PgSchema, need_postgres
+from tests.conftest import PgSchema, need_postgres, need_redis
 from tests.web.conftest import launched, patients
 from tests.web.test_signoff import HX, fields, review, signoff_id
 
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0]
-REQUIRE = os.environ.get("GLUCOBRIDGE_REQUIRE_SERVICES") == "1"
 SITE = "oracle-like"  # its writes go through the outbox (a system token), none in context
 GLUCOBRIDGE = str(Path(sys.executable).parent / "glucobridge")
 PATIENTS = 3
@@ -57,16 +56,7 @@ STARTUP_S = 300.0  # on a quiet machine the whole stack is up in seconds; a load
 @pytest.fixture(name="redis_url")
 def fx_redis_url() -> Iterator[str]:
     """An empty Redis database of its own: the queue's name is the production one (`glucobridge`), as in the CLI."""
-    client = redis.Redis.from_url(f"{REDIS_BASE}/0", socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        reason = f"Redis at {REDIS_BASE} is not available: {type(exc).__name__}"
-        if REQUIRE:
-            pytest.fail(reason + " (GLUCOBRIDGE_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
-    finally:
-        client.close()
+    need_redis(f"{REDIS_BASE}/0")
     for db in random.sample(range(1, 16), 15):
         mine = redis.Redis.from_url(f"{REDIS_BASE}/{db}")
         # Claim it: an empty database, marked as this test's (another run of this test picks another).

@@ -20,21 +20,15 @@ from bff.jobs.context import JobContext
 from bff.jobs.definitions import JobKind
 from bff.jobs.queue import JobRequest, JobState
 from bff.jobs.saq_queue import SaqQueue, redis_queue
+from tests.conftest import need_redis
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-REQUIRE = os.environ.get("GLUCOBRIDGE_REQUIRE_SERVICES") == "1"
 
 
 @pytest.fixture(name="queue_name")
 def fx_queue_name() -> Iterator[str]:
+    need_redis(REDIS_URL)
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        reason = f"Redis at {REDIS_URL} is not available: {type(exc).__name__}"
-        if REQUIRE:
-            pytest.fail(reason + " (GLUCOBRIDGE_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
     name = f"gb-test-{uuid.uuid4().hex[:10]}"
     try:
         yield name

@@ -18,9 +18,9 @@ from bff.outbox.throttle import (
     TokenBucket,
     make_bucket,
 )
+from tests.conftest import need_redis
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-REQUIRE = os.environ.get("GLUCOBRIDGE_REQUIRE_SERVICES") == "1"
 
 
 class FakeClock:
@@ -38,14 +38,8 @@ class FakeClock:
 def fx_redis_client() -> Iterator[Any]:
     import redis  # noqa: PLC0415
 
+    need_redis(REDIS_URL)
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except Exception as exc:
-        reason = f"Redis at {REDIS_URL} is not available: {type(exc).__name__}"
-        if REQUIRE:
-            pytest.fail(reason + " (GLUCOBRIDGE_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
     yield client
     client.close()
 

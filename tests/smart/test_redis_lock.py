@@ -17,26 +17,10 @@ from bff.smart import (
     make_refresh_lock,
 )
 from bff.smart.locks import KeyedLocks
+from tests.conftest import need_redis
 from tests.smart.fakes import FakeEhr, launched, make_client, run
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-REQUIRE = os.environ.get("GLUCOBRIDGE_REQUIRE_SERVICES") == "1"
-
-
-def need_redis() -> None:
-    try:
-        from redis import Redis  # noqa: PLC0415 - optional dependency
-
-        client = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-        try:
-            client.ping()
-        finally:
-            client.close()
-    except Exception as exc:
-        reason = f"Redis at {REDIS_URL} is not available: {type(exc).__name__}"
-        if REQUIRE:
-            pytest.fail(reason + " (GLUCOBRIDGE_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
 
 
 def redis_lock(prefix: str, *, wait_s: float = 40.0) -> RefreshLock:
@@ -70,7 +54,7 @@ def test_keyed_locks_are_dropped_when_unused() -> None:
 @pytest.mark.parametrize("shared", [True, False], ids=["redis", "local-only"])
 def test_two_workers_refresh_a_launch_once_with_redis(ehr: FakeEhr, shared: bool) -> None:
     if shared:
-        need_redis()
+        need_redis(REDIS_URL)
     ehr.refresh_delay_s = 0.05
 
     async def scenario() -> None:
@@ -99,7 +83,7 @@ def test_two_workers_refresh_a_launch_once_with_redis(ehr: FakeEhr, shared: bool
 
 
 def test_a_waiter_gives_up_with_a_refresh_error(ehr: FakeEhr) -> None:
-    need_redis()
+    need_redis(REDIS_URL)
     ehr.refresh_delay_s = 1.0
 
     async def scenario() -> None:
