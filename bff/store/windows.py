@@ -115,8 +115,7 @@ def mark_stale(
     now = now or datetime.now(UTC)
     insert = _insert(session)
     marked = 0
-    for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
+    for part in _parts(ids, 500):
         rows = [{"patient_id": p, "days": d, "version": 0, "stale_since": now, "stale_reason": reason}
                 for p in part for d in STANDARD_DAYS]  # fmt: skip
         session.execute(insert(StandardOutcome).values(rows).on_conflict_do_nothing())
@@ -266,10 +265,16 @@ def summaries(session: Session, days: int, *, after: int = 0, limit: int = 500) 
 
 
 def claim(
-    session: Session, owner: str, limit: int, *, now: datetime | None = None, before: datetime | None = None
+    session: Session,
+    owner: str,
+    limit: int,
+    *,
+    now: datetime | None = None,
+    before: datetime | None = None,
+    among: Sequence[int] | None = None,
 ) -> list[int]:
     """Claim up to `limit` stale rows nobody holds (or whose holder's lease ended), stale since `before` at the
-    latest when given. Returns their ids."""
+    latest when given, of the rows `among` when given. Returns their ids."""
     now = now or datetime.now(UTC)
     claimable = and_(
         StandardOutcome.stale_since.is_not(None),
@@ -277,6 +282,8 @@ def claim(
     )
     if before is not None:
         claimable = and_(claimable, StandardOutcome.stale_since <= before)
+    if among is not None:
+        claimable = and_(claimable, StandardOutcome.id.in_(among))
     query = select(StandardOutcome.id).where(claimable).order_by(StandardOutcome.stale_since).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
@@ -292,6 +299,11 @@ def claim(
                                                                    StandardOutcome.claimed_by == owner)))  # fmt: skip
 
 
+def _token(owner: str) -> str:
+    """One claim's holder: the worker and a random part (a worker's claims never share a token)."""
+    return f"{owner}:{uuid.uuid4().hex[:8]}"[:64]
+
+
 def refresh(store: Store, *, limit: int | None = None, chunk: int = CHUNK, owner: str | None = None) -> RefreshReport:
     """Recompute stale standard outcomes, a chunk at a time, until none is left to claim (or `limit` rows). Rows
     that went stale after the call began are left for the next call, so readings arriving all the time cannot keep
@@ -300,7 +312,7 @@ def refresh(store: Store, *, limit: int | None = None, chunk: int = CHUNK, owner
     owner_base = owner or worker_name()
     began = datetime.now(UTC)
     while limit is None or total.claimed < limit:
-        token = f"{owner_base}:{uuid.uuid4().hex[:8]}"[:64]
+        token = _token(owner_base)
         claimed_at = datetime.now(UTC)
         size = chunk * len(STANDARD_DAYS) if limit is None else min(chunk * len(STANDARD_DAYS), limit - total.claimed)
         with store.transaction() as session:
@@ -331,20 +343,10 @@ def refresh_patients(store: Store, patient_ids: Iterable[int]) -> RefreshReport:
     with store.transaction() as session:
         mark_stale(session, ids, reason="asked for")
         rows = list(session.scalars(select(StandardOutcome.id).where(StandardOutcome.patient_id.in_(ids))))
-    token = f"{worker_name()}:{uuid.uuid4().hex[:8]}"[:64]
+    token = _token(worker_name())
     claimed_at = datetime.now(UTC)
-    with store.transaction() as session:
-        session.execute(
-            update(StandardOutcome)
-            .where(StandardOutcome.id.in_(rows), or_(StandardOutcome.claim_expires_at.is_(None),
-                                                     StandardOutcome.claim_expires_at < claimed_at))
-            .values(claimed_by=token, claim_expires_at=claimed_at + CLAIM)
-        )  # fmt: skip
-        mine = list(
-            session.scalars(
-                select(StandardOutcome.id).where(StandardOutcome.id.in_(rows), StandardOutcome.claimed_by == token)
-            )
-        )
+    with store.transaction() as session:  # rows another worker has made fresh meanwhile are not computed again
+        mine = claim(session, token, len(rows), now=claimed_at, among=rows)
     if not mine:
         return RefreshReport()
     with store.transaction() as session:
