@@ -116,8 +116,7 @@ class PatientOutcomesView:
         """The stored standard outcome of the patient (computed and stored now if it never was); another period is
         computed on request. None: no such patient."""
         if days not in windows.STANDARD_DAYS:
-            document = self.document(public_id, days)
-            return None if document is None else ShownOutcome(document, windows.document_digest(document))
+            return self._on_request(public_id, days)
         for attempt in range(2):
             with self.store.transaction() as session:
                 patient = session.scalar(select(Patient).where(Patient.public_id == public_id))
@@ -131,6 +130,9 @@ class PatientOutcomesView:
             if attempt == 0:
                 windows.refresh_patients(self.store, [patient_id])
         # Another worker holds the claim of this first computation: computed for this request, not stored.
+        return self._on_request(public_id, days)
+
+    def _on_request(self, public_id: str, days: int) -> ShownOutcome | None:
         document = self.document(public_id, days)
         return None if document is None else ShownOutcome(document, windows.document_digest(document))
 
