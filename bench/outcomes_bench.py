@@ -10,8 +10,9 @@ as a backfill that no ingestion hook reported. Then:
 - **the view's read path**, per view, over distinct patients (CPU time of this process, which is what an app
   worker spends: the stored row read, the charts built (cold: cache miss) or taken from the cache (warm), the
   summary presented and the `_summary.html` fragment rendered by Jinja);
-- **export from materialized outcomes**: FHIR outcome Bundles (raw data referenced, as a nightly cohort sends)
-  built from the stored documents, read in pages of 500 rows, per CPU second.
+- **export from materialized outcomes**: FHIR outcome Bundles (raw data referenced by its stored digest, as a
+  nightly cohort sends: `bff.resources.load.standard_record`) built from the stored rows' metrics, read in pages of
+  500 rows, per CPU second.
 
 The baseline in the same run is the view's on-request path before materialization (`PatientOutcomesView.document`:
 readings loaded and computed per request) on the same patients.
@@ -22,7 +23,6 @@ readings loaded and computed per request) on the same patients.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
 import uuid
@@ -39,12 +39,12 @@ from bench.measure import table
 from bench.synth import synth_cohort
 from bff.clinical import PatientOutcomesView
 from bff.resources.fhir import outcome_bundle
+from bff.resources.load import standard_record
 from bff.settings import ROOT, Settings
 from bff.store import windows
 from bff.store.db import Store, make_engine, upgrade
 from bff.store.models import Patient
 from tests.conftest import PgSchema, postgres_available
-from tests.resources.samples import sample_record
 
 
 def _load(store: Store, n: int, days: int) -> int:
@@ -158,7 +158,6 @@ def run(*, quick: bool = False, patients: int | None = None, backfill: bool = Fa
             rows.append((label, f"{len(per_view):,} patients", f"p50 {p[0]:.2f} ms", f"p95 {p[1]:.2f} ms",
                          f"p99 {p[2]:.2f} ms", "CPU per view"))  # fmt: skip
 
-        template = sample_record()
         cpu = time.process_time()
         exported = size = 0
         with store.transaction() as session:
@@ -166,9 +165,7 @@ def run(*, quick: bool = False, patients: int | None = None, backfill: bool = Fa
             while page := windows.summaries(session, 14, after=last, limit=500):
                 for stored in page:
                     last = stored.row_id
-                    record = dataclasses.replace(template, patient_id=stored.public_id, document=stored.document,
-                                                 patient_reference=None)  # fmt: skip
-                    size += len(orjson.dumps(outcome_bundle(record, include_raw=False)))
+                    size += len(orjson.dumps(outcome_bundle(standard_record(stored), include_raw=False)))
                     exported += 1
         cpu = time.process_time() - cpu
         each = f"{size / max(exported, 1) / 1024:,.0f} KiB each"

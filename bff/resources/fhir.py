@@ -316,9 +316,11 @@ def raw_data(
         binary = {
             "resourceType": "Binary",
             "contentType": RAW_DATA_TYPE,
-            "data": base64.b64encode(record.readings_ndjson).decode(),
+            "data": base64.b64encode(record.ndjson).decode(),
         }
-    raw = _attachment(RAW_DATA_TYPE, record.readings_ndjson, "CGM readings used (canonical NDJSON)", inline=False)
+    digest = record.raw_digest
+    raw = {"contentType": RAW_DATA_TYPE, "title": "CGM readings used (canonical NDJSON)", "size": digest.size,
+           "hash": digest.sha1}  # fmt: skip
     raw["url"] = _uuid(record, "raw_binary")
     spec = json.dumps(computation(record), sort_keys=True, separators=(",", ":")).encode()
     document: dict[str, Any] = {

@@ -12,6 +12,7 @@ from bff.resources.record import IDENTIFIER_SYSTEM, OutcomeRecord, PriorVersion
 from bff.store.db import Store
 from bff.store.models import OutcomeArtifact, OutcomeWindow, Patient, PatientIdentifier
 from bff.store.outcomes import OutcomeService, readings_ndjson
+from bff.store.windows import StoredSummary
 from engine import OutcomePolicy, WindowSpec
 
 
@@ -71,6 +72,26 @@ def outcome_record(
         tz_source=zone_source, patient_name=name, birth_date=birth_date, mrn=mrn, family_name=family,
         given_names=given,
         extra={"outcome_window_id": row.id, "traces": result.report.patients[0].document["agp"].get("days", [])},
+    )  # fmt: skip
+
+
+def standard_record(summary: StoredSummary, *, mean_unit: str = "mg/dL") -> OutcomeRecord:
+    """A materialized standard outcome as an OutcomeRecord that names its raw data (stored digest) without reading
+    it: for artefacts that reference the raw data (a nightly cohort's Bundles), at thousands of windows a second.
+    `summary.document` holds the metrics and sufficiency only, which is what those artefacts are built from."""
+    policy = OutcomePolicy()
+    if summary.raw is None or summary.window_start_ms is None or summary.window_end_ms is None or not summary.tz:
+        raise ValueError(f"standard outcome {summary.row_id} has no raw-data digest yet: the recompute job adds it")
+    if summary.policy_hash != policy.policy_hash:
+        raise ValueError(f"standard outcome {summary.row_id} was computed under policy {summary.policy_hash}, not "
+                         f"this version's {policy.policy_hash}: the recompute job brings it up to date")  # fmt: skip
+    return OutcomeRecord(
+        site=summary.site or "", patient_id=summary.public_id, window_start_ms=summary.window_start_ms,
+        window_end_ms=summary.window_end_ms, tz=summary.tz, version=summary.version,
+        engine_version=summary.engine_version or "", policy=policy.as_dict(), policy_hash=policy.policy_hash,
+        method=str(policy.method), document=summary.document, readings_ndjson=None, input_digest=summary.raw.sha256,
+        raw=summary.raw, created_at=summary.computed_at, mean_unit=mean_unit,
+        extra={"standard_outcome_id": summary.row_id},
     )  # fmt: skip
 
 

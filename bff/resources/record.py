@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from bff.store.rawdata import RawDigest
 from engine.catalogue import GLUCOBRIDGE_CODES
 
 #: glucobridge's own CodeSystem (published in docs/codesystem-glucobridge.md; the catalogue's code system).
@@ -49,7 +50,9 @@ class OutcomeRecord:
     """One outcome window, as stored: what it says (`document`), what it was computed from, where it goes.
 
     `document` is the engine's patient document (docs/outcomes-method.md §13); `readings_ndjson` is the
-    canonical NDJSON of exactly the readings used and `input_digest` its SHA-256.
+    canonical NDJSON of exactly the readings used and `input_digest` its SHA-256. A record made from a materialized
+    standard outcome names its raw data without holding it: `readings_ndjson` None and `raw` its stored digest
+    (such a record builds artefacts that reference the raw data, never ones that carry it).
     """
 
     site: str
@@ -63,7 +66,7 @@ class OutcomeRecord:
     policy_hash: str
     method: str
     document: Mapping[str, Any]
-    readings_ndjson: bytes
+    readings_ndjson: bytes | None
     input_digest: str
     created_at: datetime
     prior: PriorVersion | None = None
@@ -79,11 +82,33 @@ class OutcomeRecord:
     birth_date: str | None = None  # YYYY-MM-DD
     mrn: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    raw: RawDigest | None = None  # given when readings_ndjson is None
 
     def __post_init__(self) -> None:
-        actual = hashlib.sha256(self.readings_ndjson).hexdigest()
+        if self.readings_ndjson is None:
+            if self.raw is None:
+                raise ValueError("a record without its readings' NDJSON needs their digest (raw)")
+            actual = self.raw.sha256
+        else:
+            actual = hashlib.sha256(self.readings_ndjson).hexdigest()
         if actual != self.input_digest:
             raise ValueError(f"readings_ndjson has SHA-256 {actual}, the record says {self.input_digest}")
+
+    @property
+    def raw_digest(self) -> RawDigest:
+        """The SHA-256, SHA-1 and size of the readings' canonical NDJSON."""
+        if self.raw is not None:
+            return self.raw
+        assert self.readings_ndjson is not None  # __post_init__
+        return RawDigest.of(self.readings_ndjson)
+
+    @property
+    def ndjson(self) -> bytes:
+        """The readings' canonical NDJSON; a record that only names them cannot carry them."""
+        if self.readings_ndjson is None:
+            raise ValueError(f"the record of patient {self.patient_id} names its raw data ({self.input_digest}) "
+                             "but does not hold it: build artefacts that reference it")  # fmt: skip
+        return self.readings_ndjson
 
     @property
     def zone_text(self) -> str:

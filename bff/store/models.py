@@ -579,6 +579,8 @@ class StandardOutcome(Base):
     with `tz` and `engine_version`. `stale_since` set: newer readings, a zone change or a new engine; the row is
     shown with its age until the recompute job (claimed by `claimed_by` until `claim_expires_at`) writes it again.
     `digest` is the SHA-256 of the document's canonical JSON: chart caches and ETags are keyed by it.
+    `raw_sha256`/`raw_sha1`/`raw_size` name the window's raw data (bff.store.rawdata: the canonical NDJSON of the
+    readings used; its SHA-256 is the input digest) without storing it: an export references it by these.
     """
 
     __tablename__ = "standard_outcomes"
@@ -599,6 +601,9 @@ class StandardOutcome(Base):
     engine_version: Mapped[str | None] = mapped_column(String(16))
     readings_count: Mapped[int | None] = mapped_column(Integer)
     readings_max_id: Mapped[int | None] = mapped_column(BigInteger)
+    raw_sha256: Mapped[str | None] = mapped_column(String(64))
+    raw_sha1: Mapped[str | None] = mapped_column(String(28))
+    raw_size: Mapped[int | None] = mapped_column(BigInteger)
     computed_at: Mapped[datetime | None] = mapped_column(Timestamp)
     stale_since: Mapped[datetime | None] = mapped_column(Timestamp)
     stale_reason: Mapped[str | None] = mapped_column(Text)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from bff.store.db import Store
 from bff.store.models import DeviceStream, OutcomeWindow, Patient, Reading, SensorSession
+from bff.store.rawdata import canonical_line, ndjson_of_lines
 from engine import (
     ENGINE_VERSION,
     NO_TIME,
@@ -63,11 +64,14 @@ class StoredReading:
 
 def readings_ndjson(readings: Sequence[StoredReading]) -> bytes:
     """Canonical NDJSON of readings (sorted by time then key; sorted keys; no spaces), the digest's input."""
-    lines = [
-        json.dumps(r.canonical(), sort_keys=True, separators=(",", ":"))
-        for r in sorted(readings, key=lambda r: (r.observed_ms, r.reading_key))
-    ]
-    return ("\n".join(lines) + "\n").encode() if lines else b""
+    ordered = sorted(readings, key=lambda r: (r.observed_ms, r.reading_key))
+    return ndjson_of_lines(
+        [
+            canonical_line(r.reading_key, r.observed_ms, r.value_original, r.unit_original, r.flag, r.device,
+                           r.source_feed, r.source_record_key)
+            for r in ordered
+        ]
+    )  # fmt: skip
 
 
 def digest(readings: Sequence[StoredReading]) -> str:

@@ -4,7 +4,9 @@ The view (bff.clinical), the chart fragments and the data API read a `StandardOu
 the document per request. A row is exactly what `OutcomeService.compute(public_id, WindowSpec(days=N),
 save=False, include_traces=True)` gives at the time (tests/store/test_windows.py proves it on SQLite and
 PostgreSQL), as canonical JSON, with its SHA-256 (`digest`: chart caches and ETags are keyed by it), the engine
-version, the patient's zone and the readings watermark it was computed from.
+version, the patient's zone, the readings watermark it was computed from and the digest of its raw data (the
+SHA-256, SHA-1 and size of the canonical NDJSON of the readings used: bff.store.rawdata), so an export names the
+raw data without reading it again.
 
 How a row goes stale, three ways, any one enough:
 
@@ -34,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import String, Table, and_, bindparam, cast, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -41,6 +44,7 @@ from sqlalchemy.orm import Session
 
 from bff.store.db import Store
 from bff.store.models import OutcomeSweep, Patient, Reading, StandardOutcome
+from bff.store.rawdata import RawDigest, canonical_lines, ndjson_of_lines
 from engine import ENGINE_VERSION, NO_TIME, OutcomePolicy, ReadingTable, WindowSpec, compute_cohort, resolve_window
 from engine.report import build_report
 
@@ -238,6 +242,9 @@ class StoredSummary:
     policy_hash: str | None
     stale: bool
     document: dict[str, Any]  # the document's `metrics` and `sufficiency` only
+    site: str | None  # the patient's site
+    computed_at: datetime
+    raw: RawDigest | None  # None only for a row computed before raw digests were stored (it is stale)
 
 
 def summaries(session: Session, days: int, *, after: int = 0, limit: int = 500) -> list[StoredSummary]:
@@ -247,7 +254,9 @@ def summaries(session: Session, days: int, *, after: int = 0, limit: int = 500) 
         select(StandardOutcome.id, Patient.public_id, StandardOutcome.version, StandardOutcome.digest,
                StandardOutcome.window_start_ms, StandardOutcome.window_end_ms, StandardOutcome.tz,
                StandardOutcome.engine_version, StandardOutcome.policy_hash, StandardOutcome.stale_since,
-               StandardOutcome.document["metrics"], StandardOutcome.document["sufficiency"])
+               StandardOutcome.document["metrics"], StandardOutcome.document["sufficiency"], Patient.site_key,
+               StandardOutcome.computed_at, StandardOutcome.raw_sha256, StandardOutcome.raw_sha1,
+               StandardOutcome.raw_size)
         .join(Patient, Patient.id == StandardOutcome.patient_id)
         .where(StandardOutcome.days == days, StandardOutcome.id > after, StandardOutcome.digest.is_not(None))
         .order_by(StandardOutcome.id)
@@ -256,7 +265,9 @@ def summaries(session: Session, days: int, *, after: int = 0, limit: int = 500) 
     return [
         StoredSummary(row_id=r[0], public_id=r[1], days=days, version=r[2], digest=str(r[3]), window_start_ms=r[4],
                       window_end_ms=r[5], tz=r[6], engine_version=r[7], policy_hash=r[8], stale=r[9] is not None,
-                      document={"metrics": r[10], "sufficiency": r[11]})
+                      document={"metrics": r[10], "sufficiency": r[11]}, site=r[12],
+                      computed_at=_utc(r[13]) or datetime.now(UTC),
+                      raw=None if r[14] is None else RawDigest(r[14], r[15], int(r[16])))
         for r in rows
     ]  # fmt: skip
 
@@ -374,13 +385,15 @@ def _recompute(session: Session, ids: Sequence[int], token: str, claimed_at: dat
     written = []
     changed = 0
     for row in rows:
-        document, start_ms, end_ms = documents[(row.patient_id, row.days)]
-        canonical = canonical_json(document)
+        computed = documents[(row.patient_id, row.days)]
+        canonical = canonical_json(computed.document)
         digest = hashlib.sha256(canonical).hexdigest()
         count, max_id, _last = marks.get(row.patient_id, (0, None, None))
         changed += int(digest != row.digest)
         written.append({"row_id": row.id, "version": row.version + (1 if digest != row.digest else 0),
-                        "policy_hash": policy.policy_hash, "window_start_ms": start_ms, "window_end_ms": end_ms,
+                        "policy_hash": policy.policy_hash, "window_start_ms": computed.start_ms,
+                        "window_end_ms": computed.end_ms, "raw_sha256": computed.raw.sha256,
+                        "raw_sha1": computed.raw.sha1, "raw_size": computed.raw.size,
                         "tz": patients[row.patient_id].tz, "document": canonical.decode(), "digest": digest,
                         "engine_version": ENGINE_VERSION, "readings_count": count, "readings_max_id": max_id,
                         "computed_at": now, "claimed_by": None, "claim_expires_at": None})  # fmt: skip
@@ -419,15 +432,26 @@ def watermarks(session: Session, patient_ids: Sequence[int]) -> dict[int, tuple[
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Computed:
+    """A standard window computed: its document, bounds (None: no readings) and raw data's digest."""
+
+    document: dict[str, Any]
+    start_ms: int | None
+    end_ms: int | None
+    raw: RawDigest
+
+
 def compute_documents(
     session: Session,
     periods: Mapping[int, Sequence[Patient]],
     policy: OutcomePolicy,
     marks: Mapping[int, tuple[int, int | None, int | None]],
-) -> dict[tuple[int, int], tuple[dict[str, Any], int | None, int | None]]:
+) -> dict[tuple[int, int], Computed]:
     """The view's document of each patient's last `days` days for each period, one `compute_cohort` call per period
     (as the single patient path computes it: the window resolved in the patient's zone from their last CGM
-    reading). The readings are read once, for the widest window of each patient, and shared by the periods."""
+    reading), with the digest of the readings each used. The readings are read once, for the widest window of each
+    patient, and shared by the periods; so is each reading's canonical NDJSON line."""
     bounds: dict[int, dict[int, tuple[int, int]]] = {}
     for days, patients in periods.items():
         spec = WindowSpec(days=days)
@@ -438,21 +462,43 @@ def compute_documents(
             if window is not None:
                 bounds[days][patient.id] = (window.start_ms, window.end_ms)
     columns = _fetch(session, [b for period in bounds.values() for b in period.items()])
-    out: dict[tuple[int, int], tuple[dict[str, Any], int | None, int | None]] = {}
+    lines = _Lines(columns)
+    out: dict[tuple[int, int], Computed] = {}
     for days, patients in periods.items():
-        table = _load_table(columns, patients, bounds[days])
-        report = build_report(compute_cohort(table, policy, WindowSpec(days=days)), include_traces=True)
+        table, picked = _load_table(columns, patients, bounds[days])
+        result = compute_cohort(table, policy, WindowSpec(days=days))
+        report = build_report(result, include_traces=True)
+        used = picked[result.used_index]  # rows of `columns`
+        used_patient = table.patient[result.used_index]
+        order = np.lexsort((columns[11][used], columns[2][used], used_patient))  # per patient: time, then key
+        used, used_patient = used[order], used_patient[order]
+        cuts = np.searchsorted(used_patient, np.arange(len(patients) + 1))
         for i, patient in enumerate(patients):
             start, end = bounds[days].get(patient.id, (None, None))
-            out[(patient.id, days)] = (dict(report.patients[i].document), start, end)
+            raw = RawDigest.of(ndjson_of_lines(lines.of(used[cuts[i] : cuts[i + 1]])))
+            out[(patient.id, days)] = Computed(dict(report.patients[i].document), start, end, raw)
     return out
+
+
+class _Lines:
+    """The canonical NDJSON line (bff.store.rawdata) of each fetched reading, made once for all the periods."""
+
+    def __init__(self, columns: Sequence[Any]) -> None:
+        made = canonical_lines(*(columns[k].tolist() if k in (11, 4, 6, 12, 13) else columns[k]
+                                 for k in (11, 2, 3, 4, 5, 6, 12, 13)))  # fmt: skip
+        self.lines = np.array(made, dtype=object)
+
+    def of(self, rows: NDArray[np.int64]) -> list[str]:
+        return self.lines[rows].tolist()  # type: ignore[no-any-return]
 
 
 def _fetch(session: Session, windows: Sequence[tuple[int, tuple[int, int]]]) -> list[Any]:
     """The columns of every CGM reading (every copy) of the patients from the earliest start to the latest end of
     their windows (patient id, window), one query: (patient, id, time, value, unit, flag, device, stream, source,
-    ambiguous, session start), as numpy arrays (object arrays for text and nullable columns)."""
-    names = (np.int64, np.int64, np.int64, np.float64, object, np.int8, object, np.int64, np.int8, np.bool_, object)
+    ambiguous, session start, reading key (hex), feed, feed's record key), as numpy arrays (object arrays for text
+    and nullable columns)."""
+    names = (np.int64, np.int64, np.int64, np.float64, object, np.int8, object, np.int64, np.int8, np.bool_, object,
+             object, object, object)  # fmt: skip
     if not windows:
         return [np.zeros(0, dtype=t) for t in names]
     ids = sorted({p for p, _w in windows})
@@ -460,7 +506,8 @@ def _fetch(session: Session, windows: Sequence[tuple[int, tuple[int, int]]]) -> 
     high = max(w[1] for _p, w in windows)
     statement = text(
         "SELECT r.patient_id, r.id, r.observed_ms, r.value_original, r.unit_original, r.flag, d.device_key, "
-        "r.stream_id, r.source_rank, r.ambiguous_time, s.started_ms FROM readings r "
+        "r.stream_id, r.source_rank, r.ambiguous_time, s.started_ms, CAST(r.reading_key AS TEXT), r.source_feed, "
+        "r.source_record_key FROM readings r "
         "JOIN device_streams d ON d.id = r.stream_id LEFT JOIN sensor_sessions s ON s.id = r.session_id "
         "WHERE r.patient_id IN :p AND r.kind = 'cgm' AND r.observed_ms >= :a AND r.observed_ms < :b "
         "ORDER BY r.patient_id, r.stream_id, r.observed_ms, r.id"
@@ -468,13 +515,17 @@ def _fetch(session: Session, windows: Sequence[tuple[int, tuple[int, int]]]) -> 
     rows = session.execute(statement, {"p": ids, "a": low, "b": high}).all()
     if not rows:
         return [np.zeros(0, dtype=t) for t in names]
-    return [np.array(col, dtype=t) for col, t in zip(zip(*rows, strict=True), names, strict=True)]
+    columns: list[Any] = [np.array(col, dtype=t) for col, t in zip(zip(*rows, strict=True), names, strict=True)]
+    # The key as its 32 hex digits (UUID.hex): PostgreSQL writes a uuid as text with dashes, SQLite keeps the hex.
+    columns[11] = np.array([k.replace("-", "") for k in columns[11].tolist()], dtype=object)
+    return columns
 
 
 def _load_table(
     columns: Sequence[Any], patients: Sequence[Patient], bounds: Mapping[int, tuple[int, int]]
-) -> ReadingTable:
-    """The readings of `columns` (`_fetch`) that fall in each patient's own window, as the engine's table."""
+) -> tuple[ReadingTable, NDArray[np.int64]]:
+    """The readings of `columns` (`_fetch`) that fall in each patient's own window, as the engine's table, and the
+    row of `columns` of each of its readings."""
     index = {p.id: i for i, p in enumerate(patients)}
     patient_col, time_col = columns[0], columns[2]
     keep = np.zeros(len(patient_col), dtype=np.bool_)
@@ -506,7 +557,7 @@ def _load_table(
     sessions = col(10)
     missing = np.array([v is None for v in sessions.tolist()], dtype=np.bool_)
     units = col(4)
-    return ReadingTable(
+    table = ReadingTable(
         patient=row_code,
         time_ms=time_col[picked],
         value=col(3, np.float64),
@@ -522,3 +573,4 @@ def _load_table(
         stream_patient=stream_patient.astype(np.int32),
         stream_device=tuple(device_of[int(s)] for s in stream_order.tolist()),
     )
+    return table, picked.astype(np.int64)

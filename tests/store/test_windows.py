@@ -16,7 +16,8 @@ from bff.store import windows
 from bff.store.db import Store
 from bff.store.ingest import Ingestor
 from bff.store.models import Patient, StandardOutcome
-from bff.store.outcomes import OutcomeService
+from bff.store.outcomes import OutcomeService, readings_ndjson
+from bff.store.rawdata import RawDigest
 from engine import GlucoseUnit, WindowSpec
 
 NOW = datetime(2024, 12, 1, tzinfo=UTC)
@@ -89,6 +90,30 @@ def test_the_stored_window_is_the_on_request_computation_exactly(store: Store) -
             assert row.document == expected, (public_id, days)
             assert row.digest == windows.document_digest(expected)
     assert stored(store, ids[0], 14).document["tz"] == "America/New_York"  # type: ignore[union-attr]
+
+
+def test_the_stored_raw_digest_is_the_signed_paths_input_digest(store: Store) -> None:
+    """The SHA-256, SHA-1 and size stored with each standard window are those of the canonical NDJSON the signed
+    path (OutcomeService.compute, save=True) builds from its StoredReadings: mixed units, a zone with a DST change,
+    copies from another feed, gaps."""
+    ids = cohort(store)
+    windows.refresh(store)
+    seen = set()
+    for public_id in ids:
+        for days in windows.STANDARD_DAYS:
+            with store.transaction() as session:
+                row = session.execute(
+                    select(StandardOutcome.raw_sha256, StandardOutcome.raw_sha1, StandardOutcome.raw_size)
+                    .join(Patient, Patient.id == StandardOutcome.patient_id)
+                    .where(Patient.public_id == public_id, StandardOutcome.days == days)
+                ).one()  # fmt: skip
+            signed = OutcomeService(store).compute(public_id, WindowSpec(days=days), save=True)
+            assert signed.window is not None
+            ndjson = readings_ndjson(signed.used)
+            assert len(signed.used) > 0
+            assert tuple(row) == (signed.window.input_digest, RawDigest.of(ndjson).sha1, len(ndjson)), (public_id, days)
+            seen.add(row[0])
+    assert len(seen) == 7  # C has one day: its three periods use the same readings
 
 
 def test_new_readings_make_it_stale_and_the_job_makes_it_fresh(store: Store) -> None:
