@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import orjson
@@ -44,6 +44,7 @@ from bff.settings import ROOT, Settings
 from bff.store import windows
 from bff.store.db import Store, make_engine, upgrade
 from bff.store.models import Patient
+from engine import ReadingTable
 from tests.conftest import PgSchema, postgres_available
 
 
@@ -60,17 +61,7 @@ def _load(store: Store, n: int, days: int) -> int:
         with cursor.copy("COPY device_streams (id, patient_id, device_key, created_at) FROM STDIN") as copy:  # type: ignore[attr-defined]
             for s, (p, device) in enumerate(zip(cohort.stream_patient, cohort.stream_device, strict=True)):
                 copy.write_row((s + 1, int(p) + 1, device, now))
-        columns = ("reading_key, patient_id, stream_id, observed_ms, value_mg_dl, value_original, unit_original, "
-                   "factor, flag, kind, ambiguous_time, source_feed, source_rank, source_record_key, stream_label, "
-                   "batch_id, received_at")  # fmt: skip
-        with cursor.copy(f"COPY readings ({columns}) FROM STDIN") as copy:  # type: ignore[attr-defined]
-            for i in range(len(cohort.time_ms)):
-                unit = "mg/dL" if cohort.unit[i] == 0 else "mmol/L"
-                value = float(cohort.value[i])
-                copy.write_row((uuid.UUID(int=i + 1), int(cohort.patient[i]) + 1, int(cohort.stream[i]) + 1,
-                                int(cohort.time_ms[i]), value if unit == "mg/dL" else value * 18.0, value, unit,
-                                1.0 if unit == "mg/dL" else 18.0, int(cohort.flag[i]), "cgm", False, "fhir",
-                                int(cohort.source[i]), "", "", 1, now))  # fmt: skip
+        _copy_readings(cursor, cohort, now)
         for table_name in ("patients", "device_streams", "readings"):
             cursor.execute(
                 f"SELECT setval(pg_get_serial_sequence('{table_name}', 'id'), (SELECT max(id) FROM {table_name}))"
@@ -80,6 +71,48 @@ def _load(store: Store, n: int, days: int) -> int:
     finally:
         raw.close()
     return len(cohort.time_ms)
+
+
+#: The staging table's columns, as COPY BINARY writes them: (name, SQL type, numpy big-endian type).
+_STAGING = (("i", "bigint", ">i8"), ("patient", "bigint", ">i8"), ("stream", "bigint", ">i8"), ("t", "bigint", ">i8"),
+            ("value", "float8", ">f8"), ("unit", "smallint", ">i2"), ("flag", "smallint", ">i2"),
+            ("source", "smallint", ">i2"))  # fmt: skip
+
+
+def _copy_readings(cursor: Any, cohort: ReadingTable, now: datetime, chunk: int = 1_000_000) -> None:
+    """The cohort's readings into `readings`: numpy columns as COPY BINARY tuples into an unlogged staging table (no
+    Python per reading), then one INSERT … SELECT that fills in the constant columns."""
+    cursor.execute("CREATE UNLOGGED TABLE bench_staging (" + ", ".join(f"{n} {t}" for n, t, _ in _STAGING) + ")")
+    tuple_type = np.dtype([("fields", ">i2")] + [(f, x) for n, _, t in _STAGING for f, x in ((f"{n}_len", ">i4"),
+                                                                                             (n, t))])  # fmt: skip
+    columns = {"patient": cohort.patient.astype(np.int64) + 1, "stream": cohort.stream.astype(np.int64) + 1,
+               "t": cohort.time_ms, "value": cohort.value, "unit": cohort.unit, "flag": cohort.flag,
+               "source": cohort.source}  # fmt: skip
+    with cursor.copy("COPY bench_staging FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(b"PGCOPY\n\xff\r\n\x00" + bytes(8))  # signature, flags, header extension length
+        for lo in range(0, len(cohort.time_ms), chunk):
+            hi = min(lo + chunk, len(cohort.time_ms))
+            rows = np.empty(hi - lo, dtype=tuple_type)
+            rows["fields"] = len(_STAGING)
+            for name, _sql, numpy_type in _STAGING:
+                rows[f"{name}_len"] = np.dtype(numpy_type).itemsize
+                rows[name] = np.arange(lo, hi) + 1 if name == "i" else columns[name][lo:hi]
+            copy.write(rows.tobytes())
+        copy.write(b"\xff\xff")  # the trailer: a field count of -1
+    # A fixture, not ingestion: the foreign keys hold by construction, so their per-row triggers are skipped.
+    cursor.execute("SET LOCAL session_replication_role = replica")
+    cursor.execute(
+        "INSERT INTO readings (reading_key, patient_id, stream_id, observed_ms, value_mg_dl, value_original, "
+        "unit_original, factor, flag, kind, ambiguous_time, source_feed, source_rank, source_record_key, stream_label, "
+        "batch_id, received_at) SELECT lpad(to_hex(i), 32, '0')::uuid, patient, stream, t, "
+        "CASE WHEN unit = 0 THEN value ELSE value * 18.0 END, value, "
+        "CASE WHEN unit = 0 THEN 'mg/dL' ELSE 'mmol/L' END, "
+        "CASE WHEN unit = 0 THEN 1.0 ELSE 18.0 END, flag, 'cgm', false, 'fhir', source, '', '', 1, %s "
+        "FROM bench_staging ORDER BY i",
+        (now,),
+    )
+    cursor.execute("SET LOCAL session_replication_role = origin")
+    cursor.execute("DROP TABLE bench_staging")
 
 
 def _renderer() -> Environment:
@@ -134,9 +167,10 @@ def run(*, quick: bool = False, patients: int | None = None, backfill: bool = Fa
             return len(html)
 
         measured = []
+        viewed = ids[:1000]  # the view's CPU per view does not depend on how many rows the table holds
         for label in ("view, cold (charts built)", "view, warm (charts cached)"):
             per_view = []
-            for public_id in ids:
+            for public_id in viewed:
                 t = time.process_time()
                 one_view(public_id)
                 per_view.append(time.process_time() - t)
@@ -158,16 +192,24 @@ def run(*, quick: bool = False, patients: int | None = None, backfill: bool = Fa
             rows.append((label, f"{len(per_view):,} patients", f"p50 {p[0]:.2f} ms", f"p95 {p[1]:.2f} ms",
                          f"p99 {p[2]:.2f} ms", "CPU per view"))  # fmt: skip
 
-        cpu = time.process_time()
-        exported = size = 0
-        with store.transaction() as session:
-            last = 0
-            while page := windows.summaries(session, 14, after=last, limit=500):
-                for stored in page:
-                    last = stored.row_id
-                    size += len(orjson.dumps(outcome_bundle(standard_record(stored), include_raw=False)))
-                    exported += 1
-        cpu = time.process_time() - cpu
+        def export() -> tuple[int, int]:
+            exported = size = 0
+            with store.transaction() as session:
+                for days in windows.STANDARD_DAYS:
+                    last = 0
+                    while page := windows.summaries(session, days, after=last, limit=500):
+                        for stored in page:
+                            last = stored.row_id
+                            size += len(orjson.dumps(outcome_bundle(standard_record(stored), include_raw=False)))
+                            exported += 1
+            return exported, size
+
+        runs = []
+        for _ in range(3):  # the best of three passes over every period's rows
+            cpu = time.process_time()
+            exported, size = export()
+            runs.append(time.process_time() - cpu)
+        cpu = min(runs)
         each = f"{size / max(exported, 1) / 1024:,.0f} KiB each"
         rows.append(("export: FHIR Bundles from stored rows", f"{exported:,} windows", f"{cpu:.2f} s CPU",
                      f"{exported / cpu:,.0f} windows/s/core", each, ""))  # fmt: skip
