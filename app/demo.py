@@ -236,6 +236,7 @@ class DemoStack:
     mllp_port: int = 0  # glucobridge listen-mllp for the hl7-only site's results (0: a free port)
     site_mllp_port: int = 0  # the sandbox hl7-only site's own MLLP listener (0: a free port)
     days: int = 90  # days of CGM readings per patient in the sandbox (>= 14)
+    population: int = 0  # synthetic people besides the sandbox's six (sandbox --population)
     now: datetime | None = None  # the sandbox seed's "now" (default: when the stack starts), the same everywhere
     grace_s: float = 10.0  # after SIGTERM, how long a child may take to stop before it is killed
     on_change: Callable[[DemoStack], None] | None = None  # told after each child starts (the lock's record)
@@ -286,7 +287,7 @@ class DemoStack:
 
     def _seed_args(self) -> list[str]:
         assert self.now is not None
-        return ["--now", self.now.isoformat(), "--days", str(self.days)]
+        return ["--now", self.now.isoformat(), "--days", str(self.days), "--population", str(self.population)]
 
     def start(self, *, quiet: bool = True, cleanup: bool = True) -> DemoStack:
         """Start everything and load the data. On a failure (or `interrupted`) raise DemoError, having stopped what

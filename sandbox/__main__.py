@@ -29,7 +29,7 @@ from sandbox.hl7feed import FeedError, oru_messages
 from sandbox.hl7feed import send as send_hl7
 from sandbox.mllp import serve as serve_mllp
 from sandbox.personalities import personality
-from sandbox.seed import PEOPLE, build_site, traces_for
+from sandbox.seed import build_site, people, traces_for
 
 
 def _now(text: str | None) -> datetime | None:
@@ -60,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         now=_now(args.now),
         seed=args.seed,
         days=args.days,
+        population=args.population,
         frame_ancestors=tuple(args.frame_ancestor or ()),
         auto_approve=args.auto_approve,
         mllp_port=args.mllp_port,
@@ -82,7 +83,8 @@ def cmd_export_seed(args: argparse.Namespace) -> int:
     site = args.site
     p = personality(site)
     now = _now(args.now) or datetime.now(UTC)
-    seed = build_site(site, p, traces_for(PEOPLE, now, args.days, args.seed), now)
+    persons = people(args.population, args.seed)
+    seed = build_site(site, p, traces_for(persons, now, args.days, args.seed), now, persons)
     out = sys.stdout.buffer if args.out in (None, "-") else Path(args.out).open("wb")  # noqa: SIM115
     count = 0
     try:
@@ -112,7 +114,8 @@ def cmd_hl7_feed(args: argparse.Namespace) -> int:
     site = args.site
     p = personality(site)
     now = _now(args.now) or datetime.now(UTC)
-    seed = build_site(site, p, traces_for(PEOPLE, now, args.days, args.seed), now)
+    persons = people(args.population, args.seed)
+    seed = build_site(site, p, traces_for(persons, now, args.days, args.seed), now, persons)
     host, port = args.to
     try:
         report = send_hl7(oru_messages(seed, p), host, port)
@@ -151,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--now", help="the seed's now, ISO date or instant (default: the current time)")
     serve.add_argument("--seed", type=int, default=DEFAULT_SEED)
     serve.add_argument("--days", type=int, default=DEFAULT_DAYS, help="days of CGM readings per patient (>= 14)")
+    serve.add_argument("--population", type=int, default=0, help="synthetic people besides the six (a cohort)")
     serve.add_argument("--frame-ancestor", action="append", help="another origin allowed to frame the pages")
     serve.add_argument("--auto-approve", action="store_true", help="skip the consent page in EHR launches")
     serve.add_argument("--mllp-port", type=int, help="also run the hl7-only site's MLLP listener on this port")
@@ -163,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--now", help="the seed's now (default: the current time)")
     export.add_argument("--seed", type=int, default=DEFAULT_SEED)
     export.add_argument("--days", type=int, default=DEFAULT_DAYS)
+    export.add_argument("--population", type=int, default=0, help="synthetic people besides the six (a cohort)")
     export.set_defaults(func=cmd_export_seed)
 
     feed = sub.add_parser("hl7-feed", help="send a site's seeded CGM readings as HL7 v2 ORU^R01 over MLLP")
@@ -171,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("--now", help="the seed's now (default: the current time)")
     feed.add_argument("--seed", type=int, default=DEFAULT_SEED)
     feed.add_argument("--days", type=int, default=DEFAULT_DAYS)
+    feed.add_argument("--population", type=int, default=0, help="synthetic people besides the six (a cohort)")
     feed.set_defaults(func=cmd_hl7_feed)
 
     mllp = sub.add_parser("mllp", help="run an ACK-only MLLP listener (HL7 v2)")

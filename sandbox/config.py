@@ -30,6 +30,8 @@ BACKEND_CLIENT_ID = "glucobridge-backend"
 AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post", "private_key_jwt")
 DEFAULT_SEED = 20240601
 DEFAULT_DAYS = 90
+#: The most synthetic people `--population` adds (the seed is held in memory: about 2 MB per person for 90 days).
+MAX_POPULATION = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,8 @@ class SandboxConfig:
     now: datetime | None = None
     seed: int = DEFAULT_SEED
     days: int = DEFAULT_DAYS
+    #: Synthetic people besides the six (sandbox.seed.population): a care manager's cohort, or a load test's patients.
+    population: int = 0
     #: Extra origins allowed to frame the sign-in pages (the shell's own origin and the app's are always allowed).
     frame_ancestors: tuple[str, ...] = ()
     #: Skip the consent page in EHR launches (the practitioner and patient come from the launch), for scripted runs.
@@ -138,6 +142,8 @@ class SandboxConfig:
             raise ValueError(f"public_base {self.public_base!r} must be an absolute URL, e.g. http://localhost:8081")
         if self.days < 14:
             raise ValueError("days must be at least 14")
+        if not 0 <= self.population <= MAX_POPULATION:
+            raise ValueError(f"population must be 0 to {MAX_POPULATION:,}")
 
     @classmethod
     def local(

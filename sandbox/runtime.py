@@ -13,7 +13,7 @@ from sandbox.assertion import JwksCache
 from sandbox.config import SandboxConfig
 from sandbox.oauth import AuthState, new_signing_key
 from sandbox.personalities import Personality, personality
-from sandbox.seed import PEOPLE, SeededPatient, SiteSeed, build_site, traces_for
+from sandbox.seed import SeededPatient, SiteSeed, build_site, people, traces_for
 from sandbox.store import FhirStore
 
 
@@ -63,11 +63,12 @@ class Sandbox:
 
 def build_sandbox(config: SandboxConfig) -> Sandbox:
     now = config.seed_now()
-    traces = traces_for(PEOPLE, now, config.days, config.seed)
+    persons = people(config.population, config.seed)
+    traces = traces_for(persons, now, config.days, config.seed)
     sites: dict[str, Site] = {}
     for key in config.sites:
         p = personality(key)
-        seed = build_site(key, p, traces, now)
+        seed = build_site(key, p, traces, now, persons)
         store = FhirStore(key, p.id_style, config.clock)
         store.load(seed)
         auth = AuthState(

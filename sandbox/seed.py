@@ -34,8 +34,8 @@ import base64
 import hashlib
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta, timezone
 from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -99,6 +99,8 @@ class Person:
     dst_window: bool = False
     failed_sensor_day: int | None = None  # days after the window start
     about: str = ""
+    #: A span without a sensor (days), ending this many days before the window's end: low wear, or no recent data.
+    off_sensor: tuple[float, float] | None = None
 
     @property
     def name(self) -> str:
@@ -246,6 +248,88 @@ PEOPLE: tuple[Person, ...] = (
     ),
 )
 
+# MARK: a population
+
+
+GIVEN = (("Olivia", "female"), ("Liam", "male"), ("Amara", "female"), ("Noah", "male"), ("Sofia", "female"),
+         ("Ethan", "male"), ("Priya", "female"), ("Lucas", "male"), ("Zara", "female"), ("Omar", "male"),
+         ("Grace", "female"), ("Diego", "male"), ("Leila", "female"), ("Kenji", "male"), ("Nora", "female"),
+         ("Samuel", "male"), ("Aisha", "female"), ("Mateus", "male"), ("Elena", "female"), ("Tariq", "male"),
+         ("Hannah", "female"), ("Ravi", "male"), ("Chloe", "female"), ("Felix", "male"), ("Ingrid", "female"),
+         ("Kwame", "male"), ("Mei", "female"), ("Jonah", "male"), ("Rosa", "female"), ("Arjun", "male"),
+         ("Jordan", "other"), ("Riley", "other"))  # fmt: skip
+FAMILY = ("Adeyemi", "Bergstrom", "Castillo", "Dubois", "Eriksen", "Fontaine", "Garcia", "Haddad", "Ivanova",
+          "Jensen", "Kowalski", "Lindgren", "Mensah", "Nakamura", "Ortega", "Petrov", "Quintero", "Rossi",
+          "Sato", "Tremblay", "Underwood", "Varga", "Whitaker", "Xu", "Yilmaz", "Zhang", "Abernathy", "Bianchi",
+          "Chowdhury", "Delgado", "Engel", "Fitzgerald", "Gallagher", "Hoffman", "Iqbal", "Janssen")  # fmt: skip
+#: (zone, share): where a population lives; Canadian zones report mmol/L.
+ZONES = (("America/New_York", 0.3), ("America/Chicago", 0.22), ("America/Denver", 0.08), ("America/Phoenix", 0.05),
+         ("America/Los_Angeles", 0.2), ("America/Toronto", 0.08), ("America/Vancouver", 0.04),
+         ("Pacific/Honolulu", 0.03))  # fmt: skip
+MMOL_ZONES = frozenset({"America/Toronto", "America/Vancouver"})
+DEVICE_SHARES = (("dexcom-g6", 0.3), ("dexcom-g7", 0.3), ("libre-2", 0.15), ("libre-3", 0.25))
+#: Kinds of patient a care manager triages (name, share, TraceProfile, what it is): ranges the draws vary around.
+KINDS: tuple[tuple[str, float, TraceProfile], ...] = (
+    ("type 2, controlled", 0.3, TraceProfile(level_mg_dl=120.0, day_spread=0.1, wander_spread=0.16,
+                                               meal_mg_dl=(70.0, 50.0, 80.0), missed_bolus=0.0,
+                                               night_lows_per_week=0.05, day_lows_per_week=0.2)),
+    ("type 1, typical", 0.3, TraceProfile()),
+    ("type 1, runs high", 0.2, TraceProfile(level_mg_dl=165.0, meal_mg_dl=(95.0, 70.0, 100.0), missed_bolus=0.2,
+                                             correction=0.5, night_lows_per_week=0.1, day_lows_per_week=0.3)),
+    ("type 1, frequent lows", 0.12, TraceProfile(level_mg_dl=110.0, night_lows_per_week=4.0, day_lows_per_week=3.0,
+                                                  deep_low_share=0.3)),
+    ("type 1, poor control", 0.08, TraceProfile(level_mg_dl=180.0, day_spread=0.25, wander_spread=0.3,
+                                                 meal_mg_dl=(110.0, 80.0, 120.0), missed_bolus=0.35, correction=0.4,
+                                                 night_lows_per_week=1.5, day_lows_per_week=1.5,
+                                                 dropouts_per_day=0.6)),
+)  # fmt: skip
+
+
+def population(n: int, seed: int) -> tuple[Person, ...]:
+    """`n` more synthetic people ("c0001", …) for a care manager's cohort: believable variety in control (the
+    KINDS), devices, units, zones and wear (sensor dropouts, now and then a sensor that failed). Reproducible from
+    (seed, n); the person at index i is the same for every n > i."""
+    out = []
+    zones, zone_p = zip(*ZONES, strict=True)
+    devices, device_p = zip(*DEVICE_SHARES, strict=True)
+    kind_p = [k[1] for k in KINDS]
+    for i in range(n):
+        rng = np.random.default_rng([seed, 7919, i])
+        given, gender = GIVEN[int(rng.integers(len(GIVEN)))]
+        family = FAMILY[int(rng.integers(len(FAMILY)))]
+        zone = str(rng.choice(zones, p=zone_p))
+        kind, _share, base = KINDS[int(rng.choice(len(KINDS), p=kind_p))]
+
+        def vary(value: float, spread: float = 0.15, rng: np.random.Generator = rng) -> float:
+            return float(value * np.exp(rng.normal(0.0, spread)))
+
+        profile = replace(
+            base,
+            level_mg_dl=vary(base.level_mg_dl, 0.1),
+            meal_mg_dl=(vary(base.meal_mg_dl[0]), vary(base.meal_mg_dl[1]), vary(base.meal_mg_dl[2])),
+            night_lows_per_week=vary(base.night_lows_per_week, 0.4),
+            day_lows_per_week=vary(base.day_lows_per_week, 0.4),
+            dropouts_per_day=vary(base.dropouts_per_day, 0.8),
+        )
+        born = date(1940, 1, 1) + timedelta(days=int(rng.integers(0, 65 * 365)))
+        failed = int(rng.integers(1, 12)) if rng.random() < 0.05 else None
+        wear = rng.random()
+        off = None
+        if wear < 0.04:  # stopped wearing: no data for the last 3–6 days
+            off = (float(rng.uniform(3.0, 6.0)), 0.0)
+        elif wear < 0.16:  # a sensor left off for days in the last two weeks: wear well under 70 %
+            off = (float(rng.uniform(3.5, 8.0)), float(rng.uniform(0.5, 4.0)))
+        out.append(Person(f"c{i + 1:04d}", given, family, gender, born.isoformat(), zone,
+                          str(rng.choice(devices, p=device_p)), unit="mmol/L" if zone in MMOL_ZONES else "mg/dL",
+                          profile=profile, failed_sensor_day=failed, about=kind, off_sensor=off))  # fmt: skip
+    return tuple(out)
+
+
+def people(extra: int, seed: int) -> tuple[Person, ...]:
+    """The six people, then a population of `extra` more (sandbox `--population`)."""
+    return PEOPLE + population(extra, seed) if extra else PEOPLE
+
+
 PRACTITIONERS = (
     ("pr1", "Casey", "Endo", "MD", "Endocrinology", "9000000011"),
     ("pr2", "Morgan", "Reyes", "NP", "Diabetes education", "9000000029"),
@@ -331,6 +415,14 @@ def traces_for(people: tuple[Person, ...], now: datetime, days: int, seed: int) 
             profile=person.profile,
             failed_sensor_at_ms=failed,
         )
+        if person.off_sensor is not None:
+            off_days, ago = person.off_sensor
+            end = window.end_ms - int(ago * DAY_MS)
+            trace = out[person.key]
+            keep = (trace.time_ms < end - int(off_days * DAY_MS)) | (trace.time_ms >= end)
+            out[person.key] = replace(trace, time_ms=trace.time_ms[keep], value=trace.value[keep],
+                                      flag=trace.flag[keep], session=trace.session[keep],
+                                      offset_min=trace.offset_min[keep])  # fmt: skip
     return out
 
 
