@@ -308,6 +308,8 @@ class DemoStack:
                 "--mllp-port", str(self.site_mllp_port), *self._seed_args(),
             ])  # fmt: skip
             self.wait_http(f"{self.ehr_url}/ehr/", sandbox)
+            # The schema first, as production deploys (a PostgreSQL database starts empty; SQLite's file too).
+            self.run_step("database upgrade", "load", [_bin("glucobridge"), "db", "upgrade"])
             self.load_data(SITES if self.load_sites is None else self.load_sites)
             self.add_admin()
             app = self.spawn("app", "app", [

@@ -10,7 +10,7 @@
 | engine | 200 patients × 14 d | 200 and 1,000 patients | 200 and 10,000 |
 | ingest | 100k readings per file | 100k (the section's quick size) | 1 M |
 | export | 500 windows | 2,000 windows | 10,000 |
-| view | 5 s per load run | 15 s | 15 s |
+| view | 20 + 6 patients, 5 s per load run | 200 + 6 patients, 15 s | 1,000 + 6 patients, 15 s |
 | outcomes | 50 patients | 100 patients | the 10,000-patient backfill |
 | soak | 600 writes | 3,000 writes | 10,000 |
 | bulk | 20 patients | 100 patients | 1,000 |
@@ -42,13 +42,13 @@ from bench import (  # noqa: E402
     view_bench,
 )
 
-#: section -> run(quick, full). ingest's default here is its quick size and --full its full size; view takes only
-#: `quick`; outcomes runs 100 patients by default (50 with --quick) and the 10,000-patient backfill with --full.
+#: section -> run(quick, full). ingest's default here is its quick size and --full its full size; outcomes runs
+#: 100 patients by default (50 with --quick) and the 10,000-patient backfill with --full.
 SECTIONS: dict[str, Callable[[bool, bool], None]] = {
     "engine": lambda quick, full: engine_bench.run(quick=quick, full=full),
     "ingest": lambda quick, full: ingest_bench.run(quick=not full, full=full),
     "export": lambda quick, full: export_bench.run(quick=quick, full=full),
-    "view": lambda quick, full: view_bench.run(quick=quick and not full),
+    "view": lambda quick, full: view_bench.run(quick=quick and not full, full=full),
     "outcomes": lambda quick, full: outcomes_bench.run(patients=None if full else 50 if quick else 100, backfill=full),
     "soak": lambda quick, full: soak_bench.run(quick=quick, full=full),
     "bulk": lambda quick, full: bulk_bench.run(quick=quick, full=full),

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from bff.store import windows, zones
 from bff.store.db import Store
@@ -95,17 +96,32 @@ class PatientOutcomesView:
             return None
         with self.store.transaction() as session:
             patient = session.scalar(select(Patient).where(Patient.public_id == public_id))
+            return None if patient is None else _remember(session, patient, demographics)
+
+    def for_launch(
+        self, site: str, fhir_patient: str, demographics: dict[str, str] | None, days: int
+    ) -> tuple[str, zones.Zone, ShownOutcome | None] | None:
+        """What a view of the launch's patient shows, in two transactions (the patient by the launch, then what the
+        EHR says of them kept, their zone and their stored outcome read together): `public_id_for_launch`,
+        `remember`, `zone` and `outcome` in one call. None: the store has no such patient."""
+        public_id = self.public_id_for_launch(site, fhir_patient, demographics)
+        if public_id is None:
+            return None
+        row = None
+        with self.store.transaction() as session:
+            patient = session.scalar(select(Patient).where(Patient.public_id == public_id))
             if patient is None:
                 return None
-            patient.name = (demographics.get("name") or patient.name or "")[:200] or None
-            patient.family_name = (demographics.get("family") or patient.family_name or "")[:100] or None
-            patient.given_names = (demographics.get("given") or patient.given_names or "")[:100] or None
-            patient.birth_date = (demographics.get("birth_date") or patient.birth_date or "")[:10] or None
-            patient.mrn = (demographics.get("mrn") or patient.mrn or "")[:64] or None
-            stated = demographics.get("time_zone")
-            if not stated:
-                return None
-            return zones.apply(session, patient, zones.resolve(patient, explicit=(stated, "ehr")), datetime.now(UTC))
+            if demographics:
+                _remember(session, patient, demographics)
+            zone = zones.Zone(patient.tz, patient.tz_source)
+            if days in windows.STANDARD_DAYS:
+                row = windows.read(session, patient, days)
+        if row is not None:
+            shown = ShownOutcome(row.document, row.digest, row.computed_at, row.stale_since, row.stale_reason,
+                                 row.version)  # fmt: skip
+            return public_id, zone, shown
+        return public_id, zone, self.outcome(public_id, days)  # never computed, or not a standard period
 
     def zone(self, public_id: str) -> zones.Zone:
         with self.store.transaction() as session:
@@ -143,3 +159,16 @@ class PatientOutcomesView:
         except UnknownPatientError:
             return None
         return dict(result.report.patients[0].document)
+
+
+def _remember(session: Session, patient: Patient, demographics: dict[str, str]) -> str | None:
+    """`PatientOutcomesView.remember` in the caller's transaction."""
+    patient.name = (demographics.get("name") or patient.name or "")[:200] or None
+    patient.family_name = (demographics.get("family") or patient.family_name or "")[:100] or None
+    patient.given_names = (demographics.get("given") or patient.given_names or "")[:100] or None
+    patient.birth_date = (demographics.get("birth_date") or patient.birth_date or "")[:10] or None
+    patient.mrn = (demographics.get("mrn") or patient.mrn or "")[:64] or None
+    stated = demographics.get("time_zone")
+    if not stated:
+        return None
+    return zones.apply(session, patient, zones.resolve(patient, explicit=(stated, "ehr")), datetime.now(UTC))

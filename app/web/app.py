@@ -29,16 +29,20 @@ route's template and the code's frames; not its message, not the URL) and answer
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import logging
 import os
 import traceback
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import anyio
 import httpx
+import orjson
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
@@ -102,9 +106,29 @@ STATIC = ROOT / "static"
 
 
 def _static_url(path: str) -> str:
+    """The file's URL with a version from its content (cache-busting), hashed once per change of the file (plotly.js
+    is 4.8 MB: hashing it for every page cost more than the rest of the view)."""
     file = STATIC / path
-    version = hashlib.sha256(file.read_bytes()).hexdigest()[:10] if file.is_file() else "missing"
-    return f"/static/{path}?v={version}"
+    try:
+        info = file.stat()
+    except OSError:
+        return f"/static/{path}?v=missing"
+    return f"/static/{path}?v={_static_version(file, info.st_mtime_ns, info.st_size)}"
+
+
+@functools.lru_cache(maxsize=64)
+def _static_version(file: Path, mtime_ns: int, size: int) -> str:
+    del mtime_ns, size  # part of the cache key: a rebuilt file is hashed again
+    return hashlib.sha256(file.read_bytes()).hexdigest()[:10] if file.is_file() else "missing"
+
+
+def _tojson(value: Any, **kwargs: Any) -> str:
+    """Jinja's `tojson` serialiser: orjson (several times faster for the charts' figures; NaN as null, which the
+    browser's JSON.parse accepts where json's NaN fails), the standard library for what orjson cannot write."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, **kwargs)
 
 
 # MARK: launch
@@ -239,13 +263,11 @@ async def summary_context(
     read_status = await freshness.launch_read_status(ctx, handle, found, request=request_read)
 
     def compute() -> tuple[ShownOutcome | None, ZoneView | None, dict[str, Any] | None, str]:
-        public_id = ctx.view.public_id_for_launch(found.site_key, found.patient or "", banner)
-        if public_id is None:
+        # What the EHR says of the patient (banner) is kept: names for the chart artefacts, and the zone (source ehr).
+        seen = ctx.view.for_launch(found.site_key, found.patient or "", banner, days)
+        if seen is None:
             return None, None, None, ""
-        if banner:  # what the EHR says of the patient: names for the chart artefacts, and the zone (source ehr)
-            ctx.view.remember(found.site_key, found.patient or "", banner)
-        zone = ctx.view.zone(public_id)
-        shown_outcome = ctx.view.outcome(public_id, days)
+        _public_id, zone, shown_outcome = seen
         if shown_outcome is None:
             return None, ZoneView(zone.name, zone.source), None, ""
         shown = display_unit(shown_outcome.document, unit)
@@ -451,6 +473,7 @@ def ids_in_range(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHan
 
 def _engine_callback(engine: JinjaTemplateEngine) -> None:
     engine.engine.globals["static"] = _static_url
+    engine.engine.policies["json.dumps_function"] = _tojson
 
 
 def create_app(

@@ -10,13 +10,13 @@ traces, and no process keeps them for ever.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
+import orjson
 import redis
 
 from engine import ENGINE_VERSION
@@ -92,11 +92,11 @@ class RedisCache:
         raw = self.client.get(self.prefix + key)
         if raw is None:
             return None
-        value: dict[str, Any] = json.loads(raw)
+        value: dict[str, Any] = orjson.loads(raw)
         return value
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        self.client.set(self.prefix + key, json.dumps(value, separators=(",", ":")), ex=self.ttl)
+        self.client.set(self.prefix + key, orjson.dumps(value), ex=self.ttl)
 
 
 def chart_cache(redis_url: str | None) -> ChartCache:

@@ -52,3 +52,27 @@ def test_the_ehrs_zone_is_explicit_and_its_names_are_kept(store: Store) -> None:
     Ingestor(store).ingest(parser_for("fhir"), io.BytesIO(fhir_ndjson(readings(24))), site="site-a",
                            source_name="t2", site_zone="America/Denver")  # fmt: skip
     assert view.zone(public).source == "ehr"
+
+
+def test_a_views_reads_keep_what_the_ehr_says_and_show_the_outcome_in_the_new_zone(store: Store) -> None:
+    """`for_launch` (what one view reads, in two transactions) does what `remember`, `zone` and `outcome` did one
+    after the other: the EHR's zone is kept first, so the outcome shown is the one for that zone."""
+    Ingestor(store, clock=lambda: datetime(2024, 3, 20, tzinfo=UTC)).ingest(
+        parser_for("fhir"), io.BytesIO(fhir_ndjson(readings(24))), site="site-a", source_name="t",
+        site_zone="America/Denver",
+    )  # fmt: skip
+    view = PatientOutcomesView(store)
+    assert view.for_launch("site-a", "Patient/nobody", None, 14) is None
+    seen = view.for_launch("site-a", "Patient/fhir-1", {"name": "Avery Quinn", "time_zone": "America/Chicago"}, 14)
+    assert seen is not None
+    public, zone, shown = seen
+    assert public == view.public_id("site-a", "Patient/fhir-1")
+    assert (zone.name, zone.source) == ("America/Chicago", "ehr")
+    assert shown is not None
+    assert shown.document["tz"] == "America/Chicago"
+    assert shown.document == view.outcome(public, 14).document  # type: ignore[union-attr]
+    again = view.for_launch("site-a", "Patient/fhir-1", None, 14)  # now stored: read, not computed
+    assert again is not None and again[2] is not None
+    assert again[2].computed_at == view.outcome(public, 14).computed_at  # type: ignore[union-attr]
+    other = view.for_launch("site-a", "Patient/fhir-1", None, 7)  # not a standard period: computed on request
+    assert other is not None and other[2] is not None and other[2].computed_at is None
