@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,6 +43,7 @@ from urllib.parse import quote
 
 import anyio
 import httpx
+import jinja2
 import orjson
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
@@ -54,6 +56,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
+from markupsafe import Markup
 
 from app.web import admin, freshness, writeback
 from app.web.charts import chart_cache, charts_key, etag, matches
@@ -70,7 +73,7 @@ from app.web.common import (
     require_csrf,
     wants_fragment,
 )
-from app.web.presenters import ZoneView, age_text, charts_of, display_unit, summary_view
+from app.web.presenters import SummaryView, ZoneView, age_text, charts_of, display_unit, summary_view
 from app.web.security import csrf_token, security_headers
 from bff import bootstrap
 from bff.admin import AdminAccounts, AdminSessions, LockoutPolicy
@@ -262,32 +265,42 @@ async def summary_context(
     banner = await _banner(ctx, handle, found)
     read_status = await freshness.launch_read_status(ctx, handle, found, request=request_read)
 
-    def compute() -> tuple[ShownOutcome | None, ZoneView | None, dict[str, Any] | None, str]:
+    empty: dict[str, Any] = {"metrics": {"readings_used": 0}}
+
+    def compute() -> tuple[ShownOutcome | None, ZoneView | None, SummaryView, dict[str, Markup] | None, str]:
         # What the EHR says of the patient (banner) is kept: names for the chart artefacts, and the zone (source ehr).
         seen = ctx.view.for_launch(found.site_key, found.patient or "", banner, days)
         if seen is None:
-            return None, None, None, ""
+            return None, None, summary_view(empty, days, display_unit(empty, unit), None, page=page), None, ""
         _public_id, zone, shown_outcome = seen
+        zone_view = ZoneView(zone.name, zone.source)
         if shown_outcome is None:
-            return None, ZoneView(zone.name, zone.source), None, ""
-        shown = display_unit(shown_outcome.document, unit)
+            return None, zone_view, summary_view(empty, days, display_unit(empty, unit), zone_view, page=page), None, ""
+        document = shown_outcome.document
+        shown = display_unit(document, unit)
         key = charts_key(shown_outcome.digest, days, shown, page)
         charts = ctx.charts.get(key) if ctx.charts is not None else None
+        changed = charts is None
         if charts is None:
-            charts = charts_of(shown_outcome.document, days, shown, page)
-            if ctx.charts is not None:
-                ctx.charts.put(key, charts)
-        return shown_outcome, ZoneView(zone.name, zone.source), charts, key
+            charts = charts_of(document, days, shown, page)
+        summary = summary_view(document, days, shown, zone_view, page=page, charts=charts)
+        if "html" not in charts and ctx.templates is not None:
+            charts["html"] = chart_html(ctx.templates, summary)
+            changed = True
+        if changed and ctx.charts is not None:
+            ctx.charts.put(key, charts)
+        html = charts.get("html")
+        return shown_outcome, zone_view, summary, None if html is None else {k: Markup(v) for k, v in html.items()}, key
 
-    outcome, zone, charts, key = await anyio.to_thread.run_sync(compute)
-    document = outcome.document if outcome is not None else {"metrics": {"readings_used": 0}}
+    outcome, zone, summary, html, key = await anyio.to_thread.run_sync(compute)
+    document = outcome.document if outcome is not None else empty
     if outcome is not None and outcome.stale and ctx.jobs is not None:
         await ctx.jobs.enqueue(recompute_request())  # one key: every view of every stale outcome meets on it
-    shown = display_unit(document, unit)
     unit_query = f"&unit={quote(unit)}" if unit else ""
     base = f"/v/{handle}/patients/{found.patient}/"
     return {
-        "summary": summary_view(document, days, shown, zone, page=page, charts=charts),
+        "summary": summary,
+        "chart_html": html,
         "outcome_freshness": outcome_freshness(outcome),
         "charts_key": key,
         "unit_query": unit_query,
@@ -299,6 +312,17 @@ async def summary_context(
         "engine_version": ENGINE_VERSION,
         "method": "time",
     }
+
+
+def chart_html(templates: jinja2.Environment, summary: SummaryView) -> dict[str, str]:
+    """The view's heaviest HTML (the AGP figure and table, a page of daily profiles and their table), rendered once
+    per outcome version and display choice: it depends on `summary` only (no launch, patient or token in it), so it
+    is cached with the charts and shared by every clinician and launch. The templates include the same partials
+    when it is not there, so the page is the same either way (tests/web/test_view_outcomes.py)."""
+    html = {"agp": templates.get_template("patient/_agp_chart.html").render(summary=summary)}
+    if summary.daily is not None:
+        html["daily"] = templates.get_template("patient/_daily_panels.html").render(summary=summary)
+    return html
 
 
 def outcome_freshness(outcome: ShownOutcome | None, now: datetime | None = None) -> str:
@@ -471,9 +495,13 @@ def ids_in_range(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHan
             raise NotFoundException(detail="no such record")
 
 
-def _engine_callback(engine: JinjaTemplateEngine) -> None:
-    engine.engine.globals["static"] = _static_url
-    engine.engine.policies["json.dumps_function"] = _tojson
+def _engine_callback(ctx: AppContext) -> Callable[[JinjaTemplateEngine], None]:
+    def configure(engine: JinjaTemplateEngine) -> None:
+        engine.engine.globals["static"] = _static_url
+        engine.engine.policies["json.dumps_function"] = _tojson
+        ctx.templates = engine.engine
+
+    return configure
 
 
 def create_app(
@@ -531,7 +559,7 @@ def create_app(
             create_static_files_router(path="/static", directories=[STATIC]),
         ],
         template_config=TemplateConfig(
-            directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=_engine_callback
+            directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=_engine_callback(ctx)
         ),
         plugins=[HTMXPlugin()],
         state=State({"ctx": ctx}),

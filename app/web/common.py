@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import httpx
+import jinja2
 from litestar import Request
 from litestar.exceptions import HTTPException
 from litestar.plugins.htmx import HTMXRequest
@@ -84,6 +85,7 @@ class AppContext:
     backends: SiteBackends | None = None  # Backend Services per site (their keys are in the JWKS too)
     charts: ChartCache | None = None  # the view's charts by outcome digest (app.web.charts)
     outbox: OutboxWorker | None = None  # this process's one worker for the clinician's in-context send
+    templates: jinja2.Environment | None = None  # the app's Jinja environment (set when Litestar builds it)
 
 
 def context_of(request: Request[Any, Any, Any]) -> AppContext:

@@ -72,7 +72,10 @@ def test_a_views_reads_keep_what_the_ehr_says_and_show_the_outcome_in_the_new_zo
     assert shown.document["tz"] == "America/Chicago"
     assert shown.document == view.outcome(public, 14).document  # type: ignore[union-attr]
     again = view.for_launch("site-a", "Patient/fhir-1", None, 14)  # now stored: read, not computed
-    assert again is not None and again[2] is not None
+    assert again is not None
+    assert again[2] is not None
     assert again[2].computed_at == view.outcome(public, 14).computed_at  # type: ignore[union-attr]
     other = view.for_launch("site-a", "Patient/fhir-1", None, 7)  # not a standard period: computed on request
-    assert other is not None and other[2] is not None and other[2].computed_at is None
+    assert other is not None
+    assert other[2] is not None
+    assert other[2].computed_at is None

@@ -65,7 +65,8 @@ def test_the_raw_digest_names_the_bytes() -> None:
                           st.sampled_from(["mg/dL", "mmol/L", 'u"\\']), st.integers(0, 2), text,
                           st.sampled_from(["fhir", "csv", "hl7"]), text), max_size=30))  # fmt: skip
 def test_many_lines_at_once_are_the_lines_one_at_a_time(rows: list[tuple]) -> None:
-    keys, times, values, units, flags, devices, feeds, records = (list(c) for c in zip(*rows)) if rows else [[]] * 8
+    columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(8)]
+    keys, times, values, units, flags, devices, feeds, records = columns
     many = canonical_lines(keys, np.array(times, dtype=np.int64), np.array(values, dtype=np.float64), units,
                            np.array(flags, dtype=np.int8), devices, feeds, records)  # fmt: skip
     assert many == [canonical_line(*row) for row in rows]

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from markupsafe import Markup
 
 from app.web.presenters import (
     DAYS_PER_PAGE,
@@ -222,3 +223,36 @@ def test_each_day_is_joined_by_its_own_sampling_interval() -> None:
     libre_panel = page.panels[0].figure
     assert libre_panel is not None
     assert None not in libre_panel["data"][0]["x"]
+
+
+# MARK: the cached chart HTML
+
+
+@pytest.mark.parametrize("days", [14, 30])
+def test_the_page_is_the_same_with_the_chart_html_rendered_once_and_cached(days: int) -> None:
+    """The AGP and daily-profile HTML is rendered once per outcome version and display choice and cached with the
+    charts (app.web.app.chart_html); the summary and the daily fragment come out byte for byte the same whether
+    that HTML is there or the templates include the partials themselves, and it holds no launch or token."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: PLC0415
+
+    from app.web.app import TEMPLATES, _static_url, _tojson, chart_html  # noqa: PLC0415
+    from app.web.presenters import ZoneView, summary_view  # noqa: PLC0415
+
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape())
+    env.globals["static"] = _static_url
+    env.policies["json.dumps_function"] = _tojson
+    doc = document(days, gap_day=2)
+    summary = summary_view(doc, days, "mg/dL", ZoneView("America/Chicago", "ehr"), page=1)
+    assert summary.daily is not None
+    context = {"summary": summary, "base": "/v/HANDLE/patients/p1/", "unit_query": "", "csrf_token": "TOKEN",
+               "outcome_freshness": "", "ehr_read": {}, "ehr_read_status": None, "engine_version": "1",
+               "method": "time", "poll": False}  # fmt: skip
+    html = chart_html(env, summary)
+    assert set(html) == {"agp", "daily"}
+    assert all("HANDLE" not in part and "TOKEN" not in part for part in html.values())
+    assert "data-figure=" in html["agp"]
+    assert html["daily"].count("day-panel") == len(summary.daily.panels)
+    for name in ("patient/_summary.html", "patient/_daily.html"):
+        included = env.get_template(name).render(**context, chart_html=None)
+        cached = env.get_template(name).render(**context, chart_html={k: Markup(v) for k, v in html.items()})
+        assert cached == included, name
