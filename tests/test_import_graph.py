@@ -20,10 +20,6 @@ BFF = ROOT / "bff"
 #: Cycles not broken yet, each with why it is there. A cycle found outside these fails at once; when one of these
 #: is broken, drop it here (test_bff_parts_import_without_cycles is a strict xfail until all are gone).
 KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"hl7", "ingest", "resources", "store"}): (
-        "bff.store ⇄ bff.ingest (store/ingest.py, being broken on its own branch); bff.hl7 ⇄ bff.resources "
-        "(the ORU/MDM builders take an OutcomeRecord, verify reads HL7); bff.store → bff.hl7 (store/mllp.py)"
-    ),
     frozenset({"capabilities", "sitefile", "vendors"}): (
         "bff.vendors names SiteCapabilities under TYPE_CHECKING, and the matrix reads the vendor profiles"
     ),

@@ -11,10 +11,10 @@ from typing import TextIO
 import app.cli
 from app.cli.common import BadInputError, open_store, window_from
 from bff.hl7 import Hl7ParseError
-from bff.hl7.oru import build_oru
 from bff.resources.fhir import outcome_bundle
 from bff.resources.load import NoReadingsError, observation_keys, outcome_record, record_artifacts
 from bff.resources.note import outcome_note
+from bff.resources.oru import build_oru
 from bff.resources.record import IDENTIFIER_SYSTEM, OutcomeRecord
 from bff.resources.report_pdf import agp_report_pdf
 from bff.resources.signing import SigningError, load_signer

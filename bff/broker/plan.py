@@ -43,10 +43,10 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from bff.capabilities import FhirVersion, SiteCapabilities, WriteChannel, WriteMode
-from bff.hl7.mdm import build_mdm
-from bff.hl7.oru import build_oru
 from bff.resources import fhir
+from bff.resources.mdm import build_mdm
 from bff.resources.note import outcome_note
+from bff.resources.oru import build_oru
 from bff.resources.record import IDENTIFIER_SYSTEM, OutcomeRecord
 from bff.vendors import ResultsShape, profile_for
 from engine import isoformat_local

@@ -4,8 +4,9 @@
   `Hl7Message`/`Hl7Segment`/`Hl7Encoding`, escaping, `shown` for quoting input in reasons.
 - `stream`: `iter_messages` cuts a file or byte stream into messages (MLLP frames, blank lines, MSH).
 - `ack`: `build_ack` (python-hl7's `create_ack`, re-written in the standard separators) and `parse_ack`.
-- `build`: the parts every message we write is made of (escaped values, MSH, PID, times); `oru`: ORU^R01 for an
-  outcome window. An MDM^T02 builder (the PDF report as a document) belongs beside `oru`, on `build`.
+- The messages made of an outcome (ORU^R01, MDM^T02 and the segments they share) are outcome artefacts and live with
+  the others in `bff.resources` (`oru`, `mdm`, `hl7_segments`): this package knows HL7 v2, not outcomes, so it
+  imports nothing of `bff.resources` (tests/test_import_graph.py).
 - `mllp`: framing and `MllpServer`, the asyncio server that answers every frame (limits in `MllpLimits`).
 - `client`: `MllpClient` and `deliver`, the sending side and its retry policy.
 

@@ -1,4 +1,4 @@
-"""An MLLP client for sending HL7 v2 messages (e.g. `bff.hl7.oru.build_oru`) and the delivery policy.
+"""An MLLP client for sending HL7 v2 messages (e.g. `bff.resources.oru.build_oru`) and the delivery policy.
 
 `MllpClient.send(message)` frames one message (0x0B … 0x1C 0x0D), sends it, reads one framed ACK and reads
 MSA-1/2/3 with `bff.hl7.ack.parse_ack`. The connection is kept for the next message and closed after any

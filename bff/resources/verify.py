@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from bff.hl7 import parse_message
-from bff.hl7.oru import GLUCOBRIDGE_SYSTEM
 from bff.resources.fhir import COMPUTATION_TYPE, RAW_DATA_TYPE, SHA256_SYSTEM
 from bff.resources.load import window_for_artifact
+from bff.resources.oru import GLUCOBRIDGE_SYSTEM
 from bff.resources.record import CODESYSTEM
 from bff.resources.signing import SigningError, verify_jws
 from bff.store.db import Store

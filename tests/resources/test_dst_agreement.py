@@ -9,9 +9,9 @@ from pypdf import PdfReader
 
 from app.web.presenters import ZoneView, summary_view
 from bff.hl7 import parse_message
-from bff.hl7.oru import build_oru
 from bff.resources.fhir import outcome_bundle
 from bff.resources.note import outcome_note
+from bff.resources.oru import build_oru
 from bff.resources.report_pdf import agp_report_pdf
 from tests.resources.samples import sample_record
 

@@ -14,8 +14,8 @@ from bff.broker.guard import WriteRefusedError, check
 from bff.broker.plan import WriteContext, plan_writes
 from bff.capabilities import parse_capabilities
 from bff.hl7 import parse_message
-from bff.hl7.mdm import build_mdm, document_number, message_control_id
-from bff.hl7.oru import build_oru
+from bff.resources.mdm import build_mdm, document_number, message_control_id
+from bff.resources.oru import build_oru
 from tests.resources.samples import sample_record
 
 TINY_PDF = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"  # small enough for hl7apy STRICT (ED as ST)

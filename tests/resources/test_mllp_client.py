@@ -20,7 +20,7 @@ from bff.hl7.client import (
     deliver,
     parse_ack,
 )
-from bff.hl7.oru import build_oru
+from bff.resources.oru import build_oru
 from bff.store.db import Store
 from tests.resources.samples import sample_record
 from tests.store.test_mllp import Running

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from bff.hl7 import parse_message
-from bff.hl7.oru import build_oru
 from bff.resources.fhir import outcome_bundle
+from bff.resources.oru import build_oru
 from bff.resources.verify import verify_bundle
 from engine import catalogue
 from engine.catalogue import GLUCOBRIDGE_CODES, ONE, Code, Condition, Kind, Metric

@@ -18,7 +18,9 @@ from hl7apy.parser import parse_message as hl7apy_parse
 from hl7apy.v2_5_1.tables import TABLES
 
 from bff.hl7 import Hl7Message, parse_message
-from bff.hl7.oru import (
+from bff.ingest.hl7v2 import Hl7v2Parser
+from bff.ingest.records import FeedProblem, FeedReading, ParseOptions
+from bff.resources.oru import (
     GLUCOBRIDGE_SYSTEM,
     LOCAL_SYSTEM,
     OruMessage,
@@ -26,8 +28,6 @@ from bff.hl7.oru import (
     filler_order_number,
     message_control_id,
 )
-from bff.ingest.hl7v2 import Hl7v2Parser
-from bff.ingest.records import FeedProblem, FeedReading, ParseOptions
 from bff.resources.record import OutcomeRecord
 from tests.resources.samples import sample_record
 

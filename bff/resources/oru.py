@@ -53,7 +53,7 @@ from datetime import datetime
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
-from bff.hl7.build import coded, esc_ft, message_text, msh, pid, ts, ts_ms
+from bff.resources.hl7_segments import coded, esc_ft, message_text, msh, pid, ts, ts_ms
 from bff.resources.record import OutcomeRecord
 from engine import catalogue
 from engine.catalogue import BANDS, SUMMARY_PANEL, filed, metric

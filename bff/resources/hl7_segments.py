@@ -1,9 +1,8 @@
 """What every message glucobridge writes is made of: escaped values, coded elements, times, MSH and PID.
 
-The builders (`bff.hl7.oru` for ORU^R01; an MDM^T02 builder for documents comes next and takes the same parts)
-are pure: the same record and arguments give the same text. Every message is written in the standard
-separators (`|^~\\&`) with segments ending in CR; a message with text beyond ASCII says so in MSH-18
-(`UNICODE UTF-8`, table 0211) and is sent as UTF-8.
+The builders (`bff.resources.oru` for ORU^R01, `bff.resources.mdm` for MDM^T02) are pure: the same record and
+arguments give the same text. Every message is written in the standard separators (`|^~\\&`) with segments ending
+in CR; a message with text beyond ASCII says so in MSH-18 (`UNICODE UTF-8`, table 0211) and is sent as UTF-8.
 """
 
 from __future__ import annotations

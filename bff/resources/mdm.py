@@ -3,7 +3,7 @@
 A site that files documents through its interface (`[write] pdf_path = "hl7_mdm"`; Epic's Bridges, Oracle's
 OpenEngine) gets the PDF as its own document notification rather than as an OBX in the results message
 (ehr-realities.md §3: "MDM^T02 is the document alternative"). `build_mdm(record, pdf)` is pure and deterministic,
-like `bff.hl7.oru.build_oru`, and is made of the same parts (`bff.hl7.build`).
+like `bff.resources.oru.build_oru`, and is made of the same parts (`bff.resources.hl7_segments`).
 
 Layout (2.5.1, the default, and 2.3; both validated with hl7apy STRICT in the tests)::
 
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from bff.hl7.build import coded, esc, message_text, msh, pid, ts, ts_ms
-from bff.hl7.oru import ED_ENCODING, ED_SUBTYPE, ED_TYPE, GLUCOBRIDGE_SYSTEM, PDF_CODE, VERSIONS
+from bff.resources.hl7_segments import coded, esc, message_text, msh, pid, ts, ts_ms
+from bff.resources.oru import ED_ENCODING, ED_SUBTYPE, ED_TYPE, GLUCOBRIDGE_SYSTEM, PDF_CODE, VERSIONS
 from bff.resources.record import OutcomeRecord
 
 MSH10_PREFIX = "GM"
