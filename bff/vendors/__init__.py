@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from bff.vendors import cgm_ig, epic, generic, hl7v2, oracle
 from bff.vendors.base import (
@@ -35,6 +34,7 @@ from bff.vendors.base import (
     READING_CODES,
     FhirSearch,
     ResultsShape,
+    SiteMatrix,
     Vendor,
     VendorProfile,
     answer_is_duplicate,
@@ -43,9 +43,6 @@ from bff.vendors.base import (
     scope_syntax_ok,
     system_scopes,
 )
-
-if TYPE_CHECKING:
-    from bff.capabilities import SiteCapabilities
 
 PROFILES: Mapping[Vendor, VendorProfile] = {
     p.vendor: p for p in (epic.PROFILE, oracle.PROFILE, generic.PROFILE, cgm_ig.PROFILE, hl7v2.PROFILE)
@@ -64,7 +61,7 @@ def vendor_profile(vendor: Vendor | str) -> VendorProfile:
 class SiteProfile:
     """A vendor profile bound to one site's effective matrix: what callers ask about a site."""
 
-    caps: SiteCapabilities
+    caps: SiteMatrix
     vendor: VendorProfile  # launch and read rules
     writer: VendorProfile  # write rules: the vendor's, or HL7 v2's when the site writes over HL7 v2
 
@@ -90,7 +87,7 @@ class SiteProfile:
         return self.vendor.backend_scopes(self.caps)
 
 
-def profile_for(caps: SiteCapabilities) -> SiteProfile:
+def profile_for(caps: SiteMatrix) -> SiteProfile:
     """The vendor profile of a site, bound to its effective capability matrix."""
     vendor = PROFILES[caps.vendor]
     writer = PROFILES[Vendor.HL7V2] if caps.write.channel.value == "hl7v2" else vendor
@@ -105,6 +102,7 @@ __all__ = [
     "READING_CODES",
     "FhirSearch",
     "ResultsShape",
+    "SiteMatrix",
     "SiteProfile",
     "Vendor",
     "VendorProfile",

@@ -24,15 +24,80 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from engine.catalogue import LOINC, READING_UNITS
 
-if TYPE_CHECKING:  # the matrix imports this package; only its type is needed here
-    from bff.capabilities import SiteCapabilities
-
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+
+# MARK: what a profile reads of a site's matrix
+
+# The capability matrix (bff.capabilities.SiteCapabilities) is built from these profiles, so they cannot import it:
+# they read it through these views of the parts they use, which SiteCapabilities satisfies (mypy checks it where
+# the matrix is passed in). An enum of the matrix is read as its text value (a StrEnum is a str).
+
+
+class _Valued(Protocol):
+    @property
+    def value(self) -> str: ...
+
+
+class _WriteView(Protocol):
+    @property
+    def mode(self) -> _Valued: ...
+    @property
+    def channel(self) -> _Valued: ...
+    @property
+    def writes(self) -> bool: ...
+    @property
+    def flowsheet_system(self) -> str: ...
+    @property
+    def encounter_policy(self) -> str: ...
+
+
+class _ReadView(Protocol):
+    @property
+    def category(self) -> str: ...
+    @property
+    def flowsheet_rows(self) -> Mapping[str, str]: ...
+
+
+class _FhirView(Protocol):
+    @property
+    def version(self) -> _Valued: ...
+
+
+class _LaunchView(Protocol):
+    @property
+    def quirks(self) -> tuple[str, ...]: ...
+
+
+class _BackendView(Protocol):
+    @property
+    def scopes(self) -> tuple[str, ...] | None: ...
+    @property
+    def scope_version(self) -> str: ...
+
+
+class SiteMatrix(Protocol):
+    """What a vendor profile reads of a site's effective capability matrix."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def vendor(self) -> Vendor: ...
+    @property
+    def write(self) -> _WriteView: ...
+    @property
+    def read(self) -> _ReadView: ...
+    @property
+    def fhir(self) -> _FhirView: ...
+    @property
+    def launch(self) -> _LaunchView: ...
+    @property
+    def backend(self) -> _BackendView: ...
 
 
 class Vendor(StrEnum):
@@ -182,7 +247,7 @@ class VendorProfile:
 
     # MARK: reads
 
-    def reading_codes(self, caps: SiteCapabilities) -> dict[tuple[str, str], str]:
+    def reading_codes(self, caps: SiteMatrix) -> dict[tuple[str, str], str]:
         """Every (system, code) that makes an Observation a CGM sensor reading at this site -> its unit: the
         catalogue's LOINC codes, plus the site's reading rows (`[read] flowsheet_rows`, unit -> row id)."""
         codes = dict(READING_CODES)
@@ -192,7 +257,7 @@ class VendorProfile:
                 codes[(system, row)] = unit
         return codes
 
-    def cgm_search(self, caps: SiteCapabilities, patient: str, since: datetime) -> tuple[FhirSearch, ...]:
+    def cgm_search(self, caps: SiteMatrix, patient: str, since: datetime) -> tuple[FhirSearch, ...]:
         """The searches that fetch a patient's CGM sensor readings taken at or after `since` (aware)."""
         codes = ",".join(f"{system}|{code}" for system, code in self.reading_codes(caps))
         params = [("patient", _patient_id(patient)), ("code", codes), ("date", f"ge{_fhir_instant(since)}")]
@@ -201,14 +266,14 @@ class VendorProfile:
             params.insert(1, ("category", f"{OBSERVATION_CATEGORY}|{category}"))
         return (FhirSearch("Observation", tuple(params)),)
 
-    def open_visit_search(self, caps: SiteCapabilities, patient: str) -> FhirSearch:
+    def open_visit_search(self, caps: SiteMatrix, patient: str) -> FhirSearch:
         """The search for a patient's open visits (`[write] encounter_policy = "open_visit_lookup"`)."""
         statuses = self.open_encounter_statuses.get(caps.fhir.version.value) or self.open_encounter_statuses["R4"]
         return FhirSearch("Encounter", (("patient", _patient_id(patient)), ("status", ",".join(statuses))))
 
     # MARK: Backend Services
 
-    def backend_scopes(self, caps: SiteCapabilities) -> tuple[str, ...]:
+    def backend_scopes(self, caps: SiteMatrix) -> tuple[str, ...]:
         """The system scopes a Backend Services token asks for at this site: `[backend] scopes` when the file
         lists them, else what the matrix needs (reads; creates only when the site is written over FHIR)."""
         if caps.backend.scopes is not None:
@@ -230,7 +295,7 @@ class VendorProfile:
                 return ("system/*.read", "system/*.write") if version == "v1" else ("system/*.crus",)
         return system_scopes(reads, creates, version, updates)
 
-    def written_types(self, caps: SiteCapabilities) -> tuple[list[str], list[str]]:
+    def written_types(self, caps: SiteMatrix) -> tuple[list[str], list[str]]:
         """The resource types a FHIR write to this site creates, and those it also updates (PUT in a transaction),
         for the default Backend Services scopes."""
         mode = caps.write.mode.value
