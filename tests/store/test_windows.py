@@ -237,3 +237,13 @@ def test_json_columns_read_with_orjson_and_fall_back_for_nan() -> None:
 
     assert read_json(b'{"a":[1,2.5,null],"b":"\\u00e9"}') == {"a": [1, 2.5, None], "b": "é"}
     assert math.isnan(read_json('{"a": NaN}')["a"])  # SQLAlchemy's default writer allows NaN in SQLite JSON
+
+
+def test_the_canonical_json_sorts_keys_and_refuses_a_non_finite_metric() -> None:
+    document = {"metrics": {"b": 1.5, "a": None}, "agp": {"z": [1, 2], "y": "é"}}
+    text = windows.canonical_json(document)
+    assert text == '{"agp":{"y":"é","z":[1,2]},"metrics":{"a":null,"b":1.5}}'.encode()
+    assert json.loads(text) == document
+    assert windows.document_digest(document) == windows.document_digest(dict(reversed(list(document.items()))))
+    with pytest.raises(ValueError, match="cv_pct is nan"):
+        windows.canonical_json({"metrics": {"cv_pct": math.nan}})
