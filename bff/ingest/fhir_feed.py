@@ -22,7 +22,7 @@ import io
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -157,8 +157,12 @@ class _Index:
 
     devices: dict[str, str] = field(default_factory=dict)
     patients: dict[str, PatientRef] = field(default_factory=dict)
+    #: What a subject, device or code resolved to (or the reason it did not), by its content: a feed repeats
+    #: them in every reading. Emptied whenever the index learns a resource; at most MEMO_MAX entries.
+    memo: dict[tuple[Any, ...], tuple[bool, Any]] = field(default_factory=dict)
 
     def add(self, resource: Mapping[str, Any], full_url: str | None) -> None:
+        self.memo.clear()
         kind = resource.get("resourceType")
         rid = resource.get("id")
         keys = [k for k in (full_url, f"{kind}/{rid}" if isinstance(rid, str) and rid else None) if k]
@@ -173,6 +177,59 @@ class _Index:
             if ref is not None:
                 for k in keys:
                     self.patients[k] = ref
+
+
+#: Entries of `_Index.memo` (a hostile input with a new subject in every resource fills it once, no further).
+MEMO_MAX = 4096
+
+
+def _memoized(index: _Index, key: tuple[Any, ...] | None, compute: Callable[[], Any]) -> Any:
+    """`compute()`, or what it gave (or raised as a _RecordError) for the same key before."""
+    if key is None:
+        return compute()
+    hit = index.memo.get(key)
+    if hit is None:
+        try:
+            hit = (True, compute())
+        except _RecordError as exc:
+            hit = (False, str(exc))
+        if len(index.memo) < MEMO_MAX:
+            index.memo[key] = hit
+    if not hit[0]:
+        raise _RecordError(hit[1])
+    return hit[1]
+
+
+def _text_items(value: Any) -> tuple[tuple[str, str], ...] | None:
+    """A JSON object of text values as a hashable key (None for anything else: not memoized)."""
+    if type(value) is not dict:
+        return None
+    items = tuple(sorted(value.items()))
+    return items if all(type(v) is str for _k, v in items) else None
+
+
+def _subject_memo(resource: Mapping[str, Any], index: _Index) -> PatientRef | None:
+    items = _text_items(resource.get("subject"))
+    result: PatientRef | None = _memoized(index, None if items is None else ("subject", items),
+                                          lambda: _subject(resource, index))  # fmt: skip
+    return result
+
+
+def _device_memo(resource: Mapping[str, Any], index: _Index) -> tuple[str, str, str]:
+    items = _text_items(resource.get("device"))
+    result: tuple[str, str, str] = _memoized(index, None if items is None else ("device", items),
+                                             lambda: _device(resource, index))  # fmt: skip
+    return result
+
+
+def _reading_code_memo(resource: Mapping[str, Any], index: _Index) -> tuple[str | None, bool, str]:
+    code = resource.get("code")
+    key: tuple[Any, ...] | None = None
+    if type(code) is dict and type(code.get("coding")) is list:
+        codings = tuple(_text_items(c) for c in code["coding"])
+        key = None if None in codings else ("code", codings)
+    result: tuple[str | None, bool, str] = _memoized(index, key, lambda: _reading_code(resource))
+    return result
 
 
 def _device_resource_key(device: Mapping[str, Any]) -> str:
@@ -512,15 +569,15 @@ class FhirParser:
         # Patient and device first, so a problem is filed under its patient and keeps the device it resolved to.
         subject_error: _RecordError | None = None
         try:
-            patient = _subject(resource, index)
+            patient = _subject_memo(resource, index)
         except _RecordError as exc:
             patient, subject_error = None, exc
         try:
-            stream, device_key, device_ref = _device(resource, index)
+            stream, device_key, device_ref = _device_memo(resource, index)
         except _RecordError as exc:
             (stream, device_key, device_ref), subject_error = ("", "", ""), subject_error or exc
         try:
-            code, summary, codes = _reading_code(resource)
+            code, summary, codes = _reading_code_memo(resource, index)
             if code is None:
                 if summary:
                     self._skip("CGM summary Observation")

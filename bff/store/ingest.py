@@ -782,7 +782,9 @@ class _Run:
         self.report.already_present += offered - added
         if added < offered:
             self._conflicts()
-        conn.exec_driver_sql("DELETE FROM gb_staging")
+        # TRUNCATE, not DELETE: a temporary table is never vacuumed, so deleted chunks would stay in it and every
+        # later chunk's scans would read them again (quadratic over a large input).
+        conn.exec_driver_sql("TRUNCATE gb_staging" if self.dialect == "postgresql" else "DELETE FROM gb_staging")
         for patient_id, stream_id, kind, lo, hi, _count in spans:
             self.changed.add(int(patient_id))
             if kind != "cgm":
@@ -796,11 +798,15 @@ class _Run:
         time and value): a re-send for the wrong patient. They are quarantined (by the reading thread), never
         filed twice. Returns how many were taken out."""
         conn = self.session.connection()
+        # Per staged row, an index lookup by record hash (a correlated subquery): the planner's statistics of
+        # `readings` are those of before this transaction, so a join could be planned as a scan of the whole table
+        # once per chunk, which a large input makes quadratic.
         found = conn.exec_driver_sql(
-            "SELECT s.reading_key, min(r.patient_id) FROM gb_staging s JOIN readings r "
-            "ON r.record_hash = s.record_hash AND r.observed_ms = s.observed_ms "
+            "SELECT reading_key, owner FROM (SELECT s.reading_key, (SELECT min(r.patient_id) FROM readings r "
+            "WHERE r.record_hash = s.record_hash AND r.observed_ms = s.observed_ms "
             "AND r.value_original = s.value_original AND r.unit_original = s.unit_original "
-            "AND r.patient_id <> s.patient_id WHERE s.record_hash IS NOT NULL GROUP BY s.reading_key"
+            "AND r.patient_id <> s.patient_id) AS owner FROM gb_staging s WHERE s.record_hash IS NOT NULL) AS o "
+            "WHERE owner IS NOT NULL"
         ).all()
         if not found:
             return 0

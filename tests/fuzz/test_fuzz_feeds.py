@@ -10,6 +10,7 @@ a FeedFormatError may escape. Both check every item (bounded, encodable text; pl
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from bff.ingest.records import FeedFormatError, FeedItem, FeedProblem, FeedReading, ParseOptions, Parser
 from bff.ingest.registry import parser_for
 from tests.fuzz.feeds import CASES, ENGINE_HEADER, FeedCase, Raw, with_value
+from tests.fuzz.feeds import _observation as _fhir_observation
 from tests.fuzz.hostile import (
     LIBRE_TIMES,
     LIBRE_WIDTH,
@@ -160,3 +162,68 @@ def test_byte_mutations_only_ever_refuse_the_file_or_quarantine(
         assert 0 < len(str(refused)) < 600
         return
     check_items(items)
+
+
+# MARK: the FHIR parser's memo
+
+
+class _Pipe(io.RawIOBase):
+    """Bytes that cannot seek: the parser learns Patients and Devices as it meets them (no prescan)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self.data.readinto(buffer)
+
+
+def _both_ways(data: bytes, monkeypatch: pytest.MonkeyPatch, *, seekable: bool = True) -> list[Any]:
+    from bff.ingest import fhir_feed  # noqa: PLC0415
+
+    out = []
+    for memo in (fhir_feed.MEMO_MAX, 0):
+        monkeypatch.setattr(fhir_feed, "MEMO_MAX", memo)
+        parser = parser_for("fhir")
+        stream = io.BytesIO(data) if seekable else io.BufferedReader(_Pipe(data))
+        try:
+            out.append((list(parser.parse(stream, ParseOptions())), getattr(parser, "skipped", None)))
+        except FeedFormatError as exc:
+            out.append(("refused", str(exc)))
+    return out
+
+
+@pytest.mark.parametrize("case", [CASES["fhir-ndjson"], CASES["fhir-bundle"]], ids=["ndjson", "bundle"])
+@given(data=st.data())
+@fuzz_settings(60)
+def test_the_fhir_memo_changes_nothing_the_parser_says(case: FeedCase, data: st.DataObject) -> None:
+    """What a subject, device or code resolved to is remembered by its content (bff.ingest.fhir_feed._memoized):
+    every item and every reason is the same as without the memo, under the same mutations as above."""
+    mutations = data.draw(record_mutations(case, RECORDS[case.name]), label="mutations")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        memo, plain = _both_ways(apply(case, RECORDS[case.name], mutations), monkeypatch)
+    assert memo == plain
+
+
+def test_the_memo_forgets_when_a_patient_or_device_arrives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a stream that cannot seek, a reading whose subject and device are in the input only later cannot use
+    them (quarantined, no device key); once the Patient and the Device have been read, the same references
+    resolve, memo or not."""
+    reading = {**_fhir_observation(0), "subject": {"reference": "urn:uuid:p-1"},
+               "device": {"reference": "urn:uuid:d-1"}}  # fmt: skip
+    later = {**reading, "id": "obs-late", "identifier": [{"system": "urn:test:cgm", "value": "obs-late"}]}
+    patient = {"resourceType": "Patient", "id": "pt-1"}
+    device = {"resourceType": "Device", "id": "dv-1",
+              "deviceName": [{"name": "Dexcom G7", "type": "user-friendly-name"}]}  # fmt: skip
+    entries = [{"fullUrl": f"urn:uuid:{key}", "resource": r}
+               for key, r in (("obs-0", reading), ("p-1", patient), ("d-1", device), ("obs-1", later))]  # fmt: skip
+    data = json.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries}).encode()
+    memo, plain = _both_ways(data, monkeypatch, seekable=False)
+    assert memo == plain
+    items = memo[0]
+    assert isinstance(items[0], FeedProblem)
+    assert "does not resolve" in items[0].reason
+    assert isinstance(items[1], FeedReading)
+    assert (items[1].patient.value, items[1].device) == ("Patient/pt-1", "dexcom-g7")

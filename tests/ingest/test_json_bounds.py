@@ -1,0 +1,44 @@
+"""`bounds.loads_bounded`, the one JSON reader of every feed: orjson where it reads what `json` reads, `json` where it
+would not (an integer past 64 bits), and the same refusals either way."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bff.ingest.bounds import loads_bounded
+
+
+@pytest.mark.parametrize("number", ["18446744073709551615", "18446744073709551616", "1" * 19, "9" * 40, "-" + "7" * 25])
+def test_a_long_integer_is_read_as_json_reads_it(number: str) -> None:
+    value = loads_bounded('{"v": ' + number + ', "t": "2024-01-01T00:00:00Z"}')
+    assert value["v"] == int(number)
+    assert type(value["v"]) is int
+
+
+REFUSED = [('{"a": "x\\u0000y"}', "NUL"), ('{"a": "\\ud800"}', "lone surrogate"), ("[" * 200 + "]" * 200, "nested"),
+           ('{"a": }', "invalid JSON")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "reason"), REFUSED)
+def test_what_is_refused_is_refused_with_its_reason(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        loads_bounded(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=20))  # fmt: skip
+def test_any_json_value_reads_as_json_reads_it(value: object) -> None:
+    text = json.dumps(value)
+    try:
+        expected = json.loads(text)
+    except RecursionError:  # pragma: no cover - too deep for the standard library
+        return
+    if "\\ud8" in text.lower() or "\\udc" in text.lower() or "\\u0000" in text:
+        return  # refused on purpose (tests above)
+    assert loads_bounded(text) == expected
