@@ -361,6 +361,7 @@ class _Run:
         self.sessions: dict[tuple[int, str], int] = {}
         self.ranges: dict[tuple[str, GlucoseUnit], tuple[float, float]] = {}
         self.touched: dict[int, list[int]] = {}  # stream id -> [min ms, max ms] of readings added
+        self.stream_patient: dict[int, int] = {}  # stream id -> its patient (readings are indexed by both)
         self.touched_patients: dict[int, list[int]] = {}
         self.changed: set[int] = set()  # patients with readings added (any kind) or a zone changed
         self.staging_ready = False
@@ -789,6 +790,7 @@ class _Run:
             self.changed.add(int(patient_id))
             if kind != "cgm":
                 continue
+            self.stream_patient[int(stream_id)] = int(patient_id)
             for table, key in ((self.touched, int(stream_id)), (self.touched_patients, int(patient_id))):
                 span = table.setdefault(key, [int(lo), int(hi)])
                 span[0], span[1] = min(span[0], int(lo)), max(span[1], int(hi))
@@ -860,7 +862,9 @@ class _Run:
         """Decide, with the engine's duplicate rule, which copy counts where new readings meet any other.
 
         The database finds the streams that hold two readings closer than half their device's interval in the
-        time added (one window-function query per 500 streams); only those are decided row by row.
+        time added (one window-function query per 500 streams); only those are decided row by row. Each stream's
+        span is joined from a list of (patient, stream, from, to), so readings are found by their index (patient,
+        stream, time): a condition of 500 ORs was checked against every reading of the table.
         """
         if not self.touched:
             return
@@ -871,16 +875,18 @@ class _Run:
         candidates: list[int] = []
         for start in range(0, len(streams), 500):
             part = streams[start : start + 500]
-            spans = " OR ".join(
-                f"(r.stream_id = {int(s)} AND r.observed_ms BETWEEN {self.touched[s][0] - RECONCILE_MARGIN_MS} "
-                f"AND {self.touched[s][1] + RECONCILE_MARGIN_MS})"
+            spans = ", ".join(
+                f"({self.stream_patient[s]}, {int(s)}, {self.touched[s][0] - RECONCILE_MARGIN_MS}, "
+                f"{self.touched[s][1] + RECONCILE_MARGIN_MS})"
                 for s in part
             )
             rows = conn.exec_driver_sql(
+                f"WITH spans (p, s, lo, hi) AS (VALUES {spans}) "
                 "SELECT DISTINCT stream_id FROM (SELECT r.stream_id, 2 * (r.observed_ms - lag(r.observed_ms) "
                 "OVER (PARTITION BY r.stream_id ORDER BY r.observed_ms, r.id)) AS twice_step, "
-                f"{interval} AS step FROM readings r JOIN device_streams d ON d.id = r.stream_id "
-                f"WHERE r.kind = 'cgm' AND ({spans})) steps WHERE twice_step < step"
+                f"{interval} AS step FROM spans JOIN readings r ON r.patient_id = spans.p AND r.stream_id = spans.s "
+                "AND r.observed_ms BETWEEN spans.lo AND spans.hi JOIN device_streams d ON d.id = r.stream_id "
+                "WHERE r.kind = 'cgm') steps WHERE twice_step < step"
             ).all()
             candidates.extend(int(r[0]) for r in rows)
         for stream_id in sorted(candidates):
@@ -892,7 +898,8 @@ class _Run:
         rows = conn.exec_driver_sql(
             "SELECT r.id, r.observed_ms, r.source_rank, r.value_mg_dl, r.duplicate_of, r.source_feed, d.device_key "
             "FROM readings r JOIN device_streams d ON d.id = r.stream_id "
-            f"WHERE r.stream_id = {int(stream_id)} AND r.kind = 'cgm' "
+            f"WHERE r.patient_id = {self.stream_patient[stream_id]} AND r.stream_id = {int(stream_id)} "
+            "AND r.kind = 'cgm' "
             f"AND r.observed_ms BETWEEN {lo - RECONCILE_MARGIN_MS} AND {hi + RECONCILE_MARGIN_MS} "
             "ORDER BY r.observed_ms, r.id"
         ).all()
