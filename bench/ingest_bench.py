@@ -1,5 +1,8 @@
 """Ingestion: readings from Dexcom JSON, FHIR NDJSON and the engine CSV into SQLite and PostgreSQL.
 
+`fhir-cohort` is FHIR NDJSON of many patients (14 days of 5-minute readings each, as a nightly Bulk file is); the
+other files are one patient's.
+
 `python -m bench ingest --quick` uses 100,000 readings per file; the default is 1 million (minutes per feed on a
 busy machine). Each file runs in a process of its own, into a fresh database: the first ingest, then the same
 file again (skipped by its digest: it adds nothing and is not read), then the same bytes through a stream that
@@ -76,6 +79,28 @@ def write_fhir_ndjson(path: Path, n: int) -> None:
             out.write(json.dumps(resource, separators=(",", ":")) + "\n")
 
 
+def write_fhir_cohort(path: Path, n: int) -> None:
+    """n FHIR NDJSON readings of many patients, 14 days of 5-minute readings each (as a nightly Bulk file is): the
+    per-patient and per-stream work of an ingest grows with the patients, not only the readings."""
+    per_patient = 14 * 288
+    start = datetime.now(UTC).replace(microsecond=0, second=0, minute=0) - timedelta(days=15)
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(n):
+            patient, slot = divmod(i, per_patient)
+            moment = start + timedelta(minutes=5 * slot, seconds=patient % 7)
+            resource = {
+                "resourceType": "Observation", "id": f"cgm-{i}", "status": "final",
+                "identifier": [{"system": "urn:bench:cgm", "value": f"cgm-{i}"}],
+                "code": {"coding": [{"system": "http://loinc.org", "code": "99504-3"}]},
+                "subject": {"reference": f"Patient/bench-{patient}"},
+                "effectiveDateTime": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "valueQuantity": {"value": 70 + (i * 37) % 200, "unit": "mg/dL", "system": "http://unitsofmeasure.org",
+                                  "code": "mg/dL"},
+                "device": {"reference": f"Device/bench-g6-{patient}", "display": "Dexcom G6"},
+            }  # fmt: skip
+            out.write(json.dumps(resource, separators=(",", ":")) + "\n")
+
+
 def write_csv(path: Path, n: int) -> None:
     """n engine-CSV rows of one patient, each with its record id."""
     with path.open("w", encoding="utf-8") as out:
@@ -135,8 +160,13 @@ def _ingest(
     start = time.perf_counter()
     with path.open("rb") as handle:
         stream = handle if seekable else io.BufferedReader(_OneWay(handle))
+        cohort = feed.endswith("-cohort")  # the patients are the resources' subjects
         report = Ingestor(store, copy=copy).ingest(
-            parser_for(feed.removesuffix("-bad")), stream, site="bench", source_name=path.name, patient="bench-patient"
+            parser_for(feed.removesuffix("-bad").removesuffix("-cohort")),
+            stream,
+            site="bench",
+            source_name=path.name,
+            patient=None if cohort else "bench-patient",
         )
     return report.as_dict(), time.perf_counter() - start
 
@@ -179,10 +209,12 @@ def run(*, quick: bool = False, full: bool = False) -> None:
     quarantine: list[tuple[str, ...]] = []
     with tempfile.TemporaryDirectory(prefix="gb-bench-") as tmp:
         folder = Path(tmp)
-        files = {"dexcom": folder / "egvs.json", "fhir": folder / "observations.ndjson", "csv": folder / "good.csv",
+        files = {"dexcom": folder / "egvs.json", "fhir": folder / "observations.ndjson",
+                 "fhir-cohort": folder / "cohort.ndjson", "csv": folder / "good.csv",
                  "csv-bad": folder / "bad.csv"}  # fmt: skip
         write_dexcom(files["dexcom"], n)
         write_fhir_ndjson(files["fhir"], n)
+        write_fhir_cohort(files["fhir-cohort"], n)
         write_csv(files["csv"], n)
         bad = n // 5
         write_bad_csv(files["csv-bad"], bad)
