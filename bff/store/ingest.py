@@ -800,15 +800,21 @@ class _Run:
         time and value): a re-send for the wrong patient. They are quarantined (by the reading thread), never
         filed twice. Returns how many were taken out."""
         conn = self.session.connection()
-        # Per staged row, an index lookup by record hash (a correlated subquery): the planner's statistics of
-        # `readings` are those of before this transaction, so a join could be planned as a scan of the whole table
-        # once per chunk, which a large input makes quadratic.
+        # `readings` is reached through its record-hash index, by the chunk's hashes as one array. On a 1 M-reading
+        # file of 250 patients this ingests at 25 k/s where the plain join gave 19 k/s (the join reads more of
+        # `readings` as the file's own readings fill it); a lookup per staged row (a correlated subquery) was a
+        # third slower than either on a 100,000-reading file (`bench ingest`).
+        lookup = (
+            "AND r.record_hash = ANY(ARRAY(SELECT record_hash FROM gb_staging WHERE record_hash IS NOT NULL))"
+            if self.dialect == "postgresql"
+            else ""
+        )
         found = conn.exec_driver_sql(
-            "SELECT reading_key, owner FROM (SELECT s.reading_key, (SELECT min(r.patient_id) FROM readings r "
-            "WHERE r.record_hash = s.record_hash AND r.observed_ms = s.observed_ms "
+            "SELECT s.reading_key, min(r.patient_id) FROM gb_staging s JOIN readings r "
+            "ON r.record_hash = s.record_hash AND r.observed_ms = s.observed_ms "
             "AND r.value_original = s.value_original AND r.unit_original = s.unit_original "
-            "AND r.patient_id <> s.patient_id) AS owner FROM gb_staging s WHERE s.record_hash IS NOT NULL) AS o "
-            "WHERE owner IS NOT NULL"
+            "AND r.patient_id <> s.patient_id WHERE s.record_hash IS NOT NULL "
+            f"{lookup} GROUP BY s.reading_key"
         ).all()
         if not found:
             return 0
