@@ -101,22 +101,29 @@ class PatientOutcomesView:
     def for_launch(
         self, site: str, fhir_patient: str, demographics: dict[str, str] | None, days: int
     ) -> tuple[str, zones.Zone, ShownOutcome | None] | None:
-        """What a view of the launch's patient shows, in two transactions (the patient by the launch, then what the
-        EHR says of them kept, their zone and their stored outcome read together): `public_id_for_launch`,
-        `remember`, `zone` and `outcome` in one call. None: the store has no such patient."""
-        public_id = self.public_id_for_launch(site, fhir_patient, demographics)
-        if public_id is None:
-            return None
-        row = None
-        with self.store.transaction() as session:
-            patient = session.scalar(select(Patient).where(Patient.public_id == public_id))
-            if patient is None:
+        """What a view of the launch's patient shows, in one transaction (the patient by the launch's FHIR id, what
+        the EHR says of them kept, their zone and their stored outcome): `public_id_for_launch`, `remember`, `zone`
+        and `outcome` in one call. None: the store has no such patient."""
+        reference = fhir_patient if fhir_patient.startswith("Patient/") else f"Patient/{fhir_patient}"
+        found = (
+            select(Patient)
+            .join(PatientIdentifier, PatientIdentifier.patient_id == Patient.id)
+            .where(PatientIdentifier.issuer == f"site:{site}:fhir", PatientIdentifier.value == reference)
+        )
+        for attempt in range(2):
+            with self.store.transaction() as session:
+                patient = session.scalar(found)
+                if patient is not None:
+                    public_id = patient.public_id
+                    if demographics:
+                        _remember(session, patient, demographics)
+                    zone = zones.Zone(patient.tz, patient.tz_source)
+                    row = windows.read(session, patient, days) if days in windows.STANDARD_DAYS else None
+                    break
+            # Not known by its FHIR id yet: by an identifier the EHR gives it, remembered as its FHIR id (in a
+            # transaction of its own, before this one reads again).
+            if attempt or self.public_id_for_launch(site, fhir_patient, demographics) is None:
                 return None
-            if demographics:
-                _remember(session, patient, demographics)
-            zone = zones.Zone(patient.tz, patient.tz_source)
-            if days in windows.STANDARD_DAYS:
-                row = windows.read(session, patient, days)
         if row is not None:
             shown = ShownOutcome(row.document, row.digest, row.computed_at, row.stale_since, row.stale_reason,
                                  row.version)  # fmt: skip

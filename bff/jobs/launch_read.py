@@ -121,29 +121,38 @@ class LaunchReads:
     def mark_requested(self, site: str, patient: str, now: datetime) -> bool:
         """Record that a read is wanted; True when it should be queued now (none is in progress, and the last
         complete read is not from the last `FRESH_S`). Of two callers at once, one gets True."""
+        return self.request(site, patient, now)[0]
+
+    def request(self, site: str, patient: str, now: datetime) -> tuple[bool, ReadStatus | None]:
+        """`mark_requested` and the status it leaves, read in the same transaction (the view asks both at once)."""
         reference = fhir_reference(patient)
         with self.store.transaction() as session:
             row = session.scalar(select(EhrRead).where(EhrRead.site_key == site, EhrRead.fhir_patient == reference))
             if row is not None:
                 since = now - (_utc(row.started_at) or _utc(row.requested_at) or now)
                 if row.state in ("queued", "running") and since < timedelta(seconds=LOST_AFTER_S):
-                    return False
+                    return False, _status(row)
                 last = _utc(row.last_read_at)
                 if row.state == "done" and last is not None and now - last < timedelta(seconds=FRESH_S):
-                    return False
+                    return False, _status(row)
                 taken = session.execute(
                     update(EhrRead)
                     .where(EhrRead.id == row.id, EhrRead.state == row.state, EhrRead.requested_at == row.requested_at)
-                    .values(state="queued", requested_at=now, error=None)
+                    # Not started: a lost read's old start would make every later view take it as lost again.
+                    .values(state="queued", requested_at=now, started_at=None, error=None)
+                    .execution_options(synchronize_session=False)
                 )
-                return bool(taken.rowcount)  # type: ignore[attr-defined]
+                session.expire(row)
+                return bool(taken.rowcount), _status(row)  # type: ignore[attr-defined]
         try:
             with self.store.transaction() as session:
-                session.add(EhrRead(site_key=site, fhir_patient=reference, state="queued", requested_at=now,
-                                    pages=0, received=0, added=0))  # fmt: skip
+                added = EhrRead(site_key=site, fhir_patient=reference, state="queued", requested_at=now, pages=0,
+                                received=0, added=0)  # fmt: skip
+                session.add(added)
+                session.flush()
+                return True, _status(added)
         except IntegrityError:
-            return False
-        return True
+            return False, self.status(site, patient)
 
     def mark_started(self, site: str, patient: str, now: datetime, since_ms: int) -> None:
         with self.store.transaction() as session:
@@ -210,9 +219,10 @@ async def request_read(
 ) -> ReadStatus | None:  # fmt: skip
     """Queue a launch-time read of the patient when one is due (the view calls this when it opens); the status."""
     now = now or datetime.now(UTC)
-    if await anyio.to_thread.run_sync(lambda: reads.mark_requested(site, patient, now)):
+    due, status = await anyio.to_thread.run_sync(lambda: reads.request(site, patient, now))
+    if due:
         await queue.enqueue(read_request(site, patient, seal(cipher, handle, patient)))
-    return await anyio.to_thread.run_sync(lambda: reads.status(site, patient))
+    return status
 
 
 # MARK: the read

@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime
 
+from bff.audit import recent
 from bff.clinical import PatientOutcomesView
 from bff.ehr_read import patient_zone, person_display
+from bff.ingest.records import Feed, FeedReading, PatientRef
 from bff.ingest.registry import parser_for
 from bff.store.db import Store
 from bff.store.ingest import Ingestor
+from engine import GlucoseUnit
 from tests.store.feeds import fhir_ndjson, readings
 
 
@@ -79,3 +82,26 @@ def test_a_views_reads_keep_what_the_ehr_says_and_show_the_outcome_in_the_new_zo
     assert other is not None
     assert other[2] is not None
     assert other[2].computed_at is None
+
+
+def test_a_launch_finds_a_patient_known_only_by_mrn_and_remembers_its_fhir_id(store: Store) -> None:
+    """Readings keyed by an MRN (an HL7 v2 results feed); the EHR's launch names the Patient by its FHIR id and gives
+    the MRN among its identifiers: the view finds the patient by the MRN once (audited), and by the FHIR id after."""
+    start = int(datetime(2024, 3, 1, tzinfo=UTC).timestamp() * 1000)
+    items = [FeedReading(patient=PatientRef("mrn:urn:oid:1.2.3", "884422"), time_ms=start + i * 300_000,
+                         value=100.0 + i % 50, unit=GlucoseUnit.MG_DL, device="dexcom-g6", record_key=f"r-{i}")
+             for i in range(288)]  # fmt: skip
+    Ingestor(store, clock=lambda: datetime(2024, 3, 2, tzinfo=UTC)).ingest_items(
+        items, site="site-a", feed=Feed.HL7V2, source_name="t"
+    )
+    view = PatientOutcomesView(store)
+    assert view.for_launch("site-a", "Patient/e123", {"identifiers": "urn:oid:9.9|884422"}, 14) is None  # other system
+    seen = view.for_launch("site-a", "Patient/e123", {"identifiers": "urn:oid:1.2.3|884422"}, 14)
+    assert seen is not None
+    assert seen[2] is not None
+    assert seen[2].document["metrics"]["readings_used"] == 288
+    assert view.public_id("site-a", "Patient/e123") == seen[0]  # remembered
+    again = view.for_launch("site-a", "Patient/e123", None, 14)
+    assert again is not None
+    assert again[0] == seen[0]
+    assert [e.event for e in recent(store, 50)].count("patient.identified") == 1
