@@ -4,6 +4,7 @@
 | --- | --- | --- |
 | `DATABASE_URL` | `sqlite:///var/glucobridge.db` | SQLAlchemy URL; `postgresql://…` uses psycopg 3 |
 | `REDIS_URL` | unset | Redis for rate limits, sessions, locks and jobs when there are several workers |
+| `DB_POOL_SIZE` | `10` | PostgreSQL connections a process keeps open (and as many more at a burst, closed after) |
 | `INGEST_FUTURE_TOLERANCE_MIN` | `10` | readings further in the future than this are quarantined |
 | `INGEST_CHUNK` | `10000` | readings written per round trip during ingestion |
 | `SIGNING_KEY_FILE` | unset | PEM EC P-256 private key: Provenance of exports gets a JWS over the input digest |
@@ -86,6 +87,7 @@ def parse_networks(name: str, raw: str) -> tuple[IpNetwork, ...]:
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str | None = None
+    db_pool_size: int = 10
     future_tolerance_min: int = 10
     ingest_chunk: int = 10_000
     signing_key_file: str | None = None
@@ -108,6 +110,7 @@ class Settings:
         return cls(
             database_url=normalise_database_url(environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
             redis_url=environ.get("REDIS_URL") or None,
+            db_pool_size=_positive(environ, "DB_POOL_SIZE", 10),
             future_tolerance_min=_int(environ, "INGEST_FUTURE_TOLERANCE_MIN", 10),
             ingest_chunk=max(1, _int(environ, "INGEST_CHUNK", 10_000)),
             signing_key_file=environ.get("SIGNING_KEY_FILE") or None,

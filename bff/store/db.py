@@ -39,7 +39,10 @@ def read_json(text: str | bytes) -> Any:
         return json.loads(text)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, pool_size: int | None = None, **kwargs: Any) -> Engine:
+    """The engine of a database URL. On PostgreSQL the pool keeps `pool_size` connections open (SQLAlchemy's default
+    of 5 is fewer than an app process's request threads use at once: each connection past it was opened for one
+    transaction and closed after, a new server process each time) and as many again at a burst."""
     kwargs.setdefault("json_deserializer", read_json)
     if url.startswith("sqlite:///"):
         database = make_url(url).database
@@ -59,6 +62,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.close()
 
         return engine
+    if pool_size is not None:
+        kwargs.setdefault("pool_size", pool_size)
+        kwargs.setdefault("max_overflow", pool_size)
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
@@ -111,7 +117,7 @@ class Store:
 
     def __init__(self, settings: Settings, *, engine: Engine | None = None, check_schema: bool = True) -> None:
         self.settings = settings
-        self.engine = engine or make_engine(settings.database_url)
+        self.engine = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
         if check_schema:
             ensure_schema(self.engine, auto_upgrade=settings.is_sqlite)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
