@@ -318,7 +318,7 @@ def chart_html(templates: jinja2.Environment, summary: SummaryView) -> dict[str,
     """The view's heaviest HTML (the AGP figure and table, a page of daily profiles and their table), rendered once
     per outcome version and display choice: it depends on `summary` only (no launch, patient or token in it), so it
     is cached with the charts and shared by every clinician and launch. The templates include the same partials
-    when it is not there, so the page is the same either way (tests/web/test_view_outcomes.py)."""
+    when it is not there, so the page is the same either way (tests/web/test_presenters.py)."""
     html = {"agp": templates.get_template("patient/_agp_chart.html").render(summary=summary)}
     if summary.daily is not None:
         html["daily"] = templates.get_template("patient/_daily_panels.html").render(summary=summary)
