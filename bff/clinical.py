@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from bff.store import windows, zones
@@ -46,14 +46,9 @@ class PatientOutcomesView:
         self.outcomes = OutcomeService(store)
 
     def public_id(self, site: str, fhir_patient: str) -> str | None:
-        reference = fhir_patient if fhir_patient.startswith("Patient/") else f"Patient/{fhir_patient}"
         with self.store.transaction() as session:
-            row = session.execute(
-                select(Patient.public_id)
-                .join(PatientIdentifier, PatientIdentifier.patient_id == Patient.id)
-                .where(PatientIdentifier.issuer == f"site:{site}:fhir", PatientIdentifier.value == reference)
-            ).first()
-        return None if row is None else str(row[0])
+            found = session.scalar(_by_fhir_id(site, fhir_patient).with_only_columns(Patient.public_id))
+        return None if found is None else str(found)
 
     def public_id_for_launch(self, site: str, fhir_patient: str, demographics: dict[str, str] | None) -> str | None:
         """The store's patient of the launch's FHIR Patient: by its FHIR id, or else by one of the identifiers the
@@ -62,7 +57,7 @@ class PatientOutcomesView:
         found = self.public_id(site, fhir_patient)
         if found is not None or not demographics:
             return found
-        reference = fhir_patient if fhir_patient.startswith("Patient/") else f"Patient/{fhir_patient}"
+        reference = _reference(fhir_patient)
         pairs = [line.split("|", 1) for line in demographics.get("identifiers", "").splitlines() if "|" in line]
         issuers = {f"site:{site}:{kind}:{system}": value for system, value in pairs for kind in ("mrn", "id")}
         if not issuers:
@@ -104,12 +99,7 @@ class PatientOutcomesView:
         """What a view of the launch's patient shows, in one transaction (the patient by the launch's FHIR id, what
         the EHR says of them kept, their zone and their stored outcome): `public_id_for_launch`, `remember`, `zone`
         and `outcome` in one call. None: the store has no such patient."""
-        reference = fhir_patient if fhir_patient.startswith("Patient/") else f"Patient/{fhir_patient}"
-        found = (
-            select(Patient)
-            .join(PatientIdentifier, PatientIdentifier.patient_id == Patient.id)
-            .where(PatientIdentifier.issuer == f"site:{site}:fhir", PatientIdentifier.value == reference)
-        )
+        found = _by_fhir_id(site, fhir_patient)
         for attempt in range(2):
             with self.store.transaction() as session:
                 patient = session.scalar(found)
@@ -166,6 +156,20 @@ class PatientOutcomesView:
         except UnknownPatientError:
             return None
         return dict(result.report.patients[0].document)
+
+
+def _reference(fhir_patient: str) -> str:
+    """A launch's patient as a FHIR reference ("Patient/<id>"), as the store keeps it (issuer `site:<site>:fhir`)."""
+    return fhir_patient if fhir_patient.startswith("Patient/") else f"Patient/{fhir_patient}"
+
+
+def _by_fhir_id(site: str, fhir_patient: str) -> Select[Patient]:
+    """The store's patient known at `site` by this FHIR Patient."""
+    return (
+        select(Patient)
+        .join(PatientIdentifier, PatientIdentifier.patient_id == Patient.id)
+        .where(PatientIdentifier.issuer == f"site:{site}:fhir", PatientIdentifier.value == _reference(fhir_patient))
+    )
 
 
 def _remember(session: Session, patient: Patient, demographics: dict[str, str]) -> str | None:
