@@ -296,15 +296,15 @@ def computation(record: OutcomeRecord) -> dict[str, Any]:
 
 
 def _attachment(content_type: str, data: bytes, title: str, *, inline: bool) -> dict[str, Any]:
-    attachment: dict[str, Any] = {
-        "contentType": content_type,
-        "title": title,
-        "size": len(data),
-        "hash": base64.b64encode(hashlib.sha1(data).digest()).decode(),
-    }
+    attachment = _described(content_type, title, len(data), base64.b64encode(hashlib.sha1(data).digest()).decode())
     if inline:
         attachment["data"] = base64.b64encode(data).decode()
     return attachment
+
+
+def _described(content_type: str, title: str, size: int, sha1: str) -> dict[str, Any]:
+    """An Attachment that describes its data (size, base64 SHA-1) without carrying it."""
+    return {"contentType": content_type, "title": title, "size": size, "hash": sha1}
 
 
 def raw_data(
@@ -319,8 +319,7 @@ def raw_data(
             "data": base64.b64encode(record.ndjson).decode(),
         }
     digest = record.raw_digest
-    raw = {"contentType": RAW_DATA_TYPE, "title": "CGM readings used (canonical NDJSON)", "size": digest.size,
-           "hash": digest.sha1}  # fmt: skip
+    raw = _described(RAW_DATA_TYPE, "CGM readings used (canonical NDJSON)", digest.size, digest.sha1)
     raw["url"] = _uuid(record, "raw_binary")
     spec = json.dumps(computation(record), sort_keys=True, separators=(",", ":")).encode()
     document: dict[str, Any] = {
