@@ -469,7 +469,7 @@ def compute_documents(
             if window is not None:
                 bounds[days][patient.id] = (window.start_ms, window.end_ms)
     columns = _fetch(session, [b for period in bounds.values() for b in period.items()])
-    lines = _Lines(columns)
+    lines = _lines(columns)
     out: dict[tuple[int, int], Computed] = {}
     for days, patients in periods.items():
         table, picked = _load_table(columns, patients, bounds[days])
@@ -482,21 +482,18 @@ def compute_documents(
         cuts = np.searchsorted(used_patient, np.arange(len(patients) + 1))
         for i, patient in enumerate(patients):
             start, end = bounds[days].get(patient.id, (None, None))
-            raw = RawDigest.of(ndjson_of_lines(lines.of(used[cuts[i] : cuts[i + 1]])))
+            raw = RawDigest.of(ndjson_of_lines(lines[used[cuts[i] : cuts[i + 1]]].tolist()))
             out[(patient.id, days)] = Computed(dict(report.patients[i].document), start, end, raw)
     return out
 
 
-class _Lines:
-    """The canonical NDJSON line (bff.store.rawdata) of each fetched reading, made once for all the periods."""
-
-    def __init__(self, columns: Sequence[Any]) -> None:
-        made = canonical_lines(*(columns[k].tolist() if k in (11, 4, 6, 12, 13) else columns[k]
-                                 for k in (11, 2, 3, 4, 5, 6, 12, 13)))  # fmt: skip
-        self.lines = np.array(made, dtype=object)
-
-    def of(self, rows: NDArray[np.int64]) -> list[str]:
-        return self.lines[rows].tolist()  # type: ignore[no-any-return]
+def _lines(columns: Sequence[Any]) -> NDArray[np.object_]:
+    """The canonical NDJSON line (bff.store.rawdata) of each fetched reading (`_fetch`'s columns), made once for all
+    the periods."""
+    c = columns
+    made = canonical_lines(c[11].tolist(), c[2], c[3], c[4].tolist(), c[5], c[6].tolist(), c[12].tolist(),
+                           c[13].tolist())  # fmt: skip
+    return np.array(made, dtype=object)
 
 
 def _fetch(session: Session, windows: Sequence[tuple[int, tuple[int, int]]]) -> list[Any]:
