@@ -361,7 +361,6 @@ class _Run:
         self.sessions: dict[tuple[int, str], int] = {}
         self.ranges: dict[tuple[str, GlucoseUnit], tuple[float, float]] = {}
         self.touched: dict[int, list[int]] = {}  # stream id -> [min ms, max ms] of readings added
-        self.stream_patient: dict[int, int] = {}  # stream id -> its patient (readings are indexed by both)
         self.touched_patients: dict[int, list[int]] = {}
         self.changed: set[int] = set()  # patients with readings added (any kind) or a zone changed
         self.staging_ready = False
@@ -790,7 +789,6 @@ class _Run:
             self.changed.add(int(patient_id))
             if kind != "cgm":
                 continue
-            self.stream_patient[int(stream_id)] = int(patient_id)
             for table, key in ((self.touched, int(stream_id)), (self.touched_patients, int(patient_id))):
                 span = table.setdefault(key, [int(lo), int(hi)])
                 span[0], span[1] = min(span[0], int(lo)), max(span[1], int(hi))
@@ -878,11 +876,12 @@ class _Run:
         half = " ".join(f"WHEN '{key}' THEN {p.interval_ms}" for key, p in DEVICES.items())
         interval = f"CASE d.device_key {half} ELSE {UNKNOWN_DEVICE.interval_ms} END"
         streams = sorted(self.touched)
+        patient_of = {stream: patient for (patient, _device), stream in self.streams.items()}  # readings' index
         candidates: list[int] = []
         for start in range(0, len(streams), 500):
             part = streams[start : start + 500]
             spans = ", ".join(
-                f"({self.stream_patient[s]}, {int(s)}, {self.touched[s][0] - RECONCILE_MARGIN_MS}, "
+                f"({patient_of[s]}, {int(s)}, {self.touched[s][0] - RECONCILE_MARGIN_MS}, "
                 f"{self.touched[s][1] + RECONCILE_MARGIN_MS})"
                 for s in part
             )
@@ -896,15 +895,15 @@ class _Run:
             ).all()
             candidates.extend(int(r[0]) for r in rows)
         for stream_id in sorted(candidates):
-            self._reconcile_stream(stream_id)
+            self._reconcile_stream(patient_of[stream_id], stream_id)
 
-    def _reconcile_stream(self, stream_id: int) -> None:
+    def _reconcile_stream(self, patient_id: int, stream_id: int) -> None:
         lo, hi = self.touched[stream_id]
         conn = self.session.connection()
         rows = conn.exec_driver_sql(
             "SELECT r.id, r.observed_ms, r.source_rank, r.value_mg_dl, r.duplicate_of, r.source_feed, d.device_key "
             "FROM readings r JOIN device_streams d ON d.id = r.stream_id "
-            f"WHERE r.patient_id = {self.stream_patient[stream_id]} AND r.stream_id = {int(stream_id)} "
+            f"WHERE r.patient_id = {int(patient_id)} AND r.stream_id = {int(stream_id)} "
             "AND r.kind = 'cgm' "
             f"AND r.observed_ms BETWEEN {lo - RECONCILE_MARGIN_MS} AND {hi + RECONCILE_MARGIN_MS} "
             "ORDER BY r.observed_ms, r.id"
