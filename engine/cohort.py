@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from engine.bands import classify_bands, classify_target
 from engine.dedupe import group_winners
 from engine.devices import device_profile
+from engine.kernels import compiled
 from engine.policy import Method, OutcomePolicy, Smoothing
 from engine.readings import NO_TIME, ReadingTable
 from engine.timezones import DAY_MS, local_midnight_ms, span_offsets_ms, to_local_ms
@@ -469,7 +470,7 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
     n_used = np.bincount(p, minlength=n_b).astype(np.int64)
     seg = _Segments(n_used)  # the rows are grouped by patient: per-patient sums are segment reductions
     whole, is_whole, all_whole = _whole_values(mg)
-    mean, sd, lbgi, hbgi = _statistics(seg, p, mg, n_used, all_whole)
+    mean, sd, lbgi, hbgi = _statistics(p, mg, n_used, all_whole)
 
     # Local days (§9, §10).
     day_number = local // DAY_MS
@@ -661,40 +662,17 @@ class _Segments:
         return np.repeat(per_segment, self.lengths[self.nonempty])
 
 
-def _statistics(
-    seg: _Segments, p: NDArray[np.int32], mg: F64, n_used: I64, all_whole: bool
-) -> tuple[F64, F64, F64, F64]:
-    """Mean, SD, LBGI and HBGI per patient.
-
-    Sums of whole numbers are exact in any order and use segment reductions; the other sums (squared
-    deviations, risks, fractional values) are added in reading order (`np.bincount`), so every result is the
-    same to the last bit whatever the batch layout.
-    """
-    n_p = n_used.shape[0]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        total = seg.sum(mg) if all_whole else np.bincount(p, weights=mg, minlength=n_p)
-        mean = total / n_used
-        dev = mg - seg.spread(mean)
-        sd = np.sqrt(np.bincount(p, weights=dev * dev, minlength=n_p) / (n_used - 1))
-        sd[n_used < 2] = np.nan
-        if all_whole and (mg.size == 0 or float(mg.max()) <= 1000.0):
-            whole = mg.astype(np.int64)
-            r = _R_TABLE[whole]
-            high = _HIGH_TABLE[whole]
-        else:
-            whole = mg.astype(np.int64)
-            tabled = (whole == mg) & (whole <= 1000)
-            f = _RISK_TABLE[np.where(tabled, whole, 0)]
-            other = np.flatnonzero(~tabled)
-            f[other] = _risk(mg[other])
-            r = 10.0 * f * f
-            high = f > 0
-        # r = 10 f² goes to LBGI where f < 0 and to HBGI where f > 0 (f = 0 adds nothing to either).
-        risk = np.bincount(p.astype(np.int64) * 2 + high, weights=r, minlength=n_p * 2).reshape(n_p, 2)
-        lbgi = risk[:, 0] / n_used
-        hbgi = risk[:, 1] / n_used
-        hbgi[np.isnan(lbgi)] = np.nan  # f is undefined below 1 mg/dL: neither index exists then
-    return mean, sd, lbgi, hbgi
+def _statistics(p: NDArray[np.int32], mg: F64, n_used: I64, all_whole: bool) -> tuple[F64, F64, F64, F64]:
+    """Mean, SD, LBGI and HBGI per patient (`engine.kernels`: every sum added in reading order, so every result is
+    the same to the last bit whatever the batch layout)."""
+    f_untabled = np.zeros(0)
+    if not (all_whole and (mg.size == 0 or float(mg.max()) <= 1000.0)):
+        untabled = np.flatnonzero((mg > 1000.0) | (np.floor(mg) != mg))  # as the kernel tells them apart
+        f_untabled = np.zeros(mg.shape[0])
+        f_untabled[untabled] = _risk(mg[untabled])
+    out = np.empty((n_used.shape[0], 4))
+    compiled().statistics(p, mg, n_used, _R_TABLE, _HIGH_TABLE, f_untabled, out)
+    return out[:, 0], out[:, 1], out[:, 2], out[:, 3]
 
 
 def _gaps(
@@ -812,44 +790,24 @@ def _agp(
     n_p: int,
     policy: OutcomePolicy,
 ) -> tuple[I64, F64]:
-    """§10 AGP percentiles per patient and local time-of-day bin (type 7), optionally 1-4-1 smoothed."""
+    """§10 AGP percentiles per patient and local time-of-day bin (type 7), optionally 1-4-1 smoothed.
+
+    Each value is replaced by its rank among the block's distinct values (`_value_ranks`); the kernel sorts the
+    readings by (bin, rank) and reads the order statistics back as the values themselves, so the result is
+    exactly that of sorting each bin's values (ties are equal values, whatever their order).
+    """
     n_bins = 1440 // policy.agp_bin_min
     out = np.full((n_p * n_bins, len(PERCENTILES)), np.nan)
     counts = np.zeros(n_p * n_bins, dtype=np.int64)
     if p.size:
         row = p.astype(np.int64) * n_bins + time_of_day // (policy.agp_bin_min * MIN_MS)
         counts = np.bincount(row, minlength=n_p * n_bins).astype(np.int64)
-        _fill_percentiles(out, counts, row, mg, whole)
+        values, rank = _value_ranks(mg, *whole)
+        compiled().agp_percentiles(row, counts, rank, values, np.array(PERCENTILES), out)
     agp = out.reshape(n_p, n_bins, len(PERCENTILES))
     if policy.agp_smoothing is Smoothing.ONE_FOUR_ONE:
         agp = _smooth_141(agp)
     return counts.reshape(n_p, n_bins), agp
-
-
-def _fill_percentiles(out: F64, counts: I64, row: I64, mg: F64, whole: tuple[I64, NDArray[np.bool_], bool]) -> None:
-    """Exact type-7 percentiles per (patient, bin) row, by one integer sort of the whole block.
-
-    Each value is replaced by its rank among the block's distinct values (`_value_ranks`), so sorting the keys
-    `row × K + rank` orders every row at once; the order statistics are then read back as the values themselves,
-    so the result is exactly that of sorting each row's values (ties are equal values, whatever their order).
-    """
-    values, rank = _value_ranks(mg, *whole)
-    k = values.shape[0]
-    key = row * k + rank
-    if counts.shape[0] * k <= 1 << 32:
-        key = key.astype(np.uint32)  # a 32-bit sort is about twice as fast
-    key.sort()
-    first = np.cumsum(counts) - counts
-    has = np.flatnonzero(counts)
-    n_has = counts[has]
-    start = first[has]
-    for j, q in enumerate(PERCENTILES):
-        h = (n_has - 1) * (q / 100.0)
-        below = np.floor(h).astype(np.int64)
-        above = np.minimum(below + 1, n_has - 1)
-        x_lo = values[key[start + below] % k]
-        x_hi = values[key[start + above] % k]
-        out[has, j] = x_lo + (h - below) * (x_hi - x_lo)
 
 
 #: Whole mg/dL values below this are ranked through a table (one bincount and one look-up, no sort).

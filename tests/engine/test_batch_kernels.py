@@ -1,12 +1,16 @@
-"""The batch engine's exact kernels: value ranks (for the AGP's sort) against plain sorting."""
+"""The batch engine's exact kernels against plain code: value ranks against sorting, the compiled AGP percentiles
+against numpy.percentile per row, the compiled statistics against a plain loop in reading order."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.cohort import _value_ranks, _whole_values
+from engine.cohort import PERCENTILES, _risk, _statistics, _value_ranks, _whole_values
+from engine.kernels import compiled
 
 values = st.one_of(
     st.integers(1, 450).map(float),
@@ -23,3 +27,72 @@ def test_value_ranks_are_the_ranks_among_the_distinct_values(data: list[float]) 
     distinct, rank = _value_ranks(mg, *_whole_values(mg))
     assert np.array_equal(distinct, np.unique(mg))
     assert np.array_equal(distinct[rank], mg)
+
+
+rows_and_values = st.integers(1, 6).flatmap(
+    lambda n_rows: st.lists(st.tuples(st.integers(0, n_rows - 1), values), min_size=0, max_size=120).map(
+        lambda pairs: (n_rows, pairs)
+    )
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows_and_values)
+def test_agp_kernel_gives_numpy_percentiles_of_each_row(case: tuple[int, list[tuple[int, float]]]) -> None:
+    """Each row's type-7 percentiles, bit for bit the method's formula (docs/outcomes-method.md §10) on that row's
+    values sorted: h = (n − 1) q, x[⌊h⌋] + (h − ⌊h⌋)(x[⌊h⌋ + 1] − x[⌊h⌋]). (numpy.percentile writes the same
+    interpolation differently for h's fraction ≥ 0.5, so it may differ in the last bit.)"""
+    n_rows, pairs = case
+    row = np.array([r for r, _ in pairs], dtype=np.int64)
+    mg = np.array([v for _, v in pairs], dtype=np.float64)
+    counts = np.bincount(row, minlength=n_rows).astype(np.int64)
+    out = np.full((n_rows, len(PERCENTILES)), np.nan)
+    distinct, rank = _value_ranks(mg, *_whole_values(mg)) if mg.size else (np.zeros(0), np.zeros(0, np.int64))
+    compiled().agp_percentiles(row, counts, rank, distinct, np.array(PERCENTILES), out)
+    for r in range(n_rows):
+        mine = mg[row == r]
+        if mine.size == 0:
+            assert np.isnan(out[r]).all()
+            continue
+        x = sorted(float(v) for v in mine)
+        for j, q in enumerate(PERCENTILES):
+            h = (len(x) - 1) * (q / 100.0)
+            below = math.floor(h)
+            above = min(below + 1, len(x) - 1)
+            assert out[r, j] == x[below] + (h - below) * (x[above] - x[below])
+        assert np.allclose(out[r], np.percentile(mine, PERCENTILES), rtol=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows_and_values)
+def test_statistics_kernel_gives_plain_sums_in_reading_order(case: tuple[int, list[tuple[int, float]]]) -> None:
+    """Mean, SD, LBGI and HBGI per patient against a plain loop over each patient's readings in order."""
+    n_p, pairs = case
+    pairs = sorted(pairs, key=lambda pair: pair[0])  # the batch path groups rows by patient
+    p = np.array([r for r, _ in pairs], dtype=np.int32)
+    mg = np.array([v for _, v in pairs], dtype=np.float64)
+    n_used = np.bincount(p, minlength=n_p).astype(np.int64)
+    mean, sd, lbgi, hbgi = _statistics(p, mg, n_used, _whole_values(mg)[2] if mg.size else True)
+    for k in range(n_p):
+        mine = [float(v) for v in mg[p == k]]
+        if not mine:
+            assert np.isnan([mean[k], sd[k], lbgi[k], hbgi[k]]).all()
+            continue
+        total = 0.0
+        for v in mine:
+            total += v
+        m = total / len(mine)
+        squares = 0.0
+        low = high = 0.0
+        for v in mine:
+            squares += (v - m) * (v - m)
+            f = float(_risk(np.array([v]))[0])
+            if f > 0:
+                high += 10.0 * f * f
+            else:
+                low += 10.0 * f * f
+        assert mean[k] == m
+        assert (np.isnan(sd[k]) and len(mine) < 2) or sd[k] == math.sqrt(squares / (len(mine) - 1))
+        # f is undefined below 1 mg/dL (NaN): then neither index exists.
+        expected_high = math.nan if math.isnan(low) else high / len(mine)
+        assert np.array_equal([lbgi[k], hbgi[k]], [low / len(mine), expected_high], equal_nan=True)

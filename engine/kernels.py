@@ -1,0 +1,127 @@
+"""Compiled per-reading loops of the batch path (numba), for steps whose numpy form needs a sort or many passes.
+
+Each kernel is one sequential pass in reading order with the same floating-point operations, in the same order,
+as the numpy code it replaced (no fast-math, no reassociation), so its results are bit-for-bit those of that
+code; tests/engine/test_batch_kernels.py holds them to a plain reference. numba is imported, and the kernels compiled
+(or loaded from numba's on-disk cache), on first use, so importing the engine stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import cache
+from typing import Any, cast
+
+import numpy as np
+from numpy.typing import NDArray
+
+I64 = NDArray[np.int64]
+F64 = NDArray[np.float64]
+
+
+def _agp_percentiles(row: I64, counts: I64, rank: I64, values: F64, quantiles: F64, out: F64) -> None:
+    """Type-7 percentiles of each row's values: `out[r, j]` for `quantiles[j]` (in %) of the readings in row r.
+
+    `rank` is each reading's index into `values` (the distinct values, ascending); `counts` the readings per row.
+    Two stable counting sorts (by rank, then by row) leave each row's ranks in ascending order without a
+    comparison; the order statistics are then read at the type-7 positions exactly as `numpy.percentile` would.
+    """
+    n = row.shape[0]
+    n_rows = counts.shape[0]
+    at = np.zeros(values.shape[0] + 1, dtype=np.int64)
+    for i in range(n):
+        at[rank[i] + 1] += 1
+    for k in range(values.shape[0]):
+        at[k + 1] += at[k]
+    by_rank = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        k = rank[i]
+        by_rank[at[k]] = i
+        at[k] += 1
+    start = np.empty(n_rows + 1, dtype=np.int64)
+    start[0] = 0
+    for r in range(n_rows):
+        start[r + 1] = start[r] + counts[r]
+    fill = start[:-1].copy()
+    ranked = np.empty(n, dtype=np.int64)
+    for j in range(n):
+        i = by_rank[j]
+        r = row[i]
+        ranked[fill[r]] = rank[i]
+        fill[r] += 1
+    for r in range(n_rows):
+        m = counts[r]
+        if m == 0:
+            continue
+        lo = start[r]
+        for j in range(quantiles.shape[0]):
+            h = (m - 1) * (quantiles[j] / 100.0)
+            below = math.floor(h)
+            above = min(below + 1, m - 1)
+            x_lo = values[ranked[lo + below]]
+            x_hi = values[ranked[lo + above]]
+            out[r, j] = x_lo + (h - below) * (x_hi - x_lo)
+
+
+def _statistics(
+    p: NDArray[np.int32],
+    mg: F64,
+    n_used: I64,
+    r_table: F64,
+    high_table: NDArray[np.bool_],
+    f_untabled: F64,
+    out: F64,
+) -> None:
+    """Per patient (rows grouped by patient, in reading order): mean, SD, LBGI and HBGI into `out[:, 0..3]`.
+
+    Every sum is added in reading order. A whole value up to 1000 mg/dL (values are above 0) takes its risk
+    r = 10 f² from the tables; any other takes f from `f_untabled` (computed by numpy beforehand, for exactly
+    those values; empty when every value is tabled).
+    """
+    n_p = n_used.shape[0]
+    total = np.zeros(n_p)
+    for i in range(p.shape[0]):
+        total[p[i]] += mg[i]
+    mean = np.empty(n_p)
+    for k in range(n_p):
+        mean[k] = total[k] / n_used[k]
+    squares = np.zeros(n_p)
+    risk = np.zeros((n_p, 2))  # r summed where f < 0 (LBGI) and where f > 0 (HBGI)
+    for i in range(p.shape[0]):
+        k = p[i]
+        x = mg[i]
+        dev = x - mean[k]
+        squares[k] += dev * dev
+        if x <= 1000.0 and x == math.floor(x):
+            w = np.int64(x)
+            risk[k, np.int64(high_table[w])] += r_table[w]
+        else:
+            f = f_untabled[i]
+            risk[k, np.int64(f > 0)] += 10.0 * f * f
+    for k in range(n_p):
+        n = n_used[k]
+        out[k, 0] = mean[k]
+        out[k, 1] = math.sqrt(squares[k] / (n - 1)) if n >= 2 else math.nan
+        lbgi = risk[k, 0] / n
+        out[k, 2] = lbgi
+        out[k, 3] = math.nan if math.isnan(lbgi) else risk[k, 1] / n
+
+
+class _Compiled:
+    agp_percentiles: Callable[[I64, I64, I64, F64, F64, F64], None]
+    statistics: Callable[[NDArray[np.int32], F64, I64, F64, NDArray[np.bool_], F64, F64], None]
+
+
+@cache
+def compiled() -> _Compiled:
+    """The kernels, compiled by numba (cached on disk beside this file, or in numba's user cache)."""
+    import numba  # noqa: PLC0415 - imported on first use: ~0.3 s that importing the engine should not pay
+
+    def jit(fn: Callable[..., None]) -> Any:
+        return numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
+
+    out = _Compiled()
+    out.agp_percentiles = cast(Any, jit(_agp_percentiles))
+    out.statistics = cast(Any, jit(_statistics))
+    return out
