@@ -59,7 +59,7 @@ from litestar.template.config import TemplateConfig
 from markupsafe import Markup
 
 from app.web import admin, freshness, writeback
-from app.web.charts import chart_cache, charts_key, etag, matches
+from app.web.charts import chart_cache, charts_key, etag, figures_key, matches
 from app.web.common import (
     AppContext,
     BannerCache,
@@ -73,7 +73,15 @@ from app.web.common import (
     require_csrf,
     wants_fragment,
 )
-from app.web.presenters import SummaryView, ZoneView, age_text, charts_of, display_unit, summary_view
+from app.web.presenters import (
+    SummaryView,
+    ZoneView,
+    age_text,
+    charts_of,
+    display_unit,
+    rendered_charts,
+    summary_view,
+)
 from app.web.security import csrf_token, security_headers
 from bff import bootstrap
 from bff.admin import AdminAccounts, AdminSessions, LockoutPolicy
@@ -256,9 +264,10 @@ async def launch_home(request: Request[Any, Any, Any], handle: str) -> Response[
 
 async def summary_context(
     ctx: AppContext, handle: str, found: LaunchContext, days: int, unit: str | None, page: int = 1,
-    *, request_read: bool = False,
+    *, request_read: bool = False, figures: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
-    """What the summary shows; with `request_read` (the view opening) a launch-time EHR read is asked for first.
+    """What the summary shows; with `request_read` (the view opening) a launch-time EHR read is asked for first;
+    with `figures` the summary carries the charts' data (the chart data API), else their rendered HTML.
 
     The document is the stored outcome (`PatientOutcomesView.outcome`); a stale one is shown with its age while the
     recompute job, asked for here, writes the next; its charts come from the chart cache by the outcome's digest."""
@@ -279,16 +288,21 @@ async def summary_context(
         document = shown_outcome.document
         shown = display_unit(document, unit)
         key = charts_key(shown_outcome.digest, days, shown, page)
-        charts = ctx.charts.get(key) if ctx.charts is not None else None
-        changed = charts is None
+        # The page's entry (its charts' HTML, no figure data) unless the chart data is asked for (`figures`).
+        charts = None
+        if ctx.charts is not None:
+            charts = ctx.charts.get(figures_key(key) if figures else key)
         if charts is None:
             charts = charts_of(document, days, shown, page)
+            if ctx.charts is not None:
+                ctx.charts.put(figures_key(key), charts)
+            if ctx.templates is not None and not figures:
+                rendered = chart_html(ctx.templates, summary_view(document, days, shown, zone_view, page=page,
+                                                                  charts=charts))  # fmt: skip
+                charts = rendered_charts(charts, rendered)
+                if ctx.charts is not None:
+                    ctx.charts.put(key, charts)
         summary = summary_view(document, days, shown, zone_view, page=page, charts=charts)
-        if "html" not in charts and ctx.templates is not None:
-            charts["html"] = chart_html(ctx.templates, summary)
-            changed = True
-        if changed and ctx.charts is not None:
-            ctx.charts.put(key, charts)
         html = charts.get("html")
         return shown_outcome, zone_view, summary, None if html is None else {k: Markup(v) for k, v in html.items()}, key
 
@@ -426,7 +440,7 @@ async def _banner(ctx: AppContext, handle: str, found: LaunchContext) -> dict[st
 async def agp_api(request: Request[Any, Any, Any], handle: str, patient: str, days: int = 14) -> Response[Any]:
     ctx = context_of(request)
     found = await launch_for(ctx, handle, patient)
-    context = await summary_context(ctx, handle, found, check_days(days), None)
+    context = await summary_context(ctx, handle, found, check_days(days), None, figures=True)
     summary = context["summary"]
     headers = headers_for(found.frame_ancestors)
     tag = etag("agp", context["charts_key"])

@@ -22,7 +22,7 @@ import redis
 from engine import ENGINE_VERSION
 
 #: Bump when what `charts_of` builds changes shape: cached entries of another version are never read.
-CHARTS_VERSION = "1"
+CHARTS_VERSION = "2"
 TTL_S = 900
 MAX_ENTRIES = 256
 V = TypeVar("V")
@@ -106,6 +106,11 @@ def chart_cache(redis_url: str | None) -> ChartCache:
 def charts_key(digest: str, days: int, unit: str, page: int) -> str:
     """The cache key (and the heart of the ETag): no patient in it, only the outcome's digest."""
     return f"{CHARTS_VERSION}:{ENGINE_VERSION}:{digest}:{days}:{unit}:{page}"
+
+
+def figures_key(key: str) -> str:
+    """The entry of the charts' data (`presenters.charts_of`) beside the page's entry of the same key (its HTML)."""
+    return f"{key}:figures"
 
 
 def etag(*parts: object) -> str:

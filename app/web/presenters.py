@@ -560,6 +560,16 @@ def charts_of(document: Mapping[str, Any], days: int, unit: str, page: int = 1) 
     }
 
 
+def rendered_charts(charts: Mapping[str, Any], html: Mapping[str, str]) -> dict[str, Any]:
+    """What the page needs of its charts once their HTML is rendered (`app.web.app.chart_html`): the HTML, and the
+    daily page's heading and pager without its panels. The figures' data is in the HTML; not carrying it again
+    keeps the cache entry the view reads on every request small (the figures stay in a cache entry of their own,
+    for the chart data API)."""
+    daily = charts["daily"]
+    head = None if daily is None else {**daily, "panels": [], "hourly": []}
+    return {"agp_figure": None, "agp_hours": [], "daily": head, "html": dict(html)}
+
+
 def _daily_from(data: Mapping[str, Any] | None) -> DailyPage | None:
     if data is None:
         return None

@@ -236,7 +236,7 @@ def test_the_page_is_the_same_with_the_chart_html_rendered_once_and_cached(days:
     from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: PLC0415
 
     from app.web.app import TEMPLATES, _static_url, _tojson, chart_html  # noqa: PLC0415
-    from app.web.presenters import ZoneView, summary_view  # noqa: PLC0415
+    from app.web.presenters import ZoneView, charts_of, rendered_charts, summary_view  # noqa: PLC0415
 
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape())
     env.globals["static"] = _static_url
@@ -252,7 +252,17 @@ def test_the_page_is_the_same_with_the_chart_html_rendered_once_and_cached(days:
     assert all("HANDLE" not in part and "TOKEN" not in part for part in html.values())
     assert "data-figure=" in html["agp"]
     assert html["daily"].count("day-panel") == len(summary.daily.panels)
+    # The page's cache entry: the HTML and the daily pager, without the figures' data (that is in the HTML).
+    entry = rendered_charts(charts_of(doc, days, "mg/dL", 1), html)
+    assert entry["agp_figure"] is None
+    assert entry["daily"]["panels"] == []
+    assert entry["daily"]["hourly"] == []
+    from_entry = summary_view(doc, days, "mg/dL", ZoneView("America/Chicago", "ehr"), page=1, charts=entry)
     for name in ("patient/_summary.html", "patient/_daily.html"):
         included = env.get_template(name).render(**context, chart_html=None)
         cached = env.get_template(name).render(**context, chart_html={k: Markup(v) for k, v in html.items()})
         assert cached == included, name
+        light = env.get_template(name).render(
+            **{**context, "summary": from_entry}, chart_html={k: Markup(v) for k, v in entry["html"].items()}
+        )
+        assert light == included, name
