@@ -465,71 +465,27 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
     band = classify_bands(value, unit, flag)
     target = classify_target(value, unit, flag, policy.target)
     local = _local(sh, pa, p, t)
-    p64 = p.astype(np.int64)
 
     n_used = np.bincount(p, minlength=n_b).astype(np.int64)
     seg = _Segments(n_used)  # the rows are grouped by patient: per-patient sums are segment reductions
     whole, is_whole, all_whole = _whole_values(mg)
     mean, sd, lbgi, hbgi = _statistics(p, mg, n_used, all_whole)
 
-    # Local days (§9, §10).
-    day_number = local // DAY_MS
-    time_of_day = local - day_number * DAY_MS
-    day_starts = _starts(p, day_number)
-    day_first: I64 | None = None
-    if day_number.size and not bool((np.diff(day_number)[~day_starts[1:]] >= 0).all()):
-        # Local time stepped back over midnight (a DST change at 00:00): group by sorting instead.
-        uniq, day_group = np.unique(np.stack([p64, day_number]), axis=1, return_inverse=True)
-        day_group = day_group.reshape(-1).astype(np.int64)
-        day_patient, day_num = uniq[0].astype(np.int32), uniq[1]
-    else:
-        day_first = np.flatnonzero(day_starts)
-        day_group = np.empty(day_starts.shape[0], dtype=np.int64)
-        np.cumsum(day_starts, out=day_group)  # into an int64 array: many times faster than cumsum of a bool array
-        day_group -= 1
-        day_patient, day_num = p[day_first], day_number[day_first]
-    n_days = day_num.shape[0]
-    if day_first is None:
-        day_readings = np.bincount(day_group, minlength=n_days).astype(np.int64)
-    else:
-        day_readings = np.diff(np.append(day_first, day_number.shape[0]))
-
-    # One weighted count per (local day, night/day, band, target class) gives the bands, the target classes and
-    # the periods of the days and, summed over each patient's days, of the patients. The weights are whole
-    # numbers (ms, or 1 per reading), so these sums are exact in any order.
-    period = time_of_day >= 6 * 60 * MIN_MS
-    cls = (period.view(np.int8) * np.int8(N_BANDS) + band) * np.int8(3) + target  # 0..29: int8 suffices
-    by_day = np.bincount(day_group * 30 + cls, weights=weight, minlength=n_days * 30).astype(np.float64)
-    by_day = by_day.reshape(n_days, 2, N_BANDS, 3)
+    # Local days (§9, §10) and the activity union (§9). One weighted count per (local day, night/day, band, target
+    # class) gives the bands, the target classes and the periods of the days and, summed over each patient's days,
+    # of the patients. The weights are whole numbers (ms, or 1 per reading), so these sums are exact in any order.
+    days = _days(p, t, local, weight_ms, weight, band, target, mg, w_end - w_start)
+    time_of_day, day_patient, day_num = days.time_of_day, days.patient, days.number
+    day_readings, day_active_ms, day_mg, by_day = days.readings, days.active_ms, days.mg_sum, days.by_class
     by_class = np.zeros((n_b, 2, N_BANDS, 3))
     np.add.at(by_class, day_patient, by_day)
     band_weight = by_class.sum(axis=(1, 3))
     target_weight = by_class.sum(axis=(1, 2))
     period_weight = by_class.sum(axis=3)
     period_target_weight = by_class.sum(axis=2)
-    day_time_readings = seg.count(period)
+    active_ms = np.bincount(day_patient, weights=day_active_ms, minlength=n_b).astype(np.int64)
+    day_time_readings = np.bincount(day_patient, weights=days.daytime_readings, minlength=n_b).astype(np.int64)
     period_readings = np.stack([n_used - day_time_readings, day_time_readings], axis=1)
-
-    # Activity: union of [t, t + w) over all streams (§9).
-    seg_base = p64 * _BIG - seg.spread(seg.firsts(t)) if p.size else p64
-    s_adj = t + seg_base
-    e_adj = s_adj + weight_ms
-    covered_before = np.empty_like(e_adj)
-    if e_adj.size:
-        covered_before[0] = s_adj[0]
-        np.maximum.accumulate(e_adj[:-1], out=covered_before[1:])
-    np.maximum(covered_before, s_adj, out=covered_before)
-    contribution = np.maximum(e_adj - covered_before, 0)
-    active_ms = seg.sum(contribution)
-    if day_first is None:
-        day_active_ms = np.bincount(day_group, weights=contribution, minlength=n_days).astype(np.int64)
-    else:
-        day_active_ms = np.add.reduceat(contribution, day_first) if n_days else np.zeros(0, np.int64)
-    day_mg: NDArray[Any]
-    if day_first is None or not all_whole:
-        day_mg = np.bincount(day_group, weights=mg, minlength=n_days)
-    else:  # whole numbers: the sum is exact in any order
-        day_mg = np.add.reduceat(mg, day_first) if n_days else np.zeros(0)
 
     readings_mmol = seg.count(unit == GlucoseUnit.MMOL_L)
     gap_p, gap_s, gap_e = _gaps(
@@ -580,6 +536,95 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
             "used_weight_ms": weight_ms.astype(np.int64),
         },
     )
+
+
+#: Local time from which a reading counts as daytime (§10: night is 00:00–06:00).
+DAYTIME_FROM_MS = 6 * 60 * MIN_MS
+
+
+@dataclass(frozen=True, eq=False)
+class _Days:
+    """A block's local days: per reading its time of day; per day (grouped by patient, in date order) its patient,
+    date number, readings, active ms, summed values, weights by class (D, 2, N_BANDS, 3) and daytime readings."""
+
+    time_of_day: I64
+    patient: NDArray[np.int32]
+    number: I64
+    readings: I64
+    active_ms: I64
+    mg_sum: F64
+    by_class: F64
+    daytime_readings: I64
+
+
+def _days(
+    p: NDArray[np.int32],
+    t: I64,
+    local: I64,
+    weight_ms: I64,
+    weight: F64,
+    band: NDArray[np.int8],
+    target: NDArray[np.int8],
+    mg: F64,
+    window_ms: I64,
+) -> _Days:
+    """The compiled pass (`engine.kernels`); where a patient's local date steps back (a DST change at midnight),
+    the days are grouped by sorting instead (`_days_by_sorting`), with the same results."""
+    n = p.shape[0]
+    # A window of w ms covers at most w / day + 2 local dates (its ends, and a DST hour); readings lie inside it.
+    capacity = min(n, int((window_ms // DAY_MS + 3).sum())) + 1
+    time_of_day = np.empty(n, dtype=np.int64)
+    per_day = np.empty((capacity, 4), dtype=np.int64)
+    number = np.empty(capacity, dtype=np.int64)
+    by_class = np.empty((capacity, 2 * N_BANDS * 3))
+    mg_sum = np.empty(capacity)
+    n_days = compiled().days(p, t, local, weight_ms, weight, band, target, mg, DAY_MS, DAYTIME_FROM_MS,
+                             time_of_day, per_day, number, by_class, mg_sum)  # fmt: skip
+    if n_days < 0:
+        return _days_by_sorting(p, t, local, weight_ms, weight, band, target, mg)
+    return _Days(time_of_day, per_day[:n_days, 0].astype(np.int32), number[:n_days], per_day[:n_days, 1],
+                 per_day[:n_days, 2], mg_sum[:n_days], by_class[:n_days].reshape(n_days, 2, N_BANDS, 3),
+                 per_day[:n_days, 3])  # fmt: skip
+
+
+def _days_by_sorting(
+    p: NDArray[np.int32],
+    t: I64,
+    local: I64,
+    weight_ms: I64,
+    weight: F64,
+    band: NDArray[np.int8],
+    target: NDArray[np.int8],
+    mg: F64,
+) -> _Days:
+    """`_days` in numpy, grouping each patient's readings by local date with a sort: for local dates that step back."""
+    p64 = p.astype(np.int64)
+    day_number = local // DAY_MS
+    time_of_day = local - day_number * DAY_MS
+    uniq, inverse = np.unique(np.stack([p64, day_number]), axis=1, return_inverse=True)
+    day_group = inverse.reshape(-1).astype(np.int64)
+    n_days = uniq.shape[1]
+    day_readings = np.bincount(day_group, minlength=n_days).astype(np.int64)
+    period = time_of_day >= DAYTIME_FROM_MS
+    cls = (period.view(np.int8) * np.int8(N_BANDS) + band) * np.int8(3) + target  # 0..29: int8 suffices
+    by_day = np.bincount(day_group * 30 + cls, weights=weight, minlength=n_days * 30).astype(np.float64)
+    # Activity: union of [t, t + w) over all streams (§9); each patient's times are offset into a range of its own.
+    n_used = np.bincount(p64, minlength=int(p64.max()) + 1 if p.size else 0).astype(np.int64)
+    seg = _Segments(n_used)
+    seg_base = p64 * _BIG - seg.spread(seg.firsts(t)) if p.size else p64
+    s_adj = t + seg_base
+    e_adj = s_adj + weight_ms
+    covered_before = np.empty_like(e_adj)
+    if e_adj.size:
+        covered_before[0] = s_adj[0]
+        np.maximum.accumulate(e_adj[:-1], out=covered_before[1:])
+    np.maximum(covered_before, s_adj, out=covered_before)
+    contribution = np.maximum(e_adj - covered_before, 0)
+    day_active_ms = np.bincount(day_group, weights=contribution, minlength=n_days).astype(np.int64)
+    day_mg: F64 = np.bincount(day_group, weights=mg, minlength=n_days).astype(np.float64)  # in reading order
+    daytime = np.bincount(day_group, weights=period, minlength=n_days).astype(np.int64)
+    return _Days(time_of_day, uniq[0].astype(np.int32), uniq[1].astype(np.int64), day_readings, day_active_ms,
+                 day_mg, by_day.reshape(n_days, 2, N_BANDS, 3), daytime)  # fmt: skip
 
 
 def _to_mg_dl(value: F64, unit: NDArray[np.int8]) -> F64:

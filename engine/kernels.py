@@ -108,9 +108,76 @@ def _statistics(
         out[k, 3] = math.nan if math.isnan(lbgi) else risk[k, 1] / n
 
 
+def _days(
+    p: NDArray[np.int32],
+    t: I64,
+    local: I64,
+    weight_ms: I64,
+    weight: F64,
+    band: NDArray[np.int8],
+    target: NDArray[np.int8],
+    mg: F64,
+    day_ms: int,
+    day_from_ms: int,
+    time_of_day: I64,
+    per_day: I64,
+    day_num: I64,
+    by_day: F64,
+    day_mg: F64,
+) -> int:
+    """Local days, the weighted classes of each day and the activity union, in one pass over rows grouped by
+    patient (each patient's rows in time order). Returns the number of days, or -1 when a patient's local date
+    steps back (a DST change at midnight): the caller groups the days by sorting then.
+
+    Returns -2, having stopped, when there are more days than `day_num` has room for (the caller's bound is wrong).
+
+    Writes each reading's `time_of_day`; per day d: `per_day[d]` = (patient, readings, active ms, daytime
+    readings), `day_num[d]` (local days since 1970-01-01), `by_day[d, c]` the summed weights of class c =
+    (daytime × 5 + band) × 3 + target class, daytime being `time_of_day` ≥ `day_from_ms`, and `day_mg[d]` the
+    summed values. Weights and times are whole numbers, so those sums are exact in any order; `day_mg` is added
+    in reading order.
+    """
+    n = p.shape[0]
+    d = -1
+    covered = 0
+    for i in range(n):
+        dn = local[i] // day_ms
+        tod = local[i] - dn * day_ms
+        time_of_day[i] = tod
+        new_patient = i == 0 or p[i] != p[i - 1]
+        if new_patient or dn != day_num[d]:
+            if not new_patient and dn < day_num[d]:
+                return -1
+            if d + 1 >= day_num.shape[0]:
+                return -2
+            d += 1
+            day_num[d] = dn
+            per_day[d, 0] = p[i]
+            per_day[d, 1] = 0
+            per_day[d, 2] = 0
+            per_day[d, 3] = 0
+            day_mg[d] = 0.0
+            for c in range(by_day.shape[1]):
+                by_day[d, c] = 0.0
+        start = t[i]
+        end = start + weight_ms[i]
+        if new_patient:
+            covered = start
+        contribution = max(end - max(covered, start), 0)
+        covered = max(covered, end)
+        daytime = np.int64(tod >= day_from_ms)
+        per_day[d, 1] += 1
+        per_day[d, 2] += contribution
+        per_day[d, 3] += daytime
+        by_day[d, (daytime * 5 + band[i]) * 3 + target[i]] += weight[i]
+        day_mg[d] += mg[i]
+    return d + 1
+
+
 class _Compiled:
     agp_percentiles: Callable[[I64, I64, I64, F64, F64, F64], None]
     statistics: Callable[[NDArray[np.int32], F64, I64, F64, NDArray[np.bool_], F64, F64], None]
+    days: Callable[..., int]
 
 
 @cache
@@ -118,10 +185,11 @@ def compiled() -> _Compiled:
     """The kernels, compiled by numba (cached on disk beside this file, or in numba's user cache)."""
     import numba  # noqa: PLC0415 - imported on first use: ~0.3 s that importing the engine should not pay
 
-    def jit(fn: Callable[..., None]) -> Any:
+    def jit(fn: Callable[..., Any]) -> Any:
         return numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
 
     out = _Compiled()
     out.agp_percentiles = cast(Any, jit(_agp_percentiles))
     out.statistics = cast(Any, jit(_statistics))
+    out.days = cast(Any, jit(_days))
     return out

@@ -3,14 +3,20 @@ against numpy.percentile per row, the compiled statistics against a plain loop i
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from datetime import date, timedelta
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.cohort import PERCENTILES, _risk, _statistics, _value_ranks, _whole_values
+from engine import ReadingTable, WindowSpec, compute_cohort
+from engine.cohort import PERCENTILES, _days, _days_by_sorting, _risk, _statistics, _value_ranks, _whole_values
 from engine.kernels import compiled
+from engine.timezones import DAY_MS
+from tests.engine.builders import HOUR as HOUR_MS
+from tests.engine.builders import at, series
 
 values = st.one_of(
     st.integers(1, 450).map(float),
@@ -96,3 +102,60 @@ def test_statistics_kernel_gives_plain_sums_in_reading_order(case: tuple[int, li
         # f is undefined below 1 mg/dL (NaN): then neither index exists.
         expected_high = math.nan if math.isnan(low) else high / len(mine)
         assert np.array_equal([lbgi[k], hbgi[k]], [low / len(mine), expected_high], equal_nan=True)
+
+
+# MARK: local days
+
+
+def _block(draw: st.DrawFn) -> tuple[np.ndarray, ...]:
+    """A block as `_days` sees it: rows grouped by patient, each patient's times ascending, local = UTC + offset."""
+    n_p = draw(st.integers(1, 4))
+    p, t, local, w = [], [], [], []
+    for k in range(n_p):
+        n = draw(st.integers(0, 40))
+        offset = draw(st.sampled_from([-5 * HOUR_MS, 0, 330 * 60_000, 13 * HOUR_MS]))
+        time = draw(st.integers(0, 3 * DAY_MS))
+        for _ in range(n):
+            time += draw(st.sampled_from([0, 60_000, 300_000, 900_000, 7 * HOUR_MS]))
+            p.append(k)
+            t.append(time)
+            local.append(time + offset)
+            w.append(draw(st.sampled_from([0, 60_000, 300_000])))
+    n = len(p)
+    band = draw(st.lists(st.integers(0, 4), min_size=n, max_size=n))
+    target = draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
+    mg = draw(st.lists(values, min_size=n, max_size=n))
+    return (np.array(p, np.int32), np.array(t, np.int64), np.array(local, np.int64), np.array(w, np.int64),
+            np.array(band, np.int8), np.array(target, np.int8), np.array(mg, np.float64), n_p)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.composite(_block)(), st.booleans())
+def test_days_kernel_gives_the_days_of_grouping_by_sorting(block: tuple[np.ndarray, ...], by_time: bool) -> None:
+    """The compiled pass over a block's local days and the numpy grouping by sort agree exactly on every field."""
+    p, t, local, w, band, target, mg, n_p = block
+    weight = w.astype(np.float64) if by_time else np.ones(p.shape[0])
+    window_ms = np.full(int(n_p), 5 * DAY_MS, dtype=np.int64)
+    fast = _days(p, t, local, w, weight, band, target, mg, window_ms)
+    sorted_ = _days_by_sorting(p, t, local, w, weight, band, target, mg)
+    for field in dataclasses.fields(fast):
+        a, b = getattr(fast, field.name), getattr(sorted_, field.name)
+        assert a.dtype == b.dtype, field.name
+        assert np.array_equal(a, b), field.name
+
+
+def test_local_dates_that_step_back_at_midnight_are_grouped_by_date() -> None:
+    """America/Santiago left summer time at 00:00 on 7 April 2024: local time went back to 23:00 on the 6th, so a
+    patient's local dates step back (6, 7, 6, 7). The days are grouped by date all the same: 6 April holds 25 hours
+    of readings (288 + 12 = 300 at 5 minutes), and each day's statistics are its own readings'."""
+    start = at("2024-04-06T00:00:00-03:00")
+    readings = series([100.0] * (25 * 12) + [200.0] * (24 * 12), start=start)
+    table = ReadingTable.from_records(readings, default_zone="America/Santiago")
+    spec = WindowSpec(start=start, end=at("2024-04-08T00:00:00-04:00"))
+    result = compute_cohort(table, window=spec)
+    assert [date(1970, 1, 1) + timedelta(days=int(d)) for d in result.day_number] == [date(2024, 4, 6),
+                                                                                       date(2024, 4, 7)]  # fmt: skip
+    assert result.day_readings.tolist() == [300, 288]
+    assert result.day_mean_mg_dl.tolist() == [100.0, 200.0]
+    assert result.day_active_ms.tolist() == [25 * HOUR_MS, 24 * HOUR_MS]
+    assert result.days_of_wear.tolist() == [2]
