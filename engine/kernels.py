@@ -75,37 +75,53 @@ def _statistics(
 ) -> None:
     """Per patient (rows grouped by patient, in reading order): mean, SD, LBGI and HBGI into `out[:, 0..3]`.
 
-    Every sum is added in reading order. A whole value up to 1000 mg/dL (values are above 0) takes its risk
-    r = 10 f² from the tables; any other takes f from `f_untabled` (computed by numpy beforehand, for exactly
-    those values; empty when every value is tabled).
+    Every sum is added in reading order, in a local accumulator per patient. A whole value up to 1000 mg/dL
+    (values are above 0) takes its risk r = 10 f² from the tables; any other takes f from `f_untabled` (computed
+    by numpy beforehand, for exactly those values; empty when every value is tabled). A patient without readings
+    gets NaN throughout (0 / 0).
     """
-    n_p = n_used.shape[0]
-    total = np.zeros(n_p)
-    for i in range(p.shape[0]):
-        total[p[i]] += mg[i]
-    mean = np.empty(n_p)
-    for k in range(n_p):
-        mean[k] = total[k] / n_used[k]
-    squares = np.zeros(n_p)
-    risk = np.zeros((n_p, 2))  # r summed where f < 0 (LBGI) and where f > 0 (HBGI)
-    for i in range(p.shape[0]):
+    for k in range(n_used.shape[0]):
+        if n_used[k] == 0:
+            out[k, 0] = math.nan
+            out[k, 1] = math.nan
+            out[k, 2] = math.nan
+            out[k, 3] = math.nan
+    n = p.shape[0]
+    i = 0
+    while i < n:
         k = p[i]
-        x = mg[i]
-        dev = x - mean[k]
-        squares[k] += dev * dev
-        if x <= 1000.0 and x == math.floor(x):
-            w = np.int64(x)
-            risk[k, np.int64(high_table[w])] += r_table[w]
-        else:
-            f = f_untabled[i]
-            risk[k, np.int64(f > 0)] += 10.0 * f * f
-    for k in range(n_p):
-        n = n_used[k]
-        out[k, 0] = mean[k]
-        out[k, 1] = math.sqrt(squares[k] / (n - 1)) if n >= 2 else math.nan
-        lbgi = risk[k, 0] / n
+        j = i
+        total = 0.0
+        while j < n and p[j] == k:
+            total += mg[j]
+            j += 1
+        count = j - i
+        mean = total / count
+        squares = 0.0
+        low = 0.0
+        high = 0.0
+        for m in range(i, j):
+            x = mg[m]
+            dev = x - mean
+            squares += dev * dev
+            if x <= 1000.0 and x == math.floor(x):
+                w = np.int64(x)
+                if high_table[w]:
+                    high += r_table[w]
+                else:
+                    low += r_table[w]
+            else:
+                f = f_untabled[m]
+                if f > 0:
+                    high += 10.0 * f * f
+                else:
+                    low += 10.0 * f * f
+        out[k, 0] = mean
+        out[k, 1] = math.sqrt(squares / (count - 1)) if count >= 2 else math.nan
+        lbgi = low / count
         out[k, 2] = lbgi
-        out[k, 3] = math.nan if math.isnan(lbgi) else risk[k, 1] / n
+        out[k, 3] = math.nan if math.isnan(lbgi) else high / count
+        i = j
 
 
 def _days(
@@ -140,6 +156,12 @@ def _days(
     n = p.shape[0]
     d = -1
     covered = 0
+    # The current day's sums, kept in locals and written when the day ends; a class's weights are summed over each
+    # run of readings of that class first (whole numbers: the same sums in any order).
+    readings = active = daytime_readings = 0
+    mg_sum = 0.0
+    run_class = -1
+    run_weight = 0.0
     for i in range(n):
         dn = local[i] // day_ms
         tod = local[i] - dn * day_ms
@@ -148,29 +170,41 @@ def _days(
         if new_patient or dn != day_num[d]:
             if not new_patient and dn < day_num[d]:
                 return -1
+            if d >= 0:
+                per_day[d, 1], per_day[d, 2], per_day[d, 3], day_mg[d] = readings, active, daytime_readings, mg_sum
+                by_day[d, run_class] += run_weight
             if d + 1 >= day_num.shape[0]:
                 return -2
             d += 1
             day_num[d] = dn
             per_day[d, 0] = p[i]
-            per_day[d, 1] = 0
-            per_day[d, 2] = 0
-            per_day[d, 3] = 0
-            day_mg[d] = 0.0
             for c in range(by_day.shape[1]):
                 by_day[d, c] = 0.0
+            readings = active = daytime_readings = 0
+            mg_sum = 0.0
+            run_class = -1
+            run_weight = 0.0
         start = t[i]
         end = start + weight_ms[i]
         if new_patient:
             covered = start
-        contribution = max(end - max(covered, start), 0)
+        active += max(end - max(covered, start), 0)
         covered = max(covered, end)
         daytime = np.int64(tod >= day_from_ms)
-        per_day[d, 1] += 1
-        per_day[d, 2] += contribution
-        per_day[d, 3] += daytime
-        by_day[d, (daytime * 5 + band[i]) * 3 + target[i]] += weight[i]
-        day_mg[d] += mg[i]
+        readings += 1
+        daytime_readings += daytime
+        cls = (daytime * 5 + band[i]) * 3 + target[i]
+        if cls != run_class:
+            if run_class >= 0:
+                by_day[d, run_class] += run_weight
+            run_class = cls
+            run_weight = weight[i]
+        else:
+            run_weight += weight[i]
+        mg_sum += mg[i]
+    if d >= 0:
+        per_day[d, 1], per_day[d, 2], per_day[d, 3], day_mg[d] = readings, active, daytime_readings, mg_sum
+        by_day[d, run_class] += run_weight
     return d + 1
 
 
