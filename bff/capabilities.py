@@ -113,6 +113,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from bff.actors import ReservedActorError, check_actor
 from bff.audit import audit
@@ -561,14 +562,15 @@ class CapabilityService:
             self._files[site] = cached
         return cached.data
 
-    def overrides(self, site: str) -> dict[str, Any]:
-        with self.store.transaction() as session:
-            rows = session.scalars(select(SiteOverride).where(SiteOverride.site_key == site))
+    def overrides(self, site: str, session: Session | None = None) -> dict[str, Any]:
+        with self.store.joined(session) as s:
+            rows = s.execute(select(SiteOverride.path, SiteOverride.value).where(SiteOverride.site_key == site))
             return {row.path: row.value for row in rows}
 
-    def get(self, site: str) -> SiteCapabilities:
-        """The effective matrix, parsed once per change of its file or its overrides (not per request)."""
-        data, overrides = self.file_data(site), self.overrides(site)
+    def get(self, site: str, session: Session | None = None) -> SiteCapabilities:
+        """The effective matrix, parsed once per change of its file or its overrides (not per request); the
+        overrides are read in the caller's transaction when it gives its session."""
+        data, overrides = self.file_data(site), self.overrides(site, session)
         key = (self._files[site].mtime_ns, json.dumps(overrides, sort_keys=True, default=str))
         cached = self._effective.get(site)
         if cached is not None and cached[0] == key:

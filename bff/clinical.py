@@ -99,26 +99,42 @@ class PatientOutcomesView:
         """What a view of the launch's patient shows, in one transaction (the patient by the launch's FHIR id, what
         the EHR says of them kept, their zone and their stored outcome): `public_id_for_launch`, `remember`, `zone`
         and `outcome` in one call. None: the store has no such patient."""
-        found = _by_fhir_id(site, fhir_patient)
         for attempt in range(2):
             with self.store.transaction() as session:
-                patient = session.scalar(found)
-                if patient is not None:
-                    public_id = patient.public_id
-                    if demographics:
-                        _remember(session, patient, demographics)
-                    zone = zones.Zone(patient.tz, patient.tz_source)
-                    row = windows.read(session, patient, days) if days in windows.STANDARD_DAYS else None
-                    break
+                seen = self._seen(session, site, fhir_patient, demographics, days)
+            if seen is not None:
+                break
             # Not known by its FHIR id yet: by an identifier the EHR gives it, remembered as its FHIR id (in a
             # transaction of its own, before this one reads again).
             if attempt or self.public_id_for_launch(site, fhir_patient, demographics) is None:
                 return None
+        assert seen is not None
+        public_id, zone, row = seen
         if row is not None:
-            shown = ShownOutcome(row.document, row.digest, row.computed_at, row.stale_since, row.stale_reason,
-                                 row.version)  # fmt: skip
-            return public_id, zone, shown
+            return public_id, zone, _shown(row)
         return public_id, zone, self.outcome(public_id, days)  # never computed, or not a standard period
+
+    def for_launch_in(
+        self, session: Session, site: str, fhir_patient: str, demographics: dict[str, str] | None, days: int
+    ) -> tuple[str, zones.Zone, ShownOutcome] | None:
+        """`for_launch` in the caller's transaction, for a patient the store knows by the launch's FHIR id and
+        whose outcome of the period is stored (what nearly every view finds); None otherwise: then `for_launch`
+        (which may identify the patient and compute the outcome, in transactions of its own)."""
+        seen = self._seen(session, site, fhir_patient, demographics, days)
+        if seen is None or seen[2] is None:
+            return None
+        return seen[0], seen[1], _shown(seen[2])
+
+    def _seen(
+        self, session: Session, site: str, fhir_patient: str, demographics: dict[str, str] | None, days: int
+    ) -> tuple[str, zones.Zone, windows.Materialized | None] | None:
+        patient = session.scalar(_by_fhir_id(site, fhir_patient))
+        if patient is None:
+            return None
+        if demographics:
+            _remember(session, patient, demographics)
+        row = windows.read(session, patient, days) if days in windows.STANDARD_DAYS else None
+        return patient.public_id, zones.Zone(patient.tz, patient.tz_source), row
 
     def zone(self, public_id: str) -> zones.Zone:
         with self.store.transaction() as session:
@@ -138,8 +154,7 @@ class PatientOutcomesView:
                 row = windows.read(session, patient, days)
                 patient_id = patient.id
             if row is not None:
-                return ShownOutcome(row.document, row.digest, row.computed_at, row.stale_since, row.stale_reason,
-                                    row.version)  # fmt: skip
+                return _shown(row)
             if attempt == 0:
                 windows.refresh_patients(self.store, [patient_id])
         # Another worker holds the claim of this first computation: computed for this request, not stored.
@@ -156,6 +171,10 @@ class PatientOutcomesView:
         except UnknownPatientError:
             return None
         return dict(result.report.patients[0].document)
+
+
+def _shown(row: windows.Materialized) -> ShownOutcome:
+    return ShownOutcome(row.document, row.digest, row.computed_at, row.stale_since, row.stale_reason, row.version)
 
 
 def _reference(fhir_patient: str) -> str:

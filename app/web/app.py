@@ -70,7 +70,9 @@ from app.web.common import (
     headers_for,
     launch_for,
     message,
+    refuse_filtered,
     require_csrf,
+    shows_patient,
     wants_fragment,
 )
 from app.web.presenters import (
@@ -90,7 +92,7 @@ from bff.broker.broker import Broker
 from bff.clinical import PatientOutcomesView, ShownOutcome
 from bff.ehr_read import patient_banner
 from bff.jobs.context import token_cipher
-from bff.jobs.launch_read import LaunchReads
+from bff.jobs.launch_read import LaunchReads, ReadStatus, queue_read
 from bff.jobs.queue import JobQueue
 from bff.jobs.requests import recompute_request
 from bff.settings import ROOT, Settings, get_settings
@@ -109,6 +111,7 @@ from bff.smart import (
     create_site_backends,
 )
 from bff.store.db import Store
+from bff.store.zones import Zone
 from engine import ENGINE_VERSION
 
 log = logging.getLogger("glucobridge.app")
@@ -270,15 +273,47 @@ async def summary_context(
     with `figures` the summary carries the charts' data (the chart data API), else their rendered HTML.
 
     The document is the stored outcome (`PatientOutcomesView.outcome`); a stale one is shown with its age while the
-    recompute job, asked for here, writes the next; its charts come from the chart cache by the outcome's digest."""
-    banner = await _banner(ctx, handle, found)
-    read_status = await freshness.launch_read_status(ctx, handle, found, request=request_read)
+    recompute job, asked for here, writes the next; its charts come from the chart cache by the outcome's digest.
 
+    The caller has the launch without the site's filter checked (`launch_for(..., site_filter=False)`): the filter,
+    the EHR read's status (and request) and the patient's stored outcome are read here in one transaction. Where
+    that finds no stored outcome or no earlier read, the longer paths follow, in transactions of their own."""
+    banner = await _banner(ctx, handle, found)
     empty: dict[str, Any] = {"metrics": {"readings_used": 0}}
+    reads = ctx.reads if found.patient else None
+    ask = request_read and ctx.jobs is not None and ctx.handle_cipher is not None
+
+    def read() -> tuple[bool, tuple[bool, ReadStatus | None] | None, tuple[str, Zone, ShownOutcome | None] | None]:
+        """(shown, the read's (due, status), what the view shows); None where the longer path must follow."""
+        now = datetime.now(UTC)
+        with ctx.store.transaction() as session:
+            if not shows_patient(ctx, found, session):
+                return False, None, None
+            asked: tuple[bool, ReadStatus | None] | None = (False, None)
+            if reads is not None and found.patient:
+                if ask:
+                    asked = reads.request_in(session, found.site_key, found.patient, now)
+                else:
+                    asked = False, reads.status(found.site_key, found.patient, session)
+            # What the EHR says of the patient (banner) is kept: names for the chart artefacts, and the zone.
+            seen: tuple[str, Zone, ShownOutcome | None] | None = ctx.view.for_launch_in(
+                session, found.site_key, found.patient or "", banner, days
+            )
+        if seen is None:
+            seen = ctx.view.for_launch(found.site_key, found.patient or "", banner, days)
+        return True, asked, seen
+
+    shown, asked, seen = await anyio.to_thread.run_sync(read)
+    if not shown:
+        await refuse_filtered(ctx, handle, found)
+    if asked is None:  # never read before: the request adds the read's row (and queues the read)
+        read_status = await freshness.launch_read_status(ctx, handle, found, request=True)
+    else:
+        due, read_status = asked
+        if due and ctx.jobs is not None and ctx.handle_cipher is not None and found.patient:
+            await queue_read(ctx.jobs, ctx.handle_cipher, site=found.site_key, patient=found.patient, handle=handle)
 
     def compute() -> tuple[ShownOutcome | None, ZoneView | None, SummaryView, dict[str, Markup] | None, str]:
-        # What the EHR says of the patient (banner) is kept: names for the chart artefacts, and the zone (source ehr).
-        seen = ctx.view.for_launch(found.site_key, found.patient or "", banner, days)
         if seen is None:
             return None, None, summary_view(empty, days, display_unit(empty, unit), None, page=page), None, ""
         _public_id, zone, shown_outcome = seen
@@ -364,7 +399,7 @@ async def patient_view(
     request: HTMXRequest, handle: str, patient: str, days: int = 14, unit: str | None = None, page: int = 1
 ) -> Template:
     ctx = context_of(request)
-    found = await launch_for(ctx, handle, patient)
+    found = await launch_for(ctx, handle, patient, site_filter=False)  # checked in summary_context
     context = await summary_context(ctx, handle, found, check_days(days), check_unit(unit), _page(page),
                                     request_read=True)  # fmt: skip
     context.update(await _page_banner(ctx, handle, found))
@@ -379,7 +414,7 @@ async def patient_summary(
     request: HTMXRequest, handle: str, patient: str, days: int = 14, unit: str | None = None
 ) -> Template:
     ctx = context_of(request)
-    found = await launch_for(ctx, handle, patient)
+    found = await launch_for(ctx, handle, patient, site_filter=False)  # checked in summary_context
     context = await summary_context(ctx, handle, found, check_days(days), check_unit(unit))
     headers = {**headers_for(found.frame_ancestors), "Vary": "HX-Request"}
     if wants_fragment(request):
@@ -394,7 +429,7 @@ async def patient_daily(
 ) -> Response[Any]:
     """A page of the daily profiles: the fragment for htmx, the whole view at that page otherwise."""
     ctx = context_of(request)
-    found = await launch_for(ctx, handle, patient)
+    found = await launch_for(ctx, handle, patient, site_filter=False)  # checked in summary_context
     context = await summary_context(ctx, handle, found, check_days(days), check_unit(unit), _page(page))
     headers = {**headers_for(found.frame_ancestors), "Vary": "HX-Request"}
     if wants_fragment(request):
@@ -439,7 +474,7 @@ async def _banner(ctx: AppContext, handle: str, found: LaunchContext) -> dict[st
 @get("/api/v/{handle:str}/patients/{patient:str}/agp", media_type=MediaType.JSON)
 async def agp_api(request: Request[Any, Any, Any], handle: str, patient: str, days: int = 14) -> Response[Any]:
     ctx = context_of(request)
-    found = await launch_for(ctx, handle, patient)
+    found = await launch_for(ctx, handle, patient, site_filter=False)  # checked in summary_context
     context = await summary_context(ctx, handle, found, check_days(days), None, figures=True)
     summary = context["summary"]
     headers = headers_for(found.frame_ancestors)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import httpx
@@ -14,6 +14,7 @@ from litestar import Request
 from litestar.exceptions import HTTPException
 from litestar.plugins.htmx import HTMXRequest
 from litestar.response import Template
+from sqlalchemy.orm import Session
 
 from app.web.charts import ChartCache, ExpiringLru
 from app.web.security import SECURITY_HEADERS, client_address, content_security_policy, csrf_ok
@@ -133,8 +134,10 @@ def message(
     )
 
 
-async def launch_for(ctx: AppContext, handle: str, patient: str | None) -> LaunchContext:
-    """The launch behind a handle; a patient other than the launch's is refused and audited."""
+async def launch_for(ctx: AppContext, handle: str, patient: str | None, *, site_filter: bool = True) -> LaunchContext:
+    """The launch behind a handle; a patient other than the launch's is refused and audited, and so is one the site's
+    filter hides. `site_filter=False` only where the caller checks the filter itself, in the transaction that reads
+    what it shows (`app.web.app.summary_context`: `shows_patient` and `refuse_filtered`)."""
     try:
         found = await ctx.smart.launch(handle)
     except LaunchNotFoundError:
@@ -145,31 +148,36 @@ async def launch_for(ctx: AppContext, handle: str, patient: str | None) -> Launc
                           handle=handle, launch_patient=found.patient, requested_patient=patient)
         )  # fmt: skip
         raise HTTPException(status_code=403, detail="this launch is for another patient")
-    if found.patient is not None:
-        await _check_site_filter(ctx, handle, found)
+    if (
+        found.patient is not None
+        and site_filter
+        and not await anyio.to_thread.run_sync(lambda: shows_patient(ctx, found))
+    ):
+        await refuse_filtered(ctx, handle, found)
     return found
 
 
-async def _check_site_filter(ctx: AppContext, handle: str, found: LaunchContext) -> None:
-    """The site's `[filter]` (capability matrix): the patients or departments the app may show there."""
+def shows_patient(ctx: AppContext, found: LaunchContext, session: Session | None = None) -> bool:
+    """The site's `[filter]` (capability matrix): whether the app may show the launch's patient or department there
+    (its overrides read in the caller's transaction when it gives its session)."""
+    try:
+        caps = ctx.capabilities.get(found.site_key, session)
+    except CapabilityError:
+        return True  # a site without a usable matrix restricts nothing here (its writes are refused elsewhere)
+    department = found.context.get("department")
+    return caps.shows_patient(str(found.patient), department if isinstance(department, str) else None)
 
-    def allowed() -> bool:
-        try:
-            caps = ctx.capabilities.get(found.site_key)
-        except CapabilityError:
-            return True  # a site without a usable matrix restricts nothing here (its writes are refused elsewhere)
-        department = found.context.get("department")
-        return caps.shows_patient(str(found.patient), department if isinstance(department, str) else None)
 
-    if not await anyio.to_thread.run_sync(allowed):
-        await anyio.to_thread.run_sync(
-            lambda: audit(ctx.store, "patient.filtered", outcome="refused", site=found.site_key,
-                          actor=found.fhir_user, handle=handle)
-        )  # fmt: skip
-        raise HTTPException(
-            status_code=403,
-            detail="glucobridge is not enabled for this patient or department at this site (the site's filter)",
-        )
+async def refuse_filtered(ctx: AppContext, handle: str, found: LaunchContext) -> NoReturn:
+    """A patient the site's filter hides: audited, and 403."""
+    await anyio.to_thread.run_sync(
+        lambda: audit(ctx.store, "patient.filtered", outcome="refused", site=found.site_key, actor=found.fhir_user,
+                      handle=handle)
+    )  # fmt: skip
+    raise HTTPException(
+        status_code=403,
+        detail="glucobridge is not enabled for this patient or department at this site (the site's filter)",
+    )
 
 
 def check_days(days: int) -> int:

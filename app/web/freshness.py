@@ -83,7 +83,7 @@ async def ehr_read(request: HTMXRequest, handle: str, patient: str, days: int = 
     from app.web.app import summary_context  # noqa: PLC0415 - app.web.app registers this route
 
     ctx = context_of(request)
-    found = await launch_for(ctx, handle, patient)
+    found = await launch_for(ctx, handle, patient, site_filter=False)  # checked in summary_context
     days, unit = check_days(days), check_unit(unit)
     headers = {**headers_for(found.frame_ancestors), "Vary": "HX-Request"}
     context = await summary_context(ctx, handle, found, days, unit)

@@ -38,6 +38,7 @@ import httpx
 import orjson
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from bff.capabilities import CapabilityError
 from bff.ingest.registry import parser_for
@@ -111,9 +112,9 @@ class LaunchReads:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def status(self, site: str, patient: str) -> ReadStatus | None:
-        with self.store.transaction() as session:
-            row = session.scalar(
+    def status(self, site: str, patient: str, session: Session | None = None) -> ReadStatus | None:
+        with self.store.joined(session) as s:
+            row = s.scalar(
                 select(EhrRead).where(EhrRead.site_key == site, EhrRead.fhir_patient == fhir_reference(patient))
             )
             return None if row is None else _status(row)
@@ -125,34 +126,42 @@ class LaunchReads:
 
     def request(self, site: str, patient: str, now: datetime) -> tuple[bool, ReadStatus | None]:
         """`mark_requested` and the status it leaves, read in the same transaction (the view asks both at once)."""
-        reference = fhir_reference(patient)
         with self.store.transaction() as session:
-            row = session.scalar(select(EhrRead).where(EhrRead.site_key == site, EhrRead.fhir_patient == reference))
-            if row is not None:
-                since = now - (_utc(row.started_at) or _utc(row.requested_at) or now)
-                if row.state in ("queued", "running") and since < timedelta(seconds=LOST_AFTER_S):
-                    return False, _status(row)
-                last = _utc(row.last_read_at)
-                if row.state == "done" and last is not None and now - last < timedelta(seconds=FRESH_S):
-                    return False, _status(row)
-                taken = session.execute(
-                    update(EhrRead)
-                    .where(EhrRead.id == row.id, EhrRead.state == row.state, EhrRead.requested_at == row.requested_at)
-                    # Not started: a lost read's old start would make every later view take it as lost again.
-                    .values(state="queued", requested_at=now, started_at=None, error=None)
-                    .execution_options(synchronize_session=False)
-                )
-                session.expire(row)
-                return bool(taken.rowcount), _status(row)  # type: ignore[attr-defined]
+            asked = self.request_in(session, site, patient, now)
+        if asked is not None:
+            return asked
         try:
             with self.store.transaction() as session:
-                added = EhrRead(site_key=site, fhir_patient=reference, state="queued", requested_at=now, pages=0,
-                                received=0, added=0)  # fmt: skip
+                added = EhrRead(site_key=site, fhir_patient=fhir_reference(patient), state="queued", requested_at=now,
+                                pages=0, received=0, added=0)  # fmt: skip
                 session.add(added)
                 session.flush()
                 return True, _status(added)
         except IntegrityError:
             return False, self.status(site, patient)
+
+    def request_in(self, session: Session, site: str, patient: str, now: datetime) -> tuple[bool, ReadStatus] | None:
+        """`request` in the caller's transaction, for a patient read before; None when never requested (then
+        `request` adds the row, in a transaction of its own)."""
+        reference = fhir_reference(patient)
+        row = session.scalar(select(EhrRead).where(EhrRead.site_key == site, EhrRead.fhir_patient == reference))
+        if row is None:
+            return None
+        since = now - (_utc(row.started_at) or _utc(row.requested_at) or now)
+        if row.state in ("queued", "running") and since < timedelta(seconds=LOST_AFTER_S):
+            return False, _status(row)
+        last = _utc(row.last_read_at)
+        if row.state == "done" and last is not None and now - last < timedelta(seconds=FRESH_S):
+            return False, _status(row)
+        taken = session.execute(
+            update(EhrRead)
+            .where(EhrRead.id == row.id, EhrRead.state == row.state, EhrRead.requested_at == row.requested_at)
+            # Not started: a lost read's old start would make every later view take it as lost again.
+            .values(state="queued", requested_at=now, started_at=None, error=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.expire(row)
+        return bool(taken.rowcount), _status(row)  # type: ignore[attr-defined]
 
     def mark_started(self, site: str, patient: str, now: datetime, since_ms: int) -> None:
         with self.store.transaction() as session:
@@ -221,8 +230,13 @@ async def request_read(
     now = now or datetime.now(UTC)
     due, status = await anyio.to_thread.run_sync(lambda: reads.request(site, patient, now))
     if due:
-        await queue.enqueue(read_request(site, patient, seal(cipher, handle, patient)))
+        await queue_read(queue, cipher, site=site, patient=patient, handle=handle)
     return status
+
+
+async def queue_read(queue: JobQueue, cipher: TokenCipher, *, site: str, patient: str, handle: str) -> None:
+    """Queue the read `LaunchReads.request` found due (the launch's handle sealed into the job)."""
+    await queue.enqueue(read_request(site, patient, seal(cipher, handle, patient)))
 
 
 # MARK: the read

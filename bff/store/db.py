@@ -132,5 +132,15 @@ class Store:
         with self.sessions() as session, session.begin():
             yield session
 
+    @contextmanager
+    def joined(self, session: Session | None) -> Iterator[Session]:
+        """The caller's session when one is given (its transaction, committed or rolled back by the caller: a view
+        reads what it shows in one transaction), else a transaction of its own."""
+        if session is not None:
+            yield session
+            return
+        with self.transaction() as own:
+            yield own
+
     def dispose(self) -> None:
         self.engine.dispose()

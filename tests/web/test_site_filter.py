@@ -22,6 +22,13 @@ def test_a_patient_outside_the_sites_filter_is_not_shown(stack: DemoStack) -> No
         assert page.status_code == 403
         assert "not enabled for this patient" in page.text
         assert flow.app.get(flow.view_url + "chart/review?days=14").status_code == 403
+        # The routes that read the filter in the transaction that reads what they show (summary_context).
+        api = flow.view_url.replace("/v/", "/api/v/", 1) + "agp?days=14"
+        for url in (flow.view_url + "summary?days=30", flow.view_url + "daily?days=14&page=1",
+                    flow.view_url + "ehr-read?days=14", api):  # fmt: skip
+            refused = flow.app.get(url)
+            assert refused.status_code == 403, url
+            assert "not enabled for this patient" in refused.text, url
         assert ("patient.filtered", "refused") in {(e, o) for e, o, _ in audit_events(stack)}
         capabilities.set(site, "filter.patients", [patient, "somebody-else"], who="test", reason="enrolled")
         assert flow.app.get(flow.view_url).status_code == 200
