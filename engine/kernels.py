@@ -190,7 +190,7 @@ def _days(
             covered = start
         active += max(end - max(covered, start), 0)
         covered = max(covered, end)
-        daytime = np.int64(tod >= day_from_ms)
+        daytime = 1 if tod >= day_from_ms else 0
         readings += 1
         daytime_readings += daytime
         cls = (daytime * 5 + band[i]) * 3 + target[i]
