@@ -44,3 +44,24 @@ def test_a_fresh_read_is_not_asked_again_and_a_stale_one_is(store: Store) -> Non
     assert status is not None
     assert status.state == "queued"
     assert status.last_read_at == NOW + timedelta(seconds=2)
+
+
+def test_in_the_views_transaction_a_read_is_asked_for_as_on_its_own(store: Store) -> None:
+    """`request_in` (the view's one transaction) answers as `request` does for a patient read before, and leaves a
+    patient never read to `request` (which adds the row): None, and nothing written."""
+    reads = LaunchReads(store)
+    with store.transaction() as session:
+        assert reads.request_in(session, "site-a", "p3", NOW) is None
+    assert reads.status("site-a", "p3") is None
+    assert reads.request("site-a", "p3", NOW)[0]
+    with store.transaction() as session:
+        due, status = reads.request_in(session, "site-a", "p3", NOW + timedelta(seconds=5)) or (True, None)
+        assert status == reads.status("site-a", "p3", session)
+    assert not due  # queued a moment ago
+    with store.transaction() as session:
+        lost = reads.request_in(session, "site-a", "p3", NOW + timedelta(seconds=LOST_AFTER_S + 10))
+    assert lost is not None
+    assert lost[0]  # lost: asked again, once
+    assert lost[1] is not None
+    assert lost[1].state == "queued"
+    assert reads.request("site-a", "p3", NOW + timedelta(seconds=LOST_AFTER_S + 11))[0] is False
