@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+KERNELS := $(VENV)/.kernels
 LOCK   := requirements.lock
 
 .PHONY: setup static demo test lint typecheck unit bench lock audit clean
@@ -15,7 +16,13 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) $(KERNELS)
+
+# The engine's compiled loops, compiled once here (numba's cache, engine/__pycache__) rather than at the first
+# outcome of every process; again whenever the engine's code changes.
+$(KERNELS): $(STAMP) $(wildcard engine/*.py)
+	$(BIN)/python -c "from engine.kernels import warm; warm()"
+	touch $(KERNELS)
 
 # After changing pyproject.toml's dependencies: resolve again, with hashes (needs PyPI). Commit the result.
 lock:
@@ -36,7 +43,7 @@ static: $(STAMP)
 # Ports, var/ and more: make demo DEMO_ARGS="--app-port 8100 --ehr-port 8181" (python -m app.demo --help). One demo
 # per checkout at a time (var/demo.lock); SIGTERM or Ctrl-C stops every process it started. Run directly (no shell
 # in between), so make's SIGTERM reaches the demo.
-demo: $(STAMP) static
+demo: $(STAMP) $(KERNELS) static
 	$(BIN)/python -m app.demo $(DEMO_ARGS)
 
 lint: $(STAMP)
@@ -50,7 +57,7 @@ typecheck: $(STAMP)
 # worker), then the tests marked serial on their own (with GLUCOBRIDGE_PG_RESTART=1 they restart PostgreSQL).
 # Both parts always run; either failing fails the target. TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
-unit: $(STAMP) static
+unit: $(STAMP) $(KERNELS) static
 	@status=0; \
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup -m "not serial" --durations=25 $(PYTEST_ARGS) || status=$$?; \
 	$(BIN)/pytest -m serial --durations=5 $(PYTEST_ARGS) || status=$$((status ? status : $$?)); \
@@ -58,7 +65,7 @@ unit: $(STAMP) static
 
 test: lint typecheck unit
 
-bench: $(STAMP)
+bench: $(STAMP) $(KERNELS)
 	$(BIN)/python -m bench
 
 clean:

@@ -214,16 +214,51 @@ class _Compiled:
     days: Callable[..., int]
 
 
+def warm() -> None:
+    """Compile every kernel (or load it from numba's cache) with the types the batch path gives it, by computing
+    one small cohort: `make setup` and the container build run it, so no process pays the compile at its first
+    outcome (seconds of CPU each, in every process at once when the cache is cold)."""
+    from engine.cohort import compute_cohort  # noqa: PLC0415 - engine.cohort imports this module
+    from engine.readings import Reading, ReadingTable  # noqa: PLC0415 - only here
+    from engine.units import GlucoseUnit  # noqa: PLC0415 - only here
+
+    start = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+    readings = [Reading(patient_id=f"p{k}", time_ms=start + i * 300_000, value=90.0 + i + k * 0.5,
+                        unit=GlucoseUnit.MG_DL) for k in range(2)
+                for i in range(24)]  # fmt: skip
+    compute_cohort(ReadingTable.from_records(readings))
+
+
+def _read_only(a: Any) -> Any:
+    """An array as a read-only view (no copy); anything else as it is."""
+    if not isinstance(a, np.ndarray) or not a.flags.writeable:
+        return a
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 @cache
 def compiled() -> _Compiled:
-    """The kernels, compiled by numba (cached on disk beside this file, or in numba's user cache)."""
+    """The kernels, compiled by numba (cached on disk beside this file, or in numba's user cache).
+
+    numba compiles one machine-code version per kind of argument, and an array's kind includes whether it is
+    writable. The batch path's inputs are sometimes the table's frozen columns and sometimes copies, so every input
+    is passed as a read-only view: one version per kernel, which `warm()` compiles ahead.
+    """
     import numba  # noqa: PLC0415 - imported on first use: ~0.3 s that importing the engine should not pay
 
-    def jit(fn: Callable[..., Any]) -> Any:
-        return numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
+    def jit(fn: Callable[..., Any], inputs: int) -> Any:
+        machine = numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
+
+        def call(*args: Any) -> Any:
+            return machine(*(_read_only(a) if i < inputs else a for i, a in enumerate(args)))
+
+        call.dispatcher = machine  # type: ignore[attr-defined]  # numba's own, for its compiled signatures
+        return call
 
     out = _Compiled()
-    out.agp_percentiles = cast(Any, jit(_agp_percentiles))
-    out.statistics = cast(Any, jit(_statistics))
-    out.days = cast(Any, jit(_days))
+    out.agp_percentiles = cast(Any, jit(_agp_percentiles, inputs=5))
+    out.statistics = cast(Any, jit(_statistics, inputs=6))
+    out.days = cast(Any, jit(_days, inputs=10))
     return out

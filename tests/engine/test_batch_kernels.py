@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from engine import ReadingTable, WindowSpec, compute_cohort
 from engine.cohort import PERCENTILES, _days, _days_by_sorting, _risk, _statistics, _value_ranks, _whole_values
-from engine.kernels import compiled
+from engine.kernels import compiled, warm
 from engine.timezones import DAY_MS
 from tests.engine.builders import HOUR as HOUR_MS
 from tests.engine.builders import at, series
@@ -159,3 +159,17 @@ def test_local_dates_that_step_back_at_midnight_are_grouped_by_date() -> None:
     assert result.day_mean_mg_dl.tolist() == [100.0, 200.0]
     assert result.day_active_ms.tolist() == [25 * HOUR_MS, 24 * HOUR_MS]
     assert result.days_of_wear.tolist() == [2]
+
+
+def test_warming_compiles_every_kernel_with_the_types_the_batch_path_uses() -> None:
+    """`warm()` (make setup, the container build) leaves nothing to compile at a process's first real cohort: the
+    cohort adds no new signature to any kernel."""
+    from bench.synth import synth_cohort  # noqa: PLC0415 - the bench's generator, for a realistic cohort
+
+    warm()
+    kernels = compiled()
+    names = ("agp_percentiles", "statistics", "days")
+    before = {name: list(getattr(kernels, name).dispatcher.signatures) for name in names}
+    assert all(len(sigs) == 1 for sigs in before.values()), before
+    compute_cohort(synth_cohort(5, 3, seed=7))
+    assert {name: list(getattr(kernels, name).dispatcher.signatures) for name in names} == before
