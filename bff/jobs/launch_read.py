@@ -106,6 +106,14 @@ def _status(row: EhrRead) -> ReadStatus:
     )  # fmt: skip
 
 
+def _row(session: Session, site: str, patient: str) -> EhrRead | None:
+    """The site's read row of a patient (an id or `Patient/<id>`)."""
+    row: EhrRead | None = session.scalar(
+        select(EhrRead).where(EhrRead.site_key == site, EhrRead.fhir_patient == fhir_reference(patient))
+    )
+    return row
+
+
 class LaunchReads:
     """The `ehr_reads` table: whether a read is due, its progress, where the next one starts."""
 
@@ -114,9 +122,7 @@ class LaunchReads:
 
     def status(self, site: str, patient: str, session: Session | None = None) -> ReadStatus | None:
         with self.store.joined(session) as s:
-            row = s.scalar(
-                select(EhrRead).where(EhrRead.site_key == site, EhrRead.fhir_patient == fhir_reference(patient))
-            )
+            row = _row(s, site, patient)
             return None if row is None else _status(row)
 
     def mark_requested(self, site: str, patient: str, now: datetime) -> bool:
@@ -143,8 +149,7 @@ class LaunchReads:
     def request_in(self, session: Session, site: str, patient: str, now: datetime) -> tuple[bool, ReadStatus] | None:
         """`request` in the caller's transaction, for a patient read before; None when never requested (then
         `request` adds the row, in a transaction of its own)."""
-        reference = fhir_reference(patient)
-        row = session.scalar(select(EhrRead).where(EhrRead.site_key == site, EhrRead.fhir_patient == reference))
+        row = _row(session, site, patient)
         if row is None:
             return None
         since = now - (_utc(row.started_at) or _utc(row.requested_at) or now)
@@ -165,9 +170,7 @@ class LaunchReads:
 
     def mark_started(self, site: str, patient: str, now: datetime, since_ms: int) -> None:
         with self.store.transaction() as session:
-            row = session.scalar(
-                select(EhrRead).where(EhrRead.site_key == site, EhrRead.fhir_patient == fhir_reference(patient))
-            )
+            row = _row(session, site, patient)
             if row is None:  # enqueued by something other than a view (a test, a CLI)
                 row = EhrRead(site_key=site, fhir_patient=fhir_reference(patient), requested_at=now)
                 session.add(row)
@@ -178,9 +181,7 @@ class LaunchReads:
                       received: int = 0, added: int = 0, error: str | None = None,
                       resume_from_ms: int | None = None) -> None:  # fmt: skip
         with self.store.transaction() as session:
-            row = session.scalar(
-                select(EhrRead).where(EhrRead.site_key == site, EhrRead.fhir_patient == fhir_reference(patient))
-            )
+            row = _row(session, site, patient)
             if row is None:
                 return
             row.state, row.finished_at, row.pages, row.received, row.added = state, now, pages, received, added
