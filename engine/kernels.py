@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import cache
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -258,7 +258,7 @@ def compiled() -> _Compiled:
         return call
 
     out = _Compiled()
-    out.agp_percentiles = cast(Any, jit(_agp_percentiles, inputs=5))
-    out.statistics = cast(Any, jit(_statistics, inputs=6))
-    out.days = cast(Any, jit(_days, inputs=10))
+    out.agp_percentiles = jit(_agp_percentiles, inputs=5)
+    out.statistics = jit(_statistics, inputs=6)
+    out.days = jit(_days, inputs=10)
     return out
