@@ -109,6 +109,10 @@ def _bump(session: Session, key: str, now: datetime) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
+NEWEST_FIRST = (func.coalesce(AuditEvent.last_at, AuditEvent.at).desc(), AuditEvent.id.desc())
+"""Newest first by the latest occurrence: a counted row bumped a moment ago comes before a newer row's first time."""
+
+
 def recent(store: Store, limit: int = 100) -> list[AuditEvent]:
     with store.transaction() as session:
-        return list(session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)))
+        return list(session.scalars(select(AuditEvent).order_by(*NEWEST_FIRST).limit(limit)))

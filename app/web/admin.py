@@ -43,7 +43,7 @@ from app.web.common import AppContext, client_of, context_of, headers_for
 from app.web.security import over_https
 from bff.actors import SystemActor
 from bff.admin import ActiveSession, SignIn
-from bff.audit import audit
+from bff.audit import NEWEST_FIRST, audit
 from bff.capabilities import CapabilityError, as_dict, lookup
 from bff.outbox import queue
 from bff.store.models import AuditEvent, SiteOverride, WriteAttempt, WriteIntent
@@ -280,7 +280,7 @@ def _smart_errors(ctx: AppContext, site: str, limit: int = 20) -> list[SmartErro
         rows = session.scalars(
             select(AuditEvent)
             .where(AuditEvent.site_key == site, or_(*(AuditEvent.event == e for e in SMART_EVENTS)))
-            .order_by(AuditEvent.id.desc())
+            .order_by(*NEWEST_FIRST)
             .limit(limit)
         )
         out = []

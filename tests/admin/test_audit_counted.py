@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
-from bff.audit import MAX_ROWS_PER_MINUTE, audit, audit_counted
+from bff.audit import MAX_ROWS_PER_MINUTE, audit, audit_counted, recent
 from bff.store.db import Store
 from bff.store.models import AuditEvent
 
@@ -49,3 +49,13 @@ def test_single_events_stay_rows_of_their_own(store: Store) -> None:
         audit(store, "outbox.retry", outcome="allowed", actor="i.engineer", intent=1, reason="fixed")
     with store.transaction() as session:
         assert session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.count == 1)) == 3
+
+
+def test_a_counted_row_seen_again_is_listed_by_its_latest_occurrence(store: Store) -> None:
+    """/admin lists the newest first: an error repeated after another one is newer, though its row is older."""
+    audit_counted(store, "smart.error", outcome="refused", site="s", error="already used", now=MINUTE)
+    audit_counted(store, "smart.error", outcome="refused", site="s", error="pkce", now=MINUTE + timedelta(seconds=1))
+    assert [r.detail["error"] for r in recent(store)] == ["pkce", "already used"]
+    audit_counted(store, "smart.error", outcome="refused", site="s", error="already used",
+                  now=MINUTE + timedelta(seconds=2))  # fmt: skip
+    assert [(r.detail["error"], r.count) for r in recent(store)] == [("already used", 2), ("pkce", 1)]

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from app.demo import DemoStack
+from bff.audit import NEWEST_FIRST
 from bff.settings import Settings
 from bff.store.db import Store
 from bff.store.models import AuditEvent
@@ -28,8 +29,9 @@ def fx_store(stack: DemoStack) -> Iterator[Store]:
 
 
 def events(store: Store, event: str) -> list[AuditEvent]:
+    """Newest first by the latest occurrence: an error like one earlier in the same minute bumps that row."""
     with store.transaction() as session:
-        return list(session.scalars(select(AuditEvent).where(AuditEvent.event == event).order_by(AuditEvent.id)))
+        return list(session.scalars(select(AuditEvent).where(AuditEvent.event == event).order_by(*NEWEST_FIRST)))
 
 
 def admin_page(stack: DemoStack, site: str) -> str:
@@ -52,7 +54,7 @@ def test_an_authorize_error_is_kept_under_its_site_and_the_clinician_reads_plain
     assert DESCRIPTION not in answer.text  # the EHR's words are for the engineer
     assert "admin page" in answer.text
     denied = [e for e in events(store, "launch.denied") if e.site_key == "oracle-like"]
-    assert denied[-1].detail == {"error": "invalid_scope", "error_description": DESCRIPTION}
+    assert denied[0].detail == {"error": "invalid_scope", "error_description": DESCRIPTION}
     again = flow.app.get(f"{stack.app_url}/callback", params={"state": flow.state, "code": "x"})
     assert again.status_code == 400  # the state was spent by the error
     page = admin_page(stack, "oracle-like")
@@ -71,7 +73,7 @@ def test_a_refused_code_exchange_keeps_the_ehr_s_error_description(stack: DemoSt
     assert "This launch cannot be completed" in answer.text
     assert "already used" not in answer.text
     errors = [e for e in events(store, "smart.error") if e.site_key == "epic-like"]
-    detail = errors[-1].detail
+    detail = errors[0].detail
     assert (detail["where"], detail["kind"], detail["error"], detail["status"]) == (
         "callback", "TokenExchangeError", "invalid_grant", 400
     )  # fmt: skip
