@@ -7,7 +7,8 @@ while the recompute job writes the next one (`ShownOutcome.stale`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +26,7 @@ from engine import WindowSpec
 class ShownOutcome:
     """The document a view shows, and how fresh it is: `computed_at` None means computed for this request."""
 
-    document: dict[str, Any]
+    document: dict[str, Any] | None  # None: the caller has what it shows cached by the digest (`for_launch_in`)
     digest: str
     computed_at: datetime | None = None
     stale_since: datetime | None = None
@@ -115,25 +116,36 @@ class PatientOutcomesView:
         return public_id, zone, self.outcome(public_id, days)  # never computed, or not a standard period
 
     def for_launch_in(
-        self, session: Session, site: str, fhir_patient: str, demographics: dict[str, str] | None, days: int
-    ) -> tuple[str, zones.Zone, ShownOutcome] | None:
+        self, session: Session, site: str, fhir_patient: str, demographics: dict[str, str] | None, days: int,
+        *, needs_document: Callable[[str], bool] | None = None,
+    ) -> tuple[str, zones.Zone, ShownOutcome] | None:  # fmt: skip
         """`for_launch` in the caller's transaction, for a patient the store knows by the launch's FHIR id and
         whose outcome of the period is stored (what nearly every view finds); None otherwise: then `for_launch`
-        (which may identify the patient and compute the outcome, in transactions of its own)."""
-        seen = self._seen(session, site, fhir_patient, demographics, days)
+        (which may identify the patient and compute the outcome, in transactions of its own).
+
+        `needs_document(digest)` says whether the caller needs the stored document of that version: where it
+        answers no (what it shows is cached by the digest), the document is not read and `document` is None."""
+        seen = self._seen(session, site, fhir_patient, demographics, days, needs_document)
         if seen is None or seen[2] is None:
             return None
         return seen[0], seen[1], _shown(seen[2])
 
     def _seen(
-        self, session: Session, site: str, fhir_patient: str, demographics: dict[str, str] | None, days: int
-    ) -> tuple[str, zones.Zone, windows.Materialized | None] | None:
+        self, session: Session, site: str, fhir_patient: str, demographics: dict[str, str] | None, days: int,
+        needs_document: Callable[[str], bool] | None = None,
+    ) -> tuple[str, zones.Zone, windows.Materialized | None] | None:  # fmt: skip
         patient = session.scalar(_by_fhir_id(site, fhir_patient))
         if patient is None:
             return None
         if demographics:
             _remember(session, patient, demographics)
-        row = windows.read(session, patient, days) if days in windows.STANDARD_DAYS else None
+        row = None
+        if days in windows.STANDARD_DAYS:
+            row = windows.read(session, patient, days, document=needs_document is None)
+            if row is not None and row.document is None and needs_document is not None and needs_document(row.digest):
+                document = windows.document_of(session, patient.id, days, row.digest)
+                # Recomputed between the two reads: the whole row again (its new digest is not cached).
+                row = windows.read(session, patient, days) if document is None else replace(row, document=document)
         return patient.public_id, zones.Zone(patient.tz, patient.tz_source), row
 
     def zone(self, public_id: str) -> zones.Zone:

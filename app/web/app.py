@@ -35,7 +35,7 @@ import json
 import logging
 import os
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -59,7 +59,7 @@ from litestar.template.config import TemplateConfig
 from markupsafe import Markup
 
 from app.web import admin, freshness, writeback
-from app.web.charts import chart_cache, charts_key, etag, figures_key, matches
+from app.web.charts import AUTO_UNIT, chart_cache, charts_key, etag, figures_key, matches
 from app.web.common import (
     AppContext,
     BannerCache,
@@ -81,7 +81,9 @@ from app.web.presenters import (
     age_text,
     charts_of,
     display_unit,
-    rendered_charts,
+    last_reading,
+    page_entry,
+    summary_of_entry,
     summary_view,
 )
 from app.web.security import csrf_token, security_headers
@@ -282,6 +284,16 @@ async def summary_context(
     empty: dict[str, Any] = {"metrics": {"readings_used": 0}}
     reads = ctx.reads if found.patient else None
     ask = request_read and ctx.jobs is not None and ctx.handle_cipher is not None
+    # The page's cache entry, looked up by the stored outcome's digest before its document is read: with it the
+    # view needs the outcome's row without its document (the chart data API needs the figures, so the document).
+    entry: dict[str, Any] | None = None
+
+    def needs_document(digest: str) -> bool:
+        nonlocal entry
+        if figures or ctx.charts is None or ctx.templates is None:
+            return True
+        entry = ctx.charts.get(charts_key(digest, days, unit or AUTO_UNIT, page))
+        return entry is None
 
     def read() -> tuple[bool, tuple[bool, ReadStatus | None] | None, tuple[str, Zone, ShownOutcome | None] | None]:
         """(shown, the read's (due, status), what the view shows); None where the longer path must follow."""
@@ -297,7 +309,7 @@ async def summary_context(
                     asked = False, reads.status(found.site_key, found.patient, session)
             # What the EHR says of the patient (banner) is kept: names for the chart artefacts, and the zone.
             seen: tuple[str, Zone, ShownOutcome | None] | None = ctx.view.for_launch_in(
-                session, found.site_key, found.patient or "", banner, days
+                session, found.site_key, found.patient or "", banner, days, needs_document=needs_document
             )
         if seen is None:
             seen = ctx.view.for_launch(found.site_key, found.patient or "", banner, days)
@@ -320,29 +332,31 @@ async def summary_context(
         zone_view = ZoneView(zone.name, zone.source)
         if shown_outcome is None:
             return None, zone_view, summary_view(empty, days, display_unit(empty, unit), zone_view, page=page), None, ""
+        key = charts_key(shown_outcome.digest, days, unit or AUTO_UNIT, page)
         document = shown_outcome.document
+        if document is None:  # the page's entry was found by the digest (`needs_document`)
+            assert entry is not None
+            return shown_outcome, zone_view, summary_of_entry(entry, zone_view), _markup(entry["html"]), key
         shown = display_unit(document, unit)
-        key = charts_key(shown_outcome.digest, days, shown, page)
-        # The page's entry (its charts' HTML, no figure data) unless the chart data is asked for (`figures`).
-        charts = None
-        if ctx.charts is not None:
-            charts = ctx.charts.get(figures_key(key) if figures else key)
-        if charts is None:
-            charts = charts_of(document, days, shown, page)
-            if ctx.charts is not None:
-                ctx.charts.put(figures_key(key), charts)
-            if ctx.templates is not None and not figures:
-                rendered = chart_html(ctx.templates, summary_view(document, days, shown, zone_view, page=page,
-                                                                  charts=charts))  # fmt: skip
-                charts = rendered_charts(charts, rendered)
+        if figures:  # the chart data API: the figures' entry, by the unit shown
+            key = charts_key(shown_outcome.digest, days, shown, page)
+            charts = ctx.charts.get(figures_key(key)) if ctx.charts is not None else None
+            if charts is None:
+                charts = charts_of(document, days, shown, page)
                 if ctx.charts is not None:
-                    ctx.charts.put(key, charts)
+                    ctx.charts.put(figures_key(key), charts)
+            return shown_outcome, zone_view, summary_view(document, days, shown, zone_view, page=page,
+                                                          charts=charts), None, key  # fmt: skip
+        charts = charts_of(document, days, shown, page)
         summary = summary_view(document, days, shown, zone_view, page=page, charts=charts)
-        html = charts.get("html")
-        return shown_outcome, zone_view, summary, None if html is None else {k: Markup(v) for k, v in html.items()}, key
+        if ctx.charts is None or ctx.templates is None:
+            return shown_outcome, zone_view, summary, None, key
+        ctx.charts.put(figures_key(charts_key(shown_outcome.digest, days, shown, page)), charts)
+        html = chart_html(ctx.templates, summary)
+        ctx.charts.put(key, page_entry(summary, html, last_reading(document) if summary.has_data else None))
+        return shown_outcome, zone_view, summary, _markup(html), key
 
     outcome, zone, summary, html, key = await anyio.to_thread.run_sync(compute)
-    document = outcome.document if outcome is not None else empty
     if outcome is not None and outcome.stale and ctx.jobs is not None:
         await ctx.jobs.enqueue(recompute_request())  # one key: every view of every stale outcome meets on it
     unit_query = f"&unit={quote(unit)}" if unit else ""
@@ -354,13 +368,17 @@ async def summary_context(
         "charts_key": key,
         "unit_query": unit_query,
         "base": base,
-        "ehr_read": freshness.read_view(read_status, zone.name if zone else str(document.get("tz") or "UTC")),
+        "ehr_read": freshness.read_view(read_status, zone.name if zone else "UTC"),
         "ehr_read_status": read_status,
         **freshness.poll_context(days, unit_query, base),
         "csrf_token": csrf_token(ctx.secret, handle),
         "engine_version": ENGINE_VERSION,
         "method": "time",
     }
+
+
+def _markup(html: Mapping[str, str]) -> dict[str, Markup]:
+    return {k: Markup(v) for k, v in html.items()}
 
 
 def chart_html(templates: jinja2.Environment, summary: SummaryView) -> dict[str, str]:

@@ -22,7 +22,9 @@ import redis
 from engine import ENGINE_VERSION
 
 #: Bump when what `charts_of` builds changes shape: cached entries of another version are never read.
-CHARTS_VERSION = "2"
+CHARTS_VERSION = "3"
+#: The unit part of a page's key when the clinician chose none: the document's own (`presenters.display_unit`).
+AUTO_UNIT = "auto"
 TTL_S = 900
 MAX_ENTRIES = 256
 V = TypeVar("V")

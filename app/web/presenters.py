@@ -527,6 +527,11 @@ def last_reading(document: Mapping[str, Any]) -> datetime | None:
     return None
 
 
+def last_reading_text(then: datetime | None, now: datetime) -> str:
+    """ "6 Dec 2026 23:55, 3 h 12 min ago" (the local time of the patient's zone), or "" without a reading."""
+    return "" if then is None else f"{date_text(then.date())} {then:%H:%M}, {age_text(then, now)}"
+
+
 def age_text(then: datetime, now: datetime) -> str:
     """How long ago: 4 min ago, 3 h 12 min ago, 2 days ago."""
     minutes = int((now - then).total_seconds() // 60)
@@ -560,14 +565,32 @@ def charts_of(document: Mapping[str, Any], days: int, unit: str, page: int = 1) 
     }
 
 
-def rendered_charts(charts: Mapping[str, Any], html: Mapping[str, str]) -> dict[str, Any]:
-    """What the page needs of its charts once their HTML is rendered (`app.web.app.chart_html`): the HTML, and the
-    daily page's heading and pager without its panels. The figures' data is in the HTML; not carrying it again
-    keeps the cache entry the view reads on every request small (the figures stay in a cache entry of their own,
-    for the chart data API)."""
-    daily = charts["daily"]
-    head = None if daily is None else {**daily, "panels": [], "hourly": []}
-    return {"agp_figure": None, "agp_hours": [], "daily": head, "html": dict(html)}
+def page_entry(summary: SummaryView, html: Mapping[str, str], last: datetime | None) -> dict[str, Any]:
+    """The page's cache entry for one outcome version and display choice: the charts' rendered HTML
+    (`app.web.app.chart_html`) and the summary's fields (bands, tiles, texts, the daily page's heading and pager),
+    so a view neither reads the stored document nor builds them again. The figures' data is in the HTML (their own
+    entry serves the chart data API). What depends on the request is not in it: the zone (the patient's, read with
+    the outcome) and the last reading's age (its instant is kept, its age is worded per view:
+    `summary_of_entry`)."""
+    daily = None
+    if summary.daily is not None:
+        daily = dataclasses.replace(summary.daily, panels=[], hourly=[])
+    kept = dataclasses.replace(summary, agp_figure=None, agp_hours=[], daily=daily, last_reading_text="")
+    fields = dataclasses.asdict(kept)
+    del fields["zone"], fields["last_reading_text"]
+    return {"summary": fields, "html": dict(html), "last_reading": None if last is None else last.isoformat()}
+
+
+def summary_of_entry(entry: Mapping[str, Any], zone: ZoneView, now: datetime | None = None) -> SummaryView:
+    """The summary a page entry (`page_entry`) holds, with the patient's zone and the last reading's age now."""
+    fields = dict(entry["summary"])
+    fields["bands"] = [Band(**b) for b in fields["bands"]]
+    fields["tiles"] = [Tile(**t) for t in fields["tiles"]]
+    fields["agp_hours"] = [HourRow(**h) for h in fields["agp_hours"]]
+    fields["daily"] = _daily_from(fields["daily"])
+    last = entry.get("last_reading")
+    then = None if last is None else datetime.fromisoformat(str(last))
+    return SummaryView(**fields, zone=zone, last_reading_text=last_reading_text(then, now or datetime.now(UTC)))
 
 
 def _daily_from(data: Mapping[str, Any] | None) -> DailyPage | None:
@@ -611,10 +634,7 @@ def summary_view(document: Mapping[str, Any], days: int, unit: str, zone: ZoneVi
         f"Sufficient data: {_lowered(active.short)} {shown(active, metrics)} (goal {active.goal_text()})"
         if sufficient else ""
     )  # fmt: skip
-    then = last_reading(document) if used else None
-    last_text = ""
-    if then is not None:
-        last_text = f"{date_text(then.date())} {then:%H:%M}, {age_text(then, now or datetime.now(UTC))}"
+    last_text = last_reading_text(last_reading(document) if used else None, now or datetime.now(UTC))
     hours = [HourRow(**h) for h in charts["agp_hours"]]
     if not used:
         announcement = f"No CGM data in the last {days} days."

@@ -64,7 +64,7 @@ class Materialized:
 
     days: int
     version: int
-    document: dict[str, Any]
+    document: dict[str, Any] | None  # None: not read (`read(..., document=False)`); `document_of` reads it
     digest: str
     computed_at: datetime
     stale_since: datetime | None
@@ -212,16 +212,18 @@ def stale_count(session: Session) -> int:
 # MARK: reading
 
 
-def read(session: Session, patient: Patient, days: int) -> Materialized | None:
+def read(session: Session, patient: Patient, days: int, *, document: bool = True) -> Materialized | None:
     """The stored standard outcome (None when it was never computed); stale also when the patient's zone or the
-    engine changed since."""
+    engine changed since. Without `document` the document (most of the row's size) is not read: a caller that
+    has what it shows cached by the digest needs the rest only."""
+    body = StandardOutcome.document if document else StandardOutcome.document.is_not(None).label("document")
     row = session.execute(
-        select(StandardOutcome.version, StandardOutcome.document, StandardOutcome.digest, StandardOutcome.computed_at,
+        select(StandardOutcome.version, body, StandardOutcome.digest, StandardOutcome.computed_at,
                StandardOutcome.stale_since, StandardOutcome.stale_reason, StandardOutcome.tz,
                StandardOutcome.engine_version)
         .where(StandardOutcome.patient_id == patient.id, StandardOutcome.days == days)
     ).first()  # fmt: skip
-    if row is None or row.document is None or row.computed_at is None:
+    if row is None or (row.document is None if document else not row.document) or row.computed_at is None:
         return None
     stale_since, reason = _utc(row.stale_since), row.stale_reason
     if stale_since is None and row.tz != patient.tz:
@@ -230,7 +232,17 @@ def read(session: Session, patient: Patient, days: int) -> Materialized | None:
         stale_since, reason = _utc(row.computed_at), f"engine {row.engine_version} → {ENGINE_VERSION}"
     computed_at = _utc(row.computed_at)
     assert computed_at is not None
-    return Materialized(days, row.version, row.document, str(row.digest), computed_at, stale_since, reason)
+    kept = row.document if document else None
+    return Materialized(days, row.version, kept, str(row.digest), computed_at, stale_since, reason)
+
+
+def document_of(session: Session, patient_id: int, days: int, digest: str) -> dict[str, Any] | None:
+    """The stored document of the patient's period while its digest is `digest` (None once it changed)."""
+    found = session.scalar(
+        select(StandardOutcome.document).where(StandardOutcome.patient_id == patient_id,
+                                               StandardOutcome.days == days, StandardOutcome.digest == digest)
+    )  # fmt: skip
+    return found if isinstance(found, dict) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@ make it stale (by the hook or by the watermark sweep); the recompute writes it o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -10,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from bff.ingest.records import Feed, FeedReading, PatientRef
 from bff.store import windows
@@ -247,3 +249,51 @@ def test_the_canonical_json_sorts_keys_and_refuses_a_non_finite_metric() -> None
     assert windows.document_digest(document) == windows.document_digest(dict(reversed(list(document.items()))))
     with pytest.raises(ValueError, match="cv_pct is nan"):
         windows.canonical_json({"metrics": {"cv_pct": math.nan}})
+
+
+def test_the_view_reads_the_document_only_when_what_it_shows_is_not_cached(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A view whose page is cached by the outcome's digest reads the row without its document; one that is not
+    reads the document of that same version, or the whole new row if a recompute wrote one in between."""
+    from bff.clinical import PatientOutcomesView  # noqa: PLC0415
+
+    site, fhir = "site-a", "Patient/A"
+    items = readings("A", datetime(2024, 11, 20, tzinfo=UTC), 24 * 5)
+    ingest(store, [dataclasses.replace(r, patient=PatientRef("fhir", fhir)) for r in items])
+    windows.refresh(store)
+    full = stored(store, f"site:{site}:fhir|{fhir}", 14)
+    assert full is not None
+    assert full.document is not None
+    with store.transaction() as session:
+        pid = session.scalar(select(Patient.id).where(Patient.public_id == f"site:{site}:fhir|{fhir}"))
+        assert pid is not None
+        patient = session.get(Patient, pid)
+        assert patient is not None
+        light = windows.read(session, patient, 14, document=False)
+        assert light is not None
+        assert light.document is None
+        assert (light.digest, light.version, light.stale) == (full.digest, full.version, full.stale)
+        assert windows.document_of(session, pid, 14, full.digest) == full.document
+        assert windows.document_of(session, pid, 14, "another") is None
+    view = PatientOutcomesView(store)
+    asked: list[str] = []
+    for cached in (True, False):
+        with store.transaction() as session:
+            seen = view.for_launch_in(session, site, fhir, None, 14,
+                                      needs_document=lambda d, c=cached: asked.append(d) or not c)  # type: ignore[func-returns-value]  # fmt: skip
+        assert seen is not None
+        assert seen[2].digest == full.digest
+        assert seen[2].document == (None if cached else full.document)
+    assert asked == [full.digest, full.digest]
+
+    # Recomputed between the two reads (PostgreSQL's read committed allows it): the view gets the new row whole.
+    def recomputed(session: Session, patient_id: int, days: int, digest: str) -> None:
+        session.execute(update(StandardOutcome).where(StandardOutcome.patient_id == patient_id,
+                                                      StandardOutcome.days == days).values(digest="new"))  # fmt: skip
+
+    monkeypatch.setattr(windows, "document_of", recomputed)
+    with store.transaction() as session:
+        seen = view.for_launch_in(session, site, fhir, None, 14, needs_document=lambda d: True)
+    assert seen is not None
+    assert (seen[2].digest, seen[2].document) == ("new", full.document)

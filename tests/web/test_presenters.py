@@ -6,9 +6,11 @@ No app and no browser: `app.web.presenters` turns a document into what the templ
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from markupsafe import Markup
 
@@ -19,6 +21,7 @@ from app.web.presenters import (
     bridged,
     chart_entries,
     daily_page,
+    last_reading,
     sampling_minutes,
     signed_values,
     summary_view,
@@ -236,7 +239,7 @@ def test_the_page_is_the_same_with_the_chart_html_rendered_once_and_cached(days:
     from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: PLC0415
 
     from app.web.app import TEMPLATES, _static_url, _tojson, chart_html  # noqa: PLC0415
-    from app.web.presenters import ZoneView, charts_of, rendered_charts, summary_view  # noqa: PLC0415
+    from app.web.presenters import ZoneView, page_entry, summary_of_entry, summary_view  # noqa: PLC0415
 
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape())
     env.globals["static"] = _static_url
@@ -252,12 +255,19 @@ def test_the_page_is_the_same_with_the_chart_html_rendered_once_and_cached(days:
     assert all("HANDLE" not in part and "TOKEN" not in part for part in html.values())
     assert "data-figure=" in html["agp"]
     assert html["daily"].count("day-panel") == len(summary.daily.panels)
-    # The page's cache entry: the HTML and the daily pager, without the figures' data (that is in the HTML).
-    entry = rendered_charts(charts_of(doc, days, "mg/dL", 1), html)
-    assert entry["agp_figure"] is None
-    assert entry["daily"]["panels"] == []
-    assert entry["daily"]["hourly"] == []
-    from_entry = summary_view(doc, days, "mg/dL", ZoneView("America/Chicago", "ehr"), page=1, charts=entry)
+    # The page's cache entry: the HTML, the summary's fields and the daily pager, without the figures' data (in
+    # the HTML) or the document; through JSON, as Redis keeps it, and read back with the zone and the age now.
+    now = datetime(2026, 3, 20, 12, tzinfo=UTC)
+    entry = orjson.loads(orjson.dumps(page_entry(summary, html, last_reading(doc))))
+    assert entry["summary"]["agp_figure"] is None
+    assert entry["summary"]["daily"]["panels"] == []
+    assert entry["summary"]["daily"]["hourly"] == []
+    assert "zone" not in entry["summary"]
+    assert all("HANDLE" not in part and "TOKEN" not in part for part in entry["html"].values())
+    from_entry = summary_of_entry(entry, ZoneView("America/Chicago", "ehr"), now)
+    assert from_entry.last_reading_text == summary_view(doc, days, "mg/dL", page=1, now=now).last_reading_text
+    summary = dataclasses.replace(summary, last_reading_text=from_entry.last_reading_text)
+    context["summary"] = summary
     for name in ("patient/_summary.html", "patient/_daily.html"):
         included = env.get_template(name).render(**context, chart_html=None)
         cached = env.get_template(name).render(**context, chart_html={k: Markup(v) for k, v in html.items()})
@@ -266,3 +276,21 @@ def test_the_page_is_the_same_with_the_chart_html_rendered_once_and_cached(days:
             **{**context, "summary": from_entry}, chart_html={k: Markup(v) for k, v in entry["html"].items()}
         )
         assert light == included, name
+
+
+@pytest.mark.parametrize("unit", ["mg/dL", "mmol/L"])
+@pytest.mark.parametrize("days", [14, 30, 90])
+def test_a_page_entry_gives_back_the_summary_the_document_gives(unit: str, days: int) -> None:
+    """What a view reads from the cache (the entry through JSON) is the summary built from the stored document,
+    field for field, but for the figures' data and the daily panels (rendered into the entry's HTML)."""
+    from app.web.presenters import ZoneView, page_entry, summary_of_entry  # noqa: PLC0415
+
+    now = datetime(2026, 6, 1, 8, 30, tzinfo=UTC)
+    zone = ZoneView("America/Chicago", "ehr")
+    for doc in (document(days, gap_day=1), {"metrics": {"readings_used": 0}}):
+        summary = summary_view(doc, days, unit, zone, page=2 if days == 90 else 1, now=now)
+        last = last_reading(doc) if summary.has_data else None
+        back = summary_of_entry(orjson.loads(orjson.dumps(page_entry(summary, {"agp": "<div></div>"}, last))), zone,
+                                now)  # fmt: skip
+        daily = None if summary.daily is None else dataclasses.replace(summary.daily, panels=[], hourly=[])
+        assert back == dataclasses.replace(summary, agp_figure=None, agp_hours=[], daily=daily)
