@@ -227,7 +227,15 @@ class SqlLaunchStore:
 
     def _get_launch(self, handle: str) -> LaunchRecord | None:
         with self._store.transaction() as session:
-            row = session.scalars(select(SmartLaunch).where(SmartLaunch.handle_sha256 == digest(handle))).one_or_none()
+            # The columns, not an ORM object: every patient-scoped request reads its launch (nothing is changed here).
+            row = session.execute(
+                select(SmartLaunch.site_key, SmartLaunch.iss, SmartLaunch.standalone, SmartLaunch.patient,
+                       SmartLaunch.encounter, SmartLaunch.fhir_user, SmartLaunch.need_patient_banner,
+                       SmartLaunch.smart_style_url, SmartLaunch.access_token_enc, SmartLaunch.refresh_token_enc,
+                       SmartLaunch.token_issued_at, SmartLaunch.token_expires_at, SmartLaunch.scopes,
+                       SmartLaunch.created_at, SmartLaunch.expires_at, SmartLaunch.context)
+                .where(SmartLaunch.handle_sha256 == digest(handle))
+            ).one_or_none()  # fmt: skip
             if row is None:
                 return None
             return LaunchRecord(
