@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import create_engine, text
 
@@ -79,21 +80,27 @@ def write_fhir_ndjson(path: Path, n: int) -> None:
             out.write(json.dumps(resource, separators=(",", ":")) + "\n")
 
 
+#: The cohort's patients live in these zones, in turn: their readings carry the local offset, as an EHR's do.
+COHORT_ZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
+
+
 def write_fhir_cohort(path: Path, n: int) -> None:
     """n FHIR NDJSON readings of many patients, 14 days of 5-minute readings each (as a nightly Bulk file is): the
-    per-patient and per-stream work of an ingest grows with the patients, not only the readings."""
+    per-patient and per-stream work of an ingest grows with the patients, not only the readings. Each reading's
+    time has its patient's local offset (`COHORT_ZONES`), so each patient's zone is inferred from them."""
     per_patient = 14 * 288
     start = datetime.now(UTC).replace(microsecond=0, second=0, minute=0) - timedelta(days=15)
     with path.open("w", encoding="utf-8") as out:
         for i in range(n):
             patient, slot = divmod(i, per_patient)
-            moment = start + timedelta(minutes=5 * slot, seconds=patient % 7)
+            zone = ZoneInfo(COHORT_ZONES[patient % len(COHORT_ZONES)])
+            moment = (start + timedelta(minutes=5 * slot, seconds=patient % 7)).astimezone(zone)
             resource = {
                 "resourceType": "Observation", "id": f"cgm-{i}", "status": "final",
                 "identifier": [{"system": "urn:bench:cgm", "value": f"cgm-{i}"}],
                 "code": {"coding": [{"system": "http://loinc.org", "code": "99504-3"}]},
                 "subject": {"reference": f"Patient/bench-{patient}"},
-                "effectiveDateTime": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "effectiveDateTime": moment.isoformat(),
                 "valueQuantity": {"value": 70 + (i * 37) % 200, "unit": "mg/dL", "system": "http://unitsofmeasure.org",
                                   "code": "mg/dL"},
                 "device": {"reference": f"Device/bench-g6-{patient}", "display": "Dexcom G6"},

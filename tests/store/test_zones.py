@@ -33,6 +33,28 @@ def test_offsets_across_a_dst_change_point_to_new_york() -> None:
     assert infer(evidence) == "America/New_York"
 
 
+def test_inferring_many_patients_zones_reads_each_zone_file_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inference tries every candidate zone per patient: the rules are loaded once per process, not per try."""
+    import zoneinfo._common  # noqa: PLC0415
+
+    infer({"-300": [JAN, JAN], "-240": [JUL, JUL]})  # the zones tried for such offsets, loaded once
+    infer({"60": [JAN, JAN], "120": [JUL, JUL]})
+    loads = 0
+    real = zoneinfo._common.load_data
+
+    def counted(fobj: object) -> object:
+        nonlocal loads
+        loads += 1
+        return real(fobj)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(zoneinfo._common, "load_data", counted)
+    for n in range(50):  # fifty patients, each with offsets of its own
+        assert infer({"-300": [JAN + n, JAN + n], "-240": [JUL + n, JUL + n]}) == "America/New_York"
+        # Central European offsets: Paris is the first of the preferred zones they fit.
+        assert infer({"60": [JAN + n, JAN + n], "120": [JUL + n, JUL + n]}) == "Europe/Paris"
+    assert loads == 0
+
+
 def test_a_zone_the_site_prefers_wins_among_equals_and_contradicting_offsets_infer_nothing() -> None:
     winter_only = {"-300": [JAN, JAN]}
     assert infer(winter_only) == "America/New_York"  # New York, Bogota, Lima … agree: the most used one
