@@ -9,7 +9,9 @@
 - **Claims**: a worker moves a job from the queued list to the active list with one `BLMOVE`, so two workers never
   take one job.
 - **Restarts**: jobs are in Redis, not in any worker. A job whose worker died stays active until its timeout;
-  SAQ's sweep (every worker, each minute) then retries it while attempts are left (`retries`), else it fails.
+  the sweep (every worker, each minute, one at a time) then retries it while attempts are left (`retries`), else
+  it fails. The sweep is SAQ's with one change (`SettlingRedisQueue`): a job is taken for abandoned only if it
+  still looks so `SETTLE_S` later, so a job another worker is just taking is left to it.
 - **Scheduler**: `tick` is a SAQ cron job every minute with a unique key (`cron:tick`): one per minute across
   all workers.
 
@@ -19,6 +21,8 @@ worker that runs them (litestar-saq's) is built in `app.jobs`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -51,8 +55,61 @@ _STATES = {
 }
 
 
+#: How long a job found in the active list but not marked active is given before the sweep takes it for abandoned.
+SETTLE_S = 5.0
+
+
+class SettlingRedisQueue(RedisQueue):
+    """SAQ's Redis queue with a sweep that takes a job for abandoned only if it looks so twice, SETTLE_S apart.
+
+    A worker dequeues a job by moving it to the active list, then marks it active. SAQ's sweep takes any job of the
+    active list not marked active for abandoned: it aborts it and queues it again. A sweep that runs between those
+    two steps of another worker (most likely when workers start together) so turned a job that ran once into one
+    reported failed. Here a job is swept only if it is still in the active list, and still not active (or stuck),
+    when looked at again SETTLE_S later; what is then done with it is SAQ's own (abort, then retry or finish)."""
+
+    async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
+        if not await self.redis.set(self._sweep, 1, ex=lock, nx=True):
+            return []  # another worker swept within `lock` seconds (as SAQ's own sweep)
+        first = set(await self._unsettled())
+        if not first:
+            return []
+        await asyncio.sleep(SETTLE_S)
+        swept: list[str] = []
+        for job_id in await self._unsettled():
+            if job_id not in first:
+                continue
+            job = await self._get_job_by_id(job_id)
+            if job is None:  # gone: only its id is left in the lists
+                await self.redis.lrem(self._active, 0, job_id)
+                await self.redis.zrem(self._incomplete, job_id)
+            else:
+                await self.abort(job, error=self.swept_error_message)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await job.refresh(abort)
+                if job.retryable:
+                    await self.retry(job, error=self.swept_error_message)
+                else:
+                    await self.finish(job, Status.ABORTED, error=self.swept_error_message)
+            swept.append(job_id)
+        return swept
+
+    async def _unsettled(self) -> list[str]:
+        """The active list's jobs that are missing, not marked active, or stuck."""
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in await self.redis.lrange(self._active, 0, -1)]
+        if not ids:
+            return []
+        found = await self.redis.mget(ids)
+        out = []
+        for job_id, raw in zip(ids, found, strict=True):
+            job = self.deserialize(raw) if raw is not None else None
+            if job is None or job.status != Status.ACTIVE or job.stuck:
+                out.append(job_id)
+        return out
+
+
 def redis_queue(url: str, name: str = QUEUE_NAME) -> RedisQueue:
-    return RedisQueue.from_url(url, name=name)
+    return SettlingRedisQueue.from_url(url, name=name)
 
 
 class SaqQueue:

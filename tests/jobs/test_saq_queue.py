@@ -14,8 +14,11 @@ from typing import Any, cast
 
 import pytest
 import redis
+from saq.job import Status
+from saq.utils import now
 
 from app.jobs import saq_worker
+from bff.jobs import saq_queue
 from bff.jobs.context import JobContext
 from bff.jobs.definitions import JobKind
 from bff.jobs.queue import JobRequest, JobState
@@ -235,3 +238,45 @@ def test_a_duplicate_delivery_of_one_run_runs_once_and_a_real_failure_runs_again
 
     asyncio.run(main())
     assert runs == Counter({"dup": 1, "fails-once": 2})
+
+
+def test_the_sweep_leaves_a_job_another_worker_is_just_taking_and_takes_an_abandoned_one(
+    queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker moves a job to the active list, then marks it active: a sweep in between used to take it for
+    abandoned (abort, queue again: a job that ran once ended "failed", seen in CI when workers started together).
+    Now only a job still not active a settling time later is swept."""
+    monkeypatch.setattr(saq_queue, "SETTLE_S", 1.0)
+
+    async def main() -> None:
+        queue = redis_queue(REDIS_URL, queue_name)
+        jobs = SaqQueue(queue)
+        await queue.connect()
+        try:
+            await jobs.enqueue(JobRequest("test", "test:taken", {"name": "taken"}))
+            taken = await queue.dequeue(timeout=5)  # in the active list, not yet marked active
+            assert taken is not None
+            assert taken.key == "test:taken"
+
+            async def mark_active() -> None:
+                await asyncio.sleep(0.3)
+                taken.started, taken.attempts = now(), taken.attempts + 1  # as SAQ's worker does
+                await taken.update(status=Status.ACTIVE)
+
+            marking = asyncio.create_task(mark_active())
+            assert await queue.sweep(lock=1) == []
+            await marking
+            assert await jobs.state("test:taken") is JobState.RUNNING
+
+            await jobs.enqueue(JobRequest("test", "test:dropped", {"name": "dropped"}))
+            dropped = await queue.dequeue(timeout=5)  # its worker dies before marking it active
+            assert dropped is not None
+            assert dropped.key == "test:dropped"
+            await asyncio.sleep(1.1)  # the sweep lock of the first sweep
+            assert await queue.sweep(lock=1) == [dropped.id]
+            assert await jobs.state("test:dropped") is JobState.QUEUED  # queued again (attempts are left)
+            assert await jobs.state("test:taken") is JobState.RUNNING
+        finally:
+            await jobs.close()
+
+    asyncio.run(main())
