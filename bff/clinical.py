@@ -140,9 +140,11 @@ class PatientOutcomesView:
         if demographics:
             _remember(session, patient, demographics)
         row = None
-        if days in windows.STANDARD_DAYS:
-            row = windows.read(session, patient, days, document=needs_document is None)
-            if row is not None and row.document is None and needs_document is not None and needs_document(row.digest):
+        if days in windows.STANDARD_DAYS and needs_document is None:
+            row = windows.read(session, patient, days)
+        elif days in windows.STANDARD_DAYS and needs_document is not None:
+            row = windows.read(session, patient, days, document=False)
+            if row is not None and needs_document(row.digest):
                 document = windows.document_of(session, patient.id, days, row.digest)
                 # Recomputed between the two reads: the whole row again (its new digest is not cached).
                 row = windows.read(session, patient, days) if document is None else replace(row, document=document)

@@ -80,9 +80,11 @@ class SettlingRedisQueue(RedisQueue):
             if job_id not in first:
                 continue
             job = await self._get_job_by_id(job_id)
-            if job is None:  # gone: only its id is left in the lists
-                await self.redis.lrem(self._active, 0, job_id)
-                await self.redis.zrem(self._incomplete, job_id)
+            if job is None:  # gone: only its id is left in the lists (both dropped at once, as SAQ does)
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.lrem(self._active, 0, job_id)
+                    pipe.zrem(self._incomplete, job_id)
+                    await pipe.execute()
             else:
                 await self.abort(job, error=self.swept_error_message)
                 with contextlib.suppress(asyncio.TimeoutError):
