@@ -4,8 +4,9 @@
 It returns a columnar `CohortResult` (numpy arrays indexed by patient, plus flat ragged tables for gaps,
 events and days); `engine.report` turns it into per-patient outcomes and canonical JSON.
 
-No Python loop here runs per reading or per patient, except over the rare near-duplicate chains (§4.4) and
-over the readings of ambiguous local hours (done before, in `engine.timezones.localize`).
+No Python loop here runs per reading or per patient, except over the readings of ambiguous local hours (done
+before, in `engine.timezones.localize`): the per-reading passes are numpy operations or compiled loops
+(`engine.kernels`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.bands import classify_bands, classify_target
-from engine.dedupe import group_winners
 from engine.devices import device_profile
 from engine.kernels import compiled
 from engine.policy import Method, OutcomePolicy, Smoothing
@@ -114,23 +114,6 @@ def _starts(*keys: NDArray[np.integer]) -> NDArray[np.bool_]:
         for key in keys:
             out[1:] |= key[1:] != key[:-1]
     return out
-
-
-def _last_start_index(starts: NDArray[np.bool_]) -> I64:
-    """For each element, the index of the most recent True in `starts` at or before it."""
-    return np.maximum.accumulate(np.where(starts, np.arange(starts.shape[0]), 0)).astype(np.int64)
-
-
-def _next_in_segment(t: I64, seg_starts: NDArray[np.bool_]) -> tuple[I64, NDArray[np.bool_]]:
-    """t of the next element and whether it exists within the same segment."""
-    n = t.shape[0]
-    nxt = np.empty(n, dtype=np.int64)
-    has = np.zeros(n, dtype=np.bool_)
-    if n:
-        nxt[:-1] = t[1:]
-        nxt[-1] = 0
-        has[:-1] = ~seg_starts[1:]
-    return nxt, has
 
 
 # MARK: windows
@@ -383,70 +366,33 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
     t = sh.t[lo:hi]
     s = sh.s[lo:hi]
     w_start, w_end = sh.w_start[pa:pb], sh.w_end[pa:pb]
-    position = np.arange(lo, hi, dtype=np.int64) if sh.order is None else sh.order[lo:hi]
 
-    # Readings in the window.
-    inside = (t >= w_start[p]) & (t < w_end[p])
-    contiguous = sh.order is None and bool(inside.all())
-    if not inside.all():
-        keep_rows = np.flatnonzero(inside)
-        p, t, s, position = p[keep_rows], t[keep_rows], s[keep_rows], position[keep_rows]
+    # The window, the exclusions (§4) and the time weights (§7, the next reading of the same stream, capped by the
+    # nominal interval and the window end), in one compiled pass (`engine.kernels._front`).
+    rows = None if sh.order is None else sh.order[lo:hi]
 
-    def column(a: NDArray[Any]) -> NDArray[Any]:
-        return a[lo:hi] if contiguous else a[position]
+    def column(a: NDArray[Any]) -> NDArray[Any]:  # contiguous (one compiled version of the kernel)
+        return np.ascontiguousarray(a[lo:hi]) if rows is None else a[rows]
 
-    value, unit, flag, session = (
-        column(table.value),
-        column(table.unit),
-        column(table.flag),
-        column(table.session_start_ms),
-    )
-    ambiguous = np.bincount(p[column(table.ambiguous)], minlength=n_b).astype(np.int64)
-    interval = sh.interval_of[s]
-
-    # Exclusions 1–3.
-    reason = np.full(t.shape[0], -1, dtype=np.int8)
-    known = session != NO_TIME
-    if sh.prepared:
-        known[:] = False
-    if known.any():
-        reason[known & (t < session)] = 0
-        reason[known & (t >= session) & (t < session + sh.warmup_of[s])] = 1
-    if policy.infer_sessions and not sh.prepared:
-        _infer_warmup(reason, known, t, s, sh.warmup_of, sh.break_of)
-
-    # Exclusion 4: duplicates within a stream.
-    clean = bool((reason < 0).all())
-    keep = None if clean else np.flatnonzero(reason < 0)
-    mg_all = _to_mg_dl(value, unit)
-
-    def kept(a: NDArray[Any]) -> NDArray[Any]:
-        return a if keep is None else a[keep]
-
-    dup = (
-        np.zeros(0, dtype=np.int64)
-        if sh.prepared
-        else _duplicates(
-            kept(t), kept(s), kept(interval), kept(column(table.source)), kept(column(table.received)), kept(mg_all)
-        )
-    )
-    if dup.size:
-        reason[dup if keep is None else keep[dup]] = 3
+    value, unit = column(table.value), column(table.unit)
+    n = hi - lo
+    reason = np.empty(n, dtype=np.int8)
+    used = np.empty(n, dtype=np.int64)
+    mg = np.empty(n)
+    weight_ms = np.empty(n, dtype=np.int64)
     excluded = np.zeros((n_b, len(EXCLUSION_REASONS)), dtype=np.int64)
-    hit = reason >= 0
-    if hit.any():
-        np.add.at(excluded, (p[hit], reason[hit].astype(np.intp)), 1)
-        used = np.flatnonzero(~hit)
-        p, t, s, position = p[used], t[used], s[used], position[used]
-        value, unit, flag, interval, mg = value[used], unit[used], flag[used], interval[used], mg_all[used]
-    else:
-        mg = mg_all
-
-    # Time weights (§7): next reading of the same stream, capped by the nominal interval and the window end.
-    nxt, has_next = _next_in_segment(t, _starts(s))
-    weight_ms = np.where(has_next, nxt - t, interval)
-    np.minimum(weight_ms, interval, out=weight_ms)
-    np.minimum(weight_ms, w_end[p] - t, out=weight_ms)
+    ambiguous = np.zeros(n_b, dtype=np.int64)
+    n_used_all = compiled().front(
+        p, t, s, value, unit, column(table.session_start_ms), column(table.source), column(table.received),
+        column(table.ambiguous), w_start, w_end, sh.interval_of, sh.warmup_of, sh.break_of,
+        int(GlucoseUnit.MMOL_L), MMOL_L_TO_MG_DL, int(NO_TIME), sh.prepared, policy.infer_sessions,
+        reason, np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), used, mg, weight_ms, excluded, ambiguous,
+    )  # fmt: skip
+    used, mg, weight_ms = used[:n_used_all], mg[:n_used_all], weight_ms[:n_used_all]
+    p, t, s = p[used], t[used], s[used]
+    position = used + lo if rows is None else rows[used]
+    value, unit, flag = value[used], unit[used], column(table.flag)[used]
+    interval = sh.interval_of[s]
 
     # Merged (patient, time) order across streams, for activity, gaps, events, days and the AGP.
     if p.size > 1 and not bool(((np.diff(p) > 0) | (np.diff(t) >= 0)).all()):
@@ -468,8 +414,7 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
 
     n_used = np.bincount(p, minlength=n_b).astype(np.int64)
     seg = _Segments(n_used)  # the rows are grouped by patient: per-patient sums are segment reductions
-    whole, is_whole, all_whole = _whole_values(mg)
-    mean, sd, lbgi, hbgi = _statistics(p, mg, n_used, all_whole)
+    mean, sd, lbgi, hbgi = _statistics(p, mg, n_used)
 
     # Local days (§9, §10) and the activity union (§9). One weighted count per (local day, night/day, band, target
     # class) gives the bands, the target classes and the periods of the days and, summed over each patient's days,
@@ -492,7 +437,7 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
         p, t, weight_ms, sh.has_window[pa:pb], w_start, w_end, policy.long_gap_min * MIN_MS, n_b
     )
     ev_p, ev_l, ev_s, ev_e = _events(p, t, weight_ms, interval, band, policy)
-    agp_n, agp = _agp(p, mg, (whole, is_whole, all_whole), time_of_day, n_b, policy)
+    agp_n, agp = _agp(p, mg, time_of_day, n_b, policy)
     offset = np.int32(pa)
     return _Part(
         per_patient={
@@ -627,37 +572,6 @@ def _days_by_sorting(
                  day_mg, by_day.reshape(n_days, 2, N_BANDS, 3), daytime)  # fmt: skip
 
 
-def _to_mg_dl(value: F64, unit: NDArray[np.int8]) -> F64:
-    mmol = np.flatnonzero(unit == GlucoseUnit.MMOL_L)
-    if mmol.size == 0:
-        return value
-    out = value.copy()
-    out[mmol] = value[mmol] * MMOL_L_TO_MG_DL
-    return out
-
-
-def _infer_warmup(
-    reason: NDArray[np.int8], known: NDArray[np.bool_], t: I64, s: NDArray[np.int32], warmup_of: I64, break_of: I64
-) -> None:
-    """§4.3: inferred session starts at a stream's first reading and after each session-break gap."""
-    idx = np.flatnonzero((reason < 0) & ~known)
-    if idx.size == 0:
-        return
-    ti, si = t[idx], s[idx]
-    starts = _starts(si)
-    starts[1:] |= (ti[1:] - ti[:-1]) >= break_of[si[1:]]
-    inferred = ti[_last_start_index(starts)]
-    reason[idx[ti < inferred + warmup_of[si]]] = 2
-
-
-def _duplicates(
-    t: I64, s: NDArray[np.int32], interval: I64, source: NDArray[np.int8], received: I64, value_mg_dl: F64
-) -> I64:
-    """Positions (into the given arrays, sorted by stream then time) of readings dropped as duplicates (§4.4)."""
-    winner = group_winners(t, s, interval, source, received, value_mg_dl)
-    return np.flatnonzero(winner != np.arange(t.shape[0])).astype(np.int64)
-
-
 def _risk(mg: F64) -> F64:
     """Kovatchev's signed risk f(g) = 1.509 ((ln g)^1.084 − 5.381), g in mg/dL."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -707,12 +621,13 @@ class _Segments:
         return np.repeat(per_segment, self.lengths[self.nonempty])
 
 
-def _statistics(p: NDArray[np.int32], mg: F64, n_used: I64, all_whole: bool) -> tuple[F64, F64, F64, F64]:
+def _statistics(p: NDArray[np.int32], mg: F64, n_used: I64) -> tuple[F64, F64, F64, F64]:
     """Mean, SD, LBGI and HBGI per patient (`engine.kernels`: every sum added in reading order, so every result is
-    the same to the last bit whatever the batch layout)."""
+    the same to the last bit whatever the batch layout). The risk of a value the kernel's tables do not hold (not a
+    whole number up to 1000 mg/dL) is numpy's, computed here for those values only."""
     f_untabled = np.zeros(0)
-    if not (all_whole and (mg.size == 0 or float(mg.max()) <= 1000.0)):
-        untabled = np.flatnonzero((mg > 1000.0) | (np.floor(mg) != mg))  # as the kernel tells them apart
+    untabled = np.flatnonzero((mg > 1000.0) | (np.floor(mg) != mg))  # as the kernel tells them apart
+    if untabled.size:
         f_untabled = np.zeros(mg.shape[0])
         f_untabled[untabled] = _risk(mg[untabled])
     out = np.empty((n_used.shape[0], 4))
@@ -827,81 +742,19 @@ def _events(
     return ep[order], el[order], es[order], ee[order]
 
 
-def _agp(
-    p: NDArray[np.int32],
-    mg: F64,
-    whole: tuple[I64, NDArray[np.bool_], bool],
-    time_of_day: I64,
-    n_p: int,
-    policy: OutcomePolicy,
-) -> tuple[I64, F64]:
-    """§10 AGP percentiles per patient and local time-of-day bin (type 7), optionally 1-4-1 smoothed.
-
-    Each value is replaced by its rank among the block's distinct values (`_value_ranks`); the kernel sorts the
-    readings by (bin, rank) and reads the order statistics back as the values themselves, so the result is
-    exactly that of sorting each bin's values (ties are equal values, whatever their order).
-    """
+def _agp(p: NDArray[np.int32], mg: F64, time_of_day: I64, n_p: int, policy: OutcomePolicy) -> tuple[I64, F64]:
+    """§10 AGP percentiles per patient and local time-of-day bin (type 7), optionally 1-4-1 smoothed
+    (`engine.kernels._agp`: each bin's values sorted, per patient)."""
     n_bins = 1440 // policy.agp_bin_min
     out = np.full((n_p * n_bins, len(PERCENTILES)), np.nan)
     counts = np.zeros(n_p * n_bins, dtype=np.int64)
     if p.size:
-        row = p.astype(np.int64) * n_bins + time_of_day // (policy.agp_bin_min * MIN_MS)
-        counts = np.bincount(row, minlength=n_p * n_bins).astype(np.int64)
-        values, rank = _value_ranks(mg, *whole)
-        compiled().agp_percentiles(row, counts, rank, values, np.array(PERCENTILES), out)
+        compiled().agp(p, time_of_day, mg, policy.agp_bin_min * MIN_MS, n_bins, np.array(PERCENTILES), counts, out,
+                       np.empty(p.shape[0]))  # fmt: skip
     agp = out.reshape(n_p, n_bins, len(PERCENTILES))
     if policy.agp_smoothing is Smoothing.ONE_FOUR_ONE:
         agp = _smooth_141(agp)
     return counts.reshape(n_p, n_bins), agp
-
-
-#: Whole mg/dL values below this are ranked through a table (one bincount and one look-up, no sort).
-_WHOLE_LIMIT = 1 << 16
-
-
-def _whole_values(mg: F64) -> tuple[I64, NDArray[np.bool_], bool]:
-    """Each value as a whole number (clipped to _WHOLE_LIMIT), whether it is that number, whether all are.
-
-    Sums of whole numbers are exact in any order; whole values are ranked by counting (`_value_ranks`).
-    """
-    whole = np.minimum(mg, _WHOLE_LIMIT).astype(np.int64)
-    is_whole = whole == mg
-    return whole, is_whole, bool(is_whole.all())
-
-
-def _value_ranks(mg: F64, whole: I64, is_whole: NDArray[np.bool_], all_whole: bool) -> tuple[F64, I64]:
-    """The distinct values in ascending order and each value's index among them.
-
-    Most values are whole mg/dL numbers: they are ranked by counting. The others (mmol/L conversions, fractions)
-    are ranked among themselves by a sort of those few, and each rank is shifted by the number of distinct values
-    of the other kind below it; the ranks are exact for any finite values.
-    """
-    if all_whole:
-        present = np.bincount(whole) > 0
-        values = np.flatnonzero(present).astype(np.float64)
-        table = np.cumsum(present) - 1
-        return values, table[whole]
-    other = np.flatnonzero(~is_whole)
-    other_values, other_rank = np.unique(mg[other], return_inverse=True)
-    size = int(whole.max()) + 1
-    present = np.bincount(whole[is_whole], minlength=size) > 0
-    whole_values = np.flatnonzero(present)
-    # A whole value's rank: whole values below it, plus values of the other kind below it.
-    table = np.zeros(size, dtype=np.int64)
-    table[whole_values] = np.arange(whole_values.size) + np.searchsorted(other_values, whole_values.astype(float))
-    rank = table[whole]
-    # Another value's rank: other values below it, plus whole values at or below its floor.
-    whole_at_or_below = np.cumsum(present, dtype=np.int64)
-
-    def below(v: F64) -> I64:
-        out: I64 = whole_at_or_below[np.minimum(np.floor(v), size - 1).astype(np.int64)]
-        return out
-
-    rank[other] = other_rank.reshape(-1) + below(mg[other])
-    values = np.empty(whole_values.size + other_values.size)
-    values[table[whole_values]] = whole_values
-    values[np.arange(other_values.size) + below(other_values)] = other_values
-    return values, rank
 
 
 def _smooth_141(agp: F64) -> F64:

@@ -1,11 +1,16 @@
 """Which copy of a reading counts: the duplicate rule of docs/outcomes-method.md §4.4, shared by the engine and
-by the store's reconciliation (which records the choice), so there is one rule in one place.
+by the store's reconciliation (which records the choice), so there is one rule in one place: the engine's compiled
+exclusion pass (`engine.kernels._front`), here with no window and no session.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
+
+from engine.kernels import compiled
+from engine.readings import NO_TIME
+from engine.units import MMOL_L_TO_MG_DL, GlucoseUnit
 
 I64 = NDArray[np.int64]
 
@@ -22,50 +27,25 @@ def group_winners(
 
     Within a stream a group starts at the earliest reading and takes every later reading with
     `t − t_start < interval / 2`; the group keeps one reading by source precedence (lower code first), then the
-    latest received, then the larger value, then the earlier time, then input order. Chains of close readings
-    are rare, so pairs are decided vectorised and only longer chains are walked.
+    latest received, then the larger value, then the earlier time, then input order. `interval_ms` is each
+    reading's stream's nominal interval (one per stream: a stream is one device).
     """
     n = t.shape[0]
-    winner = np.arange(n, dtype=np.int64)
     if n < 2:
-        return winner
-    close = (stream[1:] == stream[:-1]) & (2 * (t[1:] - t[:-1]) < interval_ms[1:])
-    if not close.any():
-        return winner
-    pair = np.flatnonzero(close)  # reading pair[k] is close to reading pair[k] + 1
-    chain_start = np.flatnonzero(np.diff(np.concatenate(([-2], pair))) != 1)
-    chain_end = np.append(chain_start[1:], pair.size)
-    single = chain_end - chain_start == 1
-    a = pair[chain_start[single]]
-    b = a + 1
-    b_wins = (source[b] < source[a]) | (
-        (source[b] == source[a])
-        & ((received[b] > received[a]) | ((received[b] == received[a]) & (value_mg_dl[b] > value_mg_dl[a])))
-    )
-    best = np.where(b_wins, b, a)
-    winner[a] = best
-    winner[b] = best
-    for c0, c1 in zip(chain_start[~single].tolist(), chain_end[~single].tolist(), strict=True):
-        first, last = int(pair[c0]), int(pair[c1 - 1]) + 1
-        group = [first]
-        anchor = int(t[first])
-        for i in range(first + 1, last + 1):
-            if 2 * (int(t[i]) - anchor) < int(interval_ms[i]):
-                group.append(i)
-            else:
-                _settle(group, winner, t, source, received, value_mg_dl)
-                group, anchor = [i], int(t[i])
-        _settle(group, winner, t, source, received, value_mg_dl)
-    return winner
-
-
-def _settle(
-    group: list[int],
-    winner: I64,
-    t: I64,
-    source: NDArray[np.integer],
-    received: I64,
-    value: NDArray[np.float64],
-) -> None:
-    best = min(group, key=lambda i: (int(source[i]), -int(received[i]), -float(value[i]), int(t[i]), i))
-    winner[group] = best
+        return np.arange(n, dtype=np.int64)
+    stream = np.asarray(stream)
+    run_start = np.concatenate(([True], stream[1:] != stream[:-1]))
+    code = (np.cumsum(run_start) - 1).astype(np.int32)
+    interval_of = np.asarray(interval_ms, dtype=np.int64)[run_start]
+    copy_of = np.empty(n, dtype=np.int64)
+    compiled().front(
+        np.zeros(n, dtype=np.int32), np.asarray(t, dtype=np.int64), code, np.asarray(value_mg_dl, dtype=np.float64),
+        np.full(n, GlucoseUnit.MG_DL, dtype=np.int8), np.full(n, NO_TIME, dtype=np.int64),
+        np.asarray(source, dtype=np.int8), np.asarray(received, dtype=np.int64), np.zeros(n, dtype=np.bool_),
+        np.array([np.iinfo(np.int64).min]), np.array([np.iinfo(np.int64).max]), interval_of,
+        np.zeros(interval_of.shape[0], dtype=np.int64), np.zeros(interval_of.shape[0], dtype=np.int64),
+        int(GlucoseUnit.MMOL_L), MMOL_L_TO_MG_DL, int(NO_TIME), False, False,
+        np.empty(n, dtype=np.int8), np.empty(n, dtype=np.int64), copy_of, np.empty(n, dtype=np.int64), np.empty(n),
+        np.empty(n, dtype=np.int64), np.zeros((1, 4), dtype=np.int64), np.zeros(1, dtype=np.int64),
+    )  # fmt: skip
+    return copy_of

@@ -20,48 +20,97 @@ I64 = NDArray[np.int64]
 F64 = NDArray[np.float64]
 
 
-def _agp_percentiles(row: I64, counts: I64, rank: I64, values: F64, quantiles: F64, out: F64) -> None:
-    """Type-7 percentiles of each row's values: `out[r, j]` for `quantiles[j]` (in %) of the readings in row r.
+def _agp(
+    p: NDArray[np.int32],
+    time_of_day: I64,
+    mg: F64,
+    bin_ms: int,
+    n_bins: int,
+    quantiles: F64,
+    counts: I64,
+    out: F64,
+    scratch: F64,
+) -> None:
+    """Type-7 percentiles of each patient's values per local time-of-day bin, for rows grouped by patient.
 
-    `rank` is each reading's index into `values` (the distinct values, ascending); `counts` the readings per row.
-    Two stable counting sorts (by rank, then by row) leave each row's ranks in ascending order without a
-    comparison; the order statistics are then read at the type-7 positions exactly as `numpy.percentile` would.
+    `counts` (patients × bins, zeros) gets the readings of each bin; `out[row, j]` (row = patient × n_bins + bin,
+    NaN beforehand) the `quantiles[j]` (in %) of that bin's values, read from the bin's values in ascending order
+    at the type-7 positions: h = (m − 1) q, x[⌊h⌋] + (h − ⌊h⌋)(x[⌊h⌋ + 1] − x[⌊h⌋]). Ties are equal values, so
+    their order does not matter.
+
+    Per patient the values are put in bin order into `scratch` (as long as the rows), each bin's in ascending
+    order: when they are whole numbers within a narrow span (whole mg/dL, as most sensors report), by a counting
+    sort by value then a stable one by bin, without a comparison; otherwise by bin, then each bin sorted.
     """
-    n = row.shape[0]
-    n_rows = counts.shape[0]
-    at = np.zeros(values.shape[0] + 1, dtype=np.int64)
-    for i in range(n):
-        at[rank[i] + 1] += 1
-    for k in range(values.shape[0]):
-        at[k + 1] += at[k]
-    by_rank = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        k = rank[i]
-        by_rank[at[k]] = i
-        at[k] += 1
-    start = np.empty(n_rows + 1, dtype=np.int64)
-    start[0] = 0
-    for r in range(n_rows):
-        start[r + 1] = start[r] + counts[r]
-    fill = start[:-1].copy()
-    ranked = np.empty(n, dtype=np.int64)
-    for j in range(n):
-        i = by_rank[j]
-        r = row[i]
-        ranked[fill[r]] = rank[i]
-        fill[r] += 1
-    for r in range(n_rows):
-        m = counts[r]
-        if m == 0:
-            continue
-        lo = start[r]
-        for j in range(quantiles.shape[0]):
-            h = (m - 1) * (quantiles[j] / 100.0)
-            below = math.floor(h)
-            above = min(below + 1, m - 1)
-            x_lo = values[ranked[lo + below]]
-            x_hi = values[ranked[lo + above]]
-            out[r, j] = x_lo + (h - below) * (x_hi - x_lo)
+    n = p.shape[0]
+    fill = np.empty(n_bins, dtype=np.int64)
+    by_value = np.empty(_SPAN, dtype=np.int64)
+    order = np.empty(n, dtype=np.int64)
+    bin_of = np.empty(n, dtype=np.int64)
+    i = 0
+    while i < n:
+        base = np.int64(p[i]) * n_bins
+        low = math.inf
+        high = -math.inf
+        whole = True
+        j = i
+        while j < n and p[j] == p[i]:
+            b = time_of_day[j] // bin_ms
+            bin_of[j] = b
+            counts[base + b] += 1
+            x = mg[j]
+            whole = whole and x == math.floor(x)
+            low = min(low, x)
+            high = max(high, x)
+            j += 1
+        at = 0
+        for b in range(n_bins):
+            fill[b] = at
+            at += counts[base + b]
+        if whole and high - low < _SPAN:
+            v0 = np.int64(low)
+            span = np.int64(high) - v0 + 1
+            by_value[:span] = 0
+            for m in range(i, j):
+                by_value[np.int64(mg[m]) - v0] += 1
+            at = i
+            for v in range(span):
+                c = by_value[v]
+                by_value[v] = at
+                at += c
+            for m in range(i, j):
+                rank = np.int64(mg[m]) - v0
+                order[by_value[rank]] = m
+                by_value[rank] += 1
+            for o in range(i, j):
+                m = order[o]
+                b = bin_of[m]
+                scratch[fill[b]] = mg[m]
+                fill[b] += 1
+        else:
+            for m in range(i, j):
+                b = bin_of[m]
+                scratch[fill[b]] = mg[m]
+                fill[b] += 1
+        for b in range(n_bins):
+            size = counts[base + b]
+            if size == 0:
+                continue
+            lo = fill[b] - size
+            if not (whole and high - low < _SPAN):
+                scratch[lo : lo + size].sort()
+            for q in range(quantiles.shape[0]):
+                h = (size - 1) * (quantiles[q] / 100.0)
+                below = math.floor(h)
+                above = min(below + 1, size - 1)
+                x_lo = scratch[lo + below]
+                x_hi = scratch[lo + above]
+                out[base + b, q] = x_lo + (h - below) * (x_hi - x_lo)
+        i = j
+
+
+#: The widest span of whole values `_agp` sorts by counting (glucose in mg/dL spans a few hundred).
+_SPAN = 4096
 
 
 def _statistics(
@@ -208,10 +257,145 @@ def _days(
     return d + 1
 
 
+def _front(
+    p: NDArray[np.int32],
+    t: I64,
+    s: NDArray[np.int32],
+    value: F64,
+    unit: NDArray[np.int8],
+    session: I64,
+    source: NDArray[np.int8],
+    received: I64,
+    ambiguous: NDArray[np.bool_],
+    w_start: I64,
+    w_end: I64,
+    interval_of: I64,
+    warmup_of: I64,
+    break_of: I64,
+    mmol_code: int,
+    mmol_factor: float,
+    no_time: int,
+    prepared: bool,
+    infer: bool,
+    reason: NDArray[np.int8],
+    group: I64,
+    copy_of: I64,
+    used: I64,
+    mg: F64,
+    weight_ms: I64,
+    excluded: I64,
+    n_ambiguous: I64,
+) -> int:
+    """The window and the exclusions of docs/outcomes-method.md §4, and the time weights of §7, in two passes over
+    a block's rows in (patient, stream, time) order. Returns the number of readings used.
+
+    Per row, `reason` (scratch) becomes -2 outside its patient's window [w_start, w_end), -1 used, or the exclusion:
+    0 before its known session start, 1 in that session's warm-up, 2 in an inferred warm-up (a stream's first
+    unknown-session reading and each one after a session-break gap start a session), 3 a duplicate (§4.4: within a
+    stream a group starts at its earliest reading and takes each later one less than half the interval after it;
+    the group keeps one by source precedence, then latest received, then larger value, then earlier time, then
+    input order: `engine.dedupe`'s rule). `prepared` rows are all used (an outcome's own raw data).
+
+    Writes, per used reading in order: `used` (its row), `mg` (its value in mg/dL) and `weight_ms` (the time to the
+    next used reading of its stream, capped by the nominal interval and its window's end); per row `copy_of`, the row
+    kept in its place (itself unless a duplicate); per patient the `excluded` counts by reason and the `n_ambiguous`
+    readings inside the window. `group` is scratch. `engine.dedupe.group_winners` is this pass with no window and
+    no session, so the store's reconciliation keeps the same reading as the engine.
+    """
+    n = p.shape[0]
+    inf_s = -1
+    inf_prev = 0
+    inf_anchor = 0
+    g_len = 0
+    g_s = -1
+    g_t0 = 0
+    for i in range(n + 1):
+        joins = False
+        if i < n:
+            copy_of[i] = i
+            k = p[i]
+            ti = t[i]
+            if ti < w_start[k] or ti >= w_end[k]:
+                reason[i] = -2
+                continue
+            if ambiguous[i]:
+                n_ambiguous[k] += 1
+            si = s[i]
+            r = -1
+            if not prepared:
+                start = session[i]
+                if start != no_time:
+                    if ti < start:
+                        r = 0
+                    elif ti < start + warmup_of[si]:
+                        r = 1
+                elif infer:
+                    if si != inf_s or ti - inf_prev >= break_of[si]:
+                        inf_anchor = ti
+                    inf_s = si
+                    inf_prev = ti
+                    if ti < inf_anchor + warmup_of[si]:
+                        r = 2
+            reason[i] = r
+            if r >= 0:
+                excluded[k, r] += 1
+                continue
+            if prepared:
+                continue
+            joins = g_len > 0 and si == g_s and 2 * (ti - g_t0) < interval_of[si]
+        if joins:
+            group[g_len] = i
+            g_len += 1
+            continue
+        if g_len > 1:  # settle the group that ends here: one reading kept
+            best = group[0]
+            for m in range(1, g_len):
+                j = group[m]
+                if source[j] != source[best]:
+                    better = source[j] < source[best]
+                elif received[j] != received[best]:
+                    better = received[j] > received[best]
+                else:
+                    vj = value[j] * mmol_factor if unit[j] == mmol_code else value[j]
+                    vb = value[best] * mmol_factor if unit[best] == mmol_code else value[best]
+                    better = vj > vb  # equal values: the earlier reading (time, then input order) stays
+                if better:
+                    best = j
+            for m in range(g_len):
+                j = group[m]
+                copy_of[j] = best
+                if j != best:
+                    reason[j] = 3
+                    excluded[p[j], 3] += 1
+        if i < n:
+            group[0] = i
+            g_len = 1
+            g_s = s[i]
+            g_t0 = t[i]
+    count = 0
+    last = -1
+    cap = 0
+    for i in range(n):
+        if reason[i] != -1:
+            continue
+        if last >= 0:
+            to_next = t[i] - t[last] if s[i] == s[last] else cap
+            weight_ms[count - 1] = min(to_next, cap)
+        used[count] = i
+        mg[count] = value[i] * mmol_factor if unit[i] == mmol_code else value[i]
+        cap = min(interval_of[s[i]], w_end[p[i]] - t[i])
+        count += 1
+        last = i
+    if last >= 0:
+        weight_ms[count - 1] = cap
+    return count
+
+
 class _Compiled:
-    agp_percentiles: Callable[[I64, I64, I64, F64, F64, F64], None]
+    agp: Callable[..., None]
     statistics: Callable[[NDArray[np.int32], F64, I64, F64, NDArray[np.bool_], F64, F64], None]
     days: Callable[..., int]
+    front: Callable[..., int]
 
 
 def warm() -> None:
@@ -258,7 +442,8 @@ def compiled() -> _Compiled:
         return call
 
     out = _Compiled()
-    out.agp_percentiles = jit(_agp_percentiles, inputs=5)
+    out.agp = jit(_agp, inputs=6)
     out.statistics = jit(_statistics, inputs=6)
     out.days = jit(_days, inputs=10)
+    out.front = jit(_front, inputs=19)
     return out

@@ -1,5 +1,6 @@
-"""The batch engine's exact kernels against plain code: value ranks against sorting, the compiled AGP percentiles
-against numpy.percentile per row, the compiled statistics against a plain loop in reading order."""
+"""The batch engine's exact kernels against plain code: the compiled AGP percentiles against the type-7 formula on
+each bin's sorted values, the compiled statistics against a plain loop in reading order, the duplicate rule (the
+exclusion pass's, as `group_winners` gives it to the store) against a plain walk over each stream."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import ReadingTable, WindowSpec, compute_cohort
-from engine.cohort import PERCENTILES, _days, _days_by_sorting, _risk, _statistics, _value_ranks, _whole_values
+from engine import ReadingTable, WindowSpec, compute_cohort, group_winners
+from engine.cohort import PERCENTILES, _days, _days_by_sorting, _risk, _statistics
 from engine.kernels import compiled, warm
 from engine.timezones import DAY_MS
 from tests.engine.builders import HOUR as HOUR_MS
@@ -26,15 +27,6 @@ values = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(values, min_size=1, max_size=200))
-def test_value_ranks_are_the_ranks_among_the_distinct_values(data: list[float]) -> None:
-    mg = np.array(data, dtype=np.float64)
-    distinct, rank = _value_ranks(mg, *_whole_values(mg))
-    assert np.array_equal(distinct, np.unique(mg))
-    assert np.array_equal(distinct[rank], mg)
-
-
 rows_and_values = st.integers(1, 6).flatmap(
     lambda n_rows: st.lists(st.tuples(st.integers(0, n_rows - 1), values), min_size=0, max_size=120).map(
         lambda pairs: (n_rows, pairs)
@@ -43,19 +35,25 @@ rows_and_values = st.integers(1, 6).flatmap(
 
 
 @settings(max_examples=200, deadline=None)
-@given(rows_and_values)
-def test_agp_kernel_gives_numpy_percentiles_of_each_row(case: tuple[int, list[tuple[int, float]]]) -> None:
-    """Each row's type-7 percentiles, bit for bit the method's formula (docs/outcomes-method.md §10) on that row's
-    values sorted: h = (n − 1) q, x[⌊h⌋] + (h − ⌊h⌋)(x[⌊h⌋ + 1] − x[⌊h⌋]). (numpy.percentile writes the same
-    interpolation differently for h's fraction ≥ 0.5, so it may differ in the last bit.)"""
-    n_rows, pairs = case
-    row = np.array([r for r, _ in pairs], dtype=np.int64)
+@given(rows_and_values, st.integers(1, 4))
+def test_agp_kernel_gives_the_type_7_percentiles_of_each_bin(case: tuple[int, list[tuple[int, float]]],
+                                                            n_bins: int) -> None:  # fmt: skip
+    """Each (patient, bin)'s type-7 percentiles, bit for bit the method's formula (docs/outcomes-method.md §10) on
+    that bin's values sorted: h = (n − 1) q, x[⌊h⌋] + (h − ⌊h⌋)(x[⌊h⌋ + 1] − x[⌊h⌋]). (numpy.percentile writes the
+    same interpolation differently for h's fraction ≥ 0.5, so it may differ in the last bit.) Bins of more than 32
+    values take the kernel's other sort."""
+    n_p, pairs = case
+    pairs = sorted(pairs, key=lambda pair: pair[0])  # rows grouped by patient; times of day in any order
+    p = np.array([k for k, _ in pairs], dtype=np.int32)
     mg = np.array([v for _, v in pairs], dtype=np.float64)
-    counts = np.bincount(row, minlength=n_rows).astype(np.int64)
-    out = np.full((n_rows, len(PERCENTILES)), np.nan)
-    distinct, rank = _value_ranks(mg, *_whole_values(mg)) if mg.size else (np.zeros(0), np.zeros(0, np.int64))
-    compiled().agp_percentiles(row, counts, rank, distinct, np.array(PERCENTILES), out)
-    for r in range(n_rows):
+    bin_ms = 1000
+    time_of_day = np.array([(i * 7919) % (n_bins * bin_ms) for i in range(len(pairs))], dtype=np.int64)
+    counts = np.zeros(n_p * n_bins, dtype=np.int64)
+    out = np.full((n_p * n_bins, len(PERCENTILES)), np.nan)
+    compiled().agp(p, time_of_day, mg, bin_ms, n_bins, np.array(PERCENTILES), counts, out, np.empty(p.shape[0]))
+    row = p.astype(np.int64) * n_bins + time_of_day // bin_ms
+    assert counts.tolist() == np.bincount(row, minlength=n_p * n_bins).tolist()
+    for r in range(n_p * n_bins):
         mine = mg[row == r]
         if mine.size == 0:
             assert np.isnan(out[r]).all()
@@ -78,7 +76,7 @@ def test_statistics_kernel_gives_plain_sums_in_reading_order(case: tuple[int, li
     p = np.array([r for r, _ in pairs], dtype=np.int32)
     mg = np.array([v for _, v in pairs], dtype=np.float64)
     n_used = np.bincount(p, minlength=n_p).astype(np.int64)
-    mean, sd, lbgi, hbgi = _statistics(p, mg, n_used, _whole_values(mg)[2] if mg.size else True)
+    mean, sd, lbgi, hbgi = _statistics(p, mg, n_used)
     for k in range(n_p):
         mine = [float(v) for v in mg[p == k]]
         if not mine:
@@ -168,8 +166,43 @@ def test_warming_compiles_every_kernel_with_the_types_the_batch_path_uses() -> N
 
     warm()
     kernels = compiled()
-    names = ("agp_percentiles", "statistics", "days")
+    names = ("agp", "statistics", "days", "front")
     before = {name: list(getattr(kernels, name).dispatcher.signatures) for name in names}
     assert all(len(sigs) == 1 for sigs in before.values()), before
     compute_cohort(synth_cohort(5, 3, seed=7))
     assert {name: list(getattr(kernels, name).dispatcher.signatures) for name in names} == before
+
+
+# MARK: duplicates
+
+
+def _plain_winners(t: list[int], stream: list[int], interval: int, source: list[int], received: list[int],
+                   value: list[float]) -> list[int]:  # fmt: skip
+    """§4.4 walked plainly: within a stream, a group is its earliest reading and every later one less than half the
+    interval after it; the group keeps the reading first by (source, latest received, larger value, time, order)."""
+    winner = list(range(len(t)))
+    i = 0
+    while i < len(t):
+        group = [i]
+        while (i + len(group) < len(t) and stream[i + len(group)] == stream[i]
+               and 2 * (t[i + len(group)] - t[i]) < interval):  # fmt: skip
+            group.append(i + len(group))
+        best = min(group, key=lambda g: (source[g], -received[g], -value[g], t[g], g))
+        for g in group:
+            winner[g] = best
+        i += len(group)
+    return winner
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 40), st.integers(0, 3), st.integers(0, 3),
+                          st.sampled_from([90.0, 91.0, 100.5])), max_size=60))  # fmt: skip
+def test_the_duplicate_rule_keeps_the_reading_a_plain_walk_keeps(rows: list[tuple[int, int, int, int, float]]) -> None:
+    """Readings seconds apart (a 300 s interval: 150 s groups), sources and receipt times that tie often."""
+    rows = sorted(rows, key=lambda r: (r[0], r[1]))
+    stream = [r[0] for r in rows]
+    t = [r[1] * 20_000 for r in rows]
+    source, received, value = [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows]
+    got = group_winners(np.array(t, np.int64), np.array(stream, np.int32), np.full(len(rows), 300_000, np.int64),
+                        np.array(source, np.int8), np.array(received, np.int64), np.array(value))  # fmt: skip
+    assert got.tolist() == _plain_winners(t, stream, 300_000, source, received, value)
