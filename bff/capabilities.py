@@ -112,7 +112,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from bff.actors import ReservedActorError, check_actor
@@ -532,6 +532,12 @@ def _check_who(who: str, reason: str) -> None:
         raise CapabilityError(str(exc)) from None
 
 
+#: A site's overrides, built once: every view reads them (`CapabilityService.overrides`).
+_OVERRIDES = select(SiteOverride.__table__.c.path, SiteOverride.__table__.c.value).where(
+    SiteOverride.__table__.c.site_key == bindparam("site")
+)
+
+
 class CapabilityService:
     """Effective matrices: files (re-read when their mtime changes) plus overrides (read on every call)."""
 
@@ -564,7 +570,7 @@ class CapabilityService:
 
     def overrides(self, site: str, session: Session | None = None) -> dict[str, Any]:
         with self.store.joined(session) as s:
-            rows = s.execute(select(SiteOverride.path, SiteOverride.value).where(SiteOverride.site_key == site))
+            rows = s.connection().execute(_OVERRIDES, {"site": site})
             return {row.path: row.value for row in rows}
 
     def get(self, site: str, session: Session | None = None) -> SiteCapabilities:

@@ -7,17 +7,18 @@ while the recompute job writes the next one (`ShownOutcome.stale`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from bff.store import windows, zones
 from bff.store.db import Store
-from bff.store.models import AuditEvent, Patient, PatientIdentifier
+from bff.store.models import AuditEvent, Patient, PatientIdentifier, StandardOutcome
 from bff.store.outcomes import OutcomeService, UnknownPatientError
 from engine import WindowSpec
 
@@ -134,11 +135,38 @@ class PatientOutcomesView:
         self, session: Session, site: str, fhir_patient: str, demographics: dict[str, str] | None, days: int,
         needs_document: Callable[[str], bool] | None = None,
     ) -> tuple[str, zones.Zone, windows.Materialized | None] | None:  # fmt: skip
+        """The patient and its stored outcome of the period in one statement (what nearly every view needs); where
+        the EHR's banner says something new of the patient, the patient is loaded and remembered first."""
+        standard = days in windows.STANDARD_DAYS
+        document = needs_document is None
+        params = {"issuer": f"site:{site}:fhir", "value": _reference(fhir_patient), "days": days}
+        row = session.connection().execute(_seen_query(standard, document), params).first()
+        if row is None:
+            return None
+        if demographics and (_remembered(row, demographics) != {name: getattr(row, name) for name in _BANNER}
+                             or _zone_stated(row, demographics)):  # fmt: skip
+            return self._seen_remembering(session, site, fhir_patient, demographics, days, needs_document)
+        zone = zones.Zone(row.tz, row.tz_source)
+        if not standard:
+            return row.public_id, zone, None
+        shown = windows.materialized(row, days, row.tz, document=document)
+        if shown is not None and needs_document is not None and needs_document(shown.digest):
+            found = windows.document_of(session, row.id, days, shown.digest)
+            if found is None:  # recomputed between the two reads: the whole row again (its new digest is not cached)
+                patient = session.get(Patient, row.id)
+                return (None if patient is None
+                        else (row.public_id, zone, windows.read(session, patient, days)))  # fmt: skip
+            shown = replace(shown, document=found)
+        return row.public_id, zone, shown
+
+    def _seen_remembering(
+        self, session: Session, site: str, fhir_patient: str, demographics: dict[str, str], days: int,
+        needs_document: Callable[[str], bool] | None,
+    ) -> tuple[str, zones.Zone, windows.Materialized | None] | None:  # fmt: skip
         patient = session.scalar(_by_fhir_id(site, fhir_patient))
         if patient is None:
             return None
-        if demographics:
-            _remember(session, patient, demographics)
+        _remember(session, patient, demographics)
         row = None
         if days in windows.STANDARD_DAYS and needs_document is None:
             row = windows.read(session, patient, days)
@@ -205,13 +233,48 @@ def _by_fhir_id(site: str, fhir_patient: str) -> Select[Patient]:
     )
 
 
+@cache
+def _seen_query(standard: bool, document: bool) -> Select[Any]:
+    """The patient known at a site by a FHIR Patient (`issuer`, `value`), with its stored outcome of `days` when
+    that is a standard period: built once (building a statement costs more than running this one)."""
+    p, so, ident = Patient.__table__.c, StandardOutcome.__table__.c, PatientIdentifier.__table__.c
+    found = Patient.__table__.join(PatientIdentifier.__table__, ident.patient_id == p.id)
+    columns: list[Any] = [p[name] for name in _FACTS]
+    if standard:
+        found = found.outerjoin(StandardOutcome.__table__, and_(so.patient_id == p.id, so.days == bindparam("days")))
+        columns += windows.outcome_columns(document=document)
+    return select(*columns).select_from(found).where(ident.issuer == bindparam("issuer"),
+                                                     ident.value == bindparam("value"))  # fmt: skip
+
+
+#: The patient's columns the view reads with its outcome (`PatientOutcomesView._seen`).
+_FACTS = ("id", "public_id", "tz", "tz_source", "name", "family_name", "given_names", "birth_date", "mrn")
+#: What the EHR's banner tells of the patient, kept on the patient (`_remember`).
+_BANNER = ("name", "family_name", "given_names", "birth_date", "mrn")
+
+
+def _remembered(stored: Any, demographics: Mapping[str, str]) -> dict[str, str | None]:
+    """The banner's fields as the patient keeps them: what the EHR says now, else what was kept (`stored` has the
+    patient's columns as attributes)."""
+    return {
+        "name": (demographics.get("name") or stored.name or "")[:200] or None,
+        "family_name": (demographics.get("family") or stored.family_name or "")[:100] or None,
+        "given_names": (demographics.get("given") or stored.given_names or "")[:100] or None,
+        "birth_date": (demographics.get("birth_date") or stored.birth_date or "")[:10] or None,
+        "mrn": (demographics.get("mrn") or stored.mrn or "")[:64] or None,
+    }
+
+
+def _zone_stated(stored: Any, demographics: Mapping[str, str]) -> bool:
+    """Whether the banner states a zone the patient does not already have from the EHR (`_remember` applies it)."""
+    stated = demographics.get("time_zone")
+    return bool(stated) and (stored.tz, stored.tz_source) != (stated, "ehr")
+
+
 def _remember(session: Session, patient: Patient, demographics: dict[str, str]) -> str | None:
     """`PatientOutcomesView.remember` in the caller's transaction."""
-    patient.name = (demographics.get("name") or patient.name or "")[:200] or None
-    patient.family_name = (demographics.get("family") or patient.family_name or "")[:100] or None
-    patient.given_names = (demographics.get("given") or patient.given_names or "")[:100] or None
-    patient.birth_date = (demographics.get("birth_date") or patient.birth_date or "")[:10] or None
-    patient.mrn = (demographics.get("mrn") or patient.mrn or "")[:64] or None
+    for name, value in _remembered(patient, demographics).items():
+        setattr(patient, name, value)
     stated = demographics.get("time_zone")
     if not stated:
         return None

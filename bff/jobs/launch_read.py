@@ -28,7 +28,7 @@ import io
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 import orjson
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -99,7 +99,8 @@ class ReadStatus:
         return self.state in ("queued", "running")
 
 
-def _status(row: EhrRead) -> ReadStatus:
+def _status(row: Any) -> ReadStatus:
+    """The status of a read row (an `EhrRead`, or a row of `_READ_STATUS`)."""
     return ReadStatus(
         row.state, _utc(row.requested_at) or datetime.now(UTC), _utc(row.started_at), _utc(row.finished_at),
         _utc(row.last_read_at), row.pages, row.received, row.added, row.error,
@@ -114,6 +115,26 @@ def _row(session: Session, site: str, patient: str) -> EhrRead | None:
     return row
 
 
+_READ = EhrRead.__table__.c
+#: A read row's status columns by site and FHIR reference, built once: every view asks it (`LaunchReads.status`).
+_READ_STATUS = select(
+    _READ.id,
+    _READ.state,
+    _READ.requested_at,
+    _READ.started_at,
+    _READ.finished_at,
+    _READ.last_read_at,
+    _READ.pages,
+    _READ.received,
+    _READ.added,
+    _READ.error,
+).where(_READ.site_key == bindparam("site"), _READ.fhir_patient == bindparam("patient"))
+
+
+def _status_row(session: Session, site: str, patient: str) -> Any:
+    return session.connection().execute(_READ_STATUS, {"site": site, "patient": fhir_reference(patient)}).first()
+
+
 class LaunchReads:
     """The `ehr_reads` table: whether a read is due, its progress, where the next one starts."""
 
@@ -122,7 +143,7 @@ class LaunchReads:
 
     def status(self, site: str, patient: str, session: Session | None = None) -> ReadStatus | None:
         with self.store.joined(session) as s:
-            row = _row(s, site, patient)
+            row = _status_row(s, site, patient)
             return None if row is None else _status(row)
 
     def mark_requested(self, site: str, patient: str, now: datetime) -> bool:
@@ -149,7 +170,7 @@ class LaunchReads:
     def request_in(self, session: Session, site: str, patient: str, now: datetime) -> tuple[bool, ReadStatus] | None:
         """`request` in the caller's transaction, for a patient read before; None when never requested (then
         `request` adds the row, in a transaction of its own)."""
-        row = _row(session, site, patient)
+        row = _status_row(session, site, patient)
         if row is None:
             return None
         since = now - (_utc(row.started_at) or _utc(row.requested_at) or now)
@@ -165,8 +186,10 @@ class LaunchReads:
             .values(state="queued", requested_at=now, started_at=None, error=None)
             .execution_options(synchronize_session=False)
         )
-        session.expire(row)
-        return bool(taken.rowcount), _status(row)  # type: ignore[attr-defined]
+        if not taken.rowcount:  # type: ignore[attr-defined]  # another view took it first: its status
+            again = _status_row(session, site, patient)
+            return None if again is None else (False, _status(again))
+        return True, replace(_status(row), state="queued", requested_at=now, started_at=None, error=None)
 
     def mark_started(self, site: str, patient: str, now: datetime, since_ms: int) -> None:
         with self.store.transaction() as session:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 
 from bff.smart.clock import as_utc
 from bff.smart.crypto import digest
@@ -130,6 +130,28 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(text.split())
 
 
+_LAUNCH = SmartLaunch.__table__.c
+#: A launch's record by its handle's digest (`SqlLaunchStore._get_launch`).
+_LAUNCH_BY_HANDLE = select(
+    _LAUNCH.site_key,
+    _LAUNCH.iss,
+    _LAUNCH.standalone,
+    _LAUNCH.patient,
+    _LAUNCH.encounter,
+    _LAUNCH.fhir_user,
+    _LAUNCH.need_patient_banner,
+    _LAUNCH.smart_style_url,
+    _LAUNCH.access_token_enc,
+    _LAUNCH.refresh_token_enc,
+    _LAUNCH.token_issued_at,
+    _LAUNCH.token_expires_at,
+    _LAUNCH.scopes,
+    _LAUNCH.created_at,
+    _LAUNCH.expires_at,
+    _LAUNCH.context,
+).where(_LAUNCH.handle_sha256 == bindparam("handle_sha256"))
+
+
 class SqlLaunchStore:
     """Pre-logins and launches in the store's database (SQLite or PostgreSQL), shared by all workers."""
 
@@ -226,16 +248,9 @@ class SqlLaunchStore:
             )
 
     def _get_launch(self, handle: str) -> LaunchRecord | None:
-        with self._store.transaction() as session:
-            # The columns, not an ORM object: every patient-scoped request reads its launch (nothing is changed here).
-            row = session.execute(
-                select(SmartLaunch.site_key, SmartLaunch.iss, SmartLaunch.standalone, SmartLaunch.patient,
-                       SmartLaunch.encounter, SmartLaunch.fhir_user, SmartLaunch.need_patient_banner,
-                       SmartLaunch.smart_style_url, SmartLaunch.access_token_enc, SmartLaunch.refresh_token_enc,
-                       SmartLaunch.token_issued_at, SmartLaunch.token_expires_at, SmartLaunch.scopes,
-                       SmartLaunch.created_at, SmartLaunch.expires_at, SmartLaunch.context)
-                .where(SmartLaunch.handle_sha256 == digest(handle))
-            ).one_or_none()  # fmt: skip
+        # One statement built once, on a connection (no ORM session): every patient-scoped request reads its launch.
+        with self._store.reading() as conn:
+            row = conn.execute(_LAUNCH_BY_HANDLE, {"handle_sha256": digest(handle)}).one_or_none()
             if row is None:
                 return None
             return LaunchRecord(

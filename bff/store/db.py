@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from bff.files import private_dir, private_sqlite
@@ -131,6 +131,13 @@ class Store:
         """A session in one transaction: committed on success, rolled back on any error."""
         with self.sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for a read of a statement or two without the ORM (a hot path's): whatever it began is rolled
+        back when it is returned to the pool."""
+        with self.engine.connect() as conn:
+            yield conn
 
     @contextmanager
     def joined(self, session: Session | None) -> Iterator[Session]:

@@ -216,24 +216,38 @@ def read(session: Session, patient: Patient, days: int, *, document: bool = True
     """The stored standard outcome (None when it was never computed); stale also when the patient's zone or the
     engine changed since. Without `document` the document (most of the row's size) is not read: a caller that
     has what it shows cached by the digest needs the rest only."""
-    body = StandardOutcome.document if document else StandardOutcome.document.is_not(None).label("document")
     row = session.execute(
-        select(StandardOutcome.version, body, StandardOutcome.digest, StandardOutcome.computed_at,
-               StandardOutcome.stale_since, StandardOutcome.stale_reason, StandardOutcome.tz,
-               StandardOutcome.engine_version)
+        select(*outcome_columns(document=document))
         .where(StandardOutcome.patient_id == patient.id, StandardOutcome.days == days)
     ).first()  # fmt: skip
-    if row is None or (row.document is None if document else not row.document) or row.computed_at is None:
+    return None if row is None else materialized(row, days, patient.tz, document=document)
+
+
+def outcome_columns(*, document: bool) -> tuple[Any, ...]:
+    """The columns `materialized` reads (labelled `so_*`), for a caller that selects them with others (the view
+    reads the patient and its outcome in one statement: `bff.clinical`)."""
+    t = StandardOutcome.__table__.c
+    body = t.document if document else t.document.is_not(None)
+    return (t.version.label("so_version"), body.label("so_document"), t.digest.label("so_digest"),
+            t.computed_at.label("so_computed_at"), t.stale_since.label("so_stale_since"),
+            t.stale_reason.label("so_stale_reason"), t.tz.label("so_tz"),
+            t.engine_version.label("so_engine_version"))  # fmt: skip
+
+
+def materialized(row: Any, days: int, patient_tz: str | None, *, document: bool) -> Materialized | None:
+    """A row of `outcome_columns` as the view shows it: None when never computed (or outer-joined and absent);
+    stale also when the patient's zone or the engine changed since it was computed."""
+    if (row.so_document is None if document else not row.so_document) or row.so_computed_at is None:
         return None
-    stale_since, reason = _utc(row.stale_since), row.stale_reason
-    if stale_since is None and row.tz != patient.tz:
-        stale_since, reason = _utc(row.computed_at), f"zone changed from {row.tz} to {patient.tz}"
-    if stale_since is None and row.engine_version != ENGINE_VERSION:
-        stale_since, reason = _utc(row.computed_at), f"engine {row.engine_version} → {ENGINE_VERSION}"
-    computed_at = _utc(row.computed_at)
+    stale_since, reason = _utc(row.so_stale_since), row.so_stale_reason
+    if stale_since is None and row.so_tz != patient_tz:
+        stale_since, reason = _utc(row.so_computed_at), f"zone changed from {row.so_tz} to {patient_tz}"
+    if stale_since is None and row.so_engine_version != ENGINE_VERSION:
+        stale_since, reason = _utc(row.so_computed_at), f"engine {row.so_engine_version} → {ENGINE_VERSION}"
+    computed_at = _utc(row.so_computed_at)
     assert computed_at is not None
-    kept = row.document if document else None
-    return Materialized(days, row.version, kept, str(row.digest), computed_at, stale_since, reason)
+    kept = row.so_document if document else None
+    return Materialized(days, row.so_version, kept, str(row.so_digest), computed_at, stale_since, reason)
 
 
 def document_of(session: Session, patient_id: int, days: int, digest: str) -> dict[str, Any] | None:
