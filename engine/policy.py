@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 
 from engine.errors import PolicyError
 from engine.version import ENGINE_VERSION
@@ -136,6 +137,12 @@ class OutcomePolicy:
     @property
     def policy_hash(self) -> str:
         """SHA-256 of the canonical policy JSON together with the engine version."""
-        payload = {"engine_version": ENGINE_VERSION, "policy": self.as_dict()}
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return _policy_hash(self)
+
+
+@lru_cache(maxsize=64)
+def _policy_hash(policy: OutcomePolicy) -> str:
+    """`OutcomePolicy.policy_hash`, once per policy (a policy is immutable; an export names it in every resource)."""
+    payload = {"engine_version": ENGINE_VERSION, "policy": policy.as_dict()}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()

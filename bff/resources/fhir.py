@@ -115,7 +115,19 @@ def _uuid(record: OutcomeRecord, key: str) -> str:
 @lru_cache(maxsize=4096)
 def _uuid_of(site: str, patient: str, start: int, end: int, version: int, key: str) -> str:
     value = "gb-" + idempotency_key(site, patient, key, start, end, version)
-    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, IDENTIFIER_SYSTEM + '/' + value)}"
+    return "urn:uuid:" + _uuid5_url(IDENTIFIER_SYSTEM + "/" + value)
+
+
+def _uuid5_url(name: str) -> str:
+    """`str(uuid.uuid5(uuid.NAMESPACE_URL, name))` without building UUID objects (an export names thousands)."""
+    b = bytearray(hashlib.sha1(_NAMESPACE_URL + name.encode(), usedforsecurity=False).digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x50  # version 5
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_NAMESPACE_URL = uuid.NAMESPACE_URL.bytes
 
 
 def _identifier(record: OutcomeRecord, key: str) -> dict[str, str]:
@@ -169,11 +181,11 @@ def _insufficient(record: OutcomeRecord) -> tuple[list[dict[str, Any]], list[dic
     return interpretation, [{"text": "Insufficient CGM data: " + "; ".join(reasons)}]
 
 
-def _observation_base(record: OutcomeRecord, key: str, profile: str | None) -> dict[str, Any]:
+def _observation_common(record: OutcomeRecord) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What every aggregated Observation of a record says alike, before and after its profile (built once per record;
+    each Observation copies them, sharing their nested values, which nothing changes)."""
     interpretation, note = _insufficient(record)
-    resource: dict[str, Any] = {
-        "resourceType": "Observation",
-        "identifier": [_identifier(record, key)],
+    common: dict[str, Any] = {
         "status": "corrected" if record.is_correction else "final",
         "category": [{"coding": [{"system": OBS_CATEGORY, "code": "laboratory"}]}],
         "subject": _subject(record),
@@ -183,11 +195,16 @@ def _observation_base(record: OutcomeRecord, key: str, profile: str | None) -> d
         "device": {"reference": _uuid(record, "device")},
         "derivedFrom": [{"reference": _uuid(record, "raw_data")}],
     }
+    return common, ({"interpretation": interpretation, "note": note} if interpretation else {})
+
+
+def _observation_base(
+    record: OutcomeRecord, key: str, profile: str | None, common: tuple[dict[str, Any], dict[str, Any]]
+) -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": "Observation", "identifier": [_identifier(record, key)], **common[0]}
     if profile:
         resource["meta"] = {"profile": [profile]}
-    if interpretation:
-        resource["interpretation"] = interpretation
-        resource["note"] = note
+    resource.update(common[1])
     return resource
 
 
@@ -213,8 +230,9 @@ def observations(record: OutcomeRecord) -> dict[str, dict[str, Any]]:
     if not record.metrics.get("readings_used"):
         raise ValueError("no readings were used in this window: there is nothing to summarise")
     out: dict[str, dict[str, Any]] = {}
+    common = _observation_common(record)
     for member in members(record):
-        resource = _observation_base(record, member.key, member.profile)
+        resource = _observation_base(record, member.key, member.profile, common)
         resource["code"] = {"coding": [{"system": member.system, "code": member.code, "display": member.display}]}
         if member.key == "times_in_ranges":
             resource["component"] = [
@@ -234,7 +252,7 @@ def observations(record: OutcomeRecord) -> dict[str, dict[str, Any]]:
         else:
             resource["valueQuantity"] = _quantity(member.value, member.unit, member.ucum)
         out[member.key] = resource
-    summary = _observation_base(record, "summary", SUMMARY_PROFILE)
+    summary = _observation_base(record, "summary", SUMMARY_PROFILE, common)
     summary["code"] = {"coding": [_panel_coding()]}
     summary["hasMember"] = [{"reference": _uuid(record, key)} for key in out]
     return {"summary": summary, **out}

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import cache
+from types import MappingProxyType
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -75,6 +79,12 @@ def outcome_record(
     )  # fmt: skip
 
 
+@cache
+def _policy_of(policy: OutcomePolicy) -> Mapping[str, Any]:
+    """The policy's fields, one read-only mapping per policy that every record of it shares."""
+    return MappingProxyType(policy.as_dict())
+
+
 def standard_record(summary: StoredSummary, *, mean_unit: str = "mg/dL") -> OutcomeRecord:
     """A materialized standard outcome as an OutcomeRecord that names its raw data (stored digest) without reading
     it: for artefacts that reference the raw data (a nightly cohort's Bundles), at thousands of windows a second.
@@ -88,7 +98,7 @@ def standard_record(summary: StoredSummary, *, mean_unit: str = "mg/dL") -> Outc
     return OutcomeRecord(
         site=summary.site or "", patient_id=summary.public_id, window_start_ms=summary.window_start_ms,
         window_end_ms=summary.window_end_ms, tz=summary.tz, version=summary.version,
-        engine_version=summary.engine_version or "", policy=policy.as_dict(), policy_hash=policy.policy_hash,
+        engine_version=summary.engine_version or "", policy=_policy_of(policy), policy_hash=policy.policy_hash,
         method=str(policy.method), document=summary.document, readings_ndjson=None, input_digest=summary.raw.sha256,
         raw=summary.raw, created_at=summary.computed_at, mean_unit=mean_unit,
         extra={"standard_outcome_id": summary.row_id},
