@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import event
 
 from bff.audit import recent
 from bff.clinical import PatientOutcomesView
@@ -105,3 +108,50 @@ def test_a_launch_finds_a_patient_known_only_by_mrn_and_remembers_its_fhir_id(st
     assert again is not None
     assert again[0] == seen[0]
     assert [e.event for e in recent(store, 50)].count("patient.identified") == 1
+
+
+def test_a_view_whose_banner_says_nothing_new_reads_one_statement_and_writes_nothing(store: Store) -> None:
+    """The view's hot path (`for_launch_in`): the patient and its stored outcome in one SELECT. A banner that says
+    something new (a name, an MRN, a zone stated by the EHR) is remembered first, as before; the same banner again
+    takes the one statement and changes nothing."""
+    Ingestor(store, clock=lambda: datetime(2024, 3, 20, tzinfo=UTC)).ingest(
+        parser_for("fhir"), io.BytesIO(fhir_ndjson(readings(24))), site="site-a", source_name="t",
+        site_zone="America/Denver",
+    )  # fmt: skip
+    view = PatientOutcomesView(store)
+    assert view.for_launch("site-a", "Patient/fhir-1", None, 14) is not None  # the outcome stored
+    statements: list[str] = []
+
+    def seen(banner: dict[str, str] | None) -> tuple[str, str, bool]:
+        statements.clear()
+        with store.transaction() as session:
+            found = view.for_launch_in(session, "site-a", "Patient/fhir-1", banner, 14)
+        assert found is not None
+        return found[1].name, found[1].source, found[2].stale
+
+    def capture(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement.split(maxsplit=1)[0].upper())
+
+    event.listen(store.engine, "before_cursor_execute", capture)
+    try:
+        banner = {"name": "Avery Quinn", "mrn": "884422", "birth_date": "1968-04-02"}
+        assert seen(banner)[2] is False
+        assert "UPDATE" in statements  # new to the store: remembered
+        assert seen(banner)[2] is False
+        assert statements == ["SELECT"]  # the same banner: one statement, no write
+        assert seen(None)[2] is False
+        assert statements == ["SELECT"]
+        # A zone the EHR states is applied (the stored outcome then shows stale, with the reason), once.
+        moved = {**banner, "time_zone": "America/Chicago"}
+        assert seen(moved) == ("America/Chicago", "ehr", True)
+        assert "UPDATE" in statements
+        assert seen(moved) == ("America/Chicago", "ehr", True)
+        assert statements == ["SELECT"]
+        # A shorter banner keeps what the store holds (the EHR did not say it again).
+        assert seen({"name": "Avery Quinn"}) == ("America/Chicago", "ehr", True)
+        assert statements == ["SELECT"]
+    finally:
+        event.remove(store.engine, "before_cursor_execute", capture)
+    public = view.public_id("site-a", "Patient/fhir-1")
+    assert public is not None
+    assert (view.zone(public).name, view.zone(public).source) == ("America/Chicago", "ehr")
