@@ -62,7 +62,7 @@ from app.web import admin, freshness, writeback
 from app.web.charts import AUTO_UNIT, chart_cache, charts_key, etag, figures_key, matches
 from app.web.common import (
     AppContext,
-    BannerCache,
+    banner_cache,
     check_days,
     check_unit,
     client_of,
@@ -598,7 +598,7 @@ def create_app(
     origins = tuple(sorted({origin for site in smart.registry for origin in site.frame_ancestors}))
     ctx = AppContext(settings=settings, store=store, smart=smart, http=http, backend=backend, backends=backends,
                      view=PatientOutcomesView(store), capabilities=core.capabilities, writeback=core.writeback,
-                     secret=settings.secret(), any_site_frame_ancestors=origins, banners=BannerCache(),
+                     secret=settings.secret(), any_site_frame_ancestors=origins, banners=banner_cache(settings),
                      admin_accounts=AdminAccounts(store, LockoutPolicy.from_settings(settings)),
                      admin_sessions=AdminSessions(store, idle=timedelta(minutes=settings.admin_session_idle_min)),
                      jobs=jobs or bootstrap.job_queue(settings, store), reads=LaunchReads(store),

@@ -58,10 +58,12 @@ class ExpiringLru(Generic[V]):
             self._entries.move_to_end(key)
             return True, entry[1]
 
-    def put(self, key: str, value: V) -> None:
+    def put(self, key: str, value: V, *, ttl: float | None = None) -> None:
+        """Hold `value` for the cache's TTL, or for `ttl` seconds when that is shorter (what is left of an entry's
+        life elsewhere)."""
         with self._lock:
             now = self.clock()
-            self._entries[key] = (now + self.ttl, value)
+            self._entries[key] = (now + (self.ttl if ttl is None else min(ttl, self.ttl)), value)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)

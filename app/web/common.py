@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from typing import Any, NoReturn
 import anyio
 import httpx
 import jinja2
+import orjson
+import redis
 from litestar import Request
 from litestar.exceptions import HTTPException
 from litestar.plugins.htmx import HTMXRequest
@@ -22,11 +25,20 @@ from bff.admin import AdminAccounts, AdminSessions
 from bff.audit import audit
 from bff.capabilities import CapabilityError, CapabilityService
 from bff.clinical import PatientOutcomesView
+from bff.jobs.context import token_cipher
 from bff.jobs.launch_read import LaunchReads
 from bff.jobs.queue import JobQueue
 from bff.outbox.worker import OutboxWorker
 from bff.settings import Settings
-from bff.smart import BackendAuth, LaunchContext, LaunchNotFoundError, SiteBackends, SmartClient, TokenCipher
+from bff.smart import (
+    BackendAuth,
+    LaunchContext,
+    LaunchNotFoundError,
+    SiteBackends,
+    SmartClient,
+    TokenCipher,
+    TokenCipherError,
+)
 from bff.store.db import Store
 from bff.writeback import WritebackService
 from engine import ENGINE_VERSION
@@ -40,11 +52,16 @@ class BannerCache:
     """The patient banner (name, birth date, sex, MRN) read from the EHR, per launch handle, so that the pages of
     one launch read it once: at most `max_entries` launches, each for `ttl_s` seconds (least recently used out
     first). PHI: nothing keeps it longer; the next page after that reads it again (a banner that could not be
-    read, None, is kept as long, so an EHR that refuses is not asked on every page)."""
+    read, None, is kept as long, so an EHR that refuses is not asked on every page).
+
+    With `shared` (Redis, when the app runs several processes) a banner one process read is found by the others for
+    what is left of its `ttl_s`, instead of each process reading it from the EHR again (`SharedBanners`)."""
 
     def __init__(self, *, ttl_s: float = 300.0, max_entries: int = 1024,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic, shared: SharedBanners | None = None) -> None:  # fmt: skip
         self._held: ExpiringLru[Banner | None] = ExpiringLru(ttl=ttl_s, max_entries=max_entries, clock=clock)
+        self.ttl_s = ttl_s
+        self.shared = shared
 
     def __len__(self) -> int:
         return len(self._held)
@@ -54,12 +71,69 @@ class BannerCache:
         return self._held.lookup(handle)[1]
 
     async def get(self, handle: str, read: Callable[[], Awaitable[Banner | None]]) -> Banner | None:
-        """The launch's banner: the held one while fresh, else `read()` (and held)."""
+        """The launch's banner: the held one while fresh, else the shared one while fresh, else `read()` (and held,
+        and shared)."""
         found, banner = self._held.lookup(handle)
-        if not found:
-            banner = await read()
-            self._held.put(handle, banner)
+        if found:
+            return banner
+        shared = self.shared
+        if shared is not None:
+            left, banner = await anyio.to_thread.run_sync(shared.get, handle)
+            if left > 0:
+                self._held.put(handle, banner, ttl=left)
+                return banner
+        banner = await read()
+        self._held.put(handle, banner)
+        if shared is not None:
+            await anyio.to_thread.run_sync(shared.put, handle, banner, self.ttl_s)
         return banner
+
+
+class SharedBanners:
+    """The banner cache's level shared by the app's processes, in Redis. A banner is PHI: it is sealed with the
+    token cipher (never in Redis in the clear), keyed by the launch handle's SHA-256 (the handle is not in Redis
+    either), and expires with Redis's own TTL. Redis failing is a miss: the banner is then read from the EHR."""
+
+    def __init__(self, client: redis.Redis, cipher: TokenCipher, *, prefix: str = "glucobridge:banner:") -> None:
+        self.client, self.cipher, self.prefix = client, cipher, prefix
+
+    @classmethod
+    def from_url(cls, url: str, cipher: TokenCipher) -> SharedBanners:
+        return cls(redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0), cipher)
+
+    def _key(self, handle: str) -> str:
+        return self.prefix + hashlib.sha256(handle.encode()).hexdigest()
+
+    def get(self, handle: str) -> tuple[float, Banner | None]:
+        """(seconds left, the banner) of a shared entry; (0, None) when there is none or it cannot be read."""
+        try:
+            key = self._key(handle)
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.pttl(key)
+                raw, left_ms = pipe.execute()
+            if raw is None or left_ms is None or left_ms <= 0:
+                return 0.0, None
+            value = orjson.loads(self.cipher.decrypt(raw.decode()))
+        except (redis.RedisError, TokenCipherError, ValueError):
+            return 0.0, None
+        if value is not None and not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())):
+            return 0.0, None
+        return left_ms / 1000.0, value
+
+    def put(self, handle: str, banner: Banner | None, ttl_s: float) -> None:
+        try:
+            self.client.set(self._key(handle), self.cipher.encrypt(orjson.dumps(banner).decode()),
+                            px=max(1, int(ttl_s * 1000)))  # fmt: skip
+        except redis.RedisError:
+            return
+
+
+def banner_cache(settings: Settings) -> BannerCache:
+    """The app process's banner cache; with Redis (`REDIS_URL`), over a level the app's processes share."""
+    if not settings.redis_url:
+        return BannerCache()
+    return BannerCache(shared=SharedBanners.from_url(settings.redis_url, token_cipher(settings)))
 
 
 @dataclass
