@@ -163,20 +163,14 @@ class PatientOutcomesView:
         self, session: Session, site: str, fhir_patient: str, demographics: dict[str, str], days: int,
         needs_document: Callable[[str], bool] | None,
     ) -> tuple[str, zones.Zone, windows.Materialized | None] | None:  # fmt: skip
+        """`_seen` where the banner says something new: the patient remembered (and its zone applied) first, then
+        read as every other view reads it."""
         patient = session.scalar(_by_fhir_id(site, fhir_patient))
         if patient is None:
             return None
         _remember(session, patient, demographics)
-        row = None
-        if days in windows.STANDARD_DAYS and needs_document is None:
-            row = windows.read(session, patient, days)
-        elif days in windows.STANDARD_DAYS and needs_document is not None:
-            row = windows.read(session, patient, days, document=False)
-            if row is not None and needs_document(row.digest):
-                document = windows.document_of(session, patient.id, days, row.digest)
-                # Recomputed between the two reads: the whole row again (its new digest is not cached).
-                row = windows.read(session, patient, days) if document is None else replace(row, document=document)
-        return patient.public_id, zones.Zone(patient.tz, patient.tz_source), row
+        session.flush()  # `_seen`'s statement reads the database, not the session's pending changes
+        return self._seen(session, site, fhir_patient, None, days, needs_document)
 
     def zone(self, public_id: str) -> zones.Zone:
         with self.store.transaction() as session:
