@@ -67,7 +67,8 @@ def _agp(
         for b in range(n_bins):
             fill[b] = at
             at += counts[base + b]
-        if whole and high - low < _SPAN:
+        counted = whole and high - low < _SPAN  # each bin's values come out sorted
+        if counted:
             v0 = np.int64(low)
             span = np.int64(high) - v0 + 1
             by_value[:span] = 0
@@ -97,7 +98,7 @@ def _agp(
             if size == 0:
                 continue
             lo = fill[b] - size
-            if not (whole and high - low < _SPAN):
+            if not counted:
                 scratch[lo : lo + size].sort()
             for q in range(quantiles.shape[0]):
                 h = (size - 1) * (quantiles[q] / 100.0)
