@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -29,7 +30,7 @@ from typing import IO, Any
 
 import numpy as np
 import orjson
-from sqlalchemy import Table, select, text, update
+from sqlalchemy import Connection, Table, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -75,11 +76,17 @@ READING_CONTEXT = "glucobridge:reading"
 #: Margin around new readings when re-deciding duplicates: chains of near-copies longer than this are not real.
 RECONCILE_MARGIN_MS = 60 * 60_000
 
-_COLUMNS = (
+#: What each staged reading carries (the staging table's columns, in the order of a chunk's rows).
+_STAGED = (
     "reading_key", "patient_id", "stream_id", "session_id", "observed_ms", "value_mg_dl", "value_original",
-    "unit_original", "factor", "flag", "kind", "ambiguous_time", "source_feed", "source_rank",
-    "source_record_key", "record_hash", "stream_label", "batch_id", "received_at", "extra",
+    "unit_original", "factor", "flag", "kind", "ambiguous_time", "source_record_key", "record_hash", "stream_label",
+    "extra",
 )  # fmt: skip
+#: What every reading of one input shares: given once to the merge, not staged per reading.
+_PER_INPUT = ("source_feed", "source_rank", "batch_id", "received_at")
+#: COPY's text format: these characters in a text field would need escaping (a chunk with any is sent row by row).
+_COPY_SPECIAL = re.compile("[\\\\\t\n\r\x00]")
+_COPY_NULL, _BACKSLASH, _TWO_BACKSLASHES = "\\N", "\\", "\\\\"
 _QUARANTINE_COLUMNS = (
     "site_key", "feed", "batch_id", "locator", "reason", "payload", "context", "payload_sha256", "patient_public_id",
     "first_seen", "last_seen", "seen_count",
@@ -88,6 +95,11 @@ _QUARANTINE_COLUMNS = (
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class ReadingOwnerError(RuntimeError):
+    """A staged reading names a device stream that is not its patient's: a defect of the ingestor, not of the
+    input. Raised before the chunk is merged; the input's transaction rolls back."""
 
 
 class IngestError(ValueError):
@@ -511,7 +523,7 @@ class _Run:
         records: dict[tuple[int, int, float, str], int] = {}  # (record hash, time, value, unit) -> patient id
         tolerance = self.settings.future_tolerance_min * 60_000
         earliest, latest = EARLIEST_MS, self.now_ms + tolerance
-        site, feed, rank, batch_id, now = self.site, str(self.feed), int(self.feed.source), self.batch.id, self.now
+        site, feed = self.site, str(self.feed)
         ranges = self.ranges
         for reading in chunk:
             unit, value, flag = reading.unit, reading.value, reading.flag
@@ -570,10 +582,11 @@ class _Run:
             key = _key_hex(site, feed, reading, self.public_ids[patient_id])
             keyed[key] = reading
             factor = MMOL_L_TO_MG_DL if unit is GlucoseUnit.MMOL_L else 1.0
+            value = float(value)  # a feed's int or Decimal is stored (and written to COPY by repr) as a double
             rows.append((
                 key, patient_id, stream_id, session_id, reading.time_ms, value * factor, value, unit.label, factor,
-                int(flag), "scan" if extra.get("record_type") == "scan" else "cgm", reading.ambiguous, feed, rank,
-                reading.record_key, identity, reading.stream, batch_id, now, details,
+                int(flag), "scan" if extra.get("record_type") == "scan" else "cgm", reading.ambiguous,
+                reading.record_key, identity, reading.stream, details,
             ))  # fmt: skip
         if rows:
             self.insert(rows, keyed)
@@ -715,6 +728,15 @@ class _Run:
 
     # MARK: set-based writes
 
+    @property
+    def _mark(self) -> str:
+        """The driver's parameter mark (psycopg's, or sqlite3's)."""
+        return "%s" if self.dialect == "postgresql" else "?"
+
+    @property
+    def _shared(self) -> str:
+        return ", ".join(self._mark for _ in _PER_INPUT)
+
     def _staging(self) -> None:
         if self.staging_ready:
             return
@@ -723,58 +745,71 @@ class _Run:
             conn.exec_driver_sql(
                 "CREATE TEMP TABLE IF NOT EXISTS gb_staging (LIKE readings INCLUDING DEFAULTS) ON COMMIT DROP"
             )
-            conn.exec_driver_sql("ALTER TABLE gb_staging DROP COLUMN IF EXISTS id")
+            unstaged = ("id", *_PER_INPUT, "duplicate_of", "duplicate_reason")
+            conn.exec_driver_sql(f"ALTER TABLE gb_staging {', '.join(f'DROP COLUMN {c}' for c in unstaged)}")
         else:
             conn.exec_driver_sql("DROP TABLE IF EXISTS temp.gb_staging")
-            conn.exec_driver_sql("CREATE TEMP TABLE gb_staging AS SELECT * FROM readings WHERE 0")
+            conn.exec_driver_sql(f"CREATE TEMP TABLE gb_staging AS SELECT {', '.join(_STAGED)} FROM readings WHERE 0")
         self.staging_ready = True
 
     def insert(self, rows: list[tuple[Any, ...]], keyed: dict[str, FeedReading]) -> None:
-        """Hand the chunk to the writer thread (after the previous chunk is written)."""
+        """Hand the chunk to the writer thread (after the previous chunk is written). For COPY the chunk's text is
+        built here: the writer thread then holds the interpreter only to start its statements, so the parsing
+        of the next chunk never waits for it."""
         self.drain()
-        self.pending = self.writer.submit(self._insert_locked, rows, keyed)
+        block = _copy_text(rows) if self.copy else None
+        self.pending = self.writer.submit(self._insert_locked, rows, block, keyed)
 
-    def _insert_locked(self, rows: list[tuple[Any, ...]], keyed: dict[str, FeedReading]) -> None:
+    def _insert_locked(self, rows: list[tuple[Any, ...]], block: str | None, keyed: dict[str, FeedReading]) -> None:
         with self.lock:
-            self._insert_now(rows, keyed)
+            self._insert_now(rows, block, keyed)
         if self.on_chunk is not None:
             self.on_chunk(self.report.added + self.report.already_present)
 
-    def _insert_now(self, rows: list[tuple[Any, ...]], keyed: dict[str, FeedReading]) -> None:
+    def _insert_now(self, rows: list[tuple[Any, ...]], block: str | None, keyed: dict[str, FeedReading]) -> None:
         """Load the chunk into the staging table, then merge it into `readings` with one statement.
 
-        Loading is the only step that differs between the paths: PostgreSQL's COPY (`self.copy`), or one
-        executemany (SQLite, and PostgreSQL when asked). Keys go in as 32 hex digits, which both a PostgreSQL
-        uuid and SQLite's UUID column (32 hex characters) take as they are."""
+        Loading is the only step that differs between the paths: PostgreSQL's COPY (`self.copy`; `block` is the
+        chunk in COPY's text format, or None when a field would need escaping: then psycopg writes it row by row),
+        or one executemany (SQLite, and PostgreSQL when asked). Keys go in as 32 hex digits, which both a
+        PostgreSQL uuid and SQLite's UUID column (32 hex characters) take as they are. What every reading of the
+        input shares (feed, rank, batch, received time) is given once, to the merge."""
         self._staging()
         conn = self.session.connection()
-        cols = ", ".join(_COLUMNS)
+        cols = ", ".join(_STAGED)
         if self.copy:
             raw = conn.connection.driver_connection
             with raw.cursor().copy(f"COPY gb_staging ({cols}) FROM STDIN") as copy:  # type: ignore[union-attr]
-                for row in rows:
-                    copy.write_row(row)
+                if block is not None:
+                    copy.write(block)
+                else:
+                    for row in rows:
+                        copy.write_row(row)
         else:
-            mark = "%s" if self.dialect == "postgresql" else "?"
-            marks = ", ".join(mark for _ in _COLUMNS)
+            marks = ", ".join(self._mark for _ in _STAGED)
             conn.exec_driver_sql(f"INSERT INTO gb_staging ({cols}) VALUES ({marks})", rows)
         if self.dialect == "postgresql":
             # The planner knows nothing of a fresh temporary table: without statistics it joins the chunk to
             # `readings` by scanning the whole of it, once per chunk (quadratic over a large input).
             conn.exec_driver_sql("ANALYZE gb_staging")
+        self._check_owners(conn)
         offered = len(rows) - self._refuse_other_patients_records(keyed)
+        into = f"INSERT INTO readings ({cols}, {', '.join(_PER_INPUT)}) SELECT {cols}, {self._shared} FROM gb_staging"
+        shared = (str(self.feed), int(self.feed.source), self.batch.id, self.now)
         if self.dialect == "postgresql":
             # What was added, summed up by the server: per stream, the span and the count.
             spans: Sequence[Any] = conn.exec_driver_sql(
-                f"WITH ins AS (INSERT INTO readings ({cols}) SELECT {cols} FROM gb_staging "
-                "ON CONFLICT (reading_key) DO NOTHING RETURNING patient_id, stream_id, observed_ms, kind) "
+                f"WITH ins AS ({into} ON CONFLICT (reading_key) DO NOTHING "
+                "RETURNING patient_id, stream_id, observed_ms, kind) "
                 "SELECT patient_id, stream_id, kind, min(observed_ms), max(observed_ms), count(*) FROM ins "
-                "GROUP BY patient_id, stream_id, kind"
+                "GROUP BY patient_id, stream_id, kind",
+                shared,
             ).all()
         else:
             inserted = conn.exec_driver_sql(
-                f"INSERT INTO readings ({cols}) SELECT {cols} FROM gb_staging WHERE true "
-                "ON CONFLICT (reading_key) DO NOTHING RETURNING patient_id, stream_id, kind, observed_ms"
+                f"{into} WHERE true ON CONFLICT (reading_key) DO NOTHING "
+                "RETURNING patient_id, stream_id, kind, observed_ms",
+                shared,
             ).all()
             spans = _spans(inserted)
         added = sum(int(span[5]) for span in spans)
@@ -792,6 +827,23 @@ class _Run:
             for table, key in ((self.touched, int(stream_id)), (self.touched_patients, int(patient_id))):
                 span = table.setdefault(key, [int(lo), int(hi)])
                 span[0], span[1] = min(span[0], int(lo)), max(span[1], int(hi))
+
+    @staticmethod
+    def _check_owners(conn: Connection) -> None:
+        """Every staged reading's stream is a stream of the reading's own patient: checked once per chunk, in one
+        statement over its distinct pairs (the readings table has no foreign keys on them: a trigger per row was
+        40 % of the merge, and would not have caught a stream of another patient). A failure is a defect, never
+        bad input: the whole input rolls back."""
+        stray = conn.exec_driver_sql(
+            "SELECT s.patient_id, s.stream_id FROM (SELECT DISTINCT patient_id, stream_id FROM gb_staging) s "
+            "LEFT JOIN device_streams d ON d.id = s.stream_id AND d.patient_id = s.patient_id WHERE d.id IS NULL "
+            "LIMIT 1"
+        ).first()
+        if stray is not None:
+            raise ReadingOwnerError(
+                f"internal error: a staged reading of patient {stray[0]} names device stream {stray[1]}, which is not "
+                "that patient's; nothing from this input was written"
+            )
 
     def _refuse_other_patients_records(self, keyed: dict[str, FeedReading]) -> int:
         """Take out of the staged chunk every record already filed for another patient (same sender, record key,
@@ -989,6 +1041,24 @@ def _public_id(issuer: str, value: str) -> str:
     if len(full) <= 128:
         return full
     return f"{full[:100]}~{hashlib.sha256(full.encode()).hexdigest()[:16]}"
+
+
+def _copy_text(rows: list[tuple[Any, ...]]) -> str | None:
+    """The chunk in COPY's text format (columns `_STAGED`), or None when one of its texts holds a backslash, a tab,
+    a line break or a NUL (psycopg then escapes it row by row). Floats are written by `repr`, which reads back as
+    the same double; JSON's own backslashes are doubled, as the format asks."""
+    texts = "".join(f"{row[7]}{row[10]}{row[12]}{row[14]}" for row in rows)
+    if _COPY_SPECIAL.search(texts):
+        return None
+    null = _COPY_NULL
+    return "".join(
+        f"{key}\t{patient}\t{stream}\t{null if session is None else session}\t{ms}\t{mg!r}\t{value!r}\t"
+        f"{unit}\t{factor!r}\t{flag}\t{kind}\t{'t' if ambiguous else 'f'}\t{record_key}\t"
+        f"{null if identity is None else identity}\t{stream_label}\t"
+        f"{null if extra is None else extra.replace(_BACKSLASH, _TWO_BACKSLASHES)}\n"
+        for (key, patient, stream, session, ms, mg, value, unit, factor, flag, kind, ambiguous, record_key, identity,
+             stream_label, extra) in rows
+    )  # fmt: skip
 
 
 def _no_nul(text: str) -> str:

@@ -5,6 +5,7 @@ nothing; one bad record in a chunk never costs the good ones."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import aliased
 
 from bff.ingest.csv_feed import CsvParser
+from bff.ingest.dexcom import DexcomParser
 from bff.ingest.fhir_feed import FhirParser
 from bff.ingest.records import ParseOptions, Parser
 from bff.settings import Settings
@@ -67,6 +69,16 @@ def fx_two_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tu
                 schema.close()
 
 
+def dexcom_egvs() -> bytes:
+    records = [
+        {"recordId": f"d{i}", "systemTime": f"2024-03-01T0{i}:00:00Z", "displayTime": f"2024-03-01T0{i}:00:00-05:00",
+         "value": 100 + i, "unit": "mg/dL", "status": "ok", "transmitterId": "8X\\TX",
+         "transmitterGeneration": "g6", "displayDevice": 'iOS "quoted" \\ path\ttab'}
+        for i in range(9)
+    ]  # fmt: skip
+    return json.dumps({"recordType": "egv", "userId": "u-1", "records": records}).encode()
+
+
 SCENARIO: list[tuple[bytes, Parser | None]] = [
     # good rows across chunks, one unit nobody knows, one value a G6 cannot report
     (
@@ -89,6 +101,17 @@ SCENARIO: list[tuple[bytes, Parser | None]] = [
     ),
     # the same readings from FHIR for another patient of the site: stored and reconciled per stream
     (fhir_ndjson(readings(15)), FhirParser()),
+    # texts COPY's text format escapes: a record key with a backslash, one with a tab (its chunk is sent row by
+    # row), a Dexcom transmitter with a backslash, and feed details whose JSON holds quotes and backslashes
+    (
+        csv(
+            "P3,2024-03-01T00:00:00Z,5.5,mmol/L,dexcom-g6,back\\slash",
+            '"P3","2024-03-01T00:05:00Z","5.6","mmol/L","dexcom-g6","tab\there"',
+            *rows("P3", 12, prefix="p3-"),
+        ),
+        None,
+    ),
+    (dexcom_egvs(), DexcomParser()),
     # everything again: nothing added, the bad rows counted again
     (csv(*rows("P1", 20), "P1,2024-03-01T03:00:00Z,120,furlongs,dexcom-g6,bad-unit"), None),
 ]
@@ -139,10 +162,17 @@ def test_copy_and_batched_loading_give_the_same_rows_conflicts_and_quarantine(
         second = ingest(batched, data, parser, copy=False)
         assert report_of(first) == report_of(second)
         reports.append(first)
-    assert [(r.added, r.conflicts, r.quarantined) for r in reports] == [(20, 0, 2), (14, 1, 1), (15, 0, 0), (0, 0, 1)]
+    assert [(r.added, r.conflicts, r.quarantined) for r in reports] == [
+        (20, 0, 2), (14, 1, 1), (15, 0, 0), (14, 0, 0), (9, 0, 0), (0, 0, 1)
+    ]  # fmt: skip
     copied, loaded = snapshot(by_copy), snapshot(batched)
     assert copied == loaded
-    assert len(copied["readings"]) == 49
+    assert len(copied["readings"]) == 72
+    keys = {r[9] for r in copied["readings"]}
+    assert {"back\\slash", "tab\there"} <= keys
+    details = [r[11] for r in copied["readings"] if r[8] == "dexcom"]
+    assert len(details) == 9
+    assert all(d["displayDevice"] == 'iOS "quoted" \\ path\ttab' for d in details)
     assert [c[1:] for c in copied["conflicts"]] == [(77.0, "mg/dL")]
     reasons = sorted(q[1] for q in copied["quarantine"])
     assert any("was already filed for patient P1" in reason for reason in reasons)
