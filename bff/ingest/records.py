@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import IO, Protocol
+from typing import IO, Protocol, TypeVar, dataclass_transform
 
 from engine import GlucoseUnit, SensorFlag, Source, parse_unit
 
@@ -51,7 +51,18 @@ class PatientRef:
     value: str
 
 
-@dataclass(frozen=True, slots=True)
+_T = TypeVar("_T")
+
+
+@dataclass_transform(frozen_default=True)
+def _immutable(cls: type[_T]) -> type[_T]:
+    """A dataclass the type checker holds frozen (any assignment to a field is refused) that is not frozen at run
+    time: a frozen dataclass sets each field through `object.__setattr__`, 2.2 µs per reading where a plain one
+    takes 0.7. It is paid for every reading of every feed (1.5 s for a million-reading file)."""
+    return dataclass(slots=True)(cls)
+
+
+@_immutable
 class FeedReading:
     """One glucose reading as a feed delivered it, before the store resolves patient and device."""
 

@@ -22,6 +22,7 @@ import io
 import re
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -69,6 +70,10 @@ QUARANTINE_PAYLOAD_LIMIT = 2**20
 REASON_LIMIT = 1000
 #: A reading's feed details (`extra`, as JSON) beyond this make the reading a problem, not a huge row.
 EXTRA_LIMIT = 4096
+#: Chunks handed to the writer thread and not yet written: the reading thread goes on reading while up to this many
+#: wait (with one, it waited for each chunk's write before handing over the next: 5 µs a reading, `bench ingest`).
+#: Memory holds this many chunks besides the one being read.
+IN_FLIGHT = 2
 #: Problems are written in sets of this many (one statement each), so a file of bad records costs little.
 QUARANTINE_FLUSH = 2000
 #: The context of a quarantined reading that was parsed but failed a check (its payload is the reading's JSON).
@@ -378,19 +383,18 @@ class _Run:
         self.staging_ready = False
         self.held_problems: dict[str, _HeldProblem] = {}
         self.quarantine_staging_ready = False
-        # Readings the writer thread found to be another patient's record; quarantined by the reading thread.
-        self.refused: list[tuple[FeedReading, str]] = []
         self.belongs: dict[int, bool] = {}  # patient id -> may be fed at this site
         self.public_ids: dict[int, str] = {}  # patient id -> public id (what reading keys are built from)
         self.site_zone = site_zone or None
         self.feed_zone = feed_zone or None
         self.offsets: dict[int, dict[str, list[int]]] = {}  # patient id -> {offset minutes: [first ms, last ms]}
         self.stated_zones: dict[int, str] = {}  # patient id -> the zone the feed states
-        # Writes of chunk k run in a writer thread while chunk k+1 is parsed: the database works on the other
-        # core. One connection serves both threads, so every use of it holds `lock`.
+        # Writes of chunk k run in a writer thread while the next chunks are read: the database works on the other
+        # core. One connection serves both threads, so every use of it holds `lock`. Each chunk's future gives the
+        # readings the writer found to be another patient's record; the reading thread quarantines them.
         self.lock = threading.Lock()
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gb-ingest-writer")
-        self.pending: Future[None] | None = None
+        self.pending: deque[Future[list[tuple[FeedReading, str]]]] = deque()
 
     # MARK: the stream of items
 
@@ -414,14 +418,12 @@ class _Run:
         finally:
             self.writer.shutdown(wait=True)  # never leave the writer using the connection during a rollback
 
-    def drain(self) -> None:
-        """Wait for the chunk being written; its error, if any, is raised here."""
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            pending.result()
-        refused, self.refused = self.refused, []
-        for reading, reason in refused:
-            self.problem(reading, reason)  # counted as received when read; `problem` moves it to quarantined
+    def drain(self, keep: int = 0) -> None:
+        """Wait until at most `keep` chunks are still being written, and quarantine what those written refused. A
+        chunk's error, if any, is raised here."""
+        while len(self.pending) > keep:
+            for reading, reason in self.pending.popleft().result():
+                self.problem(reading, reason)  # counted as received when read; `problem` moves it to quarantined
 
     def quarantine(self, problem: FeedProblem) -> None:
         """Keep the record with its reason. Problems are buffered and written a set at a time (`flush_quarantine`);
@@ -753,20 +755,24 @@ class _Run:
         self.staging_ready = True
 
     def insert(self, rows: list[tuple[Any, ...]], keyed: dict[str, FeedReading]) -> None:
-        """Hand the chunk to the writer thread (after the previous chunk is written). For COPY the chunk's text is
-        built here: the writer thread then holds the interpreter only to start its statements, so the parsing
-        of the next chunk never waits for it."""
-        self.drain()
+        """Hand the chunk to the writer thread, once fewer than `IN_FLIGHT` chunks wait there. For COPY the chunk's
+        text is built here: the writer thread then holds the interpreter only to start its statements."""
+        self.drain(keep=IN_FLIGHT - 1)
         block = _copy_text(rows) if self.copy else None
-        self.pending = self.writer.submit(self._insert_locked, rows, block, keyed)
+        self.pending.append(self.writer.submit(self._insert_locked, rows, block, keyed))
 
-    def _insert_locked(self, rows: list[tuple[Any, ...]], block: str | None, keyed: dict[str, FeedReading]) -> None:
+    def _insert_locked(
+        self, rows: list[tuple[Any, ...]], block: str | None, keyed: dict[str, FeedReading]
+    ) -> list[tuple[FeedReading, str]]:
         with self.lock:
-            self._insert_now(rows, block, keyed)
+            refused = self._insert_now(rows, block, keyed)
         if self.on_chunk is not None:
             self.on_chunk(self.report.added + self.report.already_present)
+        return refused
 
-    def _insert_now(self, rows: list[tuple[Any, ...]], block: str | None, keyed: dict[str, FeedReading]) -> None:
+    def _insert_now(
+        self, rows: list[tuple[Any, ...]], block: str | None, keyed: dict[str, FeedReading]
+    ) -> list[tuple[FeedReading, str]]:
         """Load the chunk into the staging table, then merge it into `readings` with one statement.
 
         Loading is the only step that differs between the paths: PostgreSQL's COPY (`self.copy`; `block` is the
@@ -793,7 +799,8 @@ class _Run:
             # `readings` by scanning the whole of it, once per chunk (quadratic over a large input).
             conn.exec_driver_sql("ANALYZE gb_staging")
         self._check_owners(conn)
-        offered = len(rows) - self._refuse_other_patients_records(keyed)
+        refused = self._refuse_other_patients_records(keyed)
+        offered = len(rows) - len(refused)
         into = f"INSERT INTO readings ({cols}, {', '.join(_PER_INPUT)}) SELECT {cols}, {self._shared} FROM gb_staging"
         shared = (str(self.feed), int(self.feed.source), self.batch.id, self.now)
         if self.dialect == "postgresql":
@@ -827,6 +834,7 @@ class _Run:
             for table, key in ((self.touched, int(stream_id)), (self.touched_patients, int(patient_id))):
                 span = table.setdefault(key, [int(lo), int(hi)])
                 span[0], span[1] = min(span[0], int(lo)), max(span[1], int(hi))
+        return refused
 
     @staticmethod
     def _check_owners(conn: Connection) -> None:
@@ -845,10 +853,10 @@ class _Run:
                 "that patient's; nothing from this input was written"
             )
 
-    def _refuse_other_patients_records(self, keyed: dict[str, FeedReading]) -> int:
+    def _refuse_other_patients_records(self, keyed: dict[str, FeedReading]) -> list[tuple[FeedReading, str]]:
         """Take out of the staged chunk every record already filed for another patient (same sender, record key,
         time and value): a re-send for the wrong patient. They are quarantined (by the reading thread), never
-        filed twice. Returns how many were taken out."""
+        filed twice. Returns them, each with its reason."""
         conn = self.session.connection()
         # `readings` is reached through its record-hash index, by the chunk's hashes as one array. On a 1 M-reading
         # file of 250 patients this ingests at 25 k/s where the plain join gave 19 k/s (the join reads more of
@@ -867,17 +875,18 @@ class _Run:
             f"{lookup} GROUP BY s.reading_key"
         ).all()
         if not found:
-            return 0
+            return []
         owners = dict(
             conn.execute(
                 select(Patient.id, Patient.public_id).where(Patient.id.in_({int(row[1]) for row in found}))
             ).all()
         )
+        refused = []
         for staged_key, owner in found:
             key = staged_key.hex if isinstance(staged_key, uuid.UUID) else str(staged_key)
-            self.refused.append((keyed[key], _other_patients_record(keyed[key], f"for patient {owners.get(owner)}")))
+            refused.append((keyed[key], _other_patients_record(keyed[key], f"for patient {owners.get(owner)}")))
             conn.execute(text("DELETE FROM gb_staging WHERE reading_key = :key"), {"key": staged_key})
-        return len(found)
+        return refused
 
     def _conflicts(self) -> None:
         found = self.session.execute(
