@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from engine.devices import device_profile
 from engine.errors import InvalidReadingError
+from engine.immutable import immutable
 from engine.timezones import check_zone
 from engine.units import GlucoseUnit
 
@@ -48,7 +49,7 @@ class SensorFlag(IntEnum):
     HIGH = 2
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Reading:
     """One glucose reading. `value` may be None only for a LOW/HIGH reading of a known device (its bound)."""
 

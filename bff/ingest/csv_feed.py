@@ -67,13 +67,17 @@ class CsvParser:
                 strict=True,
             )
         )
+        patients: dict[str, PatientRef] = {}  # one reference per patient of the chunk, not one per row
         for record in records:
             if record.first in errors:
                 yield FeedProblem(record.locator, errors[record.first], record.text, context=context)
                 continue
             reading, record_id, zone, offset = by_row[record.first]
+            patient = patients.get(reading.patient_id)
+            if patient is None:
+                patient = patients[reading.patient_id] = PatientRef("glucobridge", reading.patient_id)
             yield FeedReading(
-                patient=PatientRef("glucobridge", reading.patient_id), time_ms=reading.time_ms, value=reading.value,
+                patient=patient, time_ms=reading.time_ms, value=reading.value,
                 unit=reading.unit, flag=reading.flag, device=reading.device, record_key=record_id,
                 session_start_ms=reading.session_start_ms,
                 session_key=f"start:{reading.session_start_ms}" if reading.session_start_ms is not None else "",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import IO
 
 import numpy as np
@@ -83,11 +83,12 @@ class _Pending:
 
 
 _ONE_MS = datetime(1970, 1, 1, 0, 0, 0, 1000) - _EPOCH_NAIVE
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)  # an aware time minus it: exact, by the two UTC offsets
 
 
 def _ms(moment: datetime) -> int:
     """Milliseconds since the epoch: UTC for an aware time, on the naive local axis for a naive one."""
-    delta = moment - _EPOCH_NAIVE if moment.tzinfo is None else moment - datetime.fromtimestamp(0, moment.tzinfo)
+    delta = moment - _EPOCH_NAIVE if moment.tzinfo is None else moment - _EPOCH_UTC
     return delta // _ONE_MS
 
 
