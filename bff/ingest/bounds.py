@@ -41,9 +41,10 @@ SHOWN_CHARS = 60
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 #: A number orjson would read differently from `json` (past 64 bits it gives a float, not an int) has a run of 19
-#: digits or more; found as a run of zeros once every digit is a zero (a translate is 2.6x the regex `\d{19}`).
-_DIGITS_AS_ZERO = str.maketrans("123456789", "000000000")
-_LONG_RUN = "0" * 19
+#: digits or more; found as a run of zeros once every digit is a zero, in the text's UTF-8 bytes (a 550-byte FHIR
+#: resource: 0.5 µs with its encoding, where `str.translate` took 2.9 µs and the regex `\d{19}` 6.3 µs).
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
 
 
@@ -148,7 +149,7 @@ def loads_bounded(text: str) -> Any:
     """One JSON value from text already held to `MAX_RECORD_BYTES`, refused (ValueError, with the reason) when it
     is nested deeper than `MAX_DEPTH`, holds a NUL character or a lone surrogate, or is not JSON."""
     value: Any = _FAILED
-    if _LONG_RUN not in text.translate(_DIGITS_AS_ZERO):
+    if _LONG_RUN not in text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_ZERO):
         # orjson (several times faster) reads what json reads to the same values, and refuses the rest: what it
         # refuses is read again by json below, for the same reason as always (or a value json accepts: NaN, …).
         with contextlib.suppress(orjson.JSONDecodeError):

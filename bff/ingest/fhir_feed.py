@@ -201,11 +201,15 @@ def _memoized(index: _Index, key: tuple[Any, ...] | None, compute: Callable[[], 
 
 
 def _text_items(value: Any) -> tuple[tuple[str, str], ...] | None:
-    """A JSON object of text values as a hashable key (None for anything else: not memoized)."""
+    """A JSON object of text values as a hashable key (None for anything else: not memoized). The items keep the
+    object's order: equal keys are equal objects, so a hit is always right; the same object written in another
+    order is only a miss."""
     if type(value) is not dict:
         return None
-    items = tuple(sorted(value.items()))
-    return items if all(type(v) is str for _k, v in items) else None
+    for text in value.values():
+        if type(text) is not str:
+            return None
+    return tuple(value.items())
 
 
 def _subject_memo(resource: Mapping[str, Any], index: _Index) -> PatientRef | None:

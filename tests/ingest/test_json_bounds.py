@@ -19,6 +19,13 @@ def test_a_long_integer_is_read_as_json_reads_it(number: str) -> None:
     assert type(value["v"]) is int
 
 
+def test_a_long_integer_beside_text_that_is_not_ascii_is_read_as_json_reads_it() -> None:
+    # The digit runs are looked for in the UTF-8 bytes: a character of several bytes never reads as a digit.
+    value = loads_bounded('{"name": "Zoë 血糖 ٣٣٣", "v": 1234567890123456789012}')
+    assert value == {"name": "Zoë 血糖 ٣٣٣", "v": 1234567890123456789012}
+    assert type(value["v"]) is int
+
+
 REFUSED = [('{"a": "x\\u0000y"}', "NUL"), ('{"a": "\\ud800"}', "lone surrogate"), ("[" * 200 + "]" * 200, "nested"),
            ('{"a": }', "invalid JSON")]  # fmt: skip
 
