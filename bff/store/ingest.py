@@ -20,11 +20,13 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import sys
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -206,6 +208,41 @@ def input_key(content_sha256: str, *, site: str, feed: str, patient: str | None,
     return hashlib.sha256(orjson.dumps(parts)).hexdigest()
 
 
+#: While an input is read, the interpreter lets another thread in after 0.2 ms instead of 5. The writer thread's
+#: every statement ends with it waiting for the reading thread, which parses without a pause, to let go of the
+#: interpreter; at the default 5 ms, several waits a chunk held the writer back, and with it the reading thread
+#: (1 M readings into PostgreSQL: CSV 37.7k/s at 5 ms, 43.6k/s at 0.2 ms; no gain below). It costs nothing while no
+#: thread waits.
+SWITCH_INTERVAL_S = 0.0002
+
+
+class _SwitchInterval:
+    """`sys.setswitchinterval` lowered while any ingest of the process runs, then put back as it was."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.saved = sys.getswitchinterval()
+
+    @contextmanager
+    def lowered(self) -> Iterator[None]:
+        with self.lock:
+            if self.users == 0:
+                self.saved = sys.getswitchinterval()
+                sys.setswitchinterval(min(self.saved, SWITCH_INTERVAL_S))
+            self.users += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.users -= 1
+                if self.users == 0:
+                    sys.setswitchinterval(self.saved)
+
+
+prompt_thread_switches = _SwitchInterval().lowered
+
+
 def content_digest(stream: IO[bytes]) -> str | None:
     """The SHA-256 of a seekable stream's remaining bytes, read before parsing (the stream is put back where it
     was); None for a stream that cannot seek (its digest is then taken while it is parsed)."""
@@ -267,7 +304,8 @@ class Ingestor:
         with self.store.transaction() as session:
             run = _Run(self, session, site=site, feed=parser.feed, source_name=source_name, patient=patient,
                        site_zone=site_zone, feed_zone=options.input_tz)  # fmt: skip
-            run.consume(items)
+            with prompt_thread_switches():
+                run.consume(items)
             skipped = getattr(parser, "skipped", None)
             if key is None:  # the digest is known only now: the next run of this input can be skipped
                 key = input_key(reader.sha.hexdigest(), site=site, feed=str(parser.feed), patient=patient,
@@ -322,7 +360,8 @@ class Ingestor:
         with self.store.transaction() as session:
             run = _Run(self, session, site=site, feed=feed, source_name=source_name, patient=patient,
                        site_zone=site_zone, feed_zone=feed_zone)  # fmt: skip
-            run.consume(items)
+            with prompt_thread_switches():
+                run.consume(items)
             return run.finish(content_sha256, {})
 
 

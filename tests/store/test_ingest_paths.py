@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from sqlalchemy import select
@@ -18,10 +19,10 @@ from sqlalchemy.orm import aliased
 from bff.ingest.csv_feed import CsvParser
 from bff.ingest.dexcom import DexcomParser
 from bff.ingest.fhir_feed import FhirParser
-from bff.ingest.records import ParseOptions, Parser
+from bff.ingest.records import FeedItem, ParseOptions, Parser
 from bff.settings import Settings
 from bff.store.db import Store, make_engine, upgrade
-from bff.store.ingest import Ingestor, IngestReport
+from bff.store.ingest import SWITCH_INTERVAL_S, Ingestor, IngestReport, prompt_thread_switches
 from bff.store.models import IngestBatch, Patient, QuarantineItem, Reading, ReadingConflict
 from tests.conftest import database_url
 from tests.store.feeds import fhir_ndjson, readings
@@ -236,3 +237,26 @@ def test_a_chunk_with_one_bad_record_stores_the_good_ones_and_quarantines_the_ba
     assert "already filed for patient P1" in reasons[0]
     assert "outside what dexcom-g6 can report" in reasons[1]
     assert report.changed_patients == {owners["P3"]}
+
+
+def test_the_interpreter_switches_threads_promptly_while_an_input_is_read_and_as_before_after(store: Store) -> None:
+    seen: list[float] = []
+
+    class Watching:
+        feed = CsvParser.feed
+
+        def parse(self, stream: IO[bytes], options: ParseOptions) -> Iterator[FeedItem]:
+            for item in CsvParser().parse(stream, options):
+                seen.append(sys.getswitchinterval())
+                yield item
+
+        def parse_quarantined(self, payload: str, context: str, options: ParseOptions) -> Iterator[FeedItem]:
+            raise NotImplementedError
+
+    before = sys.getswitchinterval()
+    assert before > SWITCH_INTERVAL_S
+    with prompt_thread_switches():  # another ingest of the process, still running when this one ends
+        ingest(store, csv(*rows("P1", 5)), Watching())
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+    assert seen == pytest.approx([SWITCH_INTERVAL_S] * 5)
+    assert sys.getswitchinterval() == before
