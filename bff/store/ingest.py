@@ -412,7 +412,8 @@ class _Run:
         session.add(self.batch)
         session.flush()
         self.report = IngestReport(batch_id=self.batch.id, site=site, feed=str(feed))
-        self.patients: dict[tuple[str, str] | None, int | str] = {}
+        self.patients: dict[tuple[str, str] | None, int | str] = {}  # by the site-qualified key
+        self.by_ref: dict[tuple[str, str] | None, int | str] = {}  # the same, by the key as the feed gave it
         self.streams: dict[tuple[int, str], int] = {}
         self.sessions: dict[tuple[int, str], int] = {}
         self.ranges: dict[tuple[str, GlucoseUnit], tuple[float, float]] = {}
@@ -565,6 +566,7 @@ class _Run:
         tolerance = self.settings.future_tolerance_min * 60_000
         earliest, latest = EARLIEST_MS, self.now_ms + tolerance
         site, feed = self.site, str(self.feed)
+        by_ref = self.by_ref
         ranges = self.ranges
         for reading in chunk:
             unit, value, flag = reading.unit, reading.value, reading.flag
@@ -587,9 +589,10 @@ class _Run:
                     continue
             assert value is not None
             ref = reading.patient
-            patient_id = self.patients.get(None if ref is None else (self.qualified(ref.issuer), ref.value))
+            as_given = None if ref is None else (ref.issuer, ref.value)
+            patient_id = by_ref.get(as_given)
             if patient_id is None:
-                patient_id = self.patient_for(ref)
+                patient_id = by_ref[as_given] = self.patient_for(ref)
             if isinstance(patient_id, str):
                 self.problem(reading, patient_id)
                 continue
