@@ -412,8 +412,8 @@ class _Run:
         session.add(self.batch)
         session.flush()
         self.report = IngestReport(batch_id=self.batch.id, site=site, feed=str(feed))
-        self.patients: dict[tuple[str, str] | None, int | str] = {}  # by the site-qualified key
-        self.by_ref: dict[tuple[str, str] | None, int | str] = {}  # the same, by the key as the feed gave it
+        # (issuer, value) as the feed gave it -> patient id, or why it cannot be known (the site qualifies it once)
+        self.patients: dict[tuple[str, str] | None, int | str] = {}
         self.streams: dict[tuple[int, str], int] = {}
         self.sessions: dict[tuple[int, str], int] = {}
         self.ranges: dict[tuple[str, GlucoseUnit], tuple[float, float]] = {}
@@ -566,7 +566,7 @@ class _Run:
         tolerance = self.settings.future_tolerance_min * 60_000
         earliest, latest = EARLIEST_MS, self.now_ms + tolerance
         site, feed = self.site, str(self.feed)
-        by_ref = self.by_ref
+        patients = self.patients
         ranges = self.ranges
         for reading in chunk:
             unit, value, flag = reading.unit, reading.value, reading.flag
@@ -590,9 +590,9 @@ class _Run:
             assert value is not None
             ref = reading.patient
             as_given = None if ref is None else (ref.issuer, ref.value)
-            patient_id = by_ref.get(as_given)
+            patient_id = patients.get(as_given)
             if patient_id is None:
-                patient_id = by_ref[as_given] = self.patient_for(ref)
+                patient_id = self.patient_for(ref)
             if isinstance(patient_id, str):
                 self.problem(reading, patient_id)
                 continue
@@ -637,13 +637,13 @@ class _Run:
 
     def patient_for(self, ref: PatientRef | None) -> int | str:
         """The patient's id, or the reason it cannot be known (then the reading goes to quarantine)."""
-        key = None if ref is None else (self.qualified(ref.issuer), ref.value)
-        if key in self.patients:
-            return self.patients[key]
-        with self.lock:
-            result = self._resolve_patient(key)
-        self.patients[key] = result
-        return result
+        as_given = None if ref is None else (ref.issuer, ref.value)
+        found = self.patients.get(as_given)
+        if found is None:
+            with self.lock:
+                found = self._resolve_patient(None if ref is None else (self.qualified(ref.issuer), ref.value))
+            self.patients[as_given] = found
+        return found
 
     def qualified(self, issuer: str) -> str:
         """Every issuer is scoped to the site: one site's identifiers never resolve to another site's patient."""
