@@ -304,8 +304,7 @@ class Ingestor:
         with self.store.transaction() as session:
             run = _Run(self, session, site=site, feed=parser.feed, source_name=source_name, patient=patient,
                        site_zone=site_zone, feed_zone=options.input_tz)  # fmt: skip
-            with prompt_thread_switches():
-                run.consume(items)
+            run.consume(items)
             skipped = getattr(parser, "skipped", None)
             if key is None:  # the digest is known only now: the next run of this input can be skipped
                 key = input_key(reader.sha.hexdigest(), site=site, feed=str(parser.feed), patient=patient,
@@ -360,8 +359,7 @@ class Ingestor:
         with self.store.transaction() as session:
             run = _Run(self, session, site=site, feed=feed, source_name=source_name, patient=patient,
                        site_zone=site_zone, feed_zone=feed_zone)  # fmt: skip
-            with prompt_thread_switches():
-                run.consume(items)
+            run.consume(items)
             return run.finish(content_sha256, {})
 
 
@@ -439,24 +437,26 @@ class _Run:
     # MARK: the stream of items
 
     def consume(self, items: Iterable[FeedItem]) -> None:
+        """Read the items, writing them a chunk at a time in the writer thread (threads switch promptly meanwhile)."""
         chunk: list[FeedReading] = []
         size = self.settings.ingest_chunk
-        try:
-            for item in items:
-                if isinstance(item, FeedProblem):
-                    self.quarantine(item)
-                    continue
-                self.report.received += 1
-                chunk.append(item)
-                if len(chunk) >= size:
+        with prompt_thread_switches():
+            try:
+                for item in items:
+                    if isinstance(item, FeedProblem):
+                        self.quarantine(item)
+                        continue
+                    self.report.received += 1
+                    chunk.append(item)
+                    if len(chunk) >= size:
+                        self.write(chunk)
+                        chunk = []
+                if chunk:
                     self.write(chunk)
-                    chunk = []
-            if chunk:
-                self.write(chunk)
-            self.drain()
-            self.flush_quarantine()
-        finally:
-            self.writer.shutdown(wait=True)  # never leave the writer using the connection during a rollback
+                self.drain()
+                self.flush_quarantine()
+            finally:
+                self.writer.shutdown(wait=True)  # never leave the writer using the connection during a rollback
 
     def drain(self, keep: int = 0) -> None:
         """Wait until at most `keep` chunks are still being written, and quarantine what those written refused. A
