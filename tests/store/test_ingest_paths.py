@@ -22,7 +22,14 @@ from bff.ingest.fhir_feed import FhirParser
 from bff.ingest.records import FeedItem, ParseOptions, Parser
 from bff.settings import Settings
 from bff.store.db import Store, make_engine, upgrade
-from bff.store.ingest import SWITCH_INTERVAL_S, Ingestor, IngestReport, prompt_thread_switches
+from bff.store.ingest import (
+    SWITCH_INTERVAL_S,
+    Ingestor,
+    IngestReport,
+    ReadingOwnerError,
+    _Run,
+    prompt_thread_switches,
+)
 from bff.store.models import IngestBatch, Patient, QuarantineItem, Reading, ReadingConflict
 from tests.conftest import database_url
 from tests.store.feeds import fhir_ndjson, readings
@@ -260,3 +267,19 @@ def test_the_interpreter_switches_threads_promptly_while_an_input_is_read_and_as
         assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
     assert seen == pytest.approx([SWITCH_INTERVAL_S] * 5)
     assert sys.getswitchinterval() == before
+
+
+def test_a_reading_staged_with_another_patients_stream_rolls_the_whole_input_back(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The readings table has no foreign keys on patient and stream: each chunk's pairs are checked before the merge.
+    A defect that hands a reading another patient's stream stops the input, and nothing of it is written."""
+    ingest(store, csv(*rows("P1", 5)))
+    with store.transaction() as session:
+        p1_stream = session.scalars(select(Reading.stream_id)).first()
+    monkeypatch.setattr(_Run, "stream_for", lambda self, patient_id, device: p1_stream)
+    with pytest.raises(ReadingOwnerError, match="names device stream"):
+        ingest(store, csv(*rows("P2", 5, prefix="p2-")))
+    with store.transaction() as session:
+        owners = session.scalars(select(Patient.public_id).join(Reading, Reading.patient_id == Patient.id)).all()
+    assert owners == ["P1"] * 5
