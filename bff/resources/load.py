@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from functools import cache
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -79,9 +79,10 @@ def outcome_record(
     )  # fmt: skip
 
 
-@cache
+@lru_cache(maxsize=64)
 def _policy_of(policy: OutcomePolicy) -> Mapping[str, Any]:
-    """The policy's fields, one read-only mapping per policy that every record of it shares."""
+    """The policy's fields, one read-only mapping per policy that every record of it shares (as many policies held
+    as `engine.policy` holds hashes: a bounded number, however many policies requests name)."""
     return MappingProxyType(policy.as_dict())
 
 
