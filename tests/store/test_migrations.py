@@ -34,7 +34,7 @@ def test_upgrade_head_on_an_empty_database_then_autogenerate_finds_no_difference
 
 def test_the_readings_owner_check_migration_keeps_every_reading_both_ways(db_url: str) -> None:
     """7d3f1b9e4a26 drops the readings' foreign keys to patients and streams (SQLite rebuilds the table); down and
-    up again, the stored readings are the same rows, and the ingest works at either end."""
+    up again, the readings stored before are the same rows, and the foreign keys are back only below it."""
     from alembic import command  # noqa: PLC0415 - as bff.store.db does
 
     engine = make_engine(db_url)
