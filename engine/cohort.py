@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from engine.bands import classify_bands, classify_target
+from engine.bands import BAND_THRESHOLDS
 from engine.devices import device_profile
 from engine.kernels import compiled
 from engine.policy import Method, OutcomePolicy, Smoothing
 from engine.readings import NO_TIME, ReadingTable
-from engine.timezones import DAY_MS, local_midnight_ms, span_offsets_ms, to_local_ms
+from engine.timezones import DAY_MS, local_midnight_ms, span_offsets_ms, to_local_ms, zone_rules
 from engine.units import MMOL_L_TO_MG_DL, GlucoseUnit
 from engine.windows import WindowSpec, resolve_window
 
@@ -33,6 +33,9 @@ MIN_MS = 60_000
 N_BANDS = 5
 PERCENTILES = (5.0, 25.0, 50.0, 75.0, 95.0)
 EXCLUSION_REASONS = ("before_session_start", "warm_up", "warm_up_inferred", "duplicate")
+_BANDS_MG = np.array(BAND_THRESHOLDS[GlucoseUnit.MG_DL])
+_BANDS_MMOL = np.array(BAND_THRESHOLDS[GlucoseUnit.MMOL_L])
+_NO_ROWS = np.zeros(0, dtype=np.int64)  # the table is already in canonical order: a used reading's row is lo + i
 _BIG = np.int64(1) << np.int64(40)  # > any span of times within one patient (about 35 years in ms)
 
 
@@ -96,11 +99,7 @@ class CohortResult:
 def _canonical_order(table: ReadingTable) -> I64 | None:
     """None when the table is already sorted by (patient, stream, time); otherwise the sorting permutation."""
     p, s, t = table.patient, table.stream, table.time_ms
-    if len(table) < 2:
-        return None
-    dp, ds, dt = np.diff(p), np.diff(s), np.diff(t)
-    ordered = (dp > 0) | ((dp == 0) & ((ds > 0) | ((ds == 0) & (dt >= 0))))
-    if bool(ordered.all()):
+    if compiled().ordered(p, s, t):
         return None
     return np.lexsort((t, s, p)).astype(np.int64)
 
@@ -154,7 +153,11 @@ def _local_times(zones: list[str], zone_code: NDArray[np.int32], patient: NDArra
 
 
 def _local(sh: _Shared, pa: int, p: NDArray[np.int32], t: I64) -> I64:
-    return _local_times(sh.zones, sh.zone_code[pa:], p, t)
+    """Local wall-clock ms of a block's readings (rows grouped by patient), in one compiled pass."""
+    local = np.empty_like(t)
+    if t.size:
+        compiled().local(p, t, sh.zone_code[pa:], *sh.zone_rules, local)
+    return local
 
 
 def _windows(
@@ -201,6 +204,15 @@ def _date_of(day_number: int) -> date:
 
 # MARK: the computation
 
+
+def _rules_over(zones: list[str], has_window: NDArray[np.bool_], w_start: I64, w_end: I64) -> tuple[I64, I64, I64]:
+    """The zones' rules over every window: readings outside their patient's window are never used, so never
+    placed in local time."""
+    if not has_window.any():
+        return zone_rules(zones, 0, 0)
+    return zone_rules(zones, int(w_start[has_window].min()), int(w_end[has_window].max()))
+
+
 #: Readings per block: patients are computed in blocks of about this many readings, so temporaries stay small
 #: (cache- and allocator-friendly) and peak memory does not grow with the cohort beyond the inputs and results.
 BLOCK_READINGS = 1 << 17
@@ -225,6 +237,9 @@ class _Shared:
     has_window: NDArray[np.bool_]
     w_start: I64
     w_end: I64
+    zone_rules: tuple[I64, I64, I64]  # engine.timezones.zone_rules over the table's times
+    used_index: I64  # room for every row: each block writes its used readings' positions after the last block's
+    used_weight_ms: I64
 
 
 def compute_cohort(
@@ -252,7 +267,7 @@ def compute_cohort(
     zone_code = np.array([zones.index(z) for z in table.zones], dtype=np.int32)
 
     # Windows, for all patients at once.
-    bounds = np.searchsorted(p, np.arange(n_p + 1), side="left").astype(np.int64)
+    bounds = np.searchsorted(p, np.arange(n_p + 1, dtype=p.dtype), side="left").astype(np.int64)
     has_rows = bounds[1:] > bounds[:-1]
     last_ms = np.zeros(n_p, dtype=np.int64)
     if p.size:
@@ -277,17 +292,21 @@ def compute_cohort(
         has_window=has_window,
         w_start=w_start,
         w_end=w_end,
+        zone_rules=_rules_over(zones, has_window, w_start, w_end),
+        used_index=np.empty(t.shape[0], dtype=np.int64),
+        used_weight_ms=np.empty(t.shape[0], dtype=np.int64),
     )
     parts: list[_Part] = []
-    pa = 0
+    pa = used = 0
     while True:  # at least one block, so an empty table still has the shape of a result
         pb = int(np.searchsorted(bounds, bounds[pa] + block_readings, side="right")) - 1
         pb = min(max(pb, pa + 1), n_p)
-        parts.append(_block(shared, pa, pb, int(bounds[pa]), int(bounds[pb])))
+        parts.append(_block(shared, pa, pb, int(bounds[pa]), int(bounds[pb]), used))
+        used += parts[-1].n_used
         pa = pb
         if pa >= n_p:
             break
-    return _combine(shared, parts, w_days, window)
+    return _combine(shared, parts, w_days, window, used)
 
 
 @dataclass(frozen=True, eq=False)
@@ -296,6 +315,7 @@ class _Part:
 
     per_patient: dict[str, NDArray[Any]]
     ragged: dict[str, NDArray[Any]]
+    n_used: int  # the used readings it wrote to the shared `used_index` and `used_weight_ms`
 
 
 _PER_PATIENT = (
@@ -335,13 +355,11 @@ _RAGGED = (
     "day_mean_mg_dl",
     "day_band_weight",
     "day_target_weight",
-    "used_index",
-    "used_weight_ms",
 )
 
 
-def _combine(shared: _Shared, parts: list[_Part], w_days: F64, window: WindowSpec) -> CohortResult:
-    fields: dict[str, Any] = {}
+def _combine(shared: _Shared, parts: list[_Part], w_days: F64, window: WindowSpec, used: int) -> CohortResult:
+    fields: dict[str, Any] = {"used_index": shared.used_index[:used], "used_weight_ms": shared.used_weight_ms[:used]}
     for name in _PER_PATIENT:
         fields[name] = np.concatenate([part.per_patient[name] for part in parts])
     for name in _RAGGED:
@@ -358,8 +376,9 @@ def _combine(shared: _Shared, parts: list[_Part], w_days: F64, window: WindowSpe
     )
 
 
-def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
-    """Outcomes of patients [pa, pb), whose readings are rows [lo, hi) of the sorted columns."""
+def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int, used: int) -> _Part:
+    """Outcomes of patients [pa, pb), whose readings are rows [lo, hi) of the sorted columns; the positions and
+    weights of its used readings go to the shared arrays from `used` on."""
     policy, table = sh.policy, sh.table
     n_b = pb - pa
     p = sh.p[lo:hi] - np.int32(pa)
@@ -377,53 +396,56 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
     value, unit = column(table.value), column(table.unit)
     n = hi - lo
     reason = np.empty(n, dtype=np.int8)
-    used = np.empty(n, dtype=np.int64)
-    mg = np.empty(n)
-    weight_ms = np.empty(n, dtype=np.int64)
     excluded = np.zeros((n_b, len(EXCLUSION_REASONS)), dtype=np.int64)
     ambiguous = np.zeros(n_b, dtype=np.int64)
-    n_used_all = compiled().front(
+    kernels = compiled()
+    kernels.front(
         p, t, s, value, unit, column(table.session_start_ms), column(table.source), column(table.received),
         column(table.ambiguous), w_start, w_end, sh.interval_of, sh.warmup_of, sh.break_of,
         int(GlucoseUnit.MMOL_L), MMOL_L_TO_MG_DL, int(NO_TIME), sh.prepared, policy.infer_sessions,
-        reason, np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), used, mg, weight_ms, excluded, ambiguous,
+        reason, np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), excluded, ambiguous,
     )  # fmt: skip
-    used, mg, weight_ms = used[:n_used_all], mg[:n_used_all], weight_ms[:n_used_all]
-    p, t, s = p[used], t[used], s[used]
-    position = used + lo if rows is None else rows[used]
-    value, unit, flag = value[used], unit[used], column(table.flag)[used]
-    interval = sh.interval_of[s]
+
+    # The used readings, with their time weights (§7), bands and target classes (engine.bands' rules, compiled) and
+    # per-patient counts, in one pass.
+    position, weight_ms = sh.used_index[used : used + n], sh.used_weight_ms[used : used + n]
+    p_u, t_u, s_u = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int32)
+    mg, band, target = np.empty(n), np.empty(n, dtype=np.int8), np.empty(n, dtype=np.int8)
+    counts = np.zeros((n_b, 4), dtype=np.int64)  # readings, in mmol/L, LOW flags, HIGH flags
+    m = kernels.emit(
+        reason, _NO_ROWS if rows is None else rows, lo, p, t, s, value, unit, column(table.flag), w_end,
+        sh.interval_of, int(GlucoseUnit.MMOL_L), MMOL_L_TO_MG_DL, _BANDS_MG, _BANDS_MMOL,
+        np.array([policy.target.low_mg_dl, policy.target.high_mg_dl]),
+        np.array([policy.target.low_mmol_l, policy.target.high_mmol_l]),
+        position, p_u, t_u, s_u, mg, weight_ms, band, target, counts,
+    )  # fmt: skip
+    in_time_order, m = m >= 0, abs(m)
+    p, t, s, position, weight_ms = p_u[:m], t_u[:m], s_u[:m], position[:m], weight_ms[:m]
+    mg, band, target = mg[:m], band[:m], target[:m]
 
     # Merged (patient, time) order across streams, for activity, gaps, events, days and the AGP.
-    if p.size > 1 and not bool(((np.diff(p) > 0) | (np.diff(t) >= 0)).all()):
+    if not in_time_order:
         merged = np.lexsort((s, t, p)).astype(np.int64)
-        p, t, s, interval, weight_ms, position = (
-            p[merged],
-            t[merged],
-            s[merged],
-            interval[merged],
-            weight_ms[merged],
-            position[merged],
-        )
-        value, unit, flag, mg = value[merged], unit[merged], flag[merged], mg[merged]
+        p, t, s = p[merged], t[merged], s[merged]
+        weight_ms[:], position[:] = weight_ms[merged], position[merged]  # in place: they are the shared arrays
+        band, target, mg = band[merged], target[merged], mg[merged]
 
-    weight = weight_ms.astype(np.float64) if policy.method is Method.TIME else np.ones(p.shape[0])
-    band = classify_bands(value, unit, flag)
-    target = classify_target(value, unit, flag, policy.target)
     local = _local(sh, pa, p, t)
 
-    n_used = np.bincount(p, minlength=n_b).astype(np.int64)
-    seg = _Segments(n_used)  # the rows are grouped by patient: per-patient sums are segment reductions
+    n_used = counts[:, 0].copy()
     mean, sd, lbgi, hbgi = _statistics(p, mg, n_used)
 
     # Local days (§9, §10) and the activity union (§9). One weighted count per (local day, night/day, band, target
     # class) gives the bands, the target classes and the periods of the days and, summed over each patient's days,
     # of the patients. The weights are whole numbers (ms, or 1 per reading), so these sums are exact in any order.
-    days = _days(p, t, local, weight_ms, weight, band, target, mg, w_end - w_start)
+    days = _days(p, t, local, weight_ms, policy.method is Method.TIME, band, target, mg, w_end - w_start)
     time_of_day, day_patient, day_num = days.time_of_day, days.patient, days.number
     day_readings, day_active_ms, day_mg, by_day = days.readings, days.active_ms, days.mg_sum, days.by_class
+    n_days = day_num.shape[0]
     by_class = np.zeros((n_b, 2, N_BANDS, 3))
-    np.add.at(by_class, day_patient, by_day)
+    day_band_weight, day_target_weight = np.empty((n_days, N_BANDS)), np.empty((n_days, 3))
+    kernels.class_sums(by_day.reshape(n_days, 30), day_patient, by_class.reshape(n_b, 30), day_band_weight,
+                       day_target_weight)  # fmt: skip
     band_weight = by_class.sum(axis=(1, 3))
     target_weight = by_class.sum(axis=(1, 2))
     period_weight = by_class.sum(axis=3)
@@ -432,11 +454,10 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
     day_time_readings = np.bincount(day_patient, weights=days.daytime_readings, minlength=n_b).astype(np.int64)
     period_readings = np.stack([n_used - day_time_readings, day_time_readings], axis=1)
 
-    readings_mmol = seg.count(unit == GlucoseUnit.MMOL_L)
-    gap_p, gap_s, gap_e = _gaps(
-        p, t, weight_ms, sh.has_window[pa:pb], w_start, w_end, policy.long_gap_min * MIN_MS, n_b
+    readings_mmol = counts[:, 1].copy()
+    (gap_p, gap_s, gap_e), (ev_p, ev_l, ev_s, ev_e) = _episodes(
+        n_used, t, weight_ms, s, sh.interval_of, band, sh.has_window[pa:pb], w_start, w_end, policy
     )
-    ev_p, ev_l, ev_s, ev_e = _events(p, t, weight_ms, interval, band, policy)
     agp_n, agp = _agp(p, mg, time_of_day, n_b, policy)
     offset = np.int32(pa)
     return _Part(
@@ -449,8 +470,8 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
             "readings_used": n_used,
             "readings_mg_dl": n_used - readings_mmol,
             "readings_mmol_l": readings_mmol,
-            "sensor_low": seg.count(flag == 1),
-            "sensor_high": seg.count(flag == 2),
+            "sensor_low": counts[:, 2].copy(),
+            "sensor_high": counts[:, 3].copy(),
             "ambiguous": ambiguous,
             "excluded": excluded,
             "mean_mg_dl": mean,
@@ -475,11 +496,10 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int) -> _Part:
             "day_readings": day_readings,
             "day_active_ms": day_active_ms,
             "day_mean_mg_dl": day_mg / np.maximum(day_readings, 1),
-            "day_band_weight": by_day.sum(axis=(1, 3)),
-            "day_target_weight": by_day.sum(axis=(1, 2)),
-            "used_index": position.astype(np.int64),
-            "used_weight_ms": weight_ms.astype(np.int64),
+            "day_band_weight": day_band_weight,
+            "day_target_weight": day_target_weight,
         },
+        n_used=m,
     )
 
 
@@ -507,7 +527,7 @@ def _days(
     t: I64,
     local: I64,
     weight_ms: I64,
-    weight: F64,
+    by_time: bool,
     band: NDArray[np.int8],
     target: NDArray[np.int8],
     mg: F64,
@@ -523,10 +543,10 @@ def _days(
     number = np.empty(capacity, dtype=np.int64)
     by_class = np.empty((capacity, 2 * N_BANDS * 3))
     mg_sum = np.empty(capacity)
-    n_days = compiled().days(p, t, local, weight_ms, weight, band, target, mg, DAY_MS, DAYTIME_FROM_MS,
+    n_days = compiled().days(p, t, local, weight_ms, by_time, band, target, mg, DAYTIME_FROM_MS,
                              time_of_day, per_day, number, by_class, mg_sum)  # fmt: skip
     if n_days < 0:
-        return _days_by_sorting(p, t, local, weight_ms, weight, band, target, mg)
+        return _days_by_sorting(p, t, local, weight_ms, by_time, band, target, mg)
     return _Days(time_of_day, per_day[:n_days, 0].astype(np.int32), number[:n_days], per_day[:n_days, 1],
                  per_day[:n_days, 2], mg_sum[:n_days], by_class[:n_days].reshape(n_days, 2, N_BANDS, 3),
                  per_day[:n_days, 3])  # fmt: skip
@@ -537,12 +557,13 @@ def _days_by_sorting(
     t: I64,
     local: I64,
     weight_ms: I64,
-    weight: F64,
+    by_time: bool,
     band: NDArray[np.int8],
     target: NDArray[np.int8],
     mg: F64,
 ) -> _Days:
     """`_days` in numpy, grouping each patient's readings by local date with a sort: for local dates that step back."""
+    weight = weight_ms.astype(np.float64) if by_time else np.ones(p.shape[0])
     p64 = p.astype(np.int64)
     day_number = local // DAY_MS
     time_of_day = local - day_number * DAY_MS
@@ -582,7 +603,8 @@ def _risk(mg: F64) -> F64:
 #: f(g) for whole mg/dL values 0..1000 (most sensors report whole mg/dL): one look-up instead of log and power.
 _RISK_TABLE = _risk(np.arange(1001, dtype=np.float64))
 _R_TABLE = 10.0 * _RISK_TABLE * _RISK_TABLE
-_HIGH_TABLE = _RISK_TABLE > 0
+_R_LOW = np.where(_RISK_TABLE > 0, 0.0, _R_TABLE)  # r = 10 f² where f ≤ 0 (LBGI's terms), else 0
+_R_HIGH = np.where(_RISK_TABLE > 0, _R_TABLE, 0.0)  # where f > 0 (HBGI's)
 
 
 class _Segments:
@@ -626,120 +648,41 @@ def _statistics(p: NDArray[np.int32], mg: F64, n_used: I64) -> tuple[F64, F64, F
     the same to the last bit whatever the batch layout). The risk of a value the kernel's tables do not hold (not a
     whole number up to 1000 mg/dL) is numpy's, computed here for those values only."""
     f_untabled = np.zeros(0)
-    untabled = np.flatnonzero((mg > 1000.0) | (np.floor(mg) != mg))  # as the kernel tells them apart
+    untabled = np.empty(mg.shape[0], dtype=np.int64)
+    untabled = untabled[: compiled().untabled(mg, untabled)]  # as the kernel tells them apart
     if untabled.size:
-        f_untabled = np.zeros(mg.shape[0])
+        f_untabled = np.empty(mg.shape[0])  # the kernel reads only the untabled positions
         f_untabled[untabled] = _risk(mg[untabled])
     out = np.empty((n_used.shape[0], 4))
-    compiled().statistics(p, mg, n_used, _R_TABLE, _HIGH_TABLE, f_untabled, out)
+    compiled().statistics(p, mg, n_used, _R_LOW, _R_HIGH, f_untabled, out)
     return out[:, 0], out[:, 1], out[:, 2], out[:, 3]
 
 
-def _gaps(
-    p: NDArray[np.int32],
+def _episodes(
+    n_used: I64,
     t: I64,
     weight_ms: I64,
+    s: NDArray[np.int32],
+    interval_of: I64,
+    band: NDArray[np.int8],
     has_window: NDArray[np.bool_],
     w_start: I64,
     w_end: I64,
-    long_gap_ms: int,
-    n_p: int,
-) -> tuple[NDArray[np.int32], I64, I64]:
-    """§10 gaps: interior steps ≥ long_gap, plus the window edges; a patient with no reading: the whole window."""
-    parts_p: list[NDArray[np.int32]] = []
-    parts_s: list[I64] = []
-    parts_e: list[I64] = []
-    n_used = np.bincount(p, minlength=n_p)
-    empty = np.flatnonzero(has_window & (n_used == 0)).astype(np.int32)
-    parts_p.append(empty)
-    parts_s.append(w_start[empty])
-    parts_e.append(w_end[empty])
-    if p.size:
-        first = _starts(p)
-        firsts = np.flatnonzero(first)
-        lead = firsts[t[firsts] - w_start[p[firsts]] >= long_gap_ms]
-        parts_p.append(p[lead])
-        parts_s.append(w_start[p[lead]])
-        parts_e.append(t[lead])
-        inner = np.flatnonzero(~first[1:] & (t[1:] - t[:-1] >= long_gap_ms))
-        parts_p.append(p[inner])
-        parts_s.append(t[inner])
-        parts_e.append(t[inner + 1])
-        ends = t + weight_ms
-        last_end = np.full(n_p, np.iinfo(np.int64).min, dtype=np.int64)
-        has = np.flatnonzero(n_used)
-        last_end[has] = np.maximum.reduceat(ends, firsts)  # the rows are grouped by patient
-        with_data = np.flatnonzero(n_used > 0).astype(np.int32)
-        tail = with_data[w_end[with_data] - last_end[with_data] >= long_gap_ms]
-        parts_p.append(tail)
-        parts_s.append(last_end[tail])
-        parts_e.append(w_end[tail])
-    gp = np.concatenate(parts_p).astype(np.int32)
-    gs = np.concatenate(parts_s).astype(np.int64)
-    ge = np.concatenate(parts_e).astype(np.int64)
-    order = np.lexsort((gs, gp))
-    return gp[order], gs[order], ge[order]
-
-
-def _events(
-    p: NDArray[np.int32], t: I64, weight_ms: I64, interval: I64, band: NDArray[np.int8], policy: OutcomePolicy
-) -> tuple[NDArray[np.int32], NDArray[np.int8], I64, I64]:
-    """§10 hypoglycaemia events at level 1 (< 70) and level 2 (< 54)."""
-    out_p: list[NDArray[np.int32]] = []
-    out_l: list[NDArray[np.int8]] = []
-    out_s: list[I64] = []
-    out_e: list[I64] = []
-    n = t.shape[0]
-    if n:
-        brk = _starts(p)
-        brk[1:] |= (t[1:] - t[:-1]) > np.maximum(policy.short_gap_min * MIN_MS, interval[:-1])
-        min_ms = policy.hypo_min_minutes * MIN_MS
-        rec_ms = policy.hypo_recovery_minutes * MIN_MS
-        for level in (1, 2):
-            # state 0: below the level's bound, 1: between (level 2 only: 54–69), 2: at or above 70.
-            state = np.minimum(band, 2) if level == 2 else (band >= 2).view(np.int8) * np.int8(2)
-            if not bool((state == 0).any()):
-                continue
-            run_start = brk | _starts(state)
-            first = np.flatnonzero(run_start)
-            dur = np.add.reduceat(weight_ms, first)  # runs are contiguous: exact integer sums
-            r_state = state[first]
-            seg_first = brk[first]
-            n_runs = first.shape[0]
-            idx = np.arange(n_runs)
-            q = (r_state == 0) & (dur >= min_ms)
-            r = (r_state == 2) & (dur >= rec_ms)
-            seg_start = np.maximum.accumulate(np.where(seg_first, idx, 0))
-            last_r = np.maximum.accumulate(np.where(r, idx, -1))
-            last_q = np.maximum.accumulate(np.where(q, idx, -1))
-            prev_q = np.concatenate(([-1], last_q[:-1]))
-            opens = q & ((prev_q < seg_start) | (last_r > prev_q))
-            starts = np.flatnonzero(opens)
-            if starts.size == 0:
-                continue
-            # The end: the next long-enough recovery in the segment, else the segment's last reading end.
-            big = n_runs + 1
-            next_r = np.minimum.accumulate(np.where(r, idx, big)[::-1])[::-1]
-            seg_next = np.minimum.accumulate(np.where(seg_first, idx, big)[::-1])[::-1]
-            after = np.concatenate((seg_next[1:], [big]))  # first segment start strictly after each run
-            end_reading = np.concatenate((first[1:] - 1, [n - 1]))  # last reading of each run
-            ends = np.empty(starts.shape[0], dtype=np.int64)
-            nr = next_r[starts]
-            recovered = nr < after[starts]
-            ends[recovered] = t[first[nr[recovered]]]
-            seg_last_run = np.minimum(after[starts], n_runs) - 1
-            last_reading = end_reading[seg_last_run[~recovered]]
-            ends[~recovered] = t[last_reading] + weight_ms[last_reading]
-            out_p.append(p[first[starts]])
-            out_l.append(np.full(starts.shape[0], level, dtype=np.int8))
-            out_s.append(t[first[starts]])
-            out_e.append(ends)
-    if not out_p:
-        return (np.zeros(0, np.int32), np.zeros(0, np.int8), np.zeros(0, np.int64), np.zeros(0, np.int64))
-    ep, el = np.concatenate(out_p).astype(np.int32), np.concatenate(out_l)
-    es, ee = np.concatenate(out_s), np.concatenate(out_e)
-    order = np.lexsort((es, el, ep))
-    return ep[order], el[order], es[order], ee[order]
+    policy: OutcomePolicy,
+) -> tuple[tuple[NDArray[np.int32], I64, I64], tuple[NDArray[np.int32], NDArray[np.int8], I64, I64]]:
+    """§10 gaps (interior steps ≥ the long gap, the window edges; a patient with no reading: the whole window),
+    in (patient, start) order, and hypoglycaemia events at level 1 (< 70) and level 2 (< 54), in (patient, level,
+    start) order (`engine.kernels._episodes`)."""
+    n, n_p = t.shape[0], n_used.shape[0]
+    gp, gs, ge = np.empty(n + 2 * n_p, dtype=np.int32), np.empty(n + 2 * n_p, np.int64), np.empty(n + 2 * n_p, np.int64)
+    ep, el = np.empty(2 * n, dtype=np.int32), np.empty(2 * n, dtype=np.int8)
+    es, ee = np.empty(2 * n, dtype=np.int64), np.empty(2 * n, dtype=np.int64)
+    g, e = compiled().episodes(
+        n_used, t, weight_ms, s, interval_of, band, has_window, w_start, w_end, policy.long_gap_min * MIN_MS,
+        policy.short_gap_min * MIN_MS, policy.hypo_min_minutes * MIN_MS, policy.hypo_recovery_minutes * MIN_MS,
+        gp, gs, ge, ep, el, es, ee, np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64),
+    )  # fmt: skip
+    return (gp[:g].copy(), gs[:g].copy(), ge[:g].copy()), (ep[:e].copy(), el[:e].copy(), es[:e].copy(), ee[:e].copy())
 
 
 def _agp(p: NDArray[np.int32], mg: F64, time_of_day: I64, n_p: int, policy: OutcomePolicy) -> tuple[I64, F64]:

@@ -45,7 +45,7 @@ def group_winners(
         np.array([np.iinfo(np.int64).min]), np.array([np.iinfo(np.int64).max]), interval_of,
         np.zeros(interval_of.shape[0], dtype=np.int64), np.zeros(interval_of.shape[0], dtype=np.int64),
         int(GlucoseUnit.MMOL_L), MMOL_L_TO_MG_DL, int(NO_TIME), False, False,
-        np.empty(n, dtype=np.int8), np.empty(n, dtype=np.int64), copy_of, np.empty(n, dtype=np.int64), np.empty(n),
-        np.empty(n, dtype=np.int64), np.zeros((1, 4), dtype=np.int64), np.zeros(1, dtype=np.int64),
+        np.empty(n, dtype=np.int8), np.empty(n, dtype=np.int64), copy_of, np.zeros((1, 4), dtype=np.int64),
+        np.zeros(1, dtype=np.int64),
     )  # fmt: skip
     return copy_of

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from engine.timezones import DAY_MS
+
 I64 = NDArray[np.int64]
 F64 = NDArray[np.float64]
 
@@ -43,10 +45,11 @@ def _agp(
     sort by value then a stable one by bin, without a comparison; otherwise by bin, then each bin sorted.
     """
     n = p.shape[0]
+    per_ms = 1.0 / bin_ms  # a bin by multiplying, corrected to the exact quotient (a division costs ~40 cycles)
     fill = np.empty(n_bins, dtype=np.int64)
     by_value = np.empty(_SPAN, dtype=np.int64)
-    order = np.empty(n, dtype=np.int64)
-    bin_of = np.empty(n, dtype=np.int64)
+    order = np.empty(n, dtype=np.int32)  # within a patient's rows; int32 halves the scratch memory traffic
+    bin_of = np.empty(n, dtype=np.int32)
     i = 0
     while i < n:
         base = np.int64(p[i]) * n_bins
@@ -55,9 +58,14 @@ def _agp(
         whole = True
         j = i
         while j < n and p[j] == p[i]:
-            b = time_of_day[j] // bin_ms
-            bin_of[j] = b
-            counts[base + b] += 1
+            tod = time_of_day[j]  # 0 ≤ tod < a day: the float product is within one of tod // bin_ms
+            slot = int(tod * per_ms)
+            if slot * bin_ms > tod:
+                slot -= 1
+            elif (slot + 1) * bin_ms <= tod:
+                slot += 1
+            bin_of[j] = slot
+            counts[base + slot] += 1
             x = mg[j]
             whole = whole and x == math.floor(x)
             low = min(low, x)
@@ -98,8 +106,14 @@ def _agp(
             if size == 0:
                 continue
             lo = fill[b] - size
-            if not counted:
-                scratch[lo : lo + size].sort()
+            if not counted:  # a bin holds a reading a day: an insertion sort beats a general one at this size
+                for u in range(lo + 1, lo + size):
+                    x = scratch[u]
+                    v = u - 1
+                    while v >= lo and scratch[v] > x:
+                        scratch[v + 1] = scratch[v]
+                        v -= 1
+                    scratch[v + 1] = x
             for q in range(quantiles.shape[0]):
                 h = (size - 1) * (quantiles[q] / 100.0)
                 below = math.floor(h)
@@ -118,8 +132,8 @@ def _statistics(
     p: NDArray[np.int32],
     mg: F64,
     n_used: I64,
-    r_table: F64,
-    high_table: NDArray[np.bool_],
+    r_low: F64,
+    r_high: F64,
     f_untabled: F64,
     out: F64,
 ) -> None:
@@ -156,10 +170,8 @@ def _statistics(
             squares += dev * dev
             if x <= 1000.0 and x == math.floor(x):
                 w = np.int64(x)
-                if high_table[w]:
-                    high += r_table[w]
-                else:
-                    low += r_table[w]
+                low += r_low[w]  # r or 0.0: adding 0.0 to a sum that started at +0.0 changes nothing
+                high += r_high[w]
             else:
                 f = f_untabled[m]
                 if f > 0:
@@ -179,11 +191,10 @@ def _days(
     t: I64,
     local: I64,
     weight_ms: I64,
-    weight: F64,
+    by_time: bool,
     band: NDArray[np.int8],
     target: NDArray[np.int8],
     mg: F64,
-    day_ms: int,
     day_from_ms: int,
     time_of_day: I64,
     per_day: I64,
@@ -200,8 +211,8 @@ def _days(
     Writes each reading's `time_of_day`; per day d: `per_day[d]` = (patient, readings, active ms, daytime
     readings), `day_num[d]` (local days since 1970-01-01), `by_day[d, c]` the summed weights of class c =
     (daytime × 5 + band) × 3 + target class, daytime being `time_of_day` ≥ `day_from_ms`, and `day_mg[d]` the
-    summed values. Weights and times are whole numbers, so those sums are exact in any order; `day_mg` is added
-    in reading order.
+    summed values. A reading weighs its `weight_ms` when `by_time`, else 1. Weights and times are whole numbers,
+    so those sums are exact in any order; `day_mg` is added in reading order.
     """
     n = p.shape[0]
     d = -1
@@ -213,8 +224,8 @@ def _days(
     run_class = -1
     run_weight = 0.0
     for i in range(n):
-        dn = local[i] // day_ms
-        tod = local[i] - dn * day_ms
+        dn = local[i] // DAY_MS  # a constant to the compiler: a multiplication, not a division
+        tod = local[i] - dn * DAY_MS
         time_of_day[i] = tod
         new_patient = i == 0 or p[i] != p[i - 1]
         if new_patient or dn != day_num[d]:
@@ -244,13 +255,14 @@ def _days(
         readings += 1
         daytime_readings += daytime
         cls = (daytime * 5 + band[i]) * 3 + target[i]
+        w = float(weight_ms[i]) if by_time else 1.0
         if cls != run_class:
             if run_class >= 0:
                 by_day[d, run_class] += run_weight
             run_class = cls
-            run_weight = weight[i]
+            run_weight = w
         else:
-            run_weight += weight[i]
+            run_weight += w
         mg_sum += mg[i]
     if d >= 0:
         per_day[d, 1], per_day[d, 2], per_day[d, 3], day_mg[d] = readings, active, daytime_readings, mg_sum
@@ -281,27 +293,23 @@ def _front(
     reason: NDArray[np.int8],
     group: I64,
     copy_of: I64,
-    used: I64,
-    mg: F64,
-    weight_ms: I64,
     excluded: I64,
     n_ambiguous: I64,
-) -> int:
-    """The window and the exclusions of docs/outcomes-method.md §4, and the time weights of §7, in two passes over
-    a block's rows in (patient, stream, time) order. Returns the number of readings used.
+) -> None:
+    """The window and the exclusions of docs/outcomes-method.md §4 in one pass over a block's rows in (patient,
+    stream, time) order; `_emit` then takes the readings used.
 
-    Per row, `reason` (scratch) becomes -2 outside its patient's window [w_start, w_end), -1 used, or the exclusion:
+    Per row, `reason` becomes -2 outside its patient's window [w_start, w_end), -1 used, or the exclusion:
     0 before its known session start, 1 in that session's warm-up, 2 in an inferred warm-up (a stream's first
     unknown-session reading and each one after a session-break gap start a session), 3 a duplicate (§4.4: within a
     stream a group starts at its earliest reading and takes each later one less than half the interval after it;
     the group keeps one by source precedence, then latest received, then larger value, then earlier time, then
     input order: `engine.dedupe`'s rule). `prepared` rows are all used (an outcome's own raw data).
 
-    Writes, per used reading in order: `used` (its row), `mg` (its value in mg/dL) and `weight_ms` (the time to the
-    next used reading of its stream, capped by the nominal interval and its window's end); per row `copy_of`, the row
-    kept in its place (itself unless a duplicate); per patient the `excluded` counts by reason and the `n_ambiguous`
-    readings inside the window. `group` is scratch. `engine.dedupe.group_winners` is this pass with no window and
-    no session, so the store's reconciliation keeps the same reading as the engine.
+    Writes per row `copy_of`, the row kept in its place (itself unless a duplicate); per patient the `excluded`
+    counts by reason and the `n_ambiguous` readings inside the window. `group` is scratch.
+    `engine.dedupe.group_winners` is this pass with no window and no session, so the store's reconciliation keeps
+    the same reading as the engine.
     """
     n = p.shape[0]
     inf_s = -1
@@ -373,30 +381,327 @@ def _front(
             g_len = 1
             g_s = s[i]
             g_t0 = t[i]
+
+
+def _ordered(p: NDArray[np.int32], s: NDArray[np.int32], t: I64) -> bool:
+    """Whether the rows are in (patient, stream, time) order (ties allowed)."""
+    for i in range(1, p.shape[0]):
+        if p[i] != p[i - 1]:
+            if p[i] < p[i - 1]:
+                return False
+        elif s[i] != s[i - 1]:
+            if s[i] < s[i - 1]:
+                return False
+        elif t[i] < t[i - 1]:
+            return False
+    return True
+
+
+def _emit(
+    reason: NDArray[np.int8],
+    rows: I64,
+    lo: int,
+    p: NDArray[np.int32],
+    t: I64,
+    s: NDArray[np.int32],
+    value: F64,
+    unit: NDArray[np.int8],
+    flag: NDArray[np.int8],
+    w_end: I64,
+    interval_of: I64,
+    mmol_code: int,
+    mmol_factor: float,
+    bands_mg: F64,
+    bands_mmol: F64,
+    target_mg: F64,
+    target_mmol: F64,
+    position: I64,
+    p_out: NDArray[np.int32],
+    t_out: I64,
+    s_out: NDArray[np.int32],
+    mg: F64,
+    weight_ms: I64,
+    band: NDArray[np.int8],
+    target: NDArray[np.int8],
+    counts: I64,
+) -> int:
+    """The readings `_front` left used (`reason` -1), in order, with their time weights (§7) and classes (§5), in
+    one pass. Returns how many; negative (minus that) when they are not in (patient, time) order, a patient's
+    streams interleaving: the caller merges them.
+
+    Writes per used reading its `position` (its row in the table: `rows[i]`, or `lo + i` when `rows` is empty),
+    patient, time, stream, value in mg/dL, `weight_ms` (the time to the next used reading of its
+    stream, capped by the nominal interval and its window's end), band and target class (`engine.bands`: in the
+    reading's own unit; a LOW flag is very low and below target, a HIGH flag very high and above); per patient
+    `counts[k]` += (readings, readings in mmol/L, LOW flags, HIGH flags).
+    """
+    # Scalars, not arrays, in the loop: assigning an array variable there costs a reference count per reading.
+    g0, g1, g2, g3 = bands_mg[0], bands_mg[1], bands_mg[2], bands_mg[3]
+    l0, l1, l2, l3 = bands_mmol[0], bands_mmol[1], bands_mmol[2], bands_mmol[3]
+    tg0, tg1, tl0, tl1 = target_mg[0], target_mg[1], target_mmol[0], target_mmol[1]
+    ordered = True
     count = 0
-    last = -1
     cap = 0
-    for i in range(n):
+    held = -1  # the patient whose counts are summed in locals (rows are grouped by patient)
+    n_all = n_mmol = n_low = n_high = 0
+    for i in range(reason.shape[0]):
         if reason[i] != -1:
             continue
-        if last >= 0:
-            to_next = t[i] - t[last] if s[i] == s[last] else cap
+        pk = p[i]
+        tk = t[i]
+        sk = s[i]
+        if pk != held:
+            if held >= 0:
+                counts[held, 0] += n_all
+                counts[held, 1] += n_mmol
+                counts[held, 2] += n_low
+                counts[held, 3] += n_high
+            held = pk
+            n_all = n_mmol = n_low = n_high = 0
+        if count > 0:
+            to_next = tk - t_out[count - 1] if sk == s_out[count - 1] else cap
             weight_ms[count - 1] = min(to_next, cap)
-        used[count] = i
-        mg[count] = value[i] * mmol_factor if unit[i] == mmol_code else value[i]
-        cap = min(interval_of[s[i]], w_end[p[i]] - t[i])
+            if pk == p_out[count - 1] and tk < t_out[count - 1]:
+                ordered = False
+        position[count] = rows[i] if rows.shape[0] else lo + i
+        p_out[count] = pk
+        t_out[count] = tk
+        s_out[count] = sk
+        cap = min(interval_of[sk], w_end[pk] - tk)
+        v = value[i]
+        mmol = unit[i] == mmol_code
+        if mmol:
+            mg[count] = v * mmol_factor
+            b = (v >= l0) + (v >= l1) + (v > l2) + (v > l3)
+            c = (v >= tl0) + (v > tl1)
+        else:
+            mg[count] = v
+            b = (v >= g0) + (v >= g1) + (v > g2) + (v > g3)
+            c = (v >= tg0) + (v > tg1)
+        f = flag[i]
+        n_all += 1
+        n_mmol += mmol
+        if f == 1:
+            b = 0
+            c = 0
+            n_low += 1
+        elif f == 2:
+            b = 4
+            c = 2
+            n_high += 1
+        band[count] = b
+        target[count] = c
         count += 1
-        last = i
-    if last >= 0:
+    if count > 0:
         weight_ms[count - 1] = cap
+        counts[held, 0] += n_all
+        counts[held, 1] += n_mmol
+        counts[held, 2] += n_low
+        counts[held, 3] += n_high
+    return count if ordered else -count
+
+
+def _local(
+    p: NDArray[np.int32],
+    t: I64,
+    zone_of: NDArray[np.int32],
+    rule_start: I64,
+    transitions: I64,
+    offsets: I64,
+    local: I64,
+) -> None:
+    """Local wall-clock ms of each instant, rows grouped by patient: `zone_of[p]` names the patient's zone, whose
+    transition instants and the offsets in force from each are `transitions`/`offsets[rule_start[z]:rule_start[z +
+    1]]` (`engine.timezones`' rules; the first transition is the int64 minimum). The offset of a patient's first
+    reading is found by binary search, each next one by stepping over the transitions it passes (time order),
+    searching again if time steps back.
+    """
+    n = p.shape[0]
+    k = 0
+    end = 0
+    for i in range(n):
+        ti = t[i]
+        if i == 0 or p[i] != p[i - 1] or ti < t[i - 1]:
+            z = zone_of[p[i]]
+            begin = rule_start[z]
+            end = rule_start[z + 1]
+            low = begin  # the last transition at or before ti (side right, minus one)
+            high = end
+            while high - low > 1:
+                mid = (low + high) // 2
+                if transitions[mid] <= ti:
+                    low = mid
+                else:
+                    high = mid
+            k = low
+        while k + 1 < end and transitions[k + 1] <= ti:
+            k += 1
+        local[i] = ti + offsets[k]
+
+
+def _episodes(
+    n_used: I64,
+    t: I64,
+    weight_ms: I64,
+    s: NDArray[np.int32],
+    interval_of: I64,
+    band: NDArray[np.int8],
+    has_window: NDArray[np.bool_],
+    w_start: I64,
+    w_end: I64,
+    long_gap_ms: int,
+    short_gap_ms: int,
+    min_ms: int,
+    recovery_ms: int,
+    gap_p: NDArray[np.int32],
+    gap_s: I64,
+    gap_e: I64,
+    ev_p: NDArray[np.int32],
+    ev_level: NDArray[np.int8],
+    ev_s: I64,
+    ev_e: I64,
+    held_s: I64,
+    held_e: I64,
+) -> tuple[int, int]:
+    """§10 gaps and hypoglycaemia events of each patient, in one pass over rows grouped by patient, each patient's
+    in time order. Returns (gaps, events) written: gaps in (patient, start) order (room for n + 2 × patients),
+    events in (patient, level, start) order (room for 2n; `held_s`/`held_e`, room for n, keep a patient's level-2
+    events until its level-1 ones are written).
+
+    Gaps: a patient with a window and no reading, the whole window; otherwise the lead from the window start to the
+    first reading, each interior step, and the tail from the end of the readings' time (the latest t + weight) to
+    the window end, when ≥ `long_gap_ms`.
+
+    Events, at level 1 (< 70 mg/dL) and level 2 (< 54): a patient's readings split into segments where a step
+    exceeds max(short gap, the earlier reading's stream interval); within a segment, runs of one state: 0 below
+    the level's bound, 1 between (level 2 only: 54–69), 2 at or above 70; a run's duration is its summed weights.
+    An event opens at a run of state 0 lasting ≥ `min_ms` when none is open, and ends at the start of the next run
+    of state 2 lasting ≥ `recovery_ms` in its segment, else at the end of the segment's last reading (its time +
+    weight).
+    """
+    g = 0
+    e = 0
+    i = 0
+    for k in range(n_used.shape[0]):
+        m = n_used[k]
+        if m == 0:
+            if has_window[k]:
+                gap_p[g], gap_s[g], gap_e[g] = k, w_start[k], w_end[k]
+                g += 1
+            continue
+        j = i + m
+        if t[i] - w_start[k] >= long_gap_ms:
+            gap_p[g], gap_s[g], gap_e[g] = k, w_start[k], t[i]
+            g += 1
+        last_end = t[i] + weight_ms[i]
+        held = 0
+        # The current run at each level: its state, first reading and duration; the open event (-1: none).
+        b = band[i]
+        state1 = 2 if b >= 2 else 0
+        state2 = b if b < 2 else 2
+        first1 = first2 = i
+        dur1 = dur2 = weight_ms[i]
+        open1 = open2 = -1
+        for r in range(i + 1, j + 1):
+            next1 = next2 = -1
+            if r < j:
+                step = t[r] - t[r - 1]
+                if step >= long_gap_ms:
+                    gap_p[g], gap_s[g], gap_e[g] = k, t[r - 1], t[r]
+                    g += 1
+                last_end = max(last_end, t[r] + weight_ms[r])
+                brk = step > max(short_gap_ms, interval_of[s[r - 1]])
+                b = band[r]
+                next1 = 2 if b >= 2 else 0
+                next2 = b if b < 2 else 2
+            else:
+                brk = True
+            if brk or next1 != state1:  # level 1: the run ends
+                if state1 == 0 and dur1 >= min_ms and open1 < 0:
+                    ev_p[e], ev_level[e], ev_s[e] = k, 1, t[first1]
+                    open1 = e
+                    e += 1
+                elif state1 == 2 and dur1 >= recovery_ms and open1 >= 0:
+                    ev_e[open1] = t[first1]
+                    open1 = -1
+                if brk and open1 >= 0:
+                    ev_e[open1] = t[r - 1] + weight_ms[r - 1]
+                    open1 = -1
+                if r < j:
+                    state1, first1, dur1 = next1, r, weight_ms[r]
+            else:
+                dur1 += weight_ms[r]
+            if brk or next2 != state2:  # level 2: the run ends
+                if state2 == 0 and dur2 >= min_ms and open2 < 0:
+                    held_s[held] = t[first2]
+                    open2 = held
+                    held += 1
+                elif state2 == 2 and dur2 >= recovery_ms and open2 >= 0:
+                    held_e[open2] = t[first2]
+                    open2 = -1
+                if brk and open2 >= 0:
+                    held_e[open2] = t[r - 1] + weight_ms[r - 1]
+                    open2 = -1
+                if r < j:
+                    state2, first2, dur2 = next2, r, weight_ms[r]
+            else:
+                dur2 += weight_ms[r]
+        if w_end[k] - last_end >= long_gap_ms:
+            gap_p[g], gap_s[g], gap_e[g] = k, last_end, w_end[k]
+            g += 1
+        for h in range(held):
+            ev_p[e], ev_level[e], ev_s[e], ev_e[e] = k, 2, held_s[h], held_e[h]
+            e += 1
+        i = j
+    return g, e
+
+
+def _class_sums(by_day: F64, day_patient: NDArray[np.int32], by_patient: F64, day_band: F64, day_target: F64) -> None:
+    """From each day's weights by class c = (period × 5 + band) × 3 + target class (`_days`): its weights by band and
+    by target class, and each patient's weights by class (days grouped by patient; `by_patient` zeros beforehand).
+    The weights are whole numbers, so these sums are exact in any order."""
+    for d in range(by_day.shape[0]):
+        k = day_patient[d]
+        for c in range(by_day.shape[1]):
+            w = by_day[d, c]
+            by_patient[k, c] += w
+        for band in range(5):
+            day_band[d, band] = (
+                by_day[d, band * 3]
+                + by_day[d, band * 3 + 1]
+                + by_day[d, band * 3 + 2]
+                + (by_day[d, 15 + band * 3] + by_day[d, 16 + band * 3] + by_day[d, 17 + band * 3])
+            )
+        for aim in range(3):
+            total = 0.0
+            for band in range(5):
+                total += by_day[d, band * 3 + aim] + by_day[d, 15 + band * 3 + aim]
+            day_target[d, aim] = total
+
+
+def _untabled(mg: F64, out: I64) -> int:
+    """The positions of the values outside `_statistics`' risk tables (not a whole number up to 1000 mg/dL) into
+    `out`; returns how many."""
+    count = 0
+    for i in range(mg.shape[0]):
+        x = mg[i]
+        if x > 1000.0 or x != math.floor(x):
+            out[count] = i
+            count += 1
     return count
 
 
 class _Compiled:
     agp: Callable[..., None]
-    statistics: Callable[[NDArray[np.int32], F64, I64, F64, NDArray[np.bool_], F64, F64], None]
+    statistics: Callable[[NDArray[np.int32], F64, I64, F64, F64, F64, F64], None]
     days: Callable[..., int]
-    front: Callable[..., int]
+    front: Callable[..., None]
+    ordered: Callable[..., bool]
+    emit: Callable[..., int]
+    local: Callable[..., None]
+    episodes: Callable[..., tuple[int, int]]
+    untabled: Callable[[F64, I64], int]
+    class_sums: Callable[..., None]
 
 
 def warm() -> None:
@@ -445,6 +750,12 @@ def compiled() -> _Compiled:
     out = _Compiled()
     out.agp = jit(_agp, inputs=6)
     out.statistics = jit(_statistics, inputs=6)
-    out.days = jit(_days, inputs=10)
+    out.days = jit(_days, inputs=8)
     out.front = jit(_front, inputs=19)
+    out.ordered = jit(_ordered, inputs=3)
+    out.emit = jit(_emit, inputs=17)
+    out.local = jit(_local, inputs=6)
+    out.episodes = jit(_episodes, inputs=13)
+    out.untabled = jit(_untabled, inputs=1)
+    out.class_sums = jit(_class_sums, inputs=2)
     return out

@@ -105,6 +105,19 @@ def span_offsets_ms(
     return offsets[i_first], i_first == i_last
 
 
+def zone_rules(
+    zones: list[str], lo_ms: int, hi_ms: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """Several zones' rules over [lo, hi], end to end: zone z's transitions (the first the int64 minimum) and the
+    offset (ms) in force from each are `transitions`/`offsets[start[z]:start[z + 1]]`."""
+    rules = [_rules_for(zone, lo_ms, hi_ms) for zone in zones]
+    start = np.zeros(len(rules) + 1, dtype=np.int64)
+    start[1:] = np.cumsum([len(r[0]) for r in rules])
+    if not rules:
+        return start, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return start, np.concatenate([r[0] for r in rules]), np.concatenate([r[1] for r in rules])
+
+
 def to_local_ms(zone: str, times_ms: NDArray[np.int64]) -> NDArray[np.int64]:
     """Local wall-clock time as milliseconds on a naive axis (days are `local_ms // DAY_MS`)."""
     return times_ms + utc_offsets_ms(zone, times_ms)

@@ -12,10 +12,21 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import ReadingTable, WindowSpec, compute_cohort, group_winners
-from engine.cohort import PERCENTILES, _days, _days_by_sorting, _risk, _statistics
+from engine import (
+    GlucoseUnit,
+    ReadingTable,
+    SensorFlag,
+    WindowSpec,
+    classify_bands,
+    classify_target,
+    compute_cohort,
+    group_winners,
+    target_set,
+)
+from engine.cohort import _BANDS_MG, _BANDS_MMOL, _NO_ROWS, PERCENTILES, _days, _days_by_sorting, _risk, _statistics
 from engine.kernels import compiled, warm
 from engine.timezones import DAY_MS
+from engine.units import MMOL_L_TO_MG_DL
 from tests.engine.builders import HOUR as HOUR_MS
 from tests.engine.builders import at, series
 
@@ -102,6 +113,42 @@ def test_statistics_kernel_gives_plain_sums_in_reading_order(case: tuple[int, li
         assert np.array_equal([lbgi[k], hbgi[k]], [low / len(mine), expected_high], equal_nan=True)
 
 
+# MARK: the used readings
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([53.9, 54.0, 69.9, 70.0, 140.0, 180.0, 180.1, 250.0, 250.1, 2.9, 3.0, 3.9,
+                                           10.0, 10.1, 13.9, 14.0, 3.5, 7.8, 7.9]) | values,
+                          st.sampled_from([GlucoseUnit.MG_DL, GlucoseUnit.MMOL_L]),
+                          st.sampled_from([SensorFlag.NONE, SensorFlag.LOW, SensorFlag.HIGH])), max_size=40),
+       st.sampled_from(["standard", "pregnancy", "older"]))  # fmt: skip
+def test_the_used_readings_pass_classifies_as_engine_bands(rows: list[tuple[float, int, int]], targets: str) -> None:
+    """`_emit` classifies each reading inline; its bands, target classes, mg/dL values and counts are those of
+    `engine.bands` (the rule, with its hand-computed tests) for every unit, flag and target set."""
+    n = len(rows)
+    value = np.array([v for v, _, _ in rows], dtype=np.float64)
+    unit = np.array([u for _, u, _ in rows], dtype=np.int8)
+    flag = np.array([f for _, _, f in rows], dtype=np.int8)
+    target = target_set(targets)
+    outs = (np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n),
+            np.empty(n, np.int64), np.empty(n, np.int8), np.empty(n, np.int8))  # fmt: skip
+    counts = np.zeros((1, 4), dtype=np.int64)
+    written = compiled().emit(
+        np.full(n, -1, dtype=np.int8), _NO_ROWS, 0, np.zeros(n, np.int32), np.arange(n, dtype=np.int64) * 300_000,
+        np.zeros(n, np.int32), value, unit, flag, np.array([10**15]), np.array([300_000]), int(GlucoseUnit.MMOL_L),
+        MMOL_L_TO_MG_DL, _BANDS_MG, _BANDS_MMOL, np.array([target.low_mg_dl, target.high_mg_dl]),
+        np.array([target.low_mmol_l, target.high_mmol_l]), *outs, counts,
+    )  # fmt: skip
+    assert written == n
+    position, _, _, _, mg, _, band, aim = outs
+    assert position.tolist() == list(range(n))
+    assert band.tolist() == classify_bands(value, unit, flag).tolist()
+    assert aim.tolist() == classify_target(value, unit, flag, target).tolist()
+    assert mg.tolist() == np.where(unit == GlucoseUnit.MMOL_L, value * MMOL_L_TO_MG_DL, value).tolist()
+    is_mmol, low, high = unit == GlucoseUnit.MMOL_L, flag == SensorFlag.LOW, flag == SensorFlag.HIGH
+    assert counts.tolist() == [[n, int(is_mmol.sum()), int(low.sum()), int(high.sum())]] if n else [[0, 0, 0, 0]]
+
+
 # MARK: local days
 
 
@@ -132,10 +179,9 @@ def _block(draw: st.DrawFn) -> tuple[np.ndarray, ...]:
 def test_days_kernel_gives_the_days_of_grouping_by_sorting(block: tuple[np.ndarray, ...], by_time: bool) -> None:
     """The compiled pass over a block's local days and the numpy grouping by sort agree exactly on every field."""
     p, t, local, w, band, target, mg, n_p = block
-    weight = w.astype(np.float64) if by_time else np.ones(p.shape[0])
     window_ms = np.full(int(n_p), 5 * DAY_MS, dtype=np.int64)
-    fast = _days(p, t, local, w, weight, band, target, mg, window_ms)
-    sorted_ = _days_by_sorting(p, t, local, w, weight, band, target, mg)
+    fast = _days(p, t, local, w, by_time, band, target, mg, window_ms)
+    sorted_ = _days_by_sorting(p, t, local, w, by_time, band, target, mg)
     for field in dataclasses.fields(fast):
         a, b = getattr(fast, field.name), getattr(sorted_, field.name)
         assert a.dtype == b.dtype, field.name
@@ -166,7 +212,7 @@ def test_warming_compiles_every_kernel_with_the_types_the_batch_path_uses() -> N
 
     warm()
     kernels = compiled()
-    names = ("agp", "statistics", "days", "front")
+    names = ("agp", "statistics", "days", "front", "ordered", "emit", "local", "episodes", "class_sums", "untabled")
     before = {name: list(getattr(kernels, name).dispatcher.signatures) for name in names}
     assert all(len(sigs) == 1 for sigs in before.values()), before
     compute_cohort(synth_cohort(5, 3, seed=7))
