@@ -152,14 +152,6 @@ def _local_times(zones: list[str], zone_code: NDArray[np.int32], patient: NDArra
     return local
 
 
-def _local(sh: _Shared, pa: int, p: NDArray[np.int32], t: I64) -> I64:
-    """Local wall-clock ms of a block's readings (rows grouped by patient), in one compiled pass."""
-    local = np.empty_like(t)
-    if t.size:
-        compiled().local(p, t, sh.zone_code[pa:], *sh.zone_rules, local)
-    return local
-
-
 def _windows(
     table: ReadingTable,
     spec: WindowSpec,
@@ -430,16 +422,15 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int, used: int) -> _Part:
         weight_ms[:], position[:] = weight_ms[merged], position[merged]  # in place: they are the shared arrays
         band, target, mg = band[merged], target[merged], mg[merged]
 
-    local = _local(sh, pa, p, t)
-
     n_used = counts[:, 0].copy()
     mean, sd, lbgi, hbgi = _statistics(p, mg, n_used)
 
     # Local days (§9, §10) and the activity union (§9). One weighted count per (local day, night/day, band, target
     # class) gives the bands, the target classes and the periods of the days and, summed over each patient's days,
     # of the patients. The weights are whole numbers (ms, or 1 per reading), so these sums are exact in any order.
-    days = _days(p, t, local, weight_ms, policy.method is Method.TIME, band, target, mg, w_end - w_start)
-    time_of_day, day_patient, day_num = days.time_of_day, days.patient, days.number
+    days = _days(p, t, weight_ms, policy.method is Method.TIME, band, target, mg, w_end - w_start,
+                 sh.zone_code[pa:], sh.zone_rules, policy.agp_bin_min * MIN_MS)  # fmt: skip
+    slot, day_patient, day_num = days.slot, days.patient, days.number
     day_readings, day_active_ms, day_mg, by_day = days.readings, days.active_ms, days.mg_sum, days.by_class
     n_days = day_num.shape[0]
     by_class = np.zeros((n_b, 2, N_BANDS, 3))
@@ -458,7 +449,7 @@ def _block(sh: _Shared, pa: int, pb: int, lo: int, hi: int, used: int) -> _Part:
     (gap_p, gap_s, gap_e), (ev_p, ev_l, ev_s, ev_e) = _episodes(
         n_used, t, weight_ms, s, sh.interval_of, band, sh.has_window[pa:pb], w_start, w_end, policy
     )
-    agp_n, agp = _agp(p, mg, time_of_day, n_b, policy)
+    agp_n, agp = _agp(p, mg, slot, n_b, policy)
     offset = np.int32(pa)
     return _Part(
         per_patient={
@@ -509,10 +500,11 @@ DAYTIME_FROM_MS = 6 * 60 * MIN_MS
 
 @dataclass(frozen=True, eq=False)
 class _Days:
-    """A block's local days: per reading its time of day; per day (grouped by patient, in date order) its patient,
-    date number, readings, active ms, summed values, weights by class (D, 2, N_BANDS, 3) and daytime readings."""
+    """A block's local days: per reading its AGP slot (local time of day // bin); per day (grouped by patient, in
+    date order) its patient, date number, readings, active ms, summed values, weights by class (D, 2, N_BANDS, 3)
+    and daytime readings."""
 
-    time_of_day: I64
+    slot: NDArray[np.int32]
     patient: NDArray[np.int32]
     number: I64
     readings: I64
@@ -525,45 +517,65 @@ class _Days:
 def _days(
     p: NDArray[np.int32],
     t: I64,
-    local: I64,
     weight_ms: I64,
     by_time: bool,
     band: NDArray[np.int8],
     target: NDArray[np.int8],
     mg: F64,
     window_ms: I64,
+    zone_of: NDArray[np.int32],
+    rules: tuple[I64, I64, I64],
+    bin_ms: int,
 ) -> _Days:
     """The compiled pass (`engine.kernels`); where a patient's local date steps back (a DST change at midnight),
-    the days are grouped by sorting instead (`_days_by_sorting`), with the same results."""
+    the days are grouped by sorting instead (`_days_by_sorting`), with the same results. `zone_of` gives each
+    patient's zone in `rules` (`engine.timezones.zone_rules`)."""
     n = p.shape[0]
     # A window of w ms covers at most w / day + 2 local dates (its ends, and a DST hour); readings lie inside it.
     capacity = min(n, int((window_ms // DAY_MS + 3).sum())) + 1
-    time_of_day = np.empty(n, dtype=np.int64)
+    slot = np.empty(n, dtype=np.int32)
     per_day = np.empty((capacity, 4), dtype=np.int64)
     number = np.empty(capacity, dtype=np.int64)
     by_class = np.empty((capacity, 2 * N_BANDS * 3))
     mg_sum = np.empty(capacity)
-    n_days = compiled().days(p, t, local, weight_ms, by_time, band, target, mg, DAYTIME_FROM_MS,
-                             time_of_day, per_day, number, by_class, mg_sum)  # fmt: skip
+    n_days = compiled().days(p, t, weight_ms, by_time, band, target, mg, zone_of, *rules, DAYTIME_FROM_MS, bin_ms,
+                             slot, per_day, number, by_class, mg_sum)  # fmt: skip
     if n_days < 0:
-        return _days_by_sorting(p, t, local, weight_ms, by_time, band, target, mg)
-    return _Days(time_of_day, per_day[:n_days, 0].astype(np.int32), number[:n_days], per_day[:n_days, 1],
+        return _days_by_sorting(p, t, weight_ms, by_time, band, target, mg, zone_of, rules, bin_ms)
+    return _Days(slot, per_day[:n_days, 0].astype(np.int32), number[:n_days], per_day[:n_days, 1],
                  per_day[:n_days, 2], mg_sum[:n_days], by_class[:n_days].reshape(n_days, 2, N_BANDS, 3),
                  per_day[:n_days, 3])  # fmt: skip
+
+
+def _local_by_rules(p: NDArray[np.int32], t: I64, zone_of: NDArray[np.int32], rules: tuple[I64, I64, I64]) -> I64:
+    """Local wall-clock ms of each instant from its patient's zone rules (`engine.timezones.zone_rules`), by a
+    search per zone: `_days_by_sorting`'s, where the compiled pass steps over the transitions."""
+    rule_start, transitions, offsets = rules
+    zone = zone_of[p]
+    local = t.copy()
+    for z in np.unique(zone).tolist():
+        rows = np.flatnonzero(zone == z)
+        lo, hi = int(rule_start[z]), int(rule_start[z + 1])
+        k = np.searchsorted(transitions[lo:hi], t[rows], side="right") - 1
+        local[rows] += offsets[lo:hi][k]
+    return local
 
 
 def _days_by_sorting(
     p: NDArray[np.int32],
     t: I64,
-    local: I64,
     weight_ms: I64,
     by_time: bool,
     band: NDArray[np.int8],
     target: NDArray[np.int8],
     mg: F64,
+    zone_of: NDArray[np.int32],
+    rules: tuple[I64, I64, I64],
+    bin_ms: int,
 ) -> _Days:
     """`_days` in numpy, grouping each patient's readings by local date with a sort: for local dates that step back."""
     weight = weight_ms.astype(np.float64) if by_time else np.ones(p.shape[0])
+    local = _local_by_rules(p, t, zone_of, rules)
     p64 = p.astype(np.int64)
     day_number = local // DAY_MS
     time_of_day = local - day_number * DAY_MS
@@ -589,7 +601,8 @@ def _days_by_sorting(
     day_active_ms = np.bincount(day_group, weights=contribution, minlength=n_days).astype(np.int64)
     day_mg: F64 = np.bincount(day_group, weights=mg, minlength=n_days).astype(np.float64)  # in reading order
     daytime = np.bincount(day_group, weights=period, minlength=n_days).astype(np.int64)
-    return _Days(time_of_day, uniq[0].astype(np.int32), uniq[1].astype(np.int64), day_readings, day_active_ms,
+    slot = (time_of_day // bin_ms).astype(np.int32)
+    return _Days(slot, uniq[0].astype(np.int32), uniq[1].astype(np.int64), day_readings, day_active_ms,
                  day_mg, by_day.reshape(n_days, 2, N_BANDS, 3), daytime)  # fmt: skip
 
 
@@ -685,14 +698,14 @@ def _episodes(
     return (gp[:g].copy(), gs[:g].copy(), ge[:g].copy()), (ep[:e].copy(), el[:e].copy(), es[:e].copy(), ee[:e].copy())
 
 
-def _agp(p: NDArray[np.int32], mg: F64, time_of_day: I64, n_p: int, policy: OutcomePolicy) -> tuple[I64, F64]:
+def _agp(p: NDArray[np.int32], mg: F64, slot: NDArray[np.int32], n_p: int, policy: OutcomePolicy) -> tuple[I64, F64]:
     """§10 AGP percentiles per patient and local time-of-day bin (type 7), optionally 1-4-1 smoothed
     (`engine.kernels._agp`: each bin's values sorted, per patient)."""
     n_bins = 1440 // policy.agp_bin_min
     out = np.full((n_p * n_bins, len(PERCENTILES)), np.nan)
     counts = np.zeros(n_p * n_bins, dtype=np.int64)
     if p.size:
-        compiled().agp(p, time_of_day, mg, policy.agp_bin_min * MIN_MS, n_bins, np.array(PERCENTILES), counts, out,
+        compiled().agp(p, slot, mg, n_bins, np.array(PERCENTILES), counts, out,
                        np.empty(p.shape[0]))  # fmt: skip
     agp = out.reshape(n_p, n_bins, len(PERCENTILES))
     if policy.agp_smoothing is Smoothing.ONE_FOUR_ONE:

@@ -24,16 +24,16 @@ F64 = NDArray[np.float64]
 
 def _agp(
     p: NDArray[np.int32],
-    time_of_day: I64,
+    slot: NDArray[np.int32],
     mg: F64,
-    bin_ms: int,
     n_bins: int,
     quantiles: F64,
     counts: I64,
     out: F64,
     scratch: F64,
 ) -> None:
-    """Type-7 percentiles of each patient's values per local time-of-day bin, for rows grouped by patient.
+    """Type-7 percentiles of each patient's values per local time-of-day bin (`slot`, from `_days`), for rows
+    grouped by patient.
 
     `counts` (patients × bins, zeros) gets the readings of each bin; `out[row, j]` (row = patient × n_bins + bin,
     NaN beforehand) the `quantiles[j]` (in %) of that bin's values, read from the bin's values in ascending order
@@ -45,11 +45,9 @@ def _agp(
     sort by value then a stable one by bin, without a comparison; otherwise by bin, then each bin sorted.
     """
     n = p.shape[0]
-    per_ms = 1.0 / bin_ms  # a bin by multiplying, corrected to the exact quotient (a division costs ~40 cycles)
     fill = np.empty(n_bins, dtype=np.int64)
     by_value = np.empty(_SPAN, dtype=np.int64)
     order = np.empty(n, dtype=np.int32)  # within a patient's rows; int32 halves the scratch memory traffic
-    bin_of = np.empty(n, dtype=np.int32)
     i = 0
     while i < n:
         base = np.int64(p[i]) * n_bins
@@ -58,14 +56,7 @@ def _agp(
         whole = True
         j = i
         while j < n and p[j] == p[i]:
-            tod = time_of_day[j]  # 0 ≤ tod < a day: the float product is within one of tod // bin_ms
-            slot = int(tod * per_ms)
-            if slot * bin_ms > tod:
-                slot -= 1
-            elif (slot + 1) * bin_ms <= tod:
-                slot += 1
-            bin_of[j] = slot
-            counts[base + slot] += 1
+            counts[base + slot[j]] += 1
             x = mg[j]
             whole = whole and x == math.floor(x)
             low = min(low, x)
@@ -93,12 +84,12 @@ def _agp(
                 by_value[rank] += 1
             for o in range(i, j):
                 m = order[o]
-                b = bin_of[m]
+                b = slot[m]
                 scratch[fill[b]] = mg[m]
                 fill[b] += 1
         else:
             for m in range(i, j):
-                b = bin_of[m]
+                b = slot[m]
                 scratch[fill[b]] = mg[m]
                 fill[b] += 1
         for b in range(n_bins):
@@ -189,30 +180,39 @@ def _statistics(
 def _days(
     p: NDArray[np.int32],
     t: I64,
-    local: I64,
     weight_ms: I64,
     by_time: bool,
     band: NDArray[np.int8],
     target: NDArray[np.int8],
     mg: F64,
+    zone_of: NDArray[np.int32],
+    rule_start: I64,
+    transitions: I64,
+    offsets: I64,
     day_from_ms: int,
-    time_of_day: I64,
+    bin_ms: int,
+    slot: NDArray[np.int32],
     per_day: I64,
     day_num: I64,
     by_day: F64,
     day_mg: F64,
 ) -> int:
-    """Local days, the weighted classes of each day and the activity union, in one pass over rows grouped by
-    patient (each patient's rows in time order). Returns the number of days, or -1 when a patient's local date
-    steps back (a DST change at midnight): the caller groups the days by sorting then.
+    """Local times, local days, the weighted classes of each day and the activity union, in one pass over rows
+    grouped by patient (each patient's rows in time order). Returns the number of days, or -1 when a patient's
+    local date steps back (a DST change at midnight): the caller groups the days by sorting then.
 
     Returns -2, having stopped, when there are more days than `day_num` has room for (the caller's bound is wrong).
 
-    Writes each reading's `time_of_day`; per day d: `per_day[d]` = (patient, readings, active ms, daytime
-    readings), `day_num[d]` (local days since 1970-01-01), `by_day[d, c]` the summed weights of class c =
-    (daytime × 5 + band) × 3 + target class, daytime being `time_of_day` ≥ `day_from_ms`, and `day_mg[d]` the
-    summed values. A reading weighs its `weight_ms` when `by_time`, else 1. Weights and times are whole numbers,
-    so those sums are exact in any order; `day_mg` is added in reading order.
+    A reading's local time is its instant plus its zone's offset: `zone_of[p]` names the patient's zone, whose
+    transition instants and the offset in force from each are `transitions`/`offsets[rule_start[z]:rule_start[z +
+    1]]` (`engine.timezones.zone_rules`; the first transition is the int64 minimum). A patient's first offset is
+    found by binary search, each next by stepping over the transitions passed (searching again if time steps back).
+
+    Writes each reading's AGP `slot` (its local time of day // `bin_ms`); per day d: `per_day[d]` = (patient,
+    readings, active ms, daytime readings), `day_num[d]` (local days since 1970-01-01), `by_day[d, c]` the summed
+    weights of class c = (daytime × 5 + band) × 3 + target class, daytime being a time of day ≥ `day_from_ms`, and
+    `day_mg[d]` the summed values. A reading weighs its `weight_ms` when `by_time`, else 1. Weights and times are
+    whole numbers, so those sums are exact in any order; `day_mg` is added in reading order.
     """
     n = p.shape[0]
     d = -1
@@ -223,11 +223,33 @@ def _days(
     mg_sum = 0.0
     run_class = -1
     run_weight = 0.0
+    per_ms = 1.0 / bin_ms  # a slot by multiplying, corrected to the exact quotient (a division costs ~40 cycles)
+    k = rules_end = 0
     for i in range(n):
-        dn = local[i] // DAY_MS  # a constant to the compiler: a multiplication, not a division
-        tod = local[i] - dn * DAY_MS
-        time_of_day[i] = tod
+        ti = t[i]
         new_patient = i == 0 or p[i] != p[i - 1]
+        if new_patient or ti < t[i - 1]:
+            z = zone_of[p[i]]
+            low, rules_end = rule_start[z], rule_start[z + 1]  # the last transition at or before ti: binary search
+            high = rules_end
+            while high - low > 1:
+                mid = (low + high) // 2
+                if transitions[mid] <= ti:
+                    low = mid
+                else:
+                    high = mid
+            k = low
+        while k + 1 < rules_end and transitions[k + 1] <= ti:
+            k += 1
+        local = ti + offsets[k]
+        dn = local // DAY_MS  # a constant to the compiler: a multiplication, not a division
+        tod = local - dn * DAY_MS
+        q = int(tod * per_ms)  # 0 ≤ tod < a day: the float product is within one of tod // bin_ms
+        if q * bin_ms > tod:
+            q -= 1
+        elif (q + 1) * bin_ms <= tod:
+            q += 1
+        slot[i] = q
         if new_patient or dn != day_num[d]:
             if not new_patient and dn < day_num[d]:
                 return -1
@@ -501,44 +523,6 @@ def _emit(
     return count if ordered else -count
 
 
-def _local(
-    p: NDArray[np.int32],
-    t: I64,
-    zone_of: NDArray[np.int32],
-    rule_start: I64,
-    transitions: I64,
-    offsets: I64,
-    local: I64,
-) -> None:
-    """Local wall-clock ms of each instant, rows grouped by patient: `zone_of[p]` names the patient's zone, whose
-    transition instants and the offsets in force from each are `transitions`/`offsets[rule_start[z]:rule_start[z +
-    1]]` (`engine.timezones`' rules; the first transition is the int64 minimum). The offset of a patient's first
-    reading is found by binary search, each next one by stepping over the transitions it passes (time order),
-    searching again if time steps back.
-    """
-    n = p.shape[0]
-    k = 0
-    end = 0
-    for i in range(n):
-        ti = t[i]
-        if i == 0 or p[i] != p[i - 1] or ti < t[i - 1]:
-            z = zone_of[p[i]]
-            begin = rule_start[z]
-            end = rule_start[z + 1]
-            low = begin  # the last transition at or before ti (side right, minus one)
-            high = end
-            while high - low > 1:
-                mid = (low + high) // 2
-                if transitions[mid] <= ti:
-                    low = mid
-                else:
-                    high = mid
-            k = low
-        while k + 1 < end and transitions[k + 1] <= ti:
-            k += 1
-        local[i] = ti + offsets[k]
-
-
 def _episodes(
     n_used: I64,
     t: I64,
@@ -698,7 +682,6 @@ class _Compiled:
     front: Callable[..., None]
     ordered: Callable[..., bool]
     emit: Callable[..., int]
-    local: Callable[..., None]
     episodes: Callable[..., tuple[int, int]]
     untabled: Callable[[F64, I64], int]
     class_sums: Callable[..., None]
@@ -748,13 +731,12 @@ def compiled() -> _Compiled:
         return call
 
     out = _Compiled()
-    out.agp = jit(_agp, inputs=6)
+    out.agp = jit(_agp, inputs=5)
     out.statistics = jit(_statistics, inputs=6)
-    out.days = jit(_days, inputs=8)
+    out.days = jit(_days, inputs=11)
     out.front = jit(_front, inputs=19)
     out.ordered = jit(_ordered, inputs=3)
     out.emit = jit(_emit, inputs=17)
-    out.local = jit(_local, inputs=6)
     out.episodes = jit(_episodes, inputs=13)
     out.untabled = jit(_untabled, inputs=1)
     out.class_sums = jit(_class_sums, inputs=2)

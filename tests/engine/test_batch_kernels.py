@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from datetime import date, timedelta
+from typing import Any
 
 import numpy as np
 from hypothesis import given, settings
@@ -57,12 +58,11 @@ def test_agp_kernel_gives_the_type_7_percentiles_of_each_bin(case: tuple[int, li
     pairs = sorted(pairs, key=lambda pair: pair[0])  # rows grouped by patient; times of day in any order
     p = np.array([k for k, _ in pairs], dtype=np.int32)
     mg = np.array([v for _, v in pairs], dtype=np.float64)
-    bin_ms = 1000
-    time_of_day = np.array([(i * 7919) % (n_bins * bin_ms) for i in range(len(pairs))], dtype=np.int64)
+    slot = np.array([(i * 7919) % n_bins for i in range(len(pairs))], dtype=np.int32)
     counts = np.zeros(n_p * n_bins, dtype=np.int64)
     out = np.full((n_p * n_bins, len(PERCENTILES)), np.nan)
-    compiled().agp(p, time_of_day, mg, bin_ms, n_bins, np.array(PERCENTILES), counts, out, np.empty(p.shape[0]))
-    row = p.astype(np.int64) * n_bins + time_of_day // bin_ms
+    compiled().agp(p, slot, mg, n_bins, np.array(PERCENTILES), counts, out, np.empty(p.shape[0]))
+    row = p.astype(np.int64) * n_bins + slot
     assert counts.tolist() == np.bincount(row, minlength=n_p * n_bins).tolist()
     for r in range(n_p * n_bins):
         mine = mg[row == r]
@@ -153,35 +153,44 @@ def test_the_used_readings_pass_classifies_as_engine_bands(rows: list[tuple[floa
 
 
 def _block(draw: st.DrawFn) -> tuple[np.ndarray, ...]:
-    """A block as `_days` sees it: rows grouped by patient, each patient's times ascending, local = UTC + offset."""
+    """A block as `_days` sees it: rows grouped by patient, each patient's times ascending, in a zone of its own
+    whose offset changes at up to two instants (as `engine.timezones.zone_rules` gives them)."""
     n_p = draw(st.integers(1, 4))
-    p, t, local, w = [], [], [], []
+    offsets = st.sampled_from([-5 * HOUR_MS, -4 * HOUR_MS, 0, HOUR_MS, 330 * 60_000, 13 * HOUR_MS])
+    p, t, w = [], [], []
+    rule_start, transitions, offset_of = [0], [], []
     for k in range(n_p):
+        changes = sorted(draw(st.lists(st.integers(0, 5 * DAY_MS), max_size=2, unique=True)))
+        transitions += [np.iinfo(np.int64).min, *changes]
+        offset_of += [draw(offsets) for _ in range(len(changes) + 1)]
+        rule_start.append(len(transitions))
         n = draw(st.integers(0, 40))
-        offset = draw(st.sampled_from([-5 * HOUR_MS, 0, 330 * 60_000, 13 * HOUR_MS]))
         time = draw(st.integers(0, 3 * DAY_MS))
         for _ in range(n):
             time += draw(st.sampled_from([0, 60_000, 300_000, 900_000, 7 * HOUR_MS]))
             p.append(k)
             t.append(time)
-            local.append(time + offset)
             w.append(draw(st.sampled_from([0, 60_000, 300_000])))
     n = len(p)
     band = draw(st.lists(st.integers(0, 4), min_size=n, max_size=n))
     target = draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
     mg = draw(st.lists(values, min_size=n, max_size=n))
-    return (np.array(p, np.int32), np.array(t, np.int64), np.array(local, np.int64), np.array(w, np.int64),
-            np.array(band, np.int8), np.array(target, np.int8), np.array(mg, np.float64), n_p)  # fmt: skip
+    rules = (np.array(rule_start, np.int64), np.array(transitions, np.int64), np.array(offset_of, np.int64))
+    return (np.array(p, np.int32), np.array(t, np.int64), np.array(w, np.int64), np.array(band, np.int8),
+            np.array(target, np.int8), np.array(mg, np.float64), rules, n_p)  # fmt: skip
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.composite(_block)(), st.booleans())
-def test_days_kernel_gives_the_days_of_grouping_by_sorting(block: tuple[np.ndarray, ...], by_time: bool) -> None:
-    """The compiled pass over a block's local days and the numpy grouping by sort agree exactly on every field."""
-    p, t, local, w, band, target, mg, n_p = block
+@settings(max_examples=300, deadline=None)
+@given(st.composite(_block)(), st.booleans(), st.sampled_from([5, 15, 60]))
+def test_days_kernel_gives_the_days_of_grouping_by_sorting(block: tuple[Any, ...], by_time: bool, bin_min: int) -> None:
+    """The compiled pass over a block's local times and days and the numpy grouping by sort (with a search per
+    zone for the offsets) agree exactly on every field, the AGP slots included, whether or not a patient's local
+    date steps back at an offset change."""
+    p, t, w, band, target, mg, rules, n_p = block
     window_ms = np.full(int(n_p), 5 * DAY_MS, dtype=np.int64)
-    fast = _days(p, t, local, w, by_time, band, target, mg, window_ms)
-    sorted_ = _days_by_sorting(p, t, local, w, by_time, band, target, mg)
+    zone_of = np.arange(n_p, dtype=np.int32)
+    fast = _days(p, t, w, by_time, band, target, mg, window_ms, zone_of, rules, bin_min * 60_000)
+    sorted_ = _days_by_sorting(p, t, w, by_time, band, target, mg, zone_of, rules, bin_min * 60_000)
     for field in dataclasses.fields(fast):
         a, b = getattr(fast, field.name), getattr(sorted_, field.name)
         assert a.dtype == b.dtype, field.name
@@ -212,7 +221,7 @@ def test_warming_compiles_every_kernel_with_the_types_the_batch_path_uses() -> N
 
     warm()
     kernels = compiled()
-    names = ("agp", "statistics", "days", "front", "ordered", "emit", "local", "episodes", "class_sums", "untabled")
+    names = ("agp", "statistics", "days", "front", "ordered", "emit", "episodes", "class_sums", "untabled")
     before = {name: list(getattr(kernels, name).dispatcher.signatures) for name in names}
     assert all(len(sigs) == 1 for sigs in before.values()), before
     compute_cohort(synth_cohort(5, 3, seed=7))
