@@ -705,7 +705,7 @@ def _agp(p: NDArray[np.int32], mg: F64, slot: NDArray[np.int32], n_p: int, polic
     out = np.full((n_p * n_bins, len(PERCENTILES)), np.nan)
     counts = np.zeros(n_p * n_bins, dtype=np.int64)
     if p.size:
-        compiled().agp(p, slot, mg, n_bins, np.array(PERCENTILES), counts, out,
+        compiled().agp(p, slot, mg, n_bins, np.array(PERCENTILES), MMOL_L_TO_MG_DL, counts, out,
                        np.empty(p.shape[0]))  # fmt: skip
     agp = out.reshape(n_p, n_bins, len(PERCENTILES))
     if policy.agp_smoothing is Smoothing.ONE_FOUR_ONE:

@@ -28,6 +28,7 @@ def _agp(
     mg: F64,
     n_bins: int,
     quantiles: F64,
+    mmol_factor: float,
     counts: I64,
     out: F64,
     scratch: F64,
@@ -41,13 +42,16 @@ def _agp(
     their order does not matter.
 
     Per patient the values are put in bin order into `scratch` (as long as the rows), each bin's in ascending
-    order: when they are whole numbers within a narrow span (whole mg/dL, as most sensors report), by a counting
-    sort by value then a stable one by bin, without a comparison; otherwise by bin, then each bin sorted.
+    order: when they are whole numbers of a step within a narrow span (whole mg/dL, or 0.1 mmol/L converted by
+    `mmol_factor`, as sensors report), by a counting sort by that number then a stable one by bin, without a
+    comparison; otherwise by bin, then each bin sorted.
     """
     n = p.shape[0]
     fill = np.empty(n_bins, dtype=np.int64)
     by_value = np.empty(_SPAN, dtype=np.int64)
-    order = np.empty(n, dtype=np.int32)  # within a patient's rows; int32 halves the scratch memory traffic
+    order = np.empty(n, dtype=np.int32)  # a patient's slots in value order
+    key = np.empty(n, dtype=np.int64)  # each value's number of steps (from the patient's lowest)
+    per_tenth = 10.0 / mmol_factor
     i = 0
     while i < n:
         base = np.int64(p[i]) * n_bins
@@ -66,27 +70,53 @@ def _agp(
         for b in range(n_bins):
             fill[b] = at
             at += counts[base + b]
-        counted = whole and high - low < _SPAN  # each bin's values come out sorted
+        # Each bin's values come out sorted when every value is a whole number of some step (1 mg/dL, or 0.1 mmol/L
+        # converted: (k / 10) × `mmol_factor`, exactly as the conversion gives it) within a narrow span: a counting
+        # sort by that number then a stable one by bin.
+        counted = whole and high - low < _SPAN
+        k0 = np.int64(low) if counted else np.int64(0)
+        on_grid = False
+        if not whole:
+            k_low = np.int64(1) << 62
+            k_high = -k_low
+            on_grid = True
+            for m in range(i, j):
+                x = mg[m]
+                steps = x * per_tenth
+                k = np.int64(math.floor(steps + 0.5)) if steps < 1e15 else np.int64(0)  # the nearest step; checked
+                if (k / 10.0) * mmol_factor != x:
+                    on_grid = False
+                    break
+                key[m] = k
+                k_low = min(k_low, k)
+                k_high = max(k_high, k)
+            on_grid = on_grid and bool(k_high - k_low < _SPAN)
+            counted = on_grid
+            k0 = k_low
         if counted:
-            v0 = np.int64(low)
-            span = np.int64(high) - v0 + 1
+            span = (np.int64(high) if whole else k_high) - k0 + 1
             by_value[:span] = 0
             for m in range(i, j):
-                by_value[np.int64(mg[m]) - v0] += 1
+                r = (np.int64(mg[m]) if whole else key[m]) - k0
+                key[m] = r
+                by_value[r] += 1
             at = i
             for v in range(span):
                 c = by_value[v]
                 by_value[v] = at
                 at += c
-            for m in range(i, j):
-                rank = np.int64(mg[m]) - v0
-                order[by_value[rank]] = m
-                by_value[rank] += 1
-            for o in range(i, j):
-                m = order[o]
-                b = slot[m]
-                scratch[fill[b]] = mg[m]
-                fill[b] += 1
+            for m in range(i, j):  # the slots in value order; a value is its bucket's
+                r = key[m]
+                order[by_value[r]] = slot[m]
+                by_value[r] += 1
+            start = i
+            for v in range(span):  # by_value[v] is now where bucket v ends
+                x = float(k0 + v) if whole else ((k0 + v) / 10.0) * mmol_factor
+                for o in range(start, by_value[v]):
+                    b = order[o]
+                    scratch[fill[b]] = x
+                    fill[b] += 1
+                start = by_value[v]
         else:
             for m in range(i, j):
                 b = slot[m]
@@ -731,7 +761,7 @@ def compiled() -> _Compiled:
         return call
 
     out = _Compiled()
-    out.agp = jit(_agp, inputs=5)
+    out.agp = jit(_agp, inputs=6)
     out.statistics = jit(_statistics, inputs=6)
     out.days = jit(_days, inputs=11)
     out.front = jit(_front, inputs=19)

@@ -46,14 +46,30 @@ rows_and_values = st.integers(1, 6).flatmap(
 )
 
 
+#: Values as mmol/L sensors give them: tenths of a mmol/L, converted (the AGP kernel's counting sort takes these),
+#: with now and then one value off that grid (so the patient's bins are sorted by comparison instead).
+mmol_values = st.one_of(
+    st.integers(10, 250).map(lambda x: x / 10 * MMOL_L_TO_MG_DL),
+    st.integers(10, 250).map(lambda x: x / 10 * MMOL_L_TO_MG_DL),
+    st.integers(10, 250).map(lambda x: x / 10 * MMOL_L_TO_MG_DL),
+    st.integers(100, 2500).map(lambda x: x / 100 * MMOL_L_TO_MG_DL),
+    st.integers(1, 450).map(float),
+)
+mmol_rows = st.integers(1, 3).flatmap(
+    lambda n_rows: st.lists(st.tuples(st.integers(0, n_rows - 1), mmol_values), min_size=0, max_size=60).map(
+        lambda pairs: (n_rows, pairs)
+    )
+)
+
+
 @settings(max_examples=200, deadline=None)
-@given(rows_and_values, st.integers(1, 4))
+@given(rows_and_values | mmol_rows, st.integers(1, 4))
 def test_agp_kernel_gives_the_type_7_percentiles_of_each_bin(case: tuple[int, list[tuple[int, float]]],
                                                             n_bins: int) -> None:  # fmt: skip
     """Each (patient, bin)'s type-7 percentiles, bit for bit the method's formula (docs/outcomes-method.md §10) on
     that bin's values sorted: h = (n − 1) q, x[⌊h⌋] + (h − ⌊h⌋)(x[⌊h⌋ + 1] − x[⌊h⌋]). (numpy.percentile writes the
-    same interpolation differently for h's fraction ≥ 0.5, so it may differ in the last bit.) Bins of more than 32
-    values take the kernel's other sort."""
+    same interpolation differently for h's fraction ≥ 0.5, so it may differ in the last bit.) A patient's values
+    are sorted by counting (whole mg/dL, or tenths of a mmol/L converted) or by comparison (anything else)."""
     n_p, pairs = case
     pairs = sorted(pairs, key=lambda pair: pair[0])  # rows grouped by patient; times of day in any order
     p = np.array([k for k, _ in pairs], dtype=np.int32)
@@ -61,7 +77,7 @@ def test_agp_kernel_gives_the_type_7_percentiles_of_each_bin(case: tuple[int, li
     slot = np.array([(i * 7919) % n_bins for i in range(len(pairs))], dtype=np.int32)
     counts = np.zeros(n_p * n_bins, dtype=np.int64)
     out = np.full((n_p * n_bins, len(PERCENTILES)), np.nan)
-    compiled().agp(p, slot, mg, n_bins, np.array(PERCENTILES), counts, out, np.empty(p.shape[0]))
+    compiled().agp(p, slot, mg, n_bins, np.array(PERCENTILES), MMOL_L_TO_MG_DL, counts, out, np.empty(p.shape[0]))
     row = p.astype(np.int64) * n_bins + slot
     assert counts.tolist() == np.bincount(row, minlength=n_p * n_bins).tolist()
     for r in range(n_p * n_bins):
