@@ -17,6 +17,7 @@ readings (CGM or scans) or zone this input changed, filled in `_Run.finish` just
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import re
@@ -214,22 +215,34 @@ def input_key(content_sha256: str, *, site: str, feed: str, patient: str | None,
 #: (1 M readings into PostgreSQL: CSV 37.7k/s at 5 ms, 43.6k/s at 0.2 ms; no gain below). It costs nothing while no
 #: thread waits.
 SWITCH_INTERVAL_S = 0.0002
+#: While an input is read, the cyclic garbage collector's youngest generation is collected after 50,000 new
+#: container objects instead of 700. An ingest holds up to three chunks of readings alive while it makes several
+#: objects a reading: at 700 the collector ran every few readings, rescanning and promoting the chunks in flight
+#: (1 M CSV readings into PostgreSQL: 23.3 µs of client CPU a reading at 700, 16.6 at 50,000, 14.9 with the
+#: collector off). Reference counting still frees everything that is not a cycle at once; cycles wait for the next
+#: collection, at most 50,000 objects later.
+GC_YOUNG_THRESHOLD = 50_000
 
 
-class _SwitchInterval:
-    """`sys.setswitchinterval` lowered while any ingest of the process runs, then put back as it was."""
+class _IngestMode:
+    """While any ingest of the process runs: `sys.setswitchinterval` lowered to `SWITCH_INTERVAL_S` and the
+    collector's youngest threshold raised to `GC_YOUNG_THRESHOLD`; both put back as they were after the last one."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.users = 0
-        self.saved = sys.getswitchinterval()
+        self.saved_interval = sys.getswitchinterval()
+        self.saved_thresholds = gc.get_threshold()
 
     @contextmanager
-    def lowered(self) -> Iterator[None]:
+    def entered(self) -> Iterator[None]:
         with self.lock:
             if self.users == 0:
-                self.saved = sys.getswitchinterval()
-                sys.setswitchinterval(min(self.saved, SWITCH_INTERVAL_S))
+                self.saved_interval = sys.getswitchinterval()
+                self.saved_thresholds = gc.get_threshold()
+                sys.setswitchinterval(min(self.saved_interval, SWITCH_INTERVAL_S))
+                young, *older = self.saved_thresholds
+                gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), *older)
             self.users += 1
         try:
             yield
@@ -237,10 +250,11 @@ class _SwitchInterval:
             with self.lock:
                 self.users -= 1
                 if self.users == 0:
-                    sys.setswitchinterval(self.saved)
+                    sys.setswitchinterval(self.saved_interval)
+                    gc.set_threshold(*self.saved_thresholds)
 
 
-prompt_thread_switches = _SwitchInterval().lowered
+ingest_mode = _IngestMode().entered
 
 
 def content_digest(stream: IO[bytes]) -> str | None:
@@ -437,10 +451,11 @@ class _Run:
     # MARK: the stream of items
 
     def consume(self, items: Iterable[FeedItem]) -> None:
-        """Read the items, writing them a chunk at a time in the writer thread (threads switch promptly meanwhile)."""
+        """Read the items, writing them a chunk at a time in the writer thread (in `ingest_mode`: threads switch
+        promptly, the collector runs rarely)."""
         chunk: list[FeedReading] = []
         size = self.settings.ingest_chunk
-        with prompt_thread_switches():
+        with ingest_mode():
             try:
                 for item in items:
                     if isinstance(item, FeedProblem):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import gc
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,12 +24,13 @@ from bff.ingest.records import FeedItem, ParseOptions, Parser
 from bff.settings import Settings
 from bff.store.db import Store, make_engine, upgrade
 from bff.store.ingest import (
+    GC_YOUNG_THRESHOLD,
     SWITCH_INTERVAL_S,
     Ingestor,
     IngestReport,
     ReadingOwnerError,
     _Run,
-    prompt_thread_switches,
+    ingest_mode,
 )
 from bff.store.models import IngestBatch, Patient, QuarantineItem, Reading, ReadingConflict
 from tests.conftest import database_url
@@ -246,27 +248,34 @@ def test_a_chunk_with_one_bad_record_stores_the_good_ones_and_quarantines_the_ba
     assert report.changed_patients == {owners["P3"]}
 
 
-def test_the_interpreter_switches_threads_promptly_while_an_input_is_read_and_as_before_after(store: Store) -> None:
-    seen: list[float] = []
+def test_threads_switch_promptly_and_the_collector_runs_rarely_while_an_input_is_read_and_as_before_after(
+    store: Store,
+) -> None:
+    seen: list[tuple[float, tuple[int, ...]]] = []
 
     class Watching:
         feed = CsvParser.feed
 
         def parse(self, stream: IO[bytes], options: ParseOptions) -> Iterator[FeedItem]:
             for item in CsvParser().parse(stream, options):
-                seen.append(sys.getswitchinterval())
+                seen.append((sys.getswitchinterval(), gc.get_threshold()))
                 yield item
 
         def parse_quarantined(self, payload: str, context: str, options: ParseOptions) -> Iterator[FeedItem]:
             raise NotImplementedError
 
-    before = sys.getswitchinterval()
+    before, thresholds = sys.getswitchinterval(), gc.get_threshold()
     assert before > SWITCH_INTERVAL_S
-    with prompt_thread_switches():  # another ingest of the process, still running when this one ends
+    assert thresholds[0] < GC_YOUNG_THRESHOLD
+    during = (GC_YOUNG_THRESHOLD, *thresholds[1:])
+    with ingest_mode():  # another ingest of the process, still running when this one ends
         ingest(store, csv(*rows("P1", 5)), Watching())
         assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
-    assert seen == pytest.approx([SWITCH_INTERVAL_S] * 5)
+        assert gc.get_threshold() == during
+    assert [interval for interval, _ in seen] == pytest.approx([SWITCH_INTERVAL_S] * 5)
+    assert [young for _, young in seen] == [during] * 5
     assert sys.getswitchinterval() == before
+    assert gc.get_threshold() == thresholds
 
 
 def test_a_reading_staged_with_another_patients_stream_rolls_the_whole_input_back(
