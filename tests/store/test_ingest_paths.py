@@ -4,9 +4,9 @@ nothing; one bad record in a chunk never costs the good ones."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
-import gc
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
