@@ -33,10 +33,12 @@ import ijson  # type: ignore[import-untyped]
 from bff.ingest.bounds import (
     MAX_KEY_CHARS,
     MAX_RECORD_BYTES,
+    NOT_QUICK,
     byte_problem,
     clip,
     cut,
     loads_bounded,
+    loads_quick,
     read_lines,
     shorten,
     too_long,
@@ -458,6 +460,13 @@ def _quantity(resource: Mapping[str, Any], code: str) -> tuple[float, GlucoseUni
     return number, unit, flag
 
 
+def _payload(raw: str | bytes | None, resource: Any) -> str:
+    """A resource's text as kept (quarantine, payloads): the input's own (UTF-8 bytes decoded), else compact JSON."""
+    if raw is None:
+        return _compact(resource)
+    return raw if isinstance(raw, str) else raw.decode("utf-8")
+
+
 def _context(fmt: str, full_url: str | None, device_ref: str, device_key: str, patient: PatientRef | None) -> str:
     context: dict[str, Any] = {"format": fmt}
     if full_url:
@@ -548,22 +557,22 @@ class FhirParser:
         self.skipped[kind] = self.skipped.get(kind, 0) + 1
 
     def _resource(
-        self, resource: Any, locator: str, fmt: str, full_url: str | None, index: _Index, raw: str | None
+        self, resource: Any, locator: str, fmt: str, full_url: str | None, index: _Index, raw: str | bytes | None
     ) -> FeedItem | None:
         if not isinstance(resource, dict):
-            payload = raw if raw is not None else _compact(resource)
+            payload = _payload(raw, resource)
             return FeedProblem(locator, "not a FHIR resource (not a JSON object)", payload, _compact({"format": fmt}))
         kind = resource.get("resourceType")
         if kind != "Observation":
             if not isinstance(kind, str) or not kind:
-                payload = raw if raw is not None else _compact(resource)
+                payload = _payload(raw, resource)
                 return FeedProblem(locator, "not a FHIR resource (no resourceType)", payload, _compact({"format": fmt}))
             if kind == "Bundle":
-                payload = raw if raw is not None else _compact(resource)
+                payload = _payload(raw, resource)
                 reason = "a Bundle inside the input: send each Bundle as an input of its own"
                 return FeedProblem(locator, reason, payload, _compact({"format": fmt}))
             if kind not in RESOURCE_TYPES:
-                payload = raw if raw is not None else _compact(resource)
+                payload = _payload(raw, resource)
                 reason = f"resourceType {shorten(kind, 40)} is not a FHIR resource type"
                 return FeedProblem(locator, reason, payload, _compact({"format": fmt}))
             if kind in ("Device", "Patient"):
@@ -600,12 +609,12 @@ class FhirParser:
             if subject_error is not None:
                 raise subject_error
         except _RecordError as bad:
-            payload = raw if raw is not None else _compact(resource)
+            payload = _payload(raw, resource)
             context = _context(fmt, full_url, device_ref, device_key, patient)
             return FeedProblem(locator, str(bad), payload, context, patient)
         payload = ""
         if self.keep_payload:
-            payload = raw if raw is not None else _compact(resource)
+            payload = _payload(raw, resource)
         return FeedReading(
             patient=patient,
             time_ms=time_ms,
@@ -632,19 +641,22 @@ class FhirParser:
                 reason = f"the line is {line.size:,} bytes: over the {MAX_RECORD_BYTES:,} a resource may have"
                 yield FeedProblem(locator, reason, cut(data.decode("utf-8", "replace")) + " …", context)
                 continue
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as bad:
-                lead = len(line.data) - len(line.data.lstrip())
-                reason = byte_problem(data, bad.start, line.offset + lead)
-                yield FeedProblem(locator, reason, data.decode("utf-8", "replace"), context)
-                continue
-            try:
-                resource = loads_bounded(text)
-            except ValueError as exc:
-                yield FeedProblem(locator, str(exc), text, context)
-                continue
-            item = self._resource(resource, locator, "ndjson", None, index, text)
+            resource = loads_quick(data)  # most lines: no decoding (the text is decoded only if it is kept)
+            raw: str | bytes = data
+            if resource is NOT_QUICK:
+                try:
+                    raw = data.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    lead = len(line.data) - len(line.data.lstrip())
+                    reason = byte_problem(data, bad.start, line.offset + lead)
+                    yield FeedProblem(locator, reason, data.decode("utf-8", "replace"), context)
+                    continue
+                try:
+                    resource = loads_bounded(raw)
+                except ValueError as exc:
+                    yield FeedProblem(locator, str(exc), raw, context)
+                    continue
+            item = self._resource(resource, locator, "ndjson", None, index, raw)
             if item is not None:
                 yield item
 
