@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.measure import table
+from bench.measure import max_rss_mb, table
 from bff.broker.broker import static_token_source
 from bff.bulk import BulkClient, BulkRunner
 from bff.capabilities import CapabilityService
@@ -146,8 +145,7 @@ def client(base: str, folder: Path) -> dict[str, Any]:
     [report] = asyncio.run(main())
     seconds = time.perf_counter() - start
     store.dispose()
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"state": report.state, "added": report.added, "seconds": seconds, "peak_rss_mb": peak_kb / 1024}
+    return {"state": report.state, "added": report.added, "seconds": seconds, "peak_rss_mb": max_rss_mb()}
 
 
 def run(*, quick: bool = False, full: bool = False) -> None:

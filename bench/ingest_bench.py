@@ -9,7 +9,7 @@ database: the first ingest, then the same file again (skipped by its digest: it 
 the same bytes through a stream that cannot seek (so they are read, keyed and merged again: the cost of a re-ingest
 without the digest, also adding nothing). On PostgreSQL each chunk is loaded by COPY; the same run with the batched
 executemany loading (the path SQLite takes) is the baseline, in the same process, for the ratio. Peak RSS is the
-process's own (ru_maxrss growth over the ingest). 'client CPU/reading' is the ingesting process's CPU per reading
+process's own (growth of its VmHWM over the ingest). 'client CPU/reading' is the ingesting process's CPU per reading
 (both its threads; at 100,000 readings it includes the one-time load of the compiled kernels the reconciliation
 uses), and its share of the wall time says whether the Python process or the database is the bound. The files are
 generated into a temporary folder, never committed. PostgreSQL uses a fresh schema in the `test` database.

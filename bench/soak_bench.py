@@ -36,7 +36,7 @@ import orjson
 from joserfc import jwk
 
 from app.demo import free_port, wait_http
-from bench.measure import table
+from bench.measure import status_mib, table
 from bff.broker.broker import Broker, backend_token_source
 from bff.broker.plan import PlannedWrite
 from bff.capabilities import CapabilityService
@@ -202,15 +202,6 @@ def _run(total: int, rates: dict[str, tuple[float, int]], tmp: Path, key: jwk.EC
                       drained["rss_before_mib"], states)  # fmt: skip
 
 
-def _status_mib(field: str) -> float:
-    """A memory figure of this process from /proc/self/status (VmRSS now, VmHWM its peak), in MiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def drain_in_this_process(db_url: str, sites_dir: str, key_file: str, sites: list[str]) -> dict[str, float]:
     """The soak's worker: drain every site's queue, then report the drain time and this process's memory (its
     resident set just before the drain, and its peak: the kernel's high-water mark, VmHWM)."""
@@ -224,14 +215,14 @@ def drain_in_this_process(db_url: str, sites_dir: str, key_file: str, sites: lis
             broker = Broker(client, backend_token_source(auth), timeout_s=30)
             worker = OutboxWorker(store, capabilities, broker, writeback=writeback,
                                   config=WorkerConfig(batch=50, retry_min_s=0.05, backoff_base_s=0.2))  # fmt: skip
-            before = _status_mib("VmRSS")
+            before = status_mib("VmRSS")
             t0 = time.perf_counter()
             await worker.drain(sites, timeout_s=900, tick_s=0.02)
             return time.perf_counter() - t0, before
 
     drain_s, before = asyncio.run(drain())
     store.dispose()
-    return {"drain_s": drain_s, "rss_before_mib": before, "peak_rss_mib": _status_mib("VmHWM")}
+    return {"drain_s": drain_s, "rss_before_mib": before, "peak_rss_mib": status_mib("VmHWM")}
 
 
 def _bytes(lines: list[bytes]) -> Any:

@@ -226,7 +226,7 @@ def test_parser_protocol_attributes() -> None:
 
 _STREAMING_SCRIPT = textwrap.dedent(
     """
-    import io, json, resource, sys
+    import io, json, sys
     from bff.ingest.dexcom import DexcomParser
     from bff.ingest.records import FeedReading, ParseOptions
 
@@ -262,8 +262,9 @@ _STREAMING_SCRIPT = textwrap.dedent(
                 batch = []
         yield "".join(batch).encode() + b"]}"
 
-    def peak_kb():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def peak_kb():  # this process's own high-water mark (ru_maxrss would carry the pytest worker's over exec)
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
     list(DexcomParser().parse(Generated(parts(2000)), ParseOptions()))  # warm up
     before = peak_kb()
