@@ -693,7 +693,7 @@ def _episodes(
     g, e = compiled().episodes(
         n_used, t, weight_ms, s, interval_of, band, has_window, w_start, w_end, policy.long_gap_min * MIN_MS,
         policy.short_gap_min * MIN_MS, policy.hypo_min_minutes * MIN_MS, policy.hypo_recovery_minutes * MIN_MS,
-        gp, gs, ge, ep, el, es, ee, np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64),
+        gp, gs, ge, ep, el, es, ee, np.empty((2, n), dtype=np.int64), np.empty((2, n), dtype=np.int64),
     )  # fmt: skip
     return (gp[:g].copy(), gs[:g].copy(), ge[:g].copy()), (ep[:e].copy(), el[:e].copy(), es[:e].copy(), ee[:e].copy())
 

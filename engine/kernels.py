@@ -579,8 +579,8 @@ def _episodes(
 ) -> tuple[int, int]:
     """§10 gaps and hypoglycaemia events of each patient, in one pass over rows grouped by patient, each patient's
     in time order. Returns (gaps, events) written: gaps in (patient, start) order (room for n + 2 × patients),
-    events in (patient, level, start) order (room for 2n; `held_s`/`held_e`, room for n, keep a patient's level-2
-    events until its level-1 ones are written).
+    events in (patient, level, start) order (room for 2n; `held_s`/`held_e`, 2 × n, hold a patient's events of each
+    level until its readings end).
 
     Gaps: a patient with a window and no reading, the whole window; otherwise the lead from the window start to the
     first reading, each interior step, and the tail from the end of the readings' time (the latest t + weight) to
@@ -596,6 +596,8 @@ def _episodes(
     g = 0
     e = 0
     i = 0
+    state, first, duration = np.empty(2, np.int64), np.empty(2, np.int64), np.empty(2, np.int64)
+    events, open_at = np.empty(2, np.int64), np.empty(2, np.int64)
     for k in range(n_used.shape[0]):
         m = n_used[k]
         if m == 0:
@@ -608,16 +610,17 @@ def _episodes(
             gap_p[g], gap_s[g], gap_e[g] = k, w_start[k], t[i]
             g += 1
         last_end = t[i] + weight_ms[i]
-        held = 0
-        # The current run at each level: its state, first reading and duration; the open event (-1: none).
-        b = band[i]
-        state1 = 2 if b >= 2 else 0
-        state2 = b if b < 2 else 2
-        first1 = first2 = i
-        dur1 = dur2 = weight_ms[i]
-        open1 = open2 = -1
+        # Per level (index 0: level 1, 1: level 2), the current run's state (0 below the level's bound, 1 between:
+        # level 2 only, 54–69; 2 at or above 70), first reading and duration, the patient's events so far (start,
+        # end) and the open one (-1: none).
+        for lv in range(2):
+            state[lv] = 2 if band[i] >= 2 else (band[i] if lv == 1 else 0)
+            first[lv] = i
+            duration[lv] = weight_ms[i]
+            events[lv] = 0
+            open_at[lv] = -1
         for r in range(i + 1, j + 1):
-            next1 = next2 = -1
+            brk = True
             if r < j:
                 step = t[r] - t[r - 1]
                 if step >= long_gap_ms:
@@ -625,47 +628,31 @@ def _episodes(
                     g += 1
                 last_end = max(last_end, t[r] + weight_ms[r])
                 brk = step > max(short_gap_ms, interval_of[s[r - 1]])
-                b = band[r]
-                next1 = 2 if b >= 2 else 0
-                next2 = b if b < 2 else 2
-            else:
-                brk = True
-            if brk or next1 != state1:  # level 1: the run ends
-                if state1 == 0 and dur1 >= min_ms and open1 < 0:
-                    ev_p[e], ev_level[e], ev_s[e] = k, 1, t[first1]
-                    open1 = e
-                    e += 1
-                elif state1 == 2 and dur1 >= recovery_ms and open1 >= 0:
-                    ev_e[open1] = t[first1]
-                    open1 = -1
-                if brk and open1 >= 0:
-                    ev_e[open1] = t[r - 1] + weight_ms[r - 1]
-                    open1 = -1
+            for lv in range(2):
+                now = (2 if band[r] >= 2 else (band[r] if lv == 1 else 0)) if r < j else -1
+                if not brk and now == state[lv]:
+                    duration[lv] += weight_ms[r]
+                    continue
+                # the run ends
+                if state[lv] == 0 and duration[lv] >= min_ms and open_at[lv] < 0:
+                    open_at[lv] = events[lv]
+                    held_s[lv, events[lv]] = t[first[lv]]
+                    events[lv] += 1
+                elif state[lv] == 2 and duration[lv] >= recovery_ms and open_at[lv] >= 0:
+                    held_e[lv, open_at[lv]] = t[first[lv]]
+                    open_at[lv] = -1
+                if brk and open_at[lv] >= 0:
+                    held_e[lv, open_at[lv]] = t[r - 1] + weight_ms[r - 1]
+                    open_at[lv] = -1
                 if r < j:
-                    state1, first1, dur1 = next1, r, weight_ms[r]
-            else:
-                dur1 += weight_ms[r]
-            if brk or next2 != state2:  # level 2: the run ends
-                if state2 == 0 and dur2 >= min_ms and open2 < 0:
-                    held_s[held] = t[first2]
-                    open2 = held
-                    held += 1
-                elif state2 == 2 and dur2 >= recovery_ms and open2 >= 0:
-                    held_e[open2] = t[first2]
-                    open2 = -1
-                if brk and open2 >= 0:
-                    held_e[open2] = t[r - 1] + weight_ms[r - 1]
-                    open2 = -1
-                if r < j:
-                    state2, first2, dur2 = next2, r, weight_ms[r]
-            else:
-                dur2 += weight_ms[r]
+                    state[lv], first[lv], duration[lv] = now, r, weight_ms[r]
         if w_end[k] - last_end >= long_gap_ms:
             gap_p[g], gap_s[g], gap_e[g] = k, last_end, w_end[k]
             g += 1
-        for h in range(held):
-            ev_p[e], ev_level[e], ev_s[e], ev_e[e] = k, 2, held_s[h], held_e[h]
-            e += 1
+        for lv in range(2):
+            for h in range(events[lv]):
+                ev_p[e], ev_level[e], ev_s[e], ev_e[e] = k, lv + 1, held_s[lv, h], held_e[lv, h]
+                e += 1
         i = j
     return g, e
 
