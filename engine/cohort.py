@@ -621,28 +621,12 @@ _R_HIGH = np.where(_RISK_TABLE > 0, _R_TABLE, 0.0)  # where f > 0 (HBGI's)
 
 
 class _Segments:
-    """Rows grouped in consecutive segments (a block's patients), given each segment's length, some maybe 0.
-
-    Sums are `np.add.reduceat` over the non-empty segments: one sequential pass, no scatter.
-    """
+    """Rows grouped in consecutive segments (a block's patients), given each segment's length, some maybe 0."""
 
     def __init__(self, lengths: I64) -> None:
         self.lengths = lengths
         self.nonempty = np.flatnonzero(lengths)
         self.starts = (np.cumsum(lengths) - lengths)[self.nonempty]
-
-    def sum(self, values: NDArray[Any]) -> NDArray[Any]:
-        out = np.zeros(self.lengths.shape[0], dtype=values.dtype)
-        if self.nonempty.size:
-            out[self.nonempty] = np.add.reduceat(values, self.starts)
-        return out
-
-    def count(self, mask: NDArray[np.bool_]) -> I64:
-        """How many rows of each segment are True."""
-        out = np.zeros(self.lengths.shape[0], dtype=np.int64)
-        if self.nonempty.size:
-            out[self.nonempty] = np.add.reduceat(mask, self.starts, dtype=np.int64)
-        return out
 
     def firsts(self, values: NDArray[Any]) -> NDArray[Any]:
         """Each non-empty segment's first value."""
